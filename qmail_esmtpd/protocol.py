@@ -1,0 +1,345 @@
+"""The SMTP state machine of qmail-smtpd, without I/O.
+
+`Session.handle()` takes one command line and returns the reply bytes and
+what the caller must do next; `DataDecoder` turns the raw DATA stream into
+the bytes qmail-queue gets.  Nothing here touches a file descriptor, the
+environment, a file or a database: the adapters in `server.py` do that and
+hand in plain values and small lookup callables.
+"""
+
+from __future__ import annotations
+import time
+
+from . import replies
+from .address import MAX_ADDRESS, parse, rewrite_localiphost
+from .received import received
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# What the caller does after writing the reply.
+BUFFER = 0   # nothing; the reply may wait for the next read (MAIL, RCPT, RSET)
+FLUSH = 1    # flush the reply now
+DATA = 2     # open qmail-queue, then call data_opened()
+QUIT = 3     # flush and exit 0
+DROP = 4     # flush and exit 1
+
+MAX_HOPS = 100
+
+
+class Peer:
+    """What tcpserver told us about the connection, as qmail-smtpd uses it."""
+
+    __slots__ = ("remoteip", "remotehost", "remoteinfo", "local")
+
+    def __init__(self, remoteip: bytes = b"unknown", remotehost: bytes = b"unknown",
+                 remoteinfo: bytes | None = None, local: bytes = b"unknown") -> None:
+        self.remoteip = remoteip
+        self.remotehost = remotehost
+        self.remoteinfo = remoteinfo
+        self.local = local
+
+
+class Session:
+    """One SMTP session: the transaction state and the reply to every verb."""
+
+    def __init__(self, greeting: bytes, peer: Peer, *,
+                 relayclient: bytes | None = None,
+                 rcpt_allowed: Callable[[bytes], bool | None] = lambda addr: True,
+                 badmailfrom: frozenset = frozenset(),
+                 localiphost: bytes | None = None,
+                 is_local_ip: Callable[[str], bool] = lambda ip: False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.greeting = greeting
+        self.peer = peer
+        self.relayclient = relayclient
+        self.rcpt_allowed = rcpt_allowed
+        self.badmailfrom = badmailfrom
+        self.localiphost = localiphost
+        self.is_local_ip = is_local_ip
+        self.clock = clock
+        self.helo: bytes | None = None
+        self.seen_mail = False
+        self.sender_barred = False
+        self.sender = b""
+        self.recipients: list = []
+        self.verbs = {
+            b"helo": self.helo_, b"ehlo": self.ehlo, b"mail": self.mail,
+            b"rcpt": self.rcpt, b"data": self.data, b"rset": self.rset,
+            b"noop": self.noop, b"vrfy": self.vrfy, b"help": self.help_,
+            b"quit": self.quit,
+        }
+
+    # -- entry points -----------------------------------------------------
+    def banner(self) -> bytes:
+        return replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
+
+    def handle(self, line: bytes) -> tuple[bytes, int]:
+        """One command line (LF and one CR already removed) -> (reply, action)."""
+        nul = line.find(b"\0")
+        if nul >= 0:
+            line = line[:nul]
+        space = line.find(b" ")
+        if space < 0:
+            verb, arg = line, b""
+        else:
+            verb, arg = line[:space], line[space + 1:].lstrip(b" ")
+        handler = self.verbs.get(verb.lower())
+        if handler is None:
+            return replies.UNIMPLEMENTED, FLUSH
+        return handler(arg)
+
+    # -- verbs -----------------------------------------------------------
+    def _hello(self, arg: bytes) -> None:
+        self.seen_mail = False
+        self.helo = arg
+
+    def helo_(self, arg: bytes) -> tuple[bytes, int]:
+        self._hello(arg)
+        return replies.greeting_line(b"250 ", self.greeting), FLUSH
+
+    def ehlo(self, arg: bytes) -> tuple[bytes, int]:
+        self._hello(arg)
+        return replies.greeting_line(b"250-", self.greeting) + self.ehlo_keywords(), FLUSH
+
+    def ehlo_keywords(self) -> bytes:
+        return replies.EHLO_TAIL
+
+    def _address(self, arg: bytes) -> bytes | None:
+        addr = rewrite_localiphost(parse(arg), self.localiphost, self.is_local_ip)
+        return None if len(addr) > MAX_ADDRESS else addr
+
+    def mail(self, arg: bytes) -> tuple[bytes, int]:
+        addr = self._address(arg)
+        if addr is None:
+            return replies.SYNTAX, BUFFER
+        self.sender_barred = self.in_badmailfrom(addr)
+        self.seen_mail = True
+        self.sender = addr
+        self.recipients = []
+        return replies.OK, BUFFER
+
+    def in_badmailfrom(self, addr: bytes) -> bool:
+        """Whole address, or `@domain` from the last @, case-insensitively."""
+        if not self.badmailfrom or not addr:
+            return False
+        low = addr.lower()
+        at = low.rfind(b"@")
+        return low in self.badmailfrom or (at >= 0 and low[at:] in self.badmailfrom)
+
+    def rcpt(self, arg: bytes) -> tuple[bytes, int]:
+        if not self.seen_mail:
+            return replies.WANT_MAIL, BUFFER
+        addr = self._address(arg)
+        if addr is None:
+            return replies.SYNTAX, BUFFER
+        if self.sender_barred:
+            return replies.BADMAILFROM, BUFFER
+        if self.relayclient is not None:
+            addr += self.relayclient
+        else:
+            allowed = self.rcpt_allowed(addr)
+            if allowed is None:
+                return replies.CONTROLS, DROP
+            if not allowed:
+                return replies.NO_GATEWAY, BUFFER
+        self.recipients.append(addr)
+        return replies.OK, BUFFER
+
+    def data(self, arg: bytes) -> tuple[bytes, int]:
+        if not self.seen_mail:
+            return replies.WANT_MAIL, FLUSH
+        if not self.recipients:
+            return replies.WANT_RCPT, FLUSH
+        self.seen_mail = False
+        return b"", DATA
+
+    def rset(self, arg: bytes) -> tuple[bytes, int]:
+        self.seen_mail = False
+        return replies.FLUSHED, BUFFER
+
+    def noop(self, arg: bytes) -> tuple[bytes, int]:
+        return replies.OK, FLUSH
+
+    def vrfy(self, arg: bytes) -> tuple[bytes, int]:
+        return replies.VRFY, FLUSH
+
+    def help_(self, arg: bytes) -> tuple[bytes, int]:
+        return replies.HELP, FLUSH
+
+    def quit(self, arg: bytes) -> tuple[bytes, int]:
+        return replies.greeting_line(b"221 ", self.greeting), QUIT
+
+    # -- DATA ------------------------------------------------------------
+    def data_opened(self, ok: bool) -> bytes:
+        """Reply once the caller tried to start qmail-queue."""
+        return replies.GO_AHEAD if ok else replies.QQT_FAILURE
+
+    def received_header(self) -> bytes:
+        peer = self.peer
+        helo = self.helo
+        if helo is not None and helo.lower() == peer.remotehost.lower():
+            helo = None
+        return received(peer.remotehost, helo, peer.remoteinfo, peer.remoteip,
+                        peer.local, self.protocol(), self.clock())
+
+    def protocol(self) -> bytes:
+        return b"SMTP"
+
+    def envelope(self) -> bytes:
+        """qmail-queue's fd 1: F sender NUL, T rcpt NUL each, then NUL."""
+        parts = [b"F", self.sender, b"\0"]
+        for rcpt in self.recipients:
+            parts += [b"T", rcpt, b"\0"]
+        parts.append(b"\0")
+        return b"".join(parts)
+
+    def data_done(self, decoder: "DataDecoder", qq_text: bytes, qp: int) -> bytes:
+        """The final reply: qmail-queue's verdict, unless hops or size spoke first.
+
+        `qq_text` is empty when qmail-queue accepted the message, else its
+        D/Z-prefixed failure text.
+        """
+        if not qq_text:
+            return replies.accepted(int(self.clock()), qp)
+        if decoder.hops >= MAX_HOPS:
+            return replies.TOO_MANY_HOPS
+        if decoder.overflow:
+            return replies.TOO_BIG
+        return replies.queue_failure(qq_text)
+
+
+# DataDecoder states, named after qmail-smtpd's blast(): where in a line we are.
+_MIDLINE, _LINESTART, _DOT, _DOTCR, _CR = 0, 1, 2, 3, 4
+MORE, END, STRAY_LF = 0, 1, 2
+
+
+class DataDecoder:
+    """SMTP DATA transparency as qmail-smtpd's blast(), over chunks.
+
+    CRLF becomes LF, any leading dot goes, `.` CRLF ends the message, a bare
+    LF is fatal.  Counts hops (Received:/Delivered- header lines) and the
+    queued size; once the size exceeds `databytes` nothing more is emitted,
+    since the message will not be queued.
+    """
+
+    def __init__(self, databytes: int = 0) -> None:
+        self.databytes = databytes
+        self.size = 0
+        self.overflow = False
+        self.hops = 0
+        self.state = _LINESTART
+        self.in_header = True
+        self._head = b""
+
+    def feed(self, chunk: bytes) -> tuple[bytes, int, int]:
+        """-> (bytes for qmail-queue, bytes of `chunk` consumed, MORE/END/STRAY_LF).
+
+        After END, `chunk[consumed:]` is the start of the next command.
+        """
+        out = []
+        i, n = 0, len(chunk)
+        state = self.state
+        status = MORE
+        while i < n:
+            if state == _LINESTART:
+                nl = chunk.find(b"\n", i)
+                if nl >= 0:  # a whole line at once: the common case
+                    if nl == i or chunk[nl - 1] != 0x0D:
+                        status = STRAY_LF
+                        break
+                    text = chunk[i:nl - 1]
+                    i = nl + 1
+                    if text == b".":
+                        status = END
+                        break
+                    if text[:1] == b"." and text[1:2] != b"\r":
+                        text = text[1:]
+                    out.append(text)
+                    out.append(b"\n")
+                    continue
+                ch = chunk[i]
+                i += 1
+                if ch == 0x2E:
+                    state = _DOT
+                elif ch == 0x0D:
+                    state = _CR
+                else:
+                    out.append(bytes((ch,)))
+                    state = _MIDLINE
+            elif state == _MIDLINE:
+                cr = chunk.find(b"\r", i)
+                lf = chunk.find(b"\n", i)
+                stop = cr if lf < 0 or 0 <= cr < lf else lf
+                if stop < 0:
+                    out.append(chunk[i:])
+                    i = n
+                elif stop == lf:
+                    status = STRAY_LF
+                    break
+                else:
+                    out.append(chunk[i:stop])
+                    i = stop + 1
+                    state = _CR
+            else:
+                ch = chunk[i]
+                i += 1
+                if state == _CR:
+                    if ch == 0x0A:
+                        out.append(b"\n")
+                        state = _LINESTART
+                    elif ch == 0x0D:
+                        out.append(b"\r")
+                    else:
+                        out.append(b"\r" + bytes((ch,)))
+                        state = _MIDLINE
+                elif state == _DOT:
+                    if ch == 0x0A:
+                        status = STRAY_LF
+                        break
+                    if ch == 0x0D:
+                        state = _DOTCR
+                    else:
+                        out.append(bytes((ch,)))
+                        state = _MIDLINE
+                else:  # _DOTCR
+                    if ch == 0x0A:
+                        status = END
+                        break
+                    out.append(b".\r")
+                    if ch == 0x0D:
+                        state = _CR
+                    else:
+                        out.append(bytes((ch,)))
+                        state = _MIDLINE
+        self.state = state
+        if self.in_header:
+            self._count_hops(chunk[:i])
+        data = b"".join(out)
+        if self.overflow:
+            return b"", i, status
+        self.size += len(data)
+        if self.databytes and self.size > self.databytes:
+            self.overflow = True
+            return b"", i, status
+        return data, i, status
+
+    def _count_hops(self, raw: bytes) -> None:
+        """Header lines starting received/delivered (any case) are hops."""
+        pos, n = 0, len(raw)
+        while pos < n:
+            nl = raw.find(b"\n", pos)
+            end = n if nl < 0 else nl + 1
+            room = 9 - len(self._head)
+            if room > 0:
+                self._head += raw[pos:min(end, pos + room)]
+            if nl < 0:
+                return
+            pos = nl + 1
+            head, self._head = self._head.lower(), b""
+            if head.startswith(b"received") or head.startswith(b"delivered"):
+                self.hops += 1
+            elif head.startswith(b"\r\n"):
+                self.in_header = False
+                return

@@ -1,0 +1,91 @@
+"""The qmail-queue pipe: message on its fd 0, envelope on its fd 1, text on fd 6.
+
+Spawned with posix_spawn (no subprocess import: start-up time matters).  The
+envelope is written only when the message is complete and acceptable, so a
+client that vanishes, an oversized or a looping message leaves qmail-queue
+with an empty envelope, and it queues nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import replies
+
+DEFAULT_QUEUE = "/var/qmail/bin/qmail-queue"
+ERRTEXT_MAX = 1023
+
+
+def status_text(wait_status: int, write_failed: bool, errtext: bytes) -> bytes:
+    """qmail's qmail_close(): empty when queued, else a D/Z-prefixed text."""
+    if os.WIFSIGNALED(wait_status):
+        return replies.QQ_CRASHED
+    code = os.WEXITSTATUS(wait_status)
+    if code == 0:
+        return replies.QQ_READ_ERROR if write_failed else b""
+    if code == 82 and len(errtext) > 2:  # notqmail: qmail-queue's own words on fd 6
+        return errtext.split(b"\0", 1)[0]
+    text = replies.QQ_EXIT_TEXT.get(code)
+    if text is not None:
+        return text
+    return replies.QQ_PERMANENT if 11 <= code <= 40 else replies.QQ_TEMPORARY
+
+
+class QueueJob:
+    """One qmail-queue run.  Raises OSError from __init__ if no pipe can be made."""
+
+    def __init__(self, program: str, env: dict[str, str]) -> None:
+        self.failed = False
+        self.pid = 0
+        pipes = [os.pipe() for _ in range(3)]
+        (msg_r, self.msg_w), (env_r, self.env_w), (self.err_r, err_w) = pipes
+        try:
+            self.pid = os.posix_spawn(program, [program], env, file_actions=[
+                (os.POSIX_SPAWN_DUP2, msg_r, 0),
+                (os.POSIX_SPAWN_DUP2, env_r, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 6),
+            ])
+        except OSError:
+            self.pid = 0  # like qmail's child exiting 120: noticed at the end
+            self.failed = True
+        finally:
+            for fd in (msg_r, env_r, err_w):
+                os.close(fd)
+
+    def write(self, data: bytes) -> None:
+        """Feed message bytes; a dead qmail-queue is remembered, not raised."""
+        if self.failed or not data:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.msg_w, view):]
+        except OSError:
+            self.failed = True
+
+    def finish(self, envelope: bytes | None) -> bytes:
+        """Send the envelope (None: abandon the message), wait, return the verdict."""
+        write_failed = self.failed or envelope is None
+        os.close(self.msg_w)
+        if not write_failed:
+            try:
+                view = memoryview(envelope)  # type: ignore[arg-type]
+                while view:
+                    view = view[os.write(self.env_w, view):]
+            except OSError:
+                write_failed = True
+        os.close(self.env_w)
+        try:
+            if not self.pid:
+                return replies.QQ_EXIT_TEXT[replies.QQ_EXEC_FAILED]
+            _, status = os.waitpid(self.pid, 0)
+            errtext = b""
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 82:
+                os.set_blocking(self.err_r, False)  # a grandchild may still hold fd 6
+                try:
+                    errtext = os.read(self.err_r, ERRTEXT_MAX)
+                except BlockingIOError:
+                    pass
+            return status_text(status, write_failed, errtext)
+        finally:
+            os.close(self.err_r)

@@ -1,0 +1,86 @@
+"""Every reply text the server sends, in one place.
+
+The strings are qmail-smtpd's (notqmail column of the behaviour reference) and,
+for AUTH, the widely deployed qmail AUTH patch's: admins grep logs and write
+client workarounds against these exact bytes, so they are facts, not style.
+Each constant is a complete reply line including CRLF.
+"""
+
+CRLF = b"\r\n"
+
+
+def greeting_line(code: bytes, greeting: bytes) -> bytes:
+    """`220 `/`250 `/`250-`/`221 ` followed by the smtpgreeting text."""
+    return code + greeting + CRLF
+
+
+# start-up
+CONTROLS = b"421 unable to read controls (#4.3.0)\r\n"
+NO_IPME = b"421 unable to figure out my IP addresses (#4.3.0)\r\n"
+
+# ordinary commands
+EHLO_TAIL = b"250-PIPELINING\r\n250 8BITMIME\r\n"
+OK = b"250 ok\r\n"
+FLUSHED = b"250 flushed\r\n"
+VRFY = b"252 send some mail, i'll try my best\r\n"
+HELP = b"214 notqmail home page: https://notqmail.org\r\n"
+UNIMPLEMENTED = b"502 unimplemented (#5.5.1)\r\n"
+SYNTAX = b"555 syntax error (#5.5.4)\r\n"
+WANT_MAIL = b"503 MAIL first (#5.5.1)\r\n"
+WANT_RCPT = b"503 RCPT first (#5.5.1)\r\n"
+BADMAILFROM = b"553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)\r\n"
+NO_GATEWAY = b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
+TIMEOUT = b"451 timeout (#4.4.2)\r\n"
+
+# DATA
+GO_AHEAD = b"354 go ahead\r\n"
+QQT_FAILURE = b"451 qqt failure (#4.3.0)\r\n"
+STRAY_LF = b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"
+TOO_MANY_HOPS = b"554 too many hops, this message is looping (#5.4.6)\r\n"
+TOO_BIG = b"552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n"
+
+
+def accepted(seconds: int, qp: int) -> bytes:
+    """The 250 after a message was queued: `250 ok <time> qp <pid>`."""
+    return b"250 ok %d qp %d\r\n" % (seconds, qp)
+
+
+# qmail-queue exit status -> reply text; a leading D is permanent (554),
+# anything else temporary (451), as in qmail's qmail_close().
+QQ_EXEC_FAILED = 120
+QQ_CRASHED = b"Zqq crashed (#4.3.0)"
+QQ_READ_ERROR = b"Zqq read error (#4.3.0)"
+QQ_PERMANENT = b"Dqq permanent problem (#5.3.0)"
+QQ_TEMPORARY = b"Zqq temporary problem (#4.3.0)"
+QQ_EXIT_TEXT = {
+    11: b"Denvelope address too long for qq (#5.1.3)",
+    115: b"Denvelope address too long for qq (#5.1.3)",
+    31: b"Dmail server permanently rejected message (#5.3.0)",
+    51: b"Zqq out of memory (#4.3.0)",
+    52: b"Zqq timeout (#4.3.0)",
+    53: b"Zqq write error or disk full (#4.3.0)",
+    54: QQ_READ_ERROR,
+    55: b"Zqq unable to read configuration (#4.3.0)",
+    56: b"Zqq trouble making network connection (#4.3.0)",
+    61: b"Zqq trouble in home directory (#4.3.0)",
+    62: b"Zqq trouble creating files in queue (#4.3.0)",
+    63: b"Zqq trouble creating files in queue (#4.3.0)",
+    64: b"Zqq trouble creating files in queue (#4.3.0)",
+    65: b"Zqq trouble creating files in queue (#4.3.0)",
+    66: b"Zqq trouble creating files in queue (#4.3.0)",
+    71: b"Zmail server temporarily rejected message (#4.3.0)",
+    72: b"Zconnection to mail server timed out (#4.4.1)",
+    73: b"Zconnection to mail server rejected (#4.4.1)",
+    74: b"Zcommunication with mail server failed (#4.4.2)",
+    81: b"Zqq internal bug (#4.3.0)",
+    91: b"Zqq internal bug (#4.3.0)",
+    QQ_EXEC_FAILED: b"Zunable to exec qq (#4.3.0)",
+}
+
+
+def queue_failure(text: bytes) -> bytes:
+    """Turn a D/Z-prefixed qmail-queue text into the 554 or 451 reply."""
+    return (b"554 " if text[:1] == b"D" else b"451 ") + text[1:] + CRLF
+
+# our own: a bug must end the session with a clear temporary reply, never a traceback
+INTERNAL_ERROR = b"421 internal error, closing connection (#4.3.0)\r\n"
