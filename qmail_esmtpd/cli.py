@@ -25,7 +25,7 @@ QMAIL_HOME = "/var/qmail"
 def log(message: str) -> None:
     """One line on stderr (multilog under supervise); never fatal."""
     try:
-        os.write(2, ("qmail-esmtpd: %s\n" % message).encode("utf-8", "replace"))
+        os.write(2, f"qmail-esmtpd: {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(Controls(env.get("QMAIL_CONTROL", DEFAULT_CONTROL)), dict(env))
     except ControlError as e:
-        log("fatal: %s" % e)
+        log(f"fatal: {e}")
         _say(replies.CONTROLS)
         return 1
     try:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(session, channel, settings.databytes, open_queue)
     except Exception as e:  # a bug: tell the client plainly, keep the trace in the log
-        log("internal error: %s: %s" % (type(e).__name__, e))
+        log(f"internal error: {type(e).__name__}: {e}")
         _say(replies.INTERNAL_ERROR)
         return 1
 

@@ -7,6 +7,7 @@ other error reading one is fatal (`421 unable to read controls`).
 """
 
 from __future__ import annotations
+
 import os
 
 DEFAULT_CONTROL = "/var/qmail/control"

@@ -6,6 +6,7 @@ normal session pays nothing for it.
 """
 
 from __future__ import annotations
+
 FIB_TRIE = "/proc/net/fib_trie"
 
 

@@ -8,6 +8,7 @@ hand in plain values and small lookup callables.
 """
 
 from __future__ import annotations
+
 import time
 
 from . import replies

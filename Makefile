@@ -1,0 +1,58 @@
+# qmail-esmtpd: `make demo` to try it, `make test` to check it.
+PYTHON  ?= python3
+REALPY  := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+SHARED  ?= ../shared
+PREFIX  ?= /var/qmail
+DESTDIR ?=
+BINDIR  := $(PREFIX)/bin
+LIBDIR  := $(PREFIX)/lib/qmail-esmtpd
+CONFORMANCE := $(VPY) $(SHARED)/conformance/dialog.py
+
+.PHONY: venv test lint conformance unit cdb install demo bench clean
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
+	$(REALPY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) tools/mklauncher.py $(VENV)/bin/qmail-esmtpd $(VPY) qmail_esmtpd.cli:main \
+	    $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+	touch $@
+
+test: venv lint conformance unit
+
+lint: venv
+	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench
+
+conformance: venv
+	$(CONFORMANCE) --check $(SHARED)/conformance/golden $(SHARED)/conformance/scenarios \
+	    -- $(VENV)/bin/qmail-esmtpd
+
+unit: venv
+	$(VPY) -m pytest -q
+
+cdb: tcp.smtp.cdb
+
+tcp.smtp.cdb: tcp.smtp.example
+	tcprules tcp.smtp.cdb tcp.smtp.tmp < tcp.smtp.example
+
+# Installs beside qmail, never over qmail-smtpd: the run script chooses.
+install:
+	mkdir -p $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)
+	$(REALPY) -m pip install -q --upgrade --no-compile --target $(DESTDIR)$(LIBDIR) .
+	$(REALPY) -m compileall -q $(DESTDIR)$(LIBDIR)
+	$(REALPY) tools/mklauncher.py $(DESTDIR)$(BINDIR)/qmail-esmtpd $(REALPY) \
+	    qmail_esmtpd.cli:main $(LIBDIR)
+	@echo "installed $(DESTDIR)$(BINDIR)/qmail-esmtpd (qmail-smtpd left untouched)"
+
+demo: venv
+	sh demo/demo.sh
+
+bench: venv
+	$(VPY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo/run tcp.smtp.cdb tcp.smtp.tmp

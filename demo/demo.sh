@@ -1,0 +1,93 @@
+#!/bin/sh
+# `make demo`: qmail-esmtpd under tcpserver on 127.0.0.1, delivering into a
+# Maildir under demo/run instead of a real qmail queue.  Ctrl-C stops it.
+#
+#   DEMO_PORT   port to listen on (default 2525)
+#   DEMO_DIR    working folder: control/, tcp.smtp rules, Maildir/ (default demo/run)
+#   QMAILQUEUE  if already set, used as is; otherwise demo/maildir-queue is used,
+#               so the demo never injects into a real queue by accident.
+set -eu
+
+REPO=$(cd "$(dirname "$0")/.." && pwd -P)
+PORT=${DEMO_PORT:-2525}
+DIR=${DEMO_DIR:-$REPO/demo/run}
+case $DIR in /*) ;; *) DIR=$(pwd -P)/$DIR ;; esac
+SERVER=$REPO/.venv/bin/qmail-esmtpd
+
+case $PORT in
+    '' | *[!0-9]*) echo "demo: DEMO_PORT must be a port number, not '$PORT'" >&2; exit 1 ;;
+esac
+if [ ! -x "$SERVER" ]; then
+    echo "demo: $SERVER is missing; run 'make venv' (or 'make demo') first" >&2
+    exit 1
+fi
+
+# tcpserver and tcprules come from ucspi-tcp; swaks is the client to try it with.
+need=
+if ! command -v tcpserver >/dev/null 2>&1 || ! command -v tcprules >/dev/null 2>&1; then
+    need=ucspi-tcp
+fi
+command -v swaks >/dev/null 2>&1 || need="${need:+$need }swaks"
+if [ -n "$need" ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "demo: please install $need first, e.g.: sudo apt-get install $need" >&2
+        exit 1
+    fi
+    echo "demo: installing $need"
+    apt-get update
+    # shellcheck disable=SC2086 # $need is a list of package names
+    apt-get install -y $need
+fi
+
+# Control files and rules are written only when missing, so edits survive a rerun
+# (add badmailfrom, databytes, smtpgreeting... to $DIR/control as you like).
+mkdir -p "$DIR/control" "$DIR/Maildir/tmp" "$DIR/Maildir/new" "$DIR/Maildir/cur"
+DIR=$(cd "$DIR" && pwd -P)
+[ -f "$DIR/control/me" ] || echo demo.localhost >"$DIR/control/me"
+[ -f "$DIR/control/rcpthosts" ] || printf 'demo.localhost\nlocalhost\n' >"$DIR/control/rcpthosts"
+if [ ! -f "$DIR/tcp.smtp" ]; then
+    cat >"$DIR/tcp.smtp" <<'EOF'
+# 127.0.0.1 may relay; anyone else (127.0.0.2 too) may only mail to rcpthosts.
+127.0.0.1:allow,RELAYCLIENT=""
+:allow
+EOF
+fi
+tcprules "$DIR/tcp.smtp.cdb" "$DIR/tcp.smtp.tmp" <"$DIR/tcp.smtp"
+
+QMAIL_CONTROL=$DIR/control
+if [ -n "${QMAILQUEUE:-}" ]; then
+    where="wherever $QMAILQUEUE puts them (QMAILQUEUE was set)"
+else
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "demo: demo/maildir-queue needs python3 on PATH" >&2
+        exit 1
+    fi
+    QMAILQUEUE=$REPO/demo/maildir-queue
+    DEMO_MAILDIR=$DIR/Maildir
+    export DEMO_MAILDIR
+    where="$DIR/Maildir/new/"
+fi
+export QMAIL_CONTROL QMAILQUEUE
+
+cat <<EOF
+
+qmail-esmtpd demo: listening on 127.0.0.1:$PORT (control files in $QMAIL_CONTROL)
+
+  send a message (127.0.0.1 may relay):
+    swaks --server 127.0.0.1:$PORT --from you@demo.localhost --to someone@example.org --header 'Subject: hello'
+  see relaying refused (127.0.0.2 is not a relay client, example.org is not in rcpthosts):
+    swaks --server 127.0.0.1:$PORT --local-interface 127.0.0.2 --to someone@example.org --quit-after RCPT
+  or talk SMTP by hand:
+    telnet 127.0.0.1 $PORT
+
+  messages land in $where
+EOF
+if [ "$QMAILQUEUE" != /var/qmail/bin/qmail-queue ] && [ -x /var/qmail/bin/qmail-queue ]; then
+    echo "  (a real qmail is installed; the demo leaves its queue alone:"
+    echo "   QMAILQUEUE=/var/qmail/bin/qmail-queue make demo would use it)"
+fi
+echo "  Ctrl-C stops the demo."
+echo
+
+# -R -H: no ident or DNS lookups, so connections start at once.  -v logs to stderr.
+exec tcpserver -v -R -H -l localhost -x "$DIR/tcp.smtp.cdb" 127.0.0.1 "$PORT" "$SERVER"

@@ -1,0 +1,200 @@
+"""Unit tests of the pure protocol core: Session, DataDecoder, addresses, Received."""
+
+import pytest
+
+from qmail_esmtpd import protocol, replies
+from qmail_esmtpd.address import bracketed_ipv4, parse, rewrite_localiphost
+from qmail_esmtpd.protocol import DataDecoder, Peer, Session
+from qmail_esmtpd.received import date822, received, safe
+
+
+def make_session(**kw) -> Session:
+    kw.setdefault("rcpt_allowed", lambda addr: addr.endswith(b"@example.com"))
+    return Session(b"mx.example.com", Peer(b"198.51.100.7", b"client.example.net",
+                                           None, b"mx.example.com"), **kw)
+
+
+def test_banner_and_quit():
+    s = make_session()
+    assert s.banner() == b"220 mx.example.com ESMTP\r\n"
+    assert s.handle(b"quit now") == (b"221 mx.example.com\r\n", protocol.QUIT)
+
+
+def test_verbs_are_case_insensitive_but_exact():
+    s = make_session()
+    assert s.handle(b"nOoP")[0] == replies.OK
+    for line in (b"HELO\tx", b" HELO x", b"HELOx", b"", b"AUTH LOGIN", b"STARTTLS"):
+        assert s.handle(line) == (replies.UNIMPLEMENTED, protocol.FLUSH)
+
+
+def test_nul_ends_the_line():
+    s = make_session()
+    assert s.handle(b"\0HELO x")[0] == replies.UNIMPLEMENTED
+    s.handle(b"HELO good\0bad")
+    assert s.helo == b"good"
+
+
+def test_ehlo_lists_only_pipelining_and_8bitmime():
+    s = make_session()
+    assert s.handle(b"EHLO x")[0] == (
+        b"250-mx.example.com\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+
+
+def test_transaction_order():
+    s = make_session()
+    assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.WANT_MAIL
+    assert s.handle(b"DATA")[0] == replies.WANT_MAIL
+    assert s.handle(b"MAIL FROM:<a@x>")[0] == replies.OK
+    assert s.handle(b"DATA")[0] == replies.WANT_RCPT
+    assert s.handle(b"RCPT TO:<b@elsewhere.org>")[0] == replies.NO_GATEWAY
+    assert s.handle(b"DATA")[0] == replies.WANT_RCPT
+    assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.OK
+    assert s.handle(b"DATA") == (b"", protocol.DATA)
+    assert s.envelope() == b"Fa@x\0Tb@example.com\0\0"
+    assert s.handle(b"DATA")[0] == replies.WANT_MAIL  # DATA always ends the transaction
+
+
+def test_rset_helo_end_the_transaction_but_bad_mail_does_not():
+    s = make_session()
+    s.handle(b"MAIL FROM:<a@x>")
+    assert s.handle(b"MAIL FROM:<" + b"a" * 900 + b">")[0] == replies.SYNTAX
+    assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.OK
+    assert s.handle(b"RSET")[0] == replies.FLUSHED
+    assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.WANT_MAIL
+
+
+def test_badmailfrom_is_reported_at_rcpt_even_with_relayclient():
+    s = make_session(badmailfrom=frozenset({b"spam@evil.org", b"@bad.example"}),
+                     relayclient=b"")
+    for sender in (b"SPAM@Evil.ORG", b"x@BAD.example"):
+        assert s.handle(b"MAIL FROM:<" + sender + b">")[0] == replies.OK
+        assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.BADMAILFROM
+    s.handle(b"MAIL FROM:<x@sub.bad.example>")
+    assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.OK
+
+
+def test_relayclient_suffix_is_appended():
+    s = make_session(relayclient=b"@fixup.example")
+    s.handle(b"MAIL FROM:<>")
+    s.handle(b"RCPT TO:<b@anywhere.org>")
+    s.handle(b"RCPT TO:<>")
+    assert s.recipients == [b"b@anywhere.org@fixup.example", b"@fixup.example"]
+
+
+def test_rcpthosts_error_drops_with_421():
+    s = make_session(rcpt_allowed=lambda addr: None)
+    s.handle(b"MAIL FROM:<a@x>")
+    assert s.handle(b"RCPT TO:<b@x.org>") == (replies.CONTROLS, protocol.DROP)
+
+
+@pytest.mark.parametrize("arg, address", [
+    (b"FROM:<>", b""), (b"FROM: <>", b""), (b"FROM:", b""), (b"FROM", b""), (b"", b""),
+    (b"FROM:a@b", b"a@b"), (b"FROM:   a@b SIZE=1", b"a@b"),
+    (b"FROM:<a@b> SIZE=100 BODY=8BITMIME", b"a@b"), (b"<a@b>", b"a@b"), (b"junk:b@c", b"b@c"),
+    (b'<"john doe"@x>', b"john doe@x"), (b'<"x>y"@x>', b"x>y@x"), (b"<a\\>b@x>", b"a>b@x"),
+    (b"<@r1,@r2:user@x>", b"user@x"), (b"<@example.com>", b""),
+    (b"<unterminated@x", b"unterminated@x"), (b"<first@x> <second@y>", b"first@x"),
+])
+def test_address_forms(arg, address):
+    assert parse(arg) == address
+
+
+def test_localiphost_rewrite():
+    def local(ip):
+        return ip in {"127.0.0.1", "0.0.0.0"}
+    assert rewrite_localiphost(b"u@[127.0.0.1]", b"mx.example.com", local) == b"u@mx.example.com"
+    assert rewrite_localiphost(b"u@[127.0.0.257]", b"mx", local) == b"u@mx"  # low byte
+    assert rewrite_localiphost(b"u@[127.0.0.1]x", b"mx", local) == b"u@[127.0.0.1]x"
+    assert rewrite_localiphost(b"u@[10.0.0.1]", b"mx", local) == b"u@[10.0.0.1]"
+    assert rewrite_localiphost(b"u@[127.0.0.1]", None, local) == b"u@[127.0.0.1]"
+    assert bracketed_ipv4(b"[1.2.3]") is None
+    assert bracketed_ipv4(b"[1..2.3]") is None
+
+
+def test_address_length_limit():
+    s = make_session(rcpt_allowed=lambda a: True)
+    assert s.handle(b"MAIL FROM:<" + b"a" * 899 + b">")[0] == replies.OK
+    assert s.handle(b"RCPT TO:<" + b"x" * 899 + b">")[0] == replies.OK
+    assert s.handle(b"RCPT TO:<" + b"x" * 900 + b">")[0] == replies.SYNTAX
+
+
+def decode(raw: bytes, databytes: int = 0, chunk: int = 0):
+    """Feed `raw` whole or in `chunk`-byte pieces; -> (queued, status, rest, decoder)."""
+    d = DataDecoder(databytes)
+    out = []
+    pieces = [raw] if not chunk else [raw[i:i + chunk] for i in range(0, len(raw), chunk)]
+    for n, piece in enumerate(pieces):
+        data, used, status = d.feed(piece)
+        out.append(data)
+        if status != protocol.MORE:
+            rest = piece[used:] + b"".join(pieces[n + 1:])
+            return b"".join(out), status, rest, d
+    return b"".join(out), protocol.MORE, b"", d
+
+
+DOTS_IN = (b"Subject: dots\r\n\r\n..two\r\n.one\r\n...\r\n..\r\n. space\r\n"
+           b"not.at.start.\r\n.\rX\r\n..\r\r\na\r\r\r\nb\rc\r\n.\r\nNOOP\r\n")
+DOTS_OUT = (b"Subject: dots\n\n.two\none\n..\n.\n space\nnot.at.start.\n.\rX\n.\r\n"
+            b"a\r\r\nb\rc\n")
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3, 7])
+def test_data_transparency_any_chunking(chunk):
+    queued, status, rest, _ = decode(DOTS_IN, chunk=chunk)
+    assert (queued, status, rest) == (DOTS_OUT, protocol.END, b"NOOP\r\n")
+
+
+@pytest.mark.parametrize("raw", [b"a\nb\r\n.\r\n", b"\n.\r\n", b"x\r\n.\n", b"x\r\n.\nb"])
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_bare_lf_is_fatal(raw, chunk):
+    assert decode(raw, chunk=chunk)[1] == protocol.STRAY_LF
+
+
+def test_empty_message():
+    assert decode(b".\r\n")[:3] == (b"", protocol.END, b"")
+
+
+def test_hops_counted_in_header_only():
+    header = b"Received: x\r\nrEcEiVeDX\r\nDelivered-To: y\r\n Received: folded\r\n"
+    body = b"\r\nReceived: in body\r\n.\r\n"
+    *_, d = decode(header + body, chunk=5)
+    assert d.hops == 3
+    *_, d = decode(b"Received: x\r\n" * 100 + b".\r\n")
+    assert d.hops == 100
+
+
+def test_databytes_counts_queued_bytes():
+    raw = b"..12345678\r\n.\r\n"  # queued as ".12345678\n": 10 bytes
+    assert not decode(raw, databytes=10)[3].overflow
+    queued, status, _, d = decode(raw, databytes=9)
+    assert d.overflow and status == protocol.END and queued == b""
+
+
+def test_final_reply_order():
+    s = make_session(clock=lambda: 1764100000.0)
+    d = DataDecoder()
+    assert s.data_done(d, b"", 4242) == b"250 ok 1764100000 qp 4242\r\n"
+    d.hops, d.overflow = 100, True
+    assert s.data_done(d, replies.QQ_READ_ERROR, 1) == replies.TOO_MANY_HOPS
+    d.hops = 0
+    assert s.data_done(d, replies.QQ_READ_ERROR, 1) == replies.TOO_BIG
+    d.overflow = False
+    assert s.data_done(d, b"Dno way", 1) == b"554 no way\r\n"
+    assert s.data_done(d, b"Zlater", 1) == b"451 later\r\n"
+
+
+def test_received_line():
+    line = received(b"client.example.net", b"liar.example.org", None, b"198.51.100.7",
+                    b"mx.example.com", b"SMTP", 1764100000)
+    assert line == (b"Received: from client.example.net (HELO liar.example.org) "
+                    b"(198.51.100.7)\n  by mx.example.com with SMTP; 25 Nov 2025 19:46:40 -0000\n")
+    assert safe("h\u00e9<x> [1]".encode()) == b"h???x??[1]"
+    assert date822(0) == b"1 Jan 1970 00:00:00 -0000"
+
+
+def test_received_helo_omitted_when_it_matches_remotehost():
+    s = make_session(clock=lambda: 0)
+    s.handle(b"HELO CLIENT.example.NET")
+    assert b"(HELO" not in s.received_header()
+    s.handle(b"HELO")
+    assert b"(HELO ) (198.51.100.7)" in s.received_header()
