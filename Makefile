@@ -29,7 +29,7 @@ lint: venv
 
 conformance: venv
 	$(CONFORMANCE) --check $(SHARED)/conformance/golden $(SHARED)/conformance/scenarios \
-	    -- $(VENV)/bin/qmail-esmtpd
+	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
 unit: venv
 	$(VPY) -m pytest -q
