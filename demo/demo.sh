@@ -56,7 +56,7 @@ tcprules "$DIR/tcp.smtp.cdb" "$DIR/tcp.smtp.tmp" <"$DIR/tcp.smtp"
 
 QMAIL_CONTROL=$DIR/control
 if [ -n "${QMAILQUEUE:-}" ]; then
-    where="wherever $QMAILQUEUE puts them (QMAILQUEUE was set)"
+    where="messages go to $QMAILQUEUE (QMAILQUEUE was already set)"
 else
     if ! command -v python3 >/dev/null 2>&1; then
         echo "demo: demo/maildir-queue needs python3 on PATH" >&2
@@ -65,7 +65,7 @@ else
     QMAILQUEUE=$REPO/demo/maildir-queue
     DEMO_MAILDIR=$DIR/Maildir
     export DEMO_MAILDIR
-    where="$DIR/Maildir/new/"
+    where="messages land in $DIR/Maildir/new/"
 fi
 export QMAIL_CONTROL QMAILQUEUE
 
@@ -80,7 +80,7 @@ qmail-esmtpd demo: listening on 127.0.0.1:$PORT (control files in $QMAIL_CONTROL
   or talk SMTP by hand:
     telnet 127.0.0.1 $PORT
 
-  messages land in $where
+  $where
 EOF
 if [ "$QMAILQUEUE" != /var/qmail/bin/qmail-queue ] && [ -x /var/qmail/bin/qmail-queue ]; then
     echo "  (a real qmail is installed; the demo leaves its queue alone:"
@@ -89,5 +89,7 @@ fi
 echo "  Ctrl-C stops the demo."
 echo
 
-# -R -H: no ident or DNS lookups, so connections start at once.  -v logs to stderr.
-exec tcpserver -v -R -H -l localhost -x "$DIR/tcp.smtp.cdb" 127.0.0.1 "$PORT" "$SERVER"
+# -R -H: no ident or DNS lookups, so connections start at once; -l names this host
+# in Received lines as control/me does, again without asking DNS.  -v logs to stderr.
+exec tcpserver -v -R -H -l "$(head -n 1 "$DIR/control/me")" -x "$DIR/tcp.smtp.cdb" \
+    127.0.0.1 "$PORT" "$SERVER"
