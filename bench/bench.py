@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -174,7 +175,12 @@ def run_measured(argv: list[str], stdin: bytes | None, env: dict[str, str]
     stdin_kind = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
     proc = subprocess.Popen(argv, stdin=stdin_kind, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env)
-    out, _ = proc.communicate(stdin)
+    try:
+        out, _ = proc.communicate(stdin, timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError(f"{argv[0]} did not finish within {CLIENT_TIMEOUT:g} s") from None
     return children_cpu() - before, proc.returncode, out
 
 
@@ -196,7 +202,12 @@ def run_sink_alone(sink: Path, env: dict[str, str]) -> float:
         os.write(envelope_w, ENVELOPE)
     finally:
         os.close(envelope_w)
-    status = proc.wait()
+    try:
+        status = proc.wait(timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError("qmail-queue sink hangs") from None
     if status != 0:
         raise BenchError(f"qmail-queue sink exited {status}")
     return children_cpu() - before
@@ -274,11 +285,12 @@ def measure_imports(interpreter: str, paths: list[str], control: Path, sink: Pat
     code = (f"import sys; sys.path[:0] = {paths!r}; "
             "from qmail_esmtpd.cli import main; sys.exit(main())")
     proc = subprocess.run([interpreter, "-I", "-S", "-X", "importtime", "-c", code],
-                          input=SESSION_INPUT, capture_output=True, env=env, check=False)
+                          input=SESSION_INPUT, capture_output=True, env=env, check=False,
+                          timeout=CLIENT_TIMEOUT)
     check_session_output(proc.stdout, proc.returncode, "qmail-esmtpd under -X importtime")
     rows = parse_importtime(proc.stderr.decode("utf-8", "replace"))
     bare = subprocess.run([interpreter, "-I", "-S", "-X", "importtime", "-c", "pass"],
-                          capture_output=True, env=env, check=False)
+                          capture_output=True, env=env, check=False, timeout=CLIENT_TIMEOUT)
     bare_names = {row[0] for row in parse_importtime(bare.stderr.decode("utf-8", "replace"))}
 
     def is_forbidden(name: str) -> bool:
@@ -360,7 +372,7 @@ def tcp_session(port: int) -> None:
 
 
 def wait_until_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll with real SMTP sessions until tcpserver answers (or give up)."""
+    """Poll with banner+QUIT connections until tcpserver answers (or give up)."""
     deadline = time.monotonic() + 10.0
     while True:
         if proc.poll() is not None:
@@ -391,12 +403,14 @@ def tcpserver(control: Path, sink: Path, workdir: Path
     env = {k: v for k, v in server_env(control, sink).items() if not k.startswith("TCP")}
     before = children_cpu()
     cpu = [0.0]
+    argv = ["tcpserver", "-R", "-H", "-l", "localhost", "-c", "100", "127.0.0.1", str(port),
+            str(LAUNCHER)]
     with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            ["tcpserver", "-R", "-H", "-l", "localhost", "-c", "100", "127.0.0.1", str(port),
-             str(LAUNCHER)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file, env=env,
-            start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=log_file, env=env, start_new_session=True)
+        except OSError as e:
+            raise BenchError(f"cannot start tcpserver: {e}") from None
     try:
         wait_until_listening(port, proc, log)
         yield port, lambda: cpu[0]
@@ -475,10 +489,12 @@ def banner_latencies(port: int, connections: int) -> list[float]:
 
 
 def p90(values: list[float]) -> float:
+    """90th percentile: the tail a busy MX sees, which a median hides."""
     return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 
 def interpreter_version(interpreter: str) -> str:
+    """The launcher's interpreter version (may differ from the one running this)."""
     out = subprocess.run([interpreter, "-I", "-S", "-c", "import sys; print(sys.version)"],
                          capture_output=True, text=True, check=False).stdout
     return out.split()[0] if out else "?"
@@ -499,6 +515,8 @@ def main() -> int:
     if os.path.realpath(interpreter) != interpreter or interpreter.endswith("/env"):
         notes.append(f"launcher shebang {interpreter} is not the real binary "
                      f"({os.path.realpath(interpreter)}): shims cost 85-140 ms")
+    if "".join(flags).lstrip("-") not in ("IS", "SI"):
+        notes.append(f"launcher flags are {flags}, expected -IS")
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-bench.") as tmp:
@@ -511,11 +529,11 @@ def main() -> int:
         imports = measure_imports(interpreter, paths, control, sink)
 
         print(f"[3/4] tcpserver throughput, {args.sessions} sessions per level ...", flush=True)
-        throughput: list[tuple[int, float, float]] = []
-        with tcpserver(control, sink, workdir) as (port, _):
-            for level in CONCURRENCY_LEVELS:
+        throughput: list[tuple[int, float, float, float]] = []
+        for level in CONCURRENCY_LEVELS:  # one tcpserver per level: server CPU per level
+            with tcpserver(control, sink, workdir) as (port, server_cpu):
                 rate, client_ms = run_clients(port, level, args.sessions)
-                throughput.append((level, rate, client_ms))
+            throughput.append((level, rate, server_cpu() * 1000.0 / args.sessions, client_ms))
         print(f"[4/4] banner latency, {args.connections} connections ...", flush=True)
         with tcpserver(control, sink, workdir) as (port, server_cpu):
             banners = banner_latencies(port, args.connections)
@@ -557,18 +575,22 @@ def main() -> int:
     print(rule)
     forbidden = imports.forbidden
     print("2. imports in a plain session (-X importtime, wall time)")
-    print(f"   forbidden modules imported: {', '.join(forbidden) if forbidden else 'none'}"
-          f"   (checked: {', '.join(FORBIDDEN)})")
+    print(f"   forbidden modules imported: {', '.join(forbidden) if forbidden else 'none'}")
+    print(f"   (checked: {', '.join(FORBIDDEN)})")
     print(f"   qmail_esmtpd: {imports.package_modules} modules, "
           f"{imports.package_total_ms:.2f} ms incl. what they import, "
           f"{imports.package_self_ms:.2f} ms own code")
     extra_text = ", ".join(f"{name} {ms:.2f}" for name, ms in imports.extra_stdlib) or "none"
-    print(f"   beyond a bare start (ms self): {extra_text}")
+    print(textwrap.fill(f"beyond a bare start (ms self): {extra_text}", width=78,
+                        initial_indent="   ", subsequent_indent="     "))
     print(rule)
     print("3. sessions/s through tcpserver (raw-socket client threads in this process)")
-    print(f"   {'concurrency':>11} {'sessions/s':>11} {'client CPU ms/session':>22}")
-    for level, rate, client_ms in throughput:
-        print(f"   {level:>11} {rate:>11.1f} {client_ms:>22.2f}")
+    print(f"   {'concurrency':>11} {'sessions/s':>11} {'server CPU ms/session':>22}"
+          f" {'client CPU ms/session':>22}")
+    for level, rate, server_ms, client_ms in throughput:
+        print(f"   {level:>11} {rate:>11.1f} {server_ms:>22.2f} {client_ms:>22.2f}")
+    print(f"   (server CPU: tcpserver + qmail-esmtpd + sink; {os.cpu_count()} CPUs shared with"
+          " the client)")
     print(rule)
     print(f"4. connect() to full banner through tcpserver, {args.connections} sequential")
     print(f"   median {statistics.median(banners):6.2f} ms   p90 {p90(banners):6.2f} ms"
@@ -584,7 +606,7 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchError as e:
+    except (BenchError, subprocess.TimeoutExpired) as e:
         print(f"bench: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
