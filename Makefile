@@ -18,7 +18,7 @@ $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	$(REALPY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
-	$(VPY) tools/mklauncher.py $(VENV)/bin/qmail-esmtpd $(VPY) qmail_esmtpd.cli:main \
+	$(VPY) tools/mklauncher.py $(VENV)/bin/qmail-esmtpd $(VPY) qmail_esmtpd.cli:run \
 	    $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 	touch $@
 
@@ -45,7 +45,7 @@ install:
 	$(REALPY) -m pip install -q --upgrade --no-compile --target $(DESTDIR)$(LIBDIR) .
 	$(REALPY) -m compileall -q $(DESTDIR)$(LIBDIR)
 	$(REALPY) tools/mklauncher.py $(DESTDIR)$(BINDIR)/qmail-esmtpd $(REALPY) \
-	    qmail_esmtpd.cli:main $(LIBDIR)
+	    qmail_esmtpd.cli:run $(LIBDIR)
 	@echo "installed $(DESTDIR)$(BINDIR)/qmail-esmtpd (qmail-smtpd left untouched)"
 
 demo: venv

@@ -5,8 +5,6 @@ source routes and backslashes; only an address of 900 bytes or more is a
 syntax error.  Clients rely on this leniency, so it is reproduced exactly.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,7 +60,7 @@ def bracketed_ipv4(literal: bytes) -> str | None:
 
 
 def rewrite_localiphost(address: bytes, localiphost: bytes | None,
-                        is_local_ip: Callable[[str], bool]) -> bytes:
+                        is_local_ip: "Callable[[str], bool]") -> bytes:
     """Replace `@[our.ip]` by `@localiphost` so local literals deliver locally."""
     if localiphost is None:
         return address

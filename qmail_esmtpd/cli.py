@@ -5,10 +5,7 @@ this path imports only cheap standard modules; anything heavier is imported
 where it is needed.
 """
 
-from __future__ import annotations
-
-import os
-import sys
+import posix
 
 from . import replies
 from .config import DEFAULT_CONTROL, ControlError, Controls, Settings
@@ -17,29 +14,29 @@ from .localips import LocalIPs
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
-from .server import run
+from .server import serve
 
-QMAIL_HOME = "/var/qmail"
+QMAIL_HOME = b"/var/qmail"
 
 
 def log(message: str) -> None:
     """One line on stderr (multilog under supervise); never fatal."""
     try:
-        os.write(2, f"qmail-esmtpd: {message}\n".encode("utf-8", "replace"))
+        posix.write(2, f"qmail-esmtpd: {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    env = os.environ
+def main() -> int:
+    env = posix.environ
     try:
-        settings = Settings(Controls(env.get("QMAIL_CONTROL", DEFAULT_CONTROL)), dict(env))
+        settings = Settings(Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)), env)
     except ControlError as e:
         log(f"fatal: {e}")
         _say(replies.CONTROLS)
         return 1
     try:
-        os.chdir(QMAIL_HOME)  # qmail-queue expects to run in the qmail home
+        posix.chdir(QMAIL_HOME)  # qmail-queue expects to run in the qmail home
     except OSError:
         pass
     session = Session(
@@ -51,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         localiphost=settings.localiphost,
         is_local_ip=LocalIPs(),
     )
-    program = env.get("QMAILQUEUE", DEFAULT_QUEUE)
+    program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
     def open_queue() -> QueueJob:
         return QueueJob(program, dict(env))
 
     channel = Channel(settings.timeout)
     try:
-        return run(session, channel, settings.databytes, open_queue)
+        return serve(session, channel, settings.databytes, open_queue)
     except Exception as e:  # a bug: tell the client plainly, keep the trace in the log
         log(f"internal error: {type(e).__name__}: {e}")
         _say(replies.INTERNAL_ERROR)
@@ -67,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _say(reply: bytes) -> None:
     try:
-        os.write(1, reply)
+        posix.write(1, reply)
     except OSError:
         pass
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run() -> None:
+    """The program: main(), then exit without interpreter teardown.
+
+    Nothing is left to flush (all output goes through raw fds), and skipping
+    finalization saves about 1 ms of CPU per connection.
+    """
+    posix._exit(main())

@@ -6,9 +6,7 @@ what makes PIPELINING work without changing the bytes on the wire.
 `select` does the timeouts, so no signal handlers (and no `signal` import).
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import select
 
 READ_SIZE = 65536
@@ -44,7 +42,7 @@ class Channel:
             try:
                 if not select.select([], [self.wfd], [], self.timeout)[1]:
                     raise Gone("write timeout")
-                done = os.write(self.wfd, data)
+                done = posix.write(self.wfd, data)
             except OSError as e:
                 raise Gone(str(e)) from None
             data = data[done:]
@@ -55,7 +53,7 @@ class Channel:
             ready = select.select([self.rfd], [], [], self.timeout)[0]
             if not ready:
                 raise Timeout()
-            data = os.read(self.rfd, READ_SIZE)
+            data = posix.read(self.rfd, READ_SIZE)
         except OSError as e:
             raise Gone(str(e)) from None
         if not data:

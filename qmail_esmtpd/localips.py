@@ -5,8 +5,6 @@ table instead, and only when an address literal actually shows up, so a
 normal session pays nothing for it.
 """
 
-from __future__ import annotations
-
 FIB_TRIE = "/proc/net/fib_trie"
 
 

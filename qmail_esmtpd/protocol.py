@@ -7,8 +7,6 @@ environment, a file or a database: the adapters in `server.py` do that and
 hand in plain values and small lookup callables.
 """
 
-from __future__ import annotations
-
 import time
 
 from . import replies
@@ -47,11 +45,11 @@ class Session:
 
     def __init__(self, greeting: bytes, peer: Peer, *,
                  relayclient: bytes | None = None,
-                 rcpt_allowed: Callable[[bytes], bool | None] = lambda addr: True,
+                 rcpt_allowed: "Callable[[bytes], bool | None]" = lambda addr: True,
                  badmailfrom: frozenset = frozenset(),
                  localiphost: bytes | None = None,
-                 is_local_ip: Callable[[str], bool] = lambda ip: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 is_local_ip: "Callable[[str], bool]" = lambda ip: False,
+                 clock: "Callable[[], float]" = time.time) -> None:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient

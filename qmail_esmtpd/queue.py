@@ -6,21 +6,19 @@ client that vanishes, an oversized or a looping message leaves qmail-queue
 with an empty envelope, and it queues nothing.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 
 from . import replies
 
-DEFAULT_QUEUE = "/var/qmail/bin/qmail-queue"
+DEFAULT_QUEUE = b"/var/qmail/bin/qmail-queue"
 ERRTEXT_MAX = 1023
 
 
 def status_text(wait_status: int, write_failed: bool, errtext: bytes) -> bytes:
     """qmail's qmail_close(): empty when queued, else a D/Z-prefixed text."""
-    if os.WIFSIGNALED(wait_status):
+    if posix.WIFSIGNALED(wait_status):
         return replies.QQ_CRASHED
-    code = os.WEXITSTATUS(wait_status)
+    code = posix.WEXITSTATUS(wait_status)
     if code == 0:
         return replies.QQ_READ_ERROR if write_failed else b""
     if code == 82 and len(errtext) > 2:  # notqmail: qmail-queue's own words on fd 6
@@ -34,23 +32,23 @@ def status_text(wait_status: int, write_failed: bool, errtext: bytes) -> bytes:
 class QueueJob:
     """One qmail-queue run.  Raises OSError from __init__ if no pipe can be made."""
 
-    def __init__(self, program: str, env: dict[str, str]) -> None:
+    def __init__(self, program: bytes, env: dict[bytes, bytes]) -> None:
         self.failed = False
         self.pid = 0
-        pipes = [os.pipe() for _ in range(3)]
+        pipes = [posix.pipe() for _ in range(3)]
         (msg_r, self.msg_w), (env_r, self.env_w), (self.err_r, err_w) = pipes
         try:
-            self.pid = os.posix_spawn(program, [program], env, file_actions=[
-                (os.POSIX_SPAWN_DUP2, msg_r, 0),
-                (os.POSIX_SPAWN_DUP2, env_r, 1),
-                (os.POSIX_SPAWN_DUP2, err_w, 6),
+            self.pid = posix.posix_spawn(program, [program], env, file_actions=[
+                (posix.POSIX_SPAWN_DUP2, msg_r, 0),
+                (posix.POSIX_SPAWN_DUP2, env_r, 1),
+                (posix.POSIX_SPAWN_DUP2, err_w, 6),
             ])
         except OSError:
             self.pid = 0  # like qmail's child exiting 120: noticed at the end
             self.failed = True
         finally:
             for fd in (msg_r, env_r, err_w):
-                os.close(fd)
+                posix.close(fd)
 
     def write(self, data: bytes) -> None:
         """Feed message bytes; a dead qmail-queue is remembered, not raised."""
@@ -59,33 +57,33 @@ class QueueJob:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(self.msg_w, view):]
+                view = view[posix.write(self.msg_w, view):]
         except OSError:
             self.failed = True
 
     def finish(self, envelope: bytes | None) -> bytes:
         """Send the envelope (None: abandon the message), wait, return the verdict."""
         write_failed = self.failed or envelope is None
-        os.close(self.msg_w)
+        posix.close(self.msg_w)
         if not write_failed:
             try:
                 view = memoryview(envelope)  # type: ignore[arg-type]
                 while view:
-                    view = view[os.write(self.env_w, view):]
+                    view = view[posix.write(self.env_w, view):]
             except OSError:
                 write_failed = True
-        os.close(self.env_w)
+        posix.close(self.env_w)
         try:
             if not self.pid:
                 return replies.QQ_EXIT_TEXT[replies.QQ_EXEC_FAILED]
-            _, status = os.waitpid(self.pid, 0)
+            _, status = posix.waitpid(self.pid, 0)
             errtext = b""
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 82:
-                os.set_blocking(self.err_r, False)  # a grandchild may still hold fd 6
+            if posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 82:
+                posix.set_blocking(self.err_r, False)  # a grandchild may still hold fd 6
                 try:
-                    errtext = os.read(self.err_r, ERRTEXT_MAX)
+                    errtext = posix.read(self.err_r, ERRTEXT_MAX)
                 except BlockingIOError:
                     pass
             return status_text(status, write_failed, errtext)
         finally:
-            os.close(self.err_r)
+            posix.close(self.err_r)

@@ -5,15 +5,14 @@ always passes; otherwise the text after the last `@`, lower-cased, or any of
 its suffixes starting with `.`, must be listed.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 class RcptHosts:
     """Callable policy: `rcpthosts(address) -> True/False`, None on a cdb error."""
 
-    def __init__(self, entries: Iterable[bytes] | None, morercpthosts: str | None = None) -> None:
+    def __init__(self, entries: "Iterable[bytes] | None",
+                 morercpthosts: bytes | None = None) -> None:
         self.enabled = entries is not None
         self.entries = frozenset(e.lower() for e in entries or ())
         self.cdb_path = morercpthosts

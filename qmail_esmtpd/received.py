@@ -1,7 +1,5 @@
 """The Received header qmail-smtpd puts on top of every message, byte for byte."""
 
-from __future__ import annotations
-
 import time
 
 _SAFE = frozenset(

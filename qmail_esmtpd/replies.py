@@ -84,3 +84,34 @@ def queue_failure(text: bytes) -> bytes:
 
 # our own: a bug must end the session with a clear temporary reply, never a traceback
 INTERNAL_ERROR = b"421 internal error, closing connection (#4.3.0)\r\n"
+
+# SMTP AUTH (the qmail AUTH patch's texts; the 454 for the database is ours)
+def ehlo_auth_tail(databytes: int) -> bytes:
+    """EHLO keywords with AUTH enabled: SIZE shows the effective databytes."""
+    return (b"250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE %d\r\n250 AUTH LOGIN PLAIN\r\n"
+            % databytes)
+
+
+AUTH_OK = b"235 ok, go ahead (#2.0.0)\r\n"
+AUTH_FAILED = b"535 authentication failed (#5.7.1)\r\n"
+AUTH_PROMPT_USER = b"334 VXNlcm5hbWU6\r\n"  # base64 "Username:"
+AUTH_PROMPT_PASSWORD = b"334 UGFzc3dvcmQ6\r\n"  # base64 "Password:"
+AUTH_PROMPT_PLAIN = b"334 \r\n"
+AUTH_CANCELED = b"501 auth exchange canceled (#5.0.0)\r\n"
+AUTH_MALFORMED = b"501 malformed auth input (#5.5.4)\r\n"
+AUTH_ALREADY = b"503 you're already authenticated (#5.5.0)\r\n"
+AUTH_IN_TRANSACTION = b"503 no auth during mail transaction (#5.5.0)\r\n"
+AUTH_MECHANISM = b"504 auth type unimplemented (#5.5.1)\r\n"
+AUTH_TOO_MANY = b"421 too many failed authentication attempts, closing connection (#4.7.0)\r\n"
+AUTH_TEMP_DB = b"454 temporary authentication failure, try again later (#4.3.0)\r\n"
+AUTH_TEMP_PIPE = b"454 oops, unable to open pipe and I can't auth (#4.3.0)\r\n"
+AUTH_TEMP_START = b"454 oops, child won't start and I can't auth (#4.3.0)\r\n"
+AUTH_TEMP_WRITE = b"454 oops, unable to write pipe and I can't auth (#4.3.0)\r\n"
+AUTH_TEMP_CHILD = b"454 oops, problem with child and I can't auth (#4.3.0)\r\n"
+SIZE_EXCEEDED = TOO_BIG  # MAIL ... SIZE=n over databytes: the same words at MAIL time
+
+# the daily sending limit (ours)
+LIMIT_REACHED = (b"451 daily sending limit reached for this account, "
+                 b"try again tomorrow (#4.7.1)\r\n")
+LIMIT_UNAVAILABLE = (b"451 temporary failure checking the sending limit, "
+                     b"try again later (#4.3.0)\r\n")

@@ -4,8 +4,6 @@ This is the only place where the protocol core, the client's fds and the
 qmail-queue pipe meet.
 """
 
-from __future__ import annotations
-
 from . import protocol, replies
 from .lineio import Channel, Gone, Timeout
 from .queue import QueueJob
@@ -15,8 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def run(session: protocol.Session, channel: Channel, databytes: int,
-        open_queue: Callable[[], QueueJob]) -> int:
+def serve(session: protocol.Session, channel: Channel, databytes: int,
+        open_queue: "Callable[[], QueueJob]") -> int:
     """Talk SMTP until QUIT (exit 0) or until the client goes away (exit 1)."""
     try:
         channel.write(session.banner())
@@ -51,7 +49,7 @@ class StrayLF(Exception):
 
 
 def receive_message(session: protocol.Session, channel: Channel, databytes: int,
-                    open_queue: Callable[[], QueueJob]) -> bytes:
+                    open_queue: "Callable[[], QueueJob]") -> bytes:
     """354, stream DATA into qmail-queue, and return the final reply."""
     try:
         job = open_queue()

@@ -1,0 +1,90 @@
+"""SASL LOGIN and PLAIN (RFC 4954, RFC 4616) as the qmail AUTH patch speaks them.
+
+Pure: an `Exchange` takes the AUTH argument and the client's lines and gives
+back either the next reply (a 334 prompt, or a 501 that ends the exchange)
+or the decoded credentials for the caller to verify.
+"""
+
+import binascii
+
+from . import replies
+
+MECHANISMS = (b"LOGIN", b"PLAIN")
+
+
+class AuthOutcome:
+    """What an authenticator says: ok, failed (535), or a 454 reply to send."""
+
+    __slots__ = ("ok", "tempfail", "user", "account")
+
+    def __init__(self, ok: bool, user: bytes = b"", tempfail: bytes | None = None,
+                 account: object = None) -> None:
+        self.ok = ok
+        self.user = user
+        self.tempfail = tempfail
+        self.account = account  # whatever the sending limit needs to know the user by
+
+
+def decode(line: bytes) -> bytes | None:
+    """Strict base64; None for anything else (the patch silently skipped junk)."""
+    try:
+        return binascii.a2b_base64(line, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def split_plain(message: bytes) -> tuple[bytes, bytes] | None:
+    """`authzid NUL user NUL password` -> (user, password); authzid is ignored."""
+    parts = message.split(b"\0", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+class Exchange:
+    """One AUTH exchange.  `reply` is the next line to send; `credentials` is
+    set once both are known; `done` is true when the exchange is over."""
+
+    def __init__(self, mechanism: bytes, initial: bytes | None) -> None:
+        self.mechanism = mechanism
+        self.user: bytes | None = None
+        self.credentials: tuple[bytes, bytes] | None = None
+        self.done = False
+        if initial is None:
+            self.reply = (replies.AUTH_PROMPT_USER if mechanism == b"LOGIN"
+                          else replies.AUTH_PROMPT_PLAIN)
+        else:
+            self.reply = b""
+            self.respond(initial)
+
+    def respond(self, line: bytes) -> None:
+        """Take the client's answer to the last prompt."""
+        if line == b"*":
+            return self._end(replies.AUTH_CANCELED)
+        data = decode(line) if line else None
+        if not data:
+            return self._end(replies.AUTH_MALFORMED)
+        if self.mechanism == b"PLAIN":
+            pair = split_plain(data)
+            if pair is None:
+                return self._end(replies.AUTH_MALFORMED)
+            self.credentials = pair
+            return self._end(b"")
+        if self.user is None:
+            self.user = data
+            self.reply = replies.AUTH_PROMPT_PASSWORD
+            return None
+        self.credentials = (self.user, data)
+        return self._end(b"")
+
+    def _end(self, reply: bytes) -> None:
+        self.reply = reply
+        self.done = True
+
+
+def start(arg: bytes) -> Exchange | None:
+    """Parse `AUTH mechanism [initial-response]`; None for an unknown mechanism."""
+    words = arg.split()
+    if not words or words[0].upper() not in MECHANISMS:
+        return None
+    return Exchange(words[0].upper(), words[1] if len(words) > 1 else None)
