@@ -9,13 +9,17 @@ hand in plain values and small lookup callables.
 
 import time
 
-from . import replies
+from . import replies, sasl
 from .address import MAX_ADDRESS, parse, rewrite_localiphost
+from .config import leading_number
 from .received import received
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from .auth import Authenticator
+    from .limit import DailyLimit
 
 # What the caller does after writing the reply.
 BUFFER = 0   # nothing; the reply may wait for the next read (MAIL, RCPT, RSET)
@@ -49,7 +53,11 @@ class Session:
                  badmailfrom: frozenset = frozenset(),
                  localiphost: bytes | None = None,
                  is_local_ip: "Callable[[str], bool]" = lambda ip: False,
-                 clock: "Callable[[], float]" = time.time) -> None:
+                 clock: "Callable[[], float]" = time.time,
+                 auth: "Authenticator | None" = None,
+                 limits: "DailyLimit | None" = None,
+                 databytes: int = 0,
+                 max_auth_failures: int = 3) -> None:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient
@@ -58,6 +66,15 @@ class Session:
         self.localiphost = localiphost
         self.is_local_ip = is_local_ip
         self.clock = clock
+        self.auth = auth
+        self.limits = limits
+        self.databytes = databytes
+        self.max_auth_failures = max_auth_failures
+        self.user: bytes | None = None  # set by a successful AUTH
+        self.account: object = None  # the user as the sending limit knows it
+        self.exchange: sasl.Exchange | None = None
+        self.auth_failures = 0
+        self.charged: object = None
         self.helo: bytes | None = None
         self.seen_mail = False
         self.sender_barred = False
@@ -69,6 +86,8 @@ class Session:
             b"noop": self.noop, b"vrfy": self.vrfy, b"help": self.help_,
             b"quit": self.quit,
         }
+        if auth is not None:
+            self.verbs[b"auth"] = self.auth_
 
     # -- entry points -----------------------------------------------------
     def banner(self) -> bytes:
@@ -79,6 +98,9 @@ class Session:
         nul = line.find(b"\0")
         if nul >= 0:
             line = line[:nul]
+        if self.exchange is not None:
+            self.exchange.respond(line)
+            return self._auth_step(self.exchange)
         space = line.find(b" ")
         if space < 0:
             verb, arg = line, b""
@@ -103,6 +125,8 @@ class Session:
         return replies.greeting_line(b"250-", self.greeting) + self.ehlo_keywords(), FLUSH
 
     def ehlo_keywords(self) -> bytes:
+        if self.auth is not None:
+            return replies.ehlo_auth_tail(self.databytes)
         return replies.EHLO_TAIL
 
     def _address(self, arg: bytes) -> bytes | None:
@@ -113,6 +137,13 @@ class Session:
         addr = self._address(arg)
         if addr is None:
             return replies.SYNTAX, BUFFER
+        if self.auth is not None and self.databytes and size_parameter(arg) > self.databytes:
+            return replies.SIZE_EXCEEDED, BUFFER
+        if self.account is not None and self.limits is not None:
+            allowed = self.limits.allows(self.account)
+            if not allowed:
+                return (replies.LIMIT_UNAVAILABLE if allowed is None
+                        else replies.LIMIT_REACHED), BUFFER
         self.sender_barred = self.in_badmailfrom(addr)
         self.seen_mail = True
         self.sender = addr
@@ -170,6 +201,43 @@ class Session:
     def quit(self, arg: bytes) -> tuple[bytes, int]:
         return replies.greeting_line(b"221 ", self.greeting), QUIT
 
+    # -- AUTH (only offered when an authenticator is configured) ----------
+    def auth_(self, arg: bytes) -> tuple[bytes, int]:
+        if self.user is not None:
+            return replies.AUTH_ALREADY, FLUSH
+        if self.seen_mail:
+            return replies.AUTH_IN_TRANSACTION, FLUSH
+        exchange = sasl.start(arg)
+        if exchange is None:
+            return replies.AUTH_MECHANISM, FLUSH
+        return self._auth_step(exchange)
+
+    def _auth_step(self, exchange: sasl.Exchange) -> tuple[bytes, int]:
+        """Prompt again, end with a 501, or verify and answer 235/535/454/421."""
+        self.exchange = None if exchange.done else exchange
+        if exchange.credentials is None:
+            return exchange.reply, FLUSH
+        user, password = exchange.credentials
+        outcome = self.auth.check(user, password, exchange.mechanism)  # type: ignore[union-attr]
+        if outcome.ok:
+            self.user = outcome.user or user
+            self.account = outcome.account
+            self.peer.remoteinfo = self.user
+            self.relayclient = b""  # as the AUTH patch: relay like RELAYCLIENT=""
+            return replies.AUTH_OK, FLUSH
+        if outcome.tempfail is not None:
+            return outcome.tempfail, FLUSH
+        self.auth_failures += 1
+        if self.auth_failures >= self.max_auth_failures:
+            return replies.AUTH_TOO_MANY, DROP
+        return replies.AUTH_FAILED, FLUSH
+
+    def child_environment(self) -> dict[bytes, bytes]:
+        """What qmail-queue learns beyond our own environment: who authenticated."""
+        if self.user is None:
+            return {}
+        return {b"TCPREMOTEINFO": self.user, b"RELAYCLIENT": b""}
+
     # -- DATA ------------------------------------------------------------
     def data_opened(self, ok: bool) -> bytes:
         """Reply once the caller tried to start qmail-queue."""
@@ -184,7 +252,25 @@ class Session:
                         peer.local, self.protocol(), self.clock())
 
     def protocol(self) -> bytes:
-        return b"SMTP"
+        return b"SMTP" if self.user is None else b"ESMTPA"
+
+    def charge(self) -> bytes | None:
+        """Count the message against the daily limit just before it is queued.
+
+        None means go ahead; otherwise the reply to give instead of queueing.
+        """
+        if self.account is None or self.limits is None:
+            return None
+        self.charged = self.limits.charge(self.account)
+        if self.charged:
+            return None
+        return replies.LIMIT_UNAVAILABLE if self.charged is None else replies.LIMIT_REACHED
+
+    def refund(self) -> None:
+        """qmail-queue did not take a charged message: give the count back."""
+        if self.charged and self.limits is not None:
+            self.limits.refund(self.charged)
+        self.charged = None
 
     def envelope(self) -> bytes:
         """qmail-queue's fd 1: F sender NUL, T rcpt NUL each, then NUL."""
@@ -207,6 +293,17 @@ class Session:
         if decoder.overflow:
             return replies.TOO_BIG
         return replies.queue_failure(qq_text)
+
+
+def size_parameter(arg: bytes) -> int:
+    """The AUTH patch's MAIL `SIZE=n`, looked for only after a `>`; junk is 0."""
+    gt = arg.find(b">")
+    if gt <= 4:
+        return 0
+    for word in arg[gt + 1:].split(b" "):
+        if word[:5].upper() == b"SIZE=":
+            return leading_number(word[5:]) or 0
+    return 0
 
 
 # DataDecoder states, named after qmail-smtpd's blast(): where in a line we are.

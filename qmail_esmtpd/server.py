@@ -74,8 +74,12 @@ def receive_message(session: protocol.Session, channel: Channel, databytes: int,
         if not complete:
             job.finish(None)
     acceptable = decoder.hops < protocol.MAX_HOPS and not decoder.overflow
-    verdict = job.finish(session.envelope() if acceptable else None)
-    return session.data_done(decoder, verdict, job.pid)
+    refusal = session.charge() if acceptable else None
+    queue_it = acceptable and refusal is None
+    verdict = job.finish(session.envelope() if queue_it else None)
+    if queue_it and verdict:
+        session.refund()
+    return refusal or session.data_done(decoder, verdict, job.pid)
 
 
 def _flush_quietly(channel: Channel) -> None:

@@ -127,3 +127,12 @@ def tcpserver(tmp_path: Path, control: Path, queue: Queue):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """One PostgreSQL cluster for the whole run."""
+    from pgcluster import Cluster
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()

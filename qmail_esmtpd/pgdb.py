@@ -1,0 +1,76 @@
+"""The PostgreSQL connection behind AUTH and the sending limit.
+
+qmail style configuration: `$AUTHDB`, else the first line of control/authdb,
+is a libpq connection string (libpq's PG* variables and ~/.pgpass apply as
+libpq defines them).  Connections get a short connect timeout and a statement
+timeout unless the string sets its own, so a sick database costs a client a
+few seconds and a 4xx, never a hung session.  psycopg2 is imported on first
+use: a session that never authenticates never loads it.
+"""
+
+CONNECT_TIMEOUT = 3  # seconds, libpq's connect_timeout
+STATEMENT_TIMEOUT_MS = 5000
+APPLICATION_NAME = "qmail-esmtpd"
+
+
+class DatabaseError(Exception):
+    """The database could not answer: unreachable, refused, missing table, timeout."""
+
+
+def configured_conninfo(env: "dict[bytes, bytes]", controls: "object") -> str | None:
+    """$AUTHDB, else control/authdb; None when neither is there (no SQL AUTH)."""
+    value = env.get(b"AUTHDB")
+    if value is None:
+        value = controls.line(b"authdb")  # type: ignore[attr-defined]
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+class Database:
+    """One lazily opened autocommit connection; each statement stands alone."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.conn = None
+
+    def _connect(self):  # -> psycopg2 connection
+        import psycopg2
+        import psycopg2.extensions
+
+        params = psycopg2.extensions.parse_dsn(self.conninfo)
+        extra = {}
+        if "connect_timeout" not in params:
+            extra["connect_timeout"] = CONNECT_TIMEOUT
+        if "options" not in params:
+            extra["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        if "application_name" not in params:
+            extra["application_name"] = APPLICATION_NAME
+        conn = psycopg2.connect(self.conninfo, **extra)
+        conn.autocommit = True
+        return conn
+
+    def query(self, sql: str, params: tuple = ()) -> list:
+        """Run one parameterised statement and return its rows (empty if none).
+
+        Any failure raises DatabaseError with a one-line reason and drops the
+        connection, so the next statement starts afresh.
+        """
+        import psycopg2
+
+        try:
+            if self.conn is None:
+                self.conn = self._connect()
+            with self.conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+        except psycopg2.Error as e:
+            self.close()
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DatabaseError(reason) from None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # closing a broken connection must not mask the real error
+                pass
+            self.conn = None

@@ -1,0 +1,16 @@
+-- Least privilege for the SMTP service.  Run as the owner of the tables, after
+-- schema.sql.  The service connects as the qmail user that runs qmail-esmtpd
+-- (qmaild), e.g. over the unix socket with peer authentication:
+--     CREATE ROLE qmaild LOGIN;
+--
+-- What qmail-esmtpd needs, and nothing more:
+--   poppass:    read the user's row at AUTH time
+--   sendcounts: read today's count at MAIL, charge (INSERT/UPDATE) per message,
+--               refund (UPDATE) when qmail-queue refuses a charged message
+GRANT SELECT ON poppass TO qmaild;
+GRANT SELECT, INSERT, UPDATE ON sendcounts TO qmaild;
+
+-- Optional: lets a successful login replace a deprecated hash (DES, MD5, SHA
+-- crypt, bcrypt, plaintext) by the current default.  Without it the old hash
+-- stays and logins still work.
+-- GRANT UPDATE (pw) ON poppass TO qmaild;
