@@ -14,7 +14,14 @@ APPLICATION_NAME = "qmail-esmtpd"
 
 
 class DatabaseError(Exception):
-    """The database could not answer: unreachable, refused, missing table, timeout."""
+    """The database could not answer: unreachable, refused, missing table, timeout.
+
+    `code` is PostgreSQL's SQLSTATE when the server sent one (42501: no privilege).
+    """
+
+    def __init__(self, reason: str, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 def configured_conninfo(env: "dict[bytes, bytes]", controls: "object") -> str | None:
@@ -65,7 +72,7 @@ class Database:
         except psycopg2.Error as e:
             self.close()
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise DatabaseError(reason) from None
+            raise DatabaseError(reason, getattr(e, "pgcode", None)) from None
 
     def close(self) -> None:
         if self.conn is not None:
