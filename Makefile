@@ -27,8 +27,12 @@ test: venv lint conformance unit
 lint: venv
 	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench
 
+# The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios
+# add the `{checkpassword} /bin/true` arguments themselves).
 conformance: venv
 	$(CONFORMANCE) --check $(SHARED)/conformance/golden $(SHARED)/conformance/scenarios \
+	    -- $(abspath $(VENV))/bin/qmail-esmtpd
+	$(CONFORMANCE) --check $(SHARED)/conformance/golden-auth $(SHARED)/conformance/scenarios-auth \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
 unit: venv

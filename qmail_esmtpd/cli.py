@@ -6,11 +6,13 @@ where it is needed.
 """
 
 import posix
+import sys
 
 from . import replies
 from .config import DEFAULT_CONTROL, ControlError, Controls, Settings
 from .lineio import Channel
 from .localips import LocalIPs
+from .pgdb import configured_conninfo
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
@@ -29,8 +31,20 @@ def log(message: str) -> None:
 
 def main() -> int:
     env = posix.environ
+    controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
     try:
-        settings = Settings(Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)), env)
+        settings = Settings(controls, env)
+        checkpassword = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
+        conninfo = configured_conninfo(env, controls)
+        auth = limits = None
+        max_failures = 1
+        if checkpassword or conninfo is not None:
+            from .auth import Authenticator, AuthSettings, backend_for
+
+            auth_settings = AuthSettings(controls, env)
+            backend, limits = backend_for(checkpassword, conninfo, auth_settings, log)
+            auth = Authenticator(backend, settings.remoteip, auth_settings.fail_delay, log)
+            max_failures = auth_settings.max_failures
     except ControlError as e:
         log(f"fatal: {e}")
         _say(replies.CONTROLS)
@@ -47,11 +61,15 @@ def main() -> int:
         badmailfrom=settings.badmailfrom,
         localiphost=settings.localiphost,
         is_local_ip=LocalIPs(),
+        auth=auth,
+        limits=limits,
+        databytes=settings.databytes,
+        max_auth_failures=max_failures,
     )
     program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
     def open_queue() -> QueueJob:
-        return QueueJob(program, dict(env))
+        return QueueJob(program, {**env, **session.child_environment()})
 
     channel = Channel(settings.timeout)
     try:
@@ -60,6 +78,9 @@ def main() -> int:
         log(f"internal error: {type(e).__name__}: {e}")
         _say(replies.INTERNAL_ERROR)
         return 1
+    finally:
+        if limits is not None:
+            limits.db.close()
 
 
 def _say(reply: bytes) -> None:

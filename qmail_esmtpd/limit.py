@@ -1,0 +1,73 @@
+"""The per-user daily sending limit, kept exactly in `sendcounts`.
+
+A message is charged by one atomic statement just before it is handed to
+qmail-queue, and refunded if qmail-queue refuses it.  The statement is an
+upsert whose UPDATE only happens while the day's count is under the limit:
+PostgreSQL serialises concurrent upserts of one row, so N parallel sessions
+against a limit L charge exactly min(N, L) messages, on any number of
+frontends.  The day is the database's current_date.  A limit of 0 means
+no limit (like qmail's databytes); the count is still kept.
+"""
+
+from .pgdb import Database, DatabaseError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+TODAY = """SELECT count FROM sendcounts WHERE id = %s AND last_send = current_date"""
+
+CHARGE = """
+INSERT INTO sendcounts AS s (id, last_send, count, total_count)
+VALUES (%(id)s, current_date, 1, 1)
+ON CONFLICT (id) DO UPDATE SET
+    count = CASE WHEN s.last_send = current_date THEN s.count + 1 ELSE 1 END,
+    last_send = current_date,
+    total_count = s.total_count + 1
+WHERE s.last_send <> current_date OR %(limit)s = 0 OR s.count < %(limit)s
+RETURNING s.last_send
+"""
+
+REFUND = """
+UPDATE sendcounts SET count = count - 1, total_count = total_count - 1
+WHERE id = %s AND last_send = %s AND count > 0
+"""
+
+
+class DailyLimit:
+    """`account` is (poppass id, that user's limit), as PostgresAuth made it."""
+
+    def __init__(self, db: Database, log: "Callable[[str], None]") -> None:
+        self.db = db
+        self.log = log
+
+    def allows(self, account: "tuple[int, int]") -> bool | None:
+        """May this user start another message today?  None: cannot tell now."""
+        user_id, limit = account
+        if limit == 0:
+            return True
+        try:
+            rows = self.db.query(TODAY, (user_id,))
+        except DatabaseError as e:
+            self.log(f"sendlimit database: {e}")
+            return None
+        return (rows[0][0] if rows else 0) < limit
+
+    def charge(self, account: "tuple[int, int]") -> "tuple[int, object] | bool | None":
+        """Count one message: a token for refund(), False at the limit, None on error."""
+        user_id, limit = account
+        try:
+            rows = self.db.query(CHARGE, {"id": user_id, "limit": limit})
+        except DatabaseError as e:
+            self.log(f"sendlimit database: {e}")
+            return None
+        if not rows:
+            return False
+        return (user_id, rows[0][0])
+
+    def refund(self, token: "tuple[int, object]") -> None:
+        """Give back a charge for a message qmail-queue did not take."""
+        try:
+            self.db.query(REFUND, token)
+        except DatabaseError as e:
+            self.log(f"sendlimit refund failed for user id {token[0]}: {e}")
