@@ -22,12 +22,19 @@ NO_PRIVILEGE = "42501"
 class PostgresAuth:
     def __init__(self, db: Database, default_limit: int, plaintext: bool,
                  log: "Callable[[str], None]") -> None:
-        from .passwords import context
-
         self.db = db
         self.default_limit = default_limit
-        self.context = context(plaintext)
+        self.plaintext = plaintext
         self.log = log
+        self._context = None
+
+    @property
+    def context(self):  # -> CryptContext, built at the first AUTH, not at start-up
+        if self._context is None:
+            from .passwords import context
+
+            self._context = context(self.plaintext)
+        return self._context
 
     def verify(self, user: bytes, password: bytes) -> AuthOutcome:
         try:

@@ -64,7 +64,8 @@ class Cluster:
 
     def destroy(self) -> None:
         try:
-            self.stop()
+            if (self.data / "postmaster.pid").exists():
+                self.stop()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
 

@@ -1,0 +1,365 @@
+"""`qmail-esmtpd-user` against a real PostgreSQL, run as the installed console script."""
+
+import os
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from qmail_esmtpd import passwords
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / ".venv" / "bin" / "qmail-esmtpd-user"
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "qmail_esmtpd.admin"]
+PASSWORD = "Tr0ub4dor&3-unique-secret"
+SQL_NAME = "o'brien\"; DROP TABLE poppass;--"
+
+
+class Admin:
+    """Runs the script with a clean environment: only what each test gives it."""
+
+    def __init__(self, pg, dbname: str, control: Path) -> None:
+        self.pg = pg
+        self.dbname = dbname
+        self.control = control
+        self.outputs: list[str] = []
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PG") and k not in ("AUTHDB", "SENDLIMIT")}
+        env["QMAIL_CONTROL"] = str(self.control)
+        env.update(extra or {})
+        return env
+
+    def __call__(self, *args: str, stdin: str = "", env: dict | None = None,
+                 db: bool = True) -> subprocess.CompletedProcess:
+        argv = [*COMMAND, *(["--db", self.pg.dsn(self.dbname)] if db else []), *args]
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              env=self.env(env), timeout=60)
+        self.outputs += [proc.stdout, proc.stderr]
+        return proc
+
+    def query(self, sql: str, params: tuple = ()) -> list:
+        with closing(self.pg.connect(self.dbname)) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def user(self, name: str) -> tuple | None:
+        rows = self.query("SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s",
+                          (name,))
+        return rows[0] if rows else None
+
+
+@pytest.fixture
+def admin(pg, tmp_path: Path) -> Admin:
+    control = tmp_path / "control"
+    control.mkdir()
+    return Admin(pg, pg.new_database(), control)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("qmail-esmtpd-user: ")
+    assert text in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_add_hashes_stdin_password_with_argon2(admin: Admin) -> None:
+    proc = admin("add", "alice", stdin=PASSWORD + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "added alice\n"
+    user_id, pw, active, limit = admin.user("alice")
+    ctx = passwords.context()
+    assert ctx.identify(pw) == "argon2"
+    assert pw.startswith("$argon2id$")
+    assert ctx.verify(PASSWORD, pw)
+    assert not ctx.verify(PASSWORD + "\n", pw)
+    assert (active, limit) == (True, None)
+    assert admin.query("SELECT count(*) FROM sendcounts") == [(0,)]
+
+
+def test_add_with_limit_inactive_and_only_the_newline_stripped(admin: Admin) -> None:
+    proc = admin("add", "bob", "--limit", "7", "--inactive", stdin=" spaced pw \t\nsecond\n")
+    assert proc.returncode == 0, proc.stderr
+    _, pw, active, limit = admin.user("bob")
+    assert (active, limit) == (False, 7)
+    assert passwords.context().verify(" spaced pw \t", pw)
+
+
+def test_add_without_trailing_newline_and_utf8(admin: Admin) -> None:
+    assert admin("add", "carol", stdin="pässwörd").returncode == 0
+    assert passwords.context().verify("pässwörd".encode(), admin.user("carol")[1])
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "\nsecond line\n"])
+def test_empty_password_is_refused(admin: Admin, stdin: str) -> None:
+    proc = admin("add", "alice", stdin=stdin)
+    assert proc.returncode == 1
+    one_line_error(proc, "empty password")
+    assert admin.user("alice") is None
+
+
+def test_add_existing_user(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="first\n").returncode == 0
+    before = admin.user("alice")
+    proc = admin("add", "alice", stdin="second\n")
+    assert proc.returncode == 1
+    one_line_error(proc, "user exists: alice")
+    assert admin.user("alice") == before
+
+
+@pytest.mark.parametrize("name", ["", "bad\nname", "tab\tname"])
+def test_add_refuses_unusable_names(admin: Admin, name: str) -> None:
+    proc = admin("add", name, stdin="pw\n")
+    assert proc.returncode == 2
+    assert "user name" in proc.stderr
+    assert admin.query("SELECT count(*) FROM poppass") == [(0,)]
+
+
+def test_passwd_changes_the_hash(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="old password\n").returncode == 0
+    user_id, old, _, _ = admin.user("alice")
+    proc = admin("passwd", "alice", stdin="new password\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "password changed for alice\n"
+    same_id, new, _, _ = admin.user("alice")
+    assert same_id == user_id and new != old
+    ctx = passwords.context()
+    assert ctx.verify("new password", new)
+    assert not ctx.verify("old password", new)
+
+
+def test_passwd_unknown_user(admin: Admin) -> None:
+    proc = admin("passwd", "nobody", stdin="pw\n")
+    assert proc.returncode == 1
+    one_line_error(proc, "no such user: nobody")
+    assert admin.query("SELECT count(*) FROM poppass") == [(0,)]
+
+
+def test_passwd_empty_keeps_the_old_hash(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    before = admin.user("alice")
+    assert admin("passwd", "alice", stdin="\n").returncode == 1
+    assert admin.user("alice") == before
+
+
+def test_del_removes_user_and_sendcounts(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    assert admin("add", "bob", stdin="pw\n").returncode == 0
+    alice_id = admin.user("alice")[0]
+    admin.query("INSERT INTO sendcounts (id, count, total_count) VALUES (%s, 3, 9)", (alice_id,))
+    proc = admin("del", "alice")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "deleted alice\n"
+    assert admin.user("alice") is None
+    assert admin.user("bob") is not None
+    assert admin.query("SELECT count(*) FROM sendcounts") == [(0,)]
+
+
+def test_del_unknown_user(admin: Admin) -> None:
+    proc = admin("del", "nobody")
+    assert proc.returncode == 1
+    one_line_error(proc, "no such user: nobody")
+
+
+def make_accounts(admin: Admin) -> None:
+    """alice: counted today; bob: counted yesterday, no limit; carol: never sent, inactive."""
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    assert admin("add", "bob", "--limit", "0", stdin="pw\n").returncode == 0
+    assert admin("add", "carol", "--inactive", "--limit", "5", stdin="pw\n").returncode == 0
+    admin.query("INSERT INTO sendcounts (id, last_send, count, total_count) "
+                "SELECT id, current_date, 3, 10 FROM poppass WHERE name = 'alice'")
+    admin.query("INSERT INTO sendcounts (id, last_send, count, total_count) "
+                "SELECT id, current_date - 1, 5, 7 FROM poppass WHERE name = 'bob'")
+
+
+def test_list(admin: Admin) -> None:
+    make_accounts(admin)
+    proc = admin("list")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "alice\tactive\tdefault\t3\t10",
+        "bob\tactive\t0\t0\t7",
+        "carol\tinactive\t5\t0\t0",
+    ]
+
+
+def test_list_empty(admin: Admin) -> None:
+    proc = admin("list")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def fields(stdout: str) -> dict:
+    out = {}
+    for line in stdout.splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def test_show(admin: Admin) -> None:
+    make_accounts(admin)
+    alice = fields(admin("show", "alice").stdout)
+    assert alice == {"name": "alice", "active": "yes", "limit": "50 (default)",
+                     "today": "3", "total": "10", "hash": "argon2"}
+    bob = fields(admin("show", "bob").stdout)
+    assert (bob["limit"], bob["today"], bob["total"]) == ("unlimited", "0", "7")
+    carol = fields(admin("show", "carol").stdout)
+    assert (carol["active"][:2], carol["limit"], carol["today"], carol["total"]) == (
+        "no", "5", "0", "0")
+
+
+def test_show_default_limit_from_control_and_environment(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    (admin.control / "sendlimit").write_text("20\n")
+    assert fields(admin("show", "alice").stdout)["limit"] == "20 (default)"
+    shown = fields(admin("show", "alice", env={"SENDLIMIT": "7"}).stdout)
+    assert shown["limit"] == "7 (default)"
+    (admin.control / "sendlimit").write_text("0\n")
+    assert fields(admin("show", "alice").stdout)["limit"] == "unlimited (default)"
+
+
+def test_show_names_an_old_scheme_never_the_hash(admin: Admin) -> None:
+    from passlib.hash import des_crypt
+
+    stored = des_crypt.hash("secret")
+    admin.query("INSERT INTO poppass (name, pw) VALUES ('old', %s)", (stored,))
+    proc = admin("show", "old")
+    assert proc.returncode == 0, proc.stderr
+    assert fields(proc.stdout)["hash"].startswith("des_crypt (deprecated")
+    assert stored not in proc.stdout
+
+
+def test_show_unknown_user(admin: Admin) -> None:
+    proc = admin("show", "nobody")
+    assert proc.returncode == 1
+    one_line_error(proc, "no such user: nobody")
+
+
+def test_limit_number_and_default(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("limit", "alice", "12")
+    assert (proc.returncode, proc.stdout) == (0, "limit for alice: 12\n")
+    assert admin.user("alice")[3] == 12
+    assert admin("limit", "alice", "0").returncode == 0
+    assert admin.user("alice")[3] == 0
+    proc = admin("limit", "alice", "default")
+    assert (proc.returncode, proc.stdout) == (0, "limit for alice: default\n")
+    assert admin.user("alice")[3] is None
+
+
+@pytest.mark.parametrize("value", ["-1", "ten", "1.5", "99999999999"])
+def test_limit_bad_value_is_usage_error(admin: Admin, value: str) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("limit", "alice", value)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+    assert admin.user("alice")[3] is None
+
+
+def test_limit_unknown_user(admin: Admin) -> None:
+    proc = admin("limit", "nobody", "5")
+    assert proc.returncode == 1
+    one_line_error(proc, "no such user: nobody")
+
+
+def test_reset_keeps_total(admin: Admin) -> None:
+    make_accounts(admin)
+    proc = admin("reset", "alice")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "reset today's count for alice\n"
+    rows = admin.query("SELECT s.count, s.total_count, s.last_send = current_date "
+                       "FROM sendcounts s JOIN poppass p USING (id) WHERE p.name = 'alice'")
+    assert rows == [(0, 10, True)]
+    assert admin("reset", "carol").returncode == 0  # no sendcounts row: nothing to reset
+    assert admin.query("SELECT count(*) FROM sendcounts") == [(2,)]
+    proc = admin("reset", "nobody")
+    assert proc.returncode == 1
+    one_line_error(proc, "no such user: nobody")
+
+
+def test_database_unreachable(admin: Admin, tmp_path: Path) -> None:
+    empty = tmp_path / "nosocket"
+    empty.mkdir()
+    for command in (["list"], ["show", "alice"], ["add", "alice"]):
+        proc = admin("--db", f"host={empty} dbname=mail", *command, stdin="pw\n", db=False)
+        assert proc.returncode == 2, command
+        one_line_error(proc, "qmail-esmtpd-user: database: ")
+        assert proc.stdout == ""
+
+
+def test_missing_table_is_a_database_error(admin: Admin, pg) -> None:
+    proc = admin("--db", pg.dsn("postgres"), "list", db=False)
+    assert proc.returncode == 2
+    one_line_error(proc, "poppass")
+
+
+def test_read_only_role_gets_a_hint(admin: Admin, pg) -> None:
+    proc = admin("--db", pg.dsn(admin.dbname, "qmaild"), "add", "alice", stdin="pw\n", db=False)
+    assert proc.returncode == 2
+    one_line_error(proc, "permission denied")
+    assert "owner" in proc.stderr
+
+
+def test_connection_from_authdb_then_control(admin: Admin, pg) -> None:
+    proc = admin("add", "alice", stdin="pw\n", db=False, env={"AUTHDB": pg.dsn(admin.dbname)})
+    assert proc.returncode == 0, proc.stderr
+    (admin.control / "authdb").write_text(pg.dsn(admin.dbname) + "\n")
+    proc = admin("list", db=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("alice\t")
+    # $AUTHDB wins over control/authdb, and --db over both
+    proc = admin("list", db=False, env={"AUTHDB": "host=/nonexistent"})
+    assert proc.returncode == 2
+    proc = admin("--db", pg.dsn(admin.dbname), "list", db=False,
+                 env={"AUTHDB": "host=/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_libpq_defaults_without_configuration(admin: Admin, pg) -> None:
+    env = {"PGHOST": str(pg.sock), "PGDATABASE": admin.dbname, "PGUSER": "postgres"}
+    proc = admin("list", db=False, env=env)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_sql_metacharacters_in_name_round_trip(admin: Admin) -> None:
+    proc = admin("add", SQL_NAME, "--limit", "3", stdin="pw\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"added {SQL_NAME}\n"
+    assert admin.query("SELECT name FROM poppass") == [(SQL_NAME,)]
+    assert admin("list").stdout == f"{SQL_NAME}\tactive\t3\t0\t0\n"
+    assert fields(admin("show", SQL_NAME).stdout)["limit"] == "3"
+    assert admin("passwd", SQL_NAME, stdin="x'; --\n").returncode == 0
+    assert admin("limit", SQL_NAME, "default").returncode == 0
+    assert admin("reset", SQL_NAME).returncode == 0
+    assert admin("del", SQL_NAME).returncode == 0
+    assert admin.query("SELECT count(*) FROM poppass") == [(0,)]
+    assert admin.query("SELECT to_regclass('poppass') IS NOT NULL") == [(True,)]
+
+
+def test_password_and_hash_never_printed(admin: Admin) -> None:
+    make_accounts(admin)
+    admin("add", "dave", stdin=PASSWORD + "\n")
+    admin("add", "dave", stdin=PASSWORD + "\n")  # refused: exists
+    admin("passwd", "dave", stdin=PASSWORD + "\n")
+    admin("passwd", "nobody", stdin=PASSWORD + "\n")
+    admin("show", "dave")
+    admin("list")
+    admin("--db", "host=/nonexistent", "passwd", "dave", stdin=PASSWORD + "\n", db=False)
+    stored = admin.user("dave")[1]
+    text = "".join(admin.outputs)
+    assert "dave" in text
+    assert PASSWORD not in text
+    assert stored not in text
+    assert "$argon2" not in text
+
+
+def test_usage_errors() -> None:
+    for argv in ([], ["frobnicate"], ["add"], ["limit", "alice"]):
+        proc = subprocess.run([*COMMAND, *argv], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+        assert proc.returncode == 2, argv
+        assert "usage:" in proc.stderr
