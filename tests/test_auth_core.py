@@ -1,0 +1,170 @@
+"""Unit tests of AUTH and the sending limit inside the pure protocol core."""
+
+import base64
+
+from qmail_esmtpd import protocol, replies, sasl
+from qmail_esmtpd.protocol import DataDecoder, Peer, Session
+from qmail_esmtpd.sasl import AuthOutcome
+
+
+class FakeAuth:
+    def __init__(self, tempfail: bytes | None = None) -> None:
+        self.calls, self.tempfail = [], tempfail
+
+    def check(self, user: bytes, password: bytes, mechanism: bytes) -> AuthOutcome:
+        self.calls.append((user, password, mechanism))
+        if self.tempfail:
+            return AuthOutcome(False, tempfail=self.tempfail)
+        ok = (user, password) == (b"alice", b"pw")
+        return AuthOutcome(ok, user=user, account=("alice-id", 2) if ok else None)
+
+
+class FakeLimit:
+    def __init__(self, used: int = 0, broken: bool = False) -> None:
+        self.used, self.broken, self.refunds = used, broken, []
+
+    def allows(self, account):
+        return None if self.broken else self.used < account[1]
+
+    def charge(self, account):
+        if self.broken:
+            return None
+        if self.used >= account[1]:
+            return False
+        self.used += 1
+        return ("token", self.used)
+
+    def refund(self, token):
+        self.used -= 1
+        self.refunds.append(token)
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def session(auth=None, limits=None, **kw) -> Session:
+    return Session(b"mx.example.com", Peer(b"198.51.100.7", b"client.example.net"),
+                   rcpt_allowed=lambda a: a.endswith(b"@example.com"),
+                   auth=auth or FakeAuth(), limits=limits, **kw)
+
+
+def test_no_authenticator_means_vanilla_qmail():
+    s = Session(b"mx", Peer())
+    assert s.handle(b"AUTH LOGIN")[0] == replies.UNIMPLEMENTED
+    assert s.handle(b"EHLO x")[0].endswith(b"250 8BITMIME\r\n")
+
+
+def test_ehlo_advertises_size_and_auth():
+    assert session(databytes=1000).handle(b"EHLO x")[0] == (
+        b"250-mx.example.com\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n"
+        b"250 AUTH LOGIN PLAIN\r\n")
+
+
+def test_login_exchange_and_what_success_changes():
+    s = session()
+    assert s.handle(b"AUTH login")[0] == replies.AUTH_PROMPT_USER
+    assert s.handle(b64(b"alice"))[0] == replies.AUTH_PROMPT_PASSWORD
+    assert s.handle(b64(b"pw")) == (replies.AUTH_OK, protocol.FLUSH)
+    assert s.protocol() == b"ESMTPA" and s.peer.remoteinfo == b"alice"
+    assert s.child_environment() == {b"TCPREMOTEINFO": b"alice", b"RELAYCLIENT": b""}
+    s.handle(b"MAIL FROM:<a@b>")
+    assert s.handle(b"RCPT TO:<x@elsewhere.org>")[0] == replies.OK
+    assert s.handle(b"AUTH PLAIN")[0] == replies.AUTH_ALREADY
+
+
+def test_plain_with_initial_response_and_prompt():
+    s = session()
+    assert s.handle(b"AUTH PLAIN " + b64(b"authz\0alice\0pw"))[0] == replies.AUTH_OK
+    s = session()
+    assert s.handle(b"AUTH PLAIN")[0] == replies.AUTH_PROMPT_PLAIN
+    assert s.handle(b64(b"\0alice\0pw"))[0] == replies.AUTH_OK
+
+
+def test_malformed_cancelled_and_unknown():
+    s = session()
+    for line in (b"AUTH PLAIN " + b64(b"alice\0pw"), b"AUTH PLAIN " + b64(b"\0alice\0"),
+                 b"AUTH PLAIN not*base64", b"AUTH PLAIN YWxpY2U"):
+        assert s.handle(line)[0] == replies.AUTH_MALFORMED, line
+    assert s.handle(b"AUTH LOGIN")[0] == replies.AUTH_PROMPT_USER
+    assert s.handle(b"*")[0] == replies.AUTH_CANCELED
+    assert s.handle(b"AUTH LOGIN")[0] == replies.AUTH_PROMPT_USER
+    assert s.handle(b"")[0] == replies.AUTH_MALFORMED
+    for line in (b"AUTH", b"AUTH CRAM-MD5", b"AUTH DIGEST-MD5 xyz"):
+        assert s.handle(line)[0] == replies.AUTH_MECHANISM
+    assert s.handle(b"NOOP")[0] == replies.OK  # the exchange is over, commands again
+    assert s.auth.calls == []
+
+
+def test_no_auth_inside_a_transaction():
+    s = session()
+    s.handle(b"MAIL FROM:<a@b>")
+    assert s.handle(b"AUTH PLAIN")[0] == replies.AUTH_IN_TRANSACTION
+    s.handle(b"RSET")
+    assert s.handle(b"AUTH PLAIN")[0] == replies.AUTH_PROMPT_PLAIN
+
+
+def test_failures_then_421_and_tempfail_does_not_count():
+    s = session(max_auth_failures=2)
+    assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0no")) == (replies.AUTH_FAILED, protocol.FLUSH)
+    assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0no")) == (replies.AUTH_TOO_MANY, protocol.DROP)
+    t = session(auth=FakeAuth(tempfail=replies.AUTH_TEMP_DB), max_auth_failures=1)
+    assert t.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))[0] == replies.AUTH_TEMP_DB
+    assert t.handle(b"RCPT TO:<x@elsewhere.org>")[0] == replies.WANT_MAIL  # still a session
+    assert t.user is None
+
+
+def test_size_parameter_only_in_angle_form():
+    s = session(databytes=1000)
+    assert s.handle(b"MAIL FROM:<a@b> SIZE=2000")[0] == replies.SIZE_EXCEEDED
+    assert s.handle(b"RCPT TO:<x@example.com>")[0] == replies.WANT_MAIL
+    assert s.handle(b"MAIL FROM:<a@b> size=1000")[0] == replies.OK
+    assert s.handle(b"MAIL FROM:a@b SIZE=2000")[0] == replies.OK
+    assert s.handle(b"MAIL FROM:<a@b> SIZE=junk")[0] == replies.OK
+    assert protocol.size_parameter(b"FROM:<a@b> BODY=8BITMIME SIZE=12") == 12
+
+
+def test_auth_parameter_is_ignored_before_authentication():
+    s = session(clock=lambda: 0)
+    s.handle(b"MAIL FROM:<a@b> AUTH=mallory@evil.example")
+    assert b"mallory" not in s.received_header() and s.peer.remoteinfo is None
+
+
+def test_daily_limit_at_mail_and_at_data_end():
+    limit = FakeLimit()
+    s = session(limits=limit)
+    s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))
+    for _ in range(2):
+        assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
+        assert s.charge() is None
+    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.LIMIT_REACHED
+    limit.used = 1
+    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
+    limit.used = 2  # a parallel session took the last one meanwhile
+    assert s.charge() == replies.LIMIT_REACHED
+    limit.used = 1
+    assert s.charge() is None
+    s.refund()
+    assert limit.used == 1 and limit.refunds == [("token", 2)]
+    limit.broken = True
+    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.LIMIT_UNAVAILABLE
+    assert s.charge() == replies.LIMIT_UNAVAILABLE
+
+
+def test_unauthenticated_sessions_are_never_charged():
+    limit = FakeLimit(used=99)
+    s = session(limits=limit)
+    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
+    assert s.charge() is None and limit.used == 99
+
+
+def test_final_reply_keeps_qmail_order_with_auth():
+    s = session(clock=lambda: 5)
+    assert s.data_done(DataDecoder(), b"", 7) == b"250 ok 5 qp 7\r\n"
+
+
+def test_sasl_decoding_is_strict():
+    assert sasl.decode(b"YWxpY2U=") == b"alice"
+    for bad in (b"YWxpY2U", b"YWx pY2U=", b"YWxpY2U=junk", b"!!!!"):
+        assert sasl.decode(bad) is None
+    assert sasl.split_plain(b"\0u\0p\0q") == (b"u", b"p\0q")
