@@ -25,7 +25,8 @@ class Channel:
         self.timeout = timeout
         self.rfd = rfd
         self.wfd = wfd
-        self.inbuf = b""
+        self.inbuf = bytearray()  # unread input starts at self.pos
+        self.pos = 0
         self.outbuf: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -62,24 +63,32 @@ class Channel:
 
     def readline(self) -> bytes:
         """One command line without its LF and without one CR before it."""
-        start = 0
+        scan = self.pos
         while True:
-            nl = self.inbuf.find(b"\n", start)
+            nl = self.inbuf.find(b"\n", scan)
             if nl >= 0:
                 break
-            start = len(self.inbuf)
+            if self.pos:  # only a partial line is left: drop what was consumed
+                del self.inbuf[:self.pos]
+                self.pos = 0
+            scan = len(self.inbuf)
             self._fill()
-        line = self.inbuf[:nl]
-        self.inbuf = self.inbuf[nl + 1:]
+        line = bytes(self.inbuf[self.pos:nl])
+        self.pos = nl + 1
         return line[:-1] if line.endswith(b"\r") else line
 
     def read_chunk(self) -> bytes:
         """Whatever input is buffered, or the next read; for the DATA stream."""
-        if not self.inbuf:
+        if self.pos >= len(self.inbuf):
+            self.inbuf.clear()
+            self.pos = 0
             self._fill()
-        data, self.inbuf = self.inbuf, b""
+        data = bytes(self.inbuf[self.pos:])
+        self.inbuf.clear()
+        self.pos = 0
         return data
 
     def unread(self, data: bytes) -> None:
         """Give back input that belongs to the next command (pipelining)."""
-        self.inbuf = data + self.inbuf
+        self.inbuf[:self.pos] = data
+        self.pos = 0
