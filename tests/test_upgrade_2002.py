@@ -1,0 +1,301 @@
+"""sql/upgrade-2002.sql on a database made from the 2002 article's DDL."""
+
+import datetime
+import itertools
+import shutil
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from qmail_esmtpd import passwords
+from qmail_esmtpd.authdb import USER_QUERY
+from qmail_esmtpd.limit import CHARGE, REFUND, TODAY
+from qmail_esmtpd.pgdb import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+UPGRADE = ROOT / "sql" / "upgrade-2002.sql"
+GRANTS = ROOT / "sql" / "grants.sql"
+SCHEMA_2002 = Path(__file__).resolve().parent / "data" / "schema-2002.sql"
+PSQL = shutil.which("psql") or ("/usr/bin/psql" if Path("/usr/bin/psql").exists() else None)
+_names = itertools.count(1)
+
+DES = "abNANd1rDfiNc"  # crypt("secret", "ab"): what a 2002 pw column holds
+USERS = [  # id, name, pw, sysuser, hostname, ip, dir
+    (1, "alice", DES, "vpopmail", "mail.example.com", "192.0.2.1", "/home/vpopmail/d/alice"),
+    (2, "bob", "plain-2002", None, None, None, None),
+    (5, "carol", DES, "vpopmail", None, "192.0.2.55", None),
+    (None, "dave", DES, None, None, None, None),
+]
+COUNTS = [  # id, last_send, count, total_count
+    (1, datetime.date(2002, 6, 1), 3, 10),
+    (2, None, None, None),
+]
+
+
+def sql(pg, dbname: str, text: str, params: tuple = ()) -> list:
+    with closing(pg.connect(dbname)) as conn, conn.cursor() as cur:
+        cur.execute(text, params)
+        return cur.fetchall() if cur.description else []
+
+
+def old_database(pg, users=USERS, counts=COUNTS) -> str:
+    """An empty database with the 2002 tables and the given rows."""
+    name = f"old{next(_names)}"
+    with closing(pg.connect()) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'qmaild'")
+        if cur.fetchone() is None:
+            cur.execute("CREATE ROLE qmaild LOGIN")
+    with closing(pg.connect(name)) as conn, conn.cursor() as cur:
+        cur.execute(SCHEMA_2002.read_text())
+        for row in users:
+            cur.execute("INSERT INTO poppass VALUES (%s, %s, %s, %s, %s, %s, %s)", row)
+        for row in counts:
+            cur.execute("INSERT INTO sendcounts VALUES (%s, %s, %s, %s)", row)
+    return name
+
+
+def upgrade(pg, dbname: str) -> list[str]:
+    """Runs the file's text as the tables' owner; returns the server's notices."""
+    with closing(pg.connect(dbname)) as conn, conn.cursor() as cur:
+        cur.execute(UPGRADE.read_text())
+        return list(conn.notices)
+
+
+def upgrade_psql(pg, dbname: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-h", str(pg.sock), "-U", "postgres",
+         "-d", dbname, "-f", str(UPGRADE)],
+        capture_output=True, text=True, timeout=60)
+
+
+RUNNERS = ["psycopg2", pytest.param("psql", marks=pytest.mark.skipif(
+    PSQL is None, reason="psql is not installed"))]
+
+
+def run_upgrade(pg, dbname: str, runner: str) -> None:
+    if runner == "psql":
+        proc = upgrade_psql(pg, dbname)
+        assert proc.returncode == 0, proc.stderr
+    else:
+        upgrade(pg, dbname)
+
+
+def data(pg, dbname: str) -> tuple:
+    return (
+        sql(pg, dbname,
+            "SELECT id, name, pw, sysuser, hostname, ip, dir FROM poppass ORDER BY name"),
+        sql(pg, dbname, "SELECT id, last_send, count, total_count FROM sendcounts ORDER BY id"),
+    )
+
+
+def structure(pg, dbname: str) -> tuple:
+    """Columns (in order, with types, nullability, defaults, identity) and constraints."""
+    columns = sql(pg, dbname, """
+        SELECT table_name, column_name, data_type, character_maximum_length, is_nullable,
+               column_default, is_identity, identity_generation
+        FROM information_schema.columns
+        WHERE table_schema = 'public' AND table_name IN ('poppass', 'sendcounts')
+        ORDER BY table_name, ordinal_position""")
+    constraints = sql(pg, dbname, """
+        SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE conrelid IN ('poppass'::regclass, 'sendcounts'::regclass)
+        ORDER BY 1, 2""")
+    return columns, constraints
+
+
+def everything(pg, dbname: str) -> tuple:
+    sequences = sql(pg, dbname, "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+    return data(pg, dbname), structure(pg, dbname), sequences
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_upgrade_keeps_rows_and_matches_schema(pg, runner: str) -> None:
+    db = old_database(pg)
+    run_upgrade(pg, db, runner)
+    users, counts = data(pg, db)
+    dave = (6, *USERS[3][1:])  # numbered after max(id)
+    assert users == [USERS[0], USERS[1], USERS[2], dave]
+    assert counts == [COUNTS[0], (2, datetime.date.today(), 0, 0)]
+    assert sql(pg, db, "SELECT DISTINCT active, sendlimit FROM poppass") == [(True, None)]
+    assert structure(pg, db) == structure(pg, pg.new_database())
+
+
+def test_upgraded_database_serves_auth_and_limits(pg) -> None:
+    db = old_database(pg)
+    upgrade(pg, db)
+    sql(pg, db, GRANTS.read_text())
+    server = Database(pg.dsn(db, "qmaild"))
+    try:
+        # AUTH: the old DES hash still verifies, and is due for replacement
+        [(user_id, stored, active, limit)] = server.query(USER_QUERY, ("alice",))
+        assert (user_id, stored, active, limit) == (1, DES, True, None)
+        ctx = passwords.context()
+        assert ctx.verify("secret", stored) and ctx.needs_update(stored)
+        # the daily limit: an old day's row restarts, a NULL-filled row counts on
+        assert server.query(CHARGE, {"id": 1, "limit": 50}) == [(datetime.date.today(),)]
+        assert server.query(TODAY, (1,)) == [(1,)]
+        assert server.query(CHARGE, {"id": 2, "limit": 1}) == [(datetime.date.today(),)]
+        assert server.query(CHARGE, {"id": 2, "limit": 1}) == []  # at the limit
+        assert server.query(CHARGE, {"id": 5, "limit": 50}) == [(datetime.date.today(),)]
+        server.query(REFUND, (5, datetime.date.today()))
+    finally:
+        server.close()
+    assert sql(pg, db, "SELECT id, count, total_count FROM sendcounts ORDER BY id") == [
+        (1, 1, 11), (2, 1, 1), (5, 0, 0)]
+    # a modern hash fits in pw, new users are numbered after the old ones
+    modern = passwords.context().hash("new secret")
+    assert len(modern) > 90
+    sql(pg, db, "UPDATE poppass SET pw = %s WHERE name = 'alice'", (modern,))
+    sql(pg, db, "UPDATE poppass SET pw = %s WHERE name = 'bob'", ("x" * 100,))
+    assert sql(pg, db, "SELECT pw FROM poppass WHERE name = 'alice'") == [(modern,)]
+    assert sql(pg, db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
+        (7,)]
+    # the constraints now hold
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        sql(pg, db, "INSERT INTO poppass (name, pw) VALUES ('alice', 'x')")
+    with pytest.raises(psycopg2.errors.NotNullViolation):
+        sql(pg, db, "INSERT INTO poppass (pw) VALUES ('x')")
+    with pytest.raises(psycopg2.errors.ForeignKeyViolation):
+        sql(pg, db, "INSERT INTO sendcounts (id) VALUES (99)")
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        sql(pg, db, "UPDATE poppass SET sendlimit = -1 WHERE name = 'alice'")
+    sql(pg, db, "DELETE FROM poppass WHERE name = 'bob'")
+    assert sql(pg, db, "SELECT id FROM sendcounts ORDER BY id") == [(1,), (5,)]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_second_run_changes_nothing(pg, runner: str) -> None:
+    db = old_database(pg)
+    notices = upgrade(pg, db)
+    assert any("poppass.pw character varying(20) -> text" in n for n in notices)
+    sql(pg, db, GRANTS.read_text())
+    before = everything(pg, db)
+    privileges = sql(pg, db, "SELECT relname, relacl::text FROM pg_class "
+                             "WHERE relname IN ('poppass', 'sendcounts') ORDER BY 1")
+    if runner == "psql":
+        proc = upgrade_psql(pg, db)
+        assert proc.returncode == 0, proc.stderr
+        assert "already up to date" in proc.stderr
+    else:
+        assert any("already up to date" in n for n in upgrade(pg, db))
+    assert everything(pg, db) == before
+    assert sql(pg, db, "SELECT relname, relacl::text FROM pg_class "
+                       "WHERE relname IN ('poppass', 'sendcounts') ORDER BY 1") == privileges
+    sql(pg, db, GRANTS.read_text())  # and the grants apply again
+
+
+def test_current_schema_is_already_up_to_date(pg) -> None:
+    db = pg.new_database()
+    before = everything(pg, db)
+    assert any("already up to date" in n for n in upgrade(pg, db))
+    assert everything(pg, db) == before
+
+
+BAD_DATA = {
+    "duplicate names": (
+        [(1, "alice", DES, None, None, None, None), (2, "bob", DES, None, None, None, None),
+         (3, "bob", DES, None, None, None, None)], [],
+        ["duplicate name", "'bob' (2 rows)"]),
+    "NULL names": (
+        [(1, "alice", DES, None, None, None, None), (7, None, DES, None, None, None, None)], [],
+        ["NULL name", "id: 7"]),
+    "NULL passwords": (
+        [(1, "alice", DES, None, None, None, None), (2, "nopw", None, None, None, None, None)],
+        [], ["NULL pw", "'nopw' (id 2)"]),
+    "duplicate poppass ids": (
+        [(4, "alice", DES, None, None, None, None), (4, "bob", DES, None, None, None, None)], [],
+        ["duplicate id", "4 (2 rows)"]),
+    "duplicate sendcounts ids": (
+        USERS[:2], [(1, None, 1, 1), (1, None, 2, 2), (2, None, 0, 0)],
+        ["sendcounts: 1 duplicate id", "1 (2 rows)"]),
+    "sendcounts for unknown ids": (
+        USERS[:2], [(1, None, 1, 1), (42, None, 1, 1), (43, None, 1, 1)],
+        ["ids not in poppass", "42, 43"]),
+    "sendcounts without id": (
+        USERS[:2], [(None, None, 1, 1)], ["sendcounts: 1 row(s) with a NULL id"]),
+    "negative count": (
+        USERS[:2], [(2, None, -1, 0)], ["negative count", "2 (count -1)"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_refuses_data_that_cannot_be_kept_and_changes_nothing(pg, case: str) -> None:
+    users, counts, expected = BAD_DATA[case]
+    db = old_database(pg, users, counts)
+    before = everything(pg, db)
+    with pytest.raises(psycopg2.errors.RaiseException) as info:
+        upgrade(pg, db)
+    message = info.value.pgerror
+    assert "nothing changed" in message
+    for text in expected:
+        assert text in message
+    assert everything(pg, db) == before
+
+
+def test_reports_every_problem_at_once(pg) -> None:
+    users = [(1, "bob", DES, None, None, None, None), (2, "bob", DES, None, None, None, None),
+             (3, None, DES, None, None, None, None)]
+    db = old_database(pg, users, [(9, None, 1, 1)])
+    with pytest.raises(psycopg2.errors.RaiseException) as info:
+        upgrade(pg, db)
+    message = info.value.pgerror
+    assert "'bob' (2 rows)" in message and "NULL name" in message and "not in poppass" in message
+
+
+@pytest.mark.skipif(PSQL is None, reason="psql is not installed")
+def test_psql_stops_on_duplicate_names(pg) -> None:
+    users = [(1, "o'brien", DES, None, None, None, None),
+             (2, "o'brien", DES, None, None, None, None)]
+    db = old_database(pg, users, [])
+    before = everything(pg, db)
+    proc = upgrade_psql(pg, db)
+    assert proc.returncode != 0
+    assert "'o''brien' (2 rows)" in proc.stderr
+    assert everything(pg, db) == before
+
+
+def test_serial_id_keeps_its_sequence_moved_past_max(pg) -> None:
+    db = old_database(pg)
+    sql(pg, db, "CREATE SEQUENCE poppass_id_seq OWNED BY poppass.id")
+    sql(pg, db, "ALTER TABLE poppass ALTER COLUMN id SET DEFAULT nextval('poppass_id_seq')")
+    notices = upgrade(pg, db)
+    assert any("moved past 5" in n for n in notices)
+    users, _ = data(pg, db)
+    assert users[3] == (6, *USERS[3][1:])
+    assert sql(pg, db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
+        (7,)]
+    before = everything(pg, db)
+    upgrade(pg, db)
+    assert everything(pg, db) == before
+
+
+def test_foreign_key_without_cascade_is_replaced(pg) -> None:
+    db = old_database(pg, USERS[:3], COUNTS)
+    sql(pg, db, "ALTER TABLE poppass ADD PRIMARY KEY (id)")
+    sql(pg, db, "ALTER TABLE sendcounts ADD CONSTRAINT old_fk FOREIGN KEY (id) "
+                "REFERENCES poppass (id)")
+    upgrade(pg, db)
+    assert structure(pg, db) == structure(pg, pg.new_database())
+    sql(pg, db, "DELETE FROM poppass WHERE id = 1")
+    assert sql(pg, db, "SELECT id FROM sendcounts") == [(2,)]
+
+
+def test_missing_sendcounts_is_created(pg) -> None:
+    db = old_database(pg, USERS, [])
+    sql(pg, db, "DROP TABLE sendcounts")
+    upgrade(pg, db)
+    assert structure(pg, db) == structure(pg, pg.new_database())
+
+
+def test_no_poppass_at_all(pg) -> None:
+    name = f"empty{next(_names)}"
+    with closing(pg.connect()) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    with pytest.raises(psycopg2.errors.RaiseException) as info:
+        upgrade(pg, name)
+    assert "no table poppass" in info.value.pgerror
+    assert sql(pg, name, "SELECT to_regclass('sendcounts')") == [(None,)]
