@@ -78,16 +78,26 @@ class Cluster:
         conn.autocommit = True
         return conn
 
-    def new_database(self, grants: bool = True) -> str:
-        """A fresh database with sql/schema.sql and (optionally) sql/grants.sql."""
-        name = f"mail{next(_counter)}"
+    def empty_database(self, prefix: str = "mail") -> str:
+        """A new empty database, and the service role `qmaild` if not there yet."""
+        name = f"{prefix}{next(_counter)}"
         with closing(self.connect()) as admin, admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE {name}")
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'qmaild'")
             if cur.fetchone() is None:
                 cur.execute("CREATE ROLE qmaild LOGIN")
-        with closing(self.connect(name)) as conn, conn.cursor() as cur:
-            cur.execute((ROOT / "sql" / "schema.sql").read_text())
-            if grants:
-                cur.execute((ROOT / "sql" / "grants.sql").read_text())
         return name
+
+    def new_database(self, grants: bool = True) -> str:
+        """A fresh database with sql/schema.sql and (optionally) sql/grants.sql."""
+        name = self.empty_database()
+        self.query(name, (ROOT / "sql" / "schema.sql").read_text())
+        if grants:
+            self.query(name, (ROOT / "sql" / "grants.sql").read_text())
+        return name
+
+    def query(self, dbname: str, text: str, params: tuple = ()) -> list:
+        """One statement (or script) as the superuser; its rows, if any."""
+        with closing(self.connect(dbname)) as conn, conn.cursor() as cur:
+            cur.execute(text, params)
+            return cur.fetchall() if cur.description else []

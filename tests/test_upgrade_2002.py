@@ -35,20 +35,9 @@ COUNTS = [  # id, last_send, count, total_count
 ]
 
 
-def sql(pg, dbname: str, text: str, params: tuple = ()) -> list:
-    with closing(pg.connect(dbname)) as conn, conn.cursor() as cur:
-        cur.execute(text, params)
-        return cur.fetchall() if cur.description else []
-
-
 def old_database(pg, users=USERS, counts=COUNTS) -> str:
     """An empty database with the 2002 tables and the given rows."""
-    name = f"old{next(_names)}"
-    with closing(pg.connect()) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'qmaild'")
-        if cur.fetchone() is None:
-            cur.execute("CREATE ROLE qmaild LOGIN")
+    name = pg.empty_database("old")
     with closing(pg.connect(name)) as conn, conn.cursor() as cur:
         cur.execute(SCHEMA_2002.read_text())
         for row in users:
@@ -86,21 +75,21 @@ def run_upgrade(pg, dbname: str, runner: str) -> None:
 
 def data(pg, dbname: str) -> tuple:
     return (
-        sql(pg, dbname,
+        pg.query(dbname,
             "SELECT id, name, pw, sysuser, hostname, ip, dir FROM poppass ORDER BY name"),
-        sql(pg, dbname, "SELECT id, last_send, count, total_count FROM sendcounts ORDER BY id"),
+        pg.query(dbname, "SELECT id, last_send, count, total_count FROM sendcounts ORDER BY id"),
     )
 
 
 def structure(pg, dbname: str) -> tuple:
     """Columns (in order, with types, nullability, defaults, identity) and constraints."""
-    columns = sql(pg, dbname, """
+    columns = pg.query(dbname, """
         SELECT table_name, column_name, data_type, character_maximum_length, is_nullable,
                column_default, is_identity, identity_generation
         FROM information_schema.columns
         WHERE table_schema = 'public' AND table_name IN ('poppass', 'sendcounts')
         ORDER BY table_name, ordinal_position""")
-    constraints = sql(pg, dbname, """
+    constraints = pg.query(dbname, """
         SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid)
         FROM pg_constraint WHERE conrelid IN ('poppass'::regclass, 'sendcounts'::regclass)
         ORDER BY 1, 2""")
@@ -108,7 +97,7 @@ def structure(pg, dbname: str) -> tuple:
 
 
 def everything(pg, dbname: str) -> tuple:
-    sequences = sql(pg, dbname, "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+    sequences = pg.query(dbname, "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
     return data(pg, dbname), structure(pg, dbname), sequences
 
 
@@ -120,14 +109,14 @@ def test_upgrade_keeps_rows_and_matches_schema(pg, runner: str) -> None:
     dave = (6, *USERS[3][1:])  # numbered after max(id)
     assert users == [USERS[0], USERS[1], USERS[2], dave]
     assert counts == [COUNTS[0], (2, datetime.date.today(), 0, 0)]
-    assert sql(pg, db, "SELECT DISTINCT active, sendlimit FROM poppass") == [(True, None)]
+    assert pg.query(db, "SELECT DISTINCT active, sendlimit FROM poppass") == [(True, None)]
     assert structure(pg, db) == structure(pg, pg.new_database())
 
 
 def test_upgraded_database_serves_auth_and_limits(pg) -> None:
     db = old_database(pg)
     upgrade(pg, db)
-    sql(pg, db, GRANTS.read_text())
+    pg.query(db, GRANTS.read_text())
     server = Database(pg.dsn(db, "qmaild"))
     try:
         # AUTH: the old DES hash still verifies, and is due for replacement
@@ -144,27 +133,27 @@ def test_upgraded_database_serves_auth_and_limits(pg) -> None:
         server.query(REFUND, (5, datetime.date.today()))
     finally:
         server.close()
-    assert sql(pg, db, "SELECT id, count, total_count FROM sendcounts ORDER BY id") == [
+    assert pg.query(db, "SELECT id, count, total_count FROM sendcounts ORDER BY id") == [
         (1, 1, 11), (2, 1, 1), (5, 0, 0)]
     # a modern hash fits in pw, new users are numbered after the old ones
     modern = passwords.context().hash("new secret")
     assert len(modern) > 90
-    sql(pg, db, "UPDATE poppass SET pw = %s WHERE name = 'alice'", (modern,))
-    sql(pg, db, "UPDATE poppass SET pw = %s WHERE name = 'bob'", ("x" * 100,))
-    assert sql(pg, db, "SELECT pw FROM poppass WHERE name = 'alice'") == [(modern,)]
-    assert sql(pg, db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
+    pg.query(db, "UPDATE poppass SET pw = %s WHERE name = 'alice'", (modern,))
+    pg.query(db, "UPDATE poppass SET pw = %s WHERE name = 'bob'", ("x" * 100,))
+    assert pg.query(db, "SELECT pw FROM poppass WHERE name = 'alice'") == [(modern,)]
+    assert pg.query(db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
         (7,)]
     # the constraints now hold
     with pytest.raises(psycopg2.errors.UniqueViolation):
-        sql(pg, db, "INSERT INTO poppass (name, pw) VALUES ('alice', 'x')")
+        pg.query(db, "INSERT INTO poppass (name, pw) VALUES ('alice', 'x')")
     with pytest.raises(psycopg2.errors.NotNullViolation):
-        sql(pg, db, "INSERT INTO poppass (pw) VALUES ('x')")
+        pg.query(db, "INSERT INTO poppass (pw) VALUES ('x')")
     with pytest.raises(psycopg2.errors.ForeignKeyViolation):
-        sql(pg, db, "INSERT INTO sendcounts (id) VALUES (99)")
+        pg.query(db, "INSERT INTO sendcounts (id) VALUES (99)")
     with pytest.raises(psycopg2.errors.CheckViolation):
-        sql(pg, db, "UPDATE poppass SET sendlimit = -1 WHERE name = 'alice'")
-    sql(pg, db, "DELETE FROM poppass WHERE name = 'bob'")
-    assert sql(pg, db, "SELECT id FROM sendcounts ORDER BY id") == [(1,), (5,)]
+        pg.query(db, "UPDATE poppass SET sendlimit = -1 WHERE name = 'alice'")
+    pg.query(db, "DELETE FROM poppass WHERE name = 'bob'")
+    assert pg.query(db, "SELECT id FROM sendcounts ORDER BY id") == [(1,), (5,)]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -172,9 +161,9 @@ def test_second_run_changes_nothing(pg, runner: str) -> None:
     db = old_database(pg)
     notices = upgrade(pg, db)
     assert any("poppass.pw character varying(20) -> text" in n for n in notices)
-    sql(pg, db, GRANTS.read_text())
+    pg.query(db, GRANTS.read_text())
     before = everything(pg, db)
-    privileges = sql(pg, db, "SELECT relname, relacl::text FROM pg_class "
+    privileges = pg.query(db, "SELECT relname, relacl::text FROM pg_class "
                              "WHERE relname IN ('poppass', 'sendcounts') ORDER BY 1")
     if runner == "psql":
         proc = upgrade_psql(pg, db)
@@ -183,9 +172,9 @@ def test_second_run_changes_nothing(pg, runner: str) -> None:
     else:
         assert any("already up to date" in n for n in upgrade(pg, db))
     assert everything(pg, db) == before
-    assert sql(pg, db, "SELECT relname, relacl::text FROM pg_class "
+    assert pg.query(db, "SELECT relname, relacl::text FROM pg_class "
                        "WHERE relname IN ('poppass', 'sendcounts') ORDER BY 1") == privileges
-    sql(pg, db, GRANTS.read_text())  # and the grants apply again
+    pg.query(db, GRANTS.read_text())  # and the grants apply again
 
 
 def test_current_schema_is_already_up_to_date(pg) -> None:
@@ -260,13 +249,13 @@ def test_psql_stops_on_duplicate_names(pg) -> None:
 
 def test_serial_id_keeps_its_sequence_moved_past_max(pg) -> None:
     db = old_database(pg)
-    sql(pg, db, "CREATE SEQUENCE poppass_id_seq OWNED BY poppass.id")
-    sql(pg, db, "ALTER TABLE poppass ALTER COLUMN id SET DEFAULT nextval('poppass_id_seq')")
+    pg.query(db, "CREATE SEQUENCE poppass_id_seq OWNED BY poppass.id")
+    pg.query(db, "ALTER TABLE poppass ALTER COLUMN id SET DEFAULT nextval('poppass_id_seq')")
     notices = upgrade(pg, db)
     assert any("moved past 5" in n for n in notices)
     users, _ = data(pg, db)
     assert users[3] == (6, *USERS[3][1:])
-    assert sql(pg, db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
+    assert pg.query(db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
         (7,)]
     before = everything(pg, db)
     upgrade(pg, db)
@@ -275,18 +264,18 @@ def test_serial_id_keeps_its_sequence_moved_past_max(pg) -> None:
 
 def test_foreign_key_without_cascade_is_replaced(pg) -> None:
     db = old_database(pg, USERS[:3], COUNTS)
-    sql(pg, db, "ALTER TABLE poppass ADD PRIMARY KEY (id)")
-    sql(pg, db, "ALTER TABLE sendcounts ADD CONSTRAINT old_fk FOREIGN KEY (id) "
+    pg.query(db, "ALTER TABLE poppass ADD PRIMARY KEY (id)")
+    pg.query(db, "ALTER TABLE sendcounts ADD CONSTRAINT old_fk FOREIGN KEY (id) "
                 "REFERENCES poppass (id)")
     upgrade(pg, db)
     assert structure(pg, db) == structure(pg, pg.new_database())
-    sql(pg, db, "DELETE FROM poppass WHERE id = 1")
-    assert sql(pg, db, "SELECT id FROM sendcounts") == [(2,)]
+    pg.query(db, "DELETE FROM poppass WHERE id = 1")
+    assert pg.query(db, "SELECT id FROM sendcounts") == [(2,)]
 
 
 def test_missing_sendcounts_is_created(pg) -> None:
     db = old_database(pg, USERS, [])
-    sql(pg, db, "DROP TABLE sendcounts")
+    pg.query(db, "DROP TABLE sendcounts")
     upgrade(pg, db)
     assert structure(pg, db) == structure(pg, pg.new_database())
 
@@ -298,4 +287,4 @@ def test_no_poppass_at_all(pg) -> None:
     with pytest.raises(psycopg2.errors.RaiseException) as info:
         upgrade(pg, name)
     assert "no table poppass" in info.value.pgerror
-    assert sql(pg, name, "SELECT to_regclass('sendcounts')") == [(None,)]
+    assert pg.query(name, "SELECT to_regclass('sendcounts')") == [(None,)]
