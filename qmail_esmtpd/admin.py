@@ -85,29 +85,23 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--inactive", action="store_true", help="create the account disabled")
     c.set_defaults(run=cmd_add)
 
-    c = sub.add_parser("passwd", help="set a new password (from tty or stdin)")
-    c.add_argument("name", type=existing_name)
-    c.set_defaults(run=cmd_passwd)
-
-    c = sub.add_parser("del", help="delete a user and its send counts")
-    c.add_argument("name", type=existing_name)
-    c.set_defaults(run=cmd_del)
+    for command, run, text in (
+        ("passwd", cmd_passwd, "set a new password (from tty or stdin)"),
+        ("del", cmd_del, "delete a user and its send counts"),
+        ("show", cmd_show, "one user's counts, limit, state and hash scheme"),
+        ("reset", cmd_reset, "set today's count to 0 (the total stays)"),
+    ):
+        c = sub.add_parser(command, help=text)
+        c.add_argument("name", type=existing_name)
+        c.set_defaults(run=run)
 
     c = sub.add_parser("list", help="all users: name, state, limit, today, total")
     c.set_defaults(run=cmd_list)
-
-    c = sub.add_parser("show", help="one user's counts, limit, state and hash scheme")
-    c.add_argument("name", type=existing_name)
-    c.set_defaults(run=cmd_show)
 
     c = sub.add_parser("limit", help="set a user's daily limit (N, 0: none, or default)")
     c.add_argument("name", type=existing_name)
     c.add_argument("limit", type=limit_or_default, metavar="N|default")
     c.set_defaults(run=cmd_limit)
-
-    c = sub.add_parser("reset", help="set today's count to 0 (the total stays)")
-    c.add_argument("name", type=existing_name)
-    c.set_defaults(run=cmd_reset)
     return p
 
 
