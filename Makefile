@@ -50,7 +50,9 @@ install:
 	$(REALPY) -m compileall -q $(DESTDIR)$(LIBDIR)
 	$(REALPY) tools/mklauncher.py $(DESTDIR)$(BINDIR)/qmail-esmtpd $(REALPY) \
 	    qmail_esmtpd.cli:run $(LIBDIR)
-	@echo "installed $(DESTDIR)$(BINDIR)/qmail-esmtpd (qmail-smtpd left untouched)"
+	$(REALPY) tools/mklauncher.py $(DESTDIR)$(BINDIR)/qmail-esmtpd-user $(REALPY) \
+	    qmail_esmtpd.admin:main $(LIBDIR)
+	@echo "installed $(DESTDIR)$(BINDIR)/qmail-esmtpd and qmail-esmtpd-user (qmail-smtpd untouched)"
 
 demo: venv
 	sh demo/demo.sh
