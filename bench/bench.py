@@ -436,8 +436,8 @@ SPLIT_STEPS = (
     ("first verify_and_update (argon2id)",
      "ok, _ = ctx.verify_and_update(PASSWORD, row[1])"),
     ("sendcounts: today's count + charge",
-     "sent = limit.DailyLimit(db, print); account = (row[0], row[3]); "
-     "ok = ok and sent.allows(account) and bool(sent.charge(account))"),
+     "sent = limit.DailyLimit(db, row[0], row[3], print); "
+     "ok = ok and sent.allows() and bool(sent.charge())"),
     ("argon2id verify alone (a second call)",
      "ctx.verify_and_update(PASSWORD, row[1])"),
 )

@@ -14,8 +14,8 @@ import getpass
 import os
 import sys
 
-from .config import DEFAULT_CONTROL, ControlError, Controls
-from .pgdb import Database, DatabaseError, configured_conninfo
+from .config import DEFAULT_CONTROL, ControlError, Controls, authdb_conninfo
+from .pgdb import Database, DatabaseError
 
 PROG = "qmail-esmtpd-user"
 NO_PRIVILEGE = "42501"
@@ -148,7 +148,7 @@ def conninfo(option: str | None) -> str:
     if option is not None:
         return option
     env = os.environb
-    found = configured_conninfo(env, Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)))
+    found = authdb_conninfo(env, Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)))
     return found if found is not None else ""
 
 

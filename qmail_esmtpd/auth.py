@@ -5,6 +5,8 @@ checkpassword; otherwise a connection string in `$AUTHDB` or control/authdb
 picks PostgreSQL; with neither the server is plain qmail-smtpd.  Around the
 backend, `Authenticator` adds what must hold for all of them: a delay before
 every 535, one log line per outcome, and no exception reaching the client.
+All of this loads at the first AUTH command: a session that only offers AUTH
+pays nothing for it.
 """
 
 import time
@@ -48,11 +50,12 @@ class Authenticator:
     """Delay before failure, log every outcome, turn surprises into a 454."""
 
     def __init__(self, backend: object, remoteip: bytes, fail_delay: float,
-                 log: "Callable[[str], None]", sleep: "Callable[[float], None]" = time.sleep
-                 ) -> None:
+                 max_failures: int, log: "Callable[[str], None]",
+                 sleep: "Callable[[float], None]" = time.sleep) -> None:
         self.backend = backend
         self.remoteip = remoteip
         self.fail_delay = fail_delay
+        self.max_failures = max_failures
         self.log = log
         self.sleep = sleep
 
@@ -69,20 +72,26 @@ class Authenticator:
                  f"mech={mechanism.decode()}")
         return outcome
 
+    def close(self) -> None:
+        """End of session: hang up on the database, if the backend has one."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
-def backend_for(argv: "list[bytes]", conninfo: str | None, settings: AuthSettings,
-                log: "Callable[[str], None]") -> "tuple[object, object] | None":
-    """(password backend, sending limit or None) for this configuration, or None."""
-    if argv:
+
+def authenticator(checkpassword: "list[bytes]", conninfo: str | None, controls: Controls,
+                  env: "dict[bytes, bytes]", remoteip: bytes,
+                  log: "Callable[[str], None]") -> Authenticator:
+    """The configured backend, wrapped; checkpassword wins over a database."""
+    settings = AuthSettings(controls, env)
+    if checkpassword:
         from .checkpassword import Checkpassword
-        return Checkpassword(argv), None
-    if conninfo is None:
-        return None
-    from .authdb import PostgresAuth
-    from .limit import DailyLimit
-    from .pgdb import Database
 
-    db = Database(conninfo)
-    return (PostgresAuth(db, settings.send_limit, settings.plaintext, log),
-            DailyLimit(db, log))
+        backend: object = Checkpassword(checkpassword)
+    else:
+        from .authdb import PostgresAuth
+        from .pgdb import Database
 
+        backend = PostgresAuth(Database(conninfo or ""), settings.send_limit,
+                               settings.plaintext, log)
+    return Authenticator(backend, remoteip, settings.fail_delay, settings.max_failures, log)

@@ -7,6 +7,7 @@ pw (the optional grant); without it the login simply goes on.
 """
 
 from . import replies
+from .limit import DailyLimit
 from .pgdb import Database, DatabaseError
 from .sasl import AuthOutcome
 
@@ -58,8 +59,11 @@ class PostgresAuth:
             return AuthOutcome(False)
         if new_hash:
             self._rehash(new_hash, user_id, stored)
-        account = (user_id, self.default_limit if limit is None else limit)
-        return AuthOutcome(True, user=user, account=account)
+        limit = self.default_limit if limit is None else limit
+        return AuthOutcome(True, user=user, account=DailyLimit(self.db, user_id, limit, self.log))
+
+    def close(self) -> None:
+        self.db.close()
 
     def _verify(self, password: bytes, stored: str) -> "tuple[bool, str | None]":
         """passlib's verify_and_update; an unusable hash or password is just a no."""

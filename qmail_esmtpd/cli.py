@@ -9,10 +9,9 @@ import posix
 import sys
 
 from . import replies
-from .config import DEFAULT_CONTROL, ControlError, Controls, Settings
+from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, authdb_conninfo
 from .lineio import Channel
 from .localips import LocalIPs
-from .pgdb import configured_conninfo
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
@@ -35,16 +34,10 @@ def main() -> int:
     try:
         settings = Settings(controls, env)
         checkpassword = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
-        conninfo = configured_conninfo(env, controls)
-        auth = limits = None
-        max_failures = 1
+        conninfo = authdb_conninfo(env, controls)
+        auth = None
         if checkpassword or conninfo is not None:
-            from .auth import Authenticator, AuthSettings, backend_for
-
-            auth_settings = AuthSettings(controls, env)
-            backend, limits = backend_for(checkpassword, conninfo, auth_settings, log)
-            auth = Authenticator(backend, settings.remoteip, auth_settings.fail_delay, log)
-            max_failures = auth_settings.max_failures
+            auth = AuthOnDemand(checkpassword, conninfo, controls, env, settings.remoteip)
     except ControlError as e:
         log(f"fatal: {e}")
         _say(replies.CONTROLS)
@@ -62,9 +55,7 @@ def main() -> int:
         localiphost=settings.localiphost,
         is_local_ip=LocalIPs(),
         auth=auth,
-        limits=limits,
         databytes=settings.databytes,
-        max_auth_failures=max_failures,
     )
     program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
@@ -79,8 +70,43 @@ def main() -> int:
         _say(replies.INTERNAL_ERROR)
         return 1
     finally:
-        if limits is not None:
-            limits.db.close()
+        if auth is not None:
+            auth.close()
+
+
+class AuthOnDemand:
+    """AUTH is offered from the greeting on, but its code (and the control files
+    it reads) load at the first AUTH command, so sessions that never use it do
+    not pay for it.  Quacks like auth.Authenticator for the protocol core."""
+
+    def __init__(self, *how: object) -> None:
+        self.how = how
+        self.real = None
+
+    def _load(self):  # -> auth.Authenticator
+        if self.real is None:
+            from .auth import authenticator
+
+            self.real = authenticator(*self.how, log)  # type: ignore[arg-type]
+        return self.real
+
+    def check(self, user: bytes, password: bytes, mechanism: bytes):  # -> sasl.AuthOutcome
+        try:
+            real = self._load()
+        except Exception as e:  # e.g. an unreadable control/authfaildelay
+            from .sasl import AuthOutcome
+
+            log(f"auth unavailable: {type(e).__name__}: {e}")
+            return AuthOutcome(False, tempfail=replies.AUTH_TEMP_DB)
+        return real.check(user, password, mechanism)
+
+    @property
+    def max_failures(self) -> int:
+        return self._load().max_failures
+
+    def close(self) -> None:
+        if self.real is not None:
+            self.real.close()
 
 
 def _say(reply: bytes) -> None:

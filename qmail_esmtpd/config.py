@@ -103,3 +103,11 @@ class Settings:
         self.remoteinfo: bytes | None = env.get(b"TCPREMOTEINFO")
         self.local = env.get(b"TCPLOCALHOST",
                                 env.get(b"TCPLOCALIP", b"unknown"))
+
+
+def authdb_conninfo(env: "dict[bytes, bytes]", controls: Controls) -> str | None:
+    """$AUTHDB, else control/authdb: the libpq connection string; None: no SQL AUTH."""
+    value = env.get(b"AUTHDB")
+    if value is None:
+        value = controls.line(b"authdb")
+    return None if value is None else value.decode("utf-8", "replace")

@@ -35,35 +35,36 @@ WHERE id = %s AND last_send = %s AND count > 0
 
 
 class DailyLimit:
-    """`account` is (poppass id, that user's limit), as PostgresAuth made it."""
+    """One authenticated user's limit: the poppass id and that user's messages a day."""
 
-    def __init__(self, db: Database, log: "Callable[[str], None]") -> None:
+    def __init__(self, db: Database, user_id: int, limit: int,
+                 log: "Callable[[str], None]") -> None:
         self.db = db
+        self.user_id = user_id
+        self.limit = limit
         self.log = log
 
-    def allows(self, account: "tuple[int, int]") -> bool | None:
+    def allows(self) -> bool | None:
         """May this user start another message today?  None: cannot tell now."""
-        user_id, limit = account
-        if limit == 0:
+        if self.limit == 0:
             return True
         try:
-            rows = self.db.query(TODAY, (user_id,))
+            rows = self.db.query(TODAY, (self.user_id,))
         except DatabaseError as e:
             self.log(f"sendlimit database: {e}")
             return None
-        return (rows[0][0] if rows else 0) < limit
+        return (rows[0][0] if rows else 0) < self.limit
 
-    def charge(self, account: "tuple[int, int]") -> "tuple[int, object] | bool | None":
+    def charge(self) -> "tuple[int, object] | bool | None":
         """Count one message: a token for refund(), False at the limit, None on error."""
-        user_id, limit = account
         try:
-            rows = self.db.query(CHARGE, {"id": user_id, "limit": limit})
+            rows = self.db.query(CHARGE, {"id": self.user_id, "limit": self.limit})
         except DatabaseError as e:
             self.log(f"sendlimit database: {e}")
             return None
         if not rows:
             return False
-        return (user_id, rows[0][0])
+        return (self.user_id, rows[0][0])
 
     def refund(self, token: "tuple[int, object]") -> None:
         """Give back a charge for a message qmail-queue did not take."""

@@ -1,9 +1,9 @@
 """The PostgreSQL connection behind AUTH and the sending limit.
 
-qmail style configuration: `$AUTHDB`, else the first line of control/authdb,
-is a libpq connection string (libpq's PG* variables and ~/.pgpass apply as
-libpq defines them).  Connections get a short connect timeout and a statement
-timeout unless the string sets its own, so a sick database costs a client a
+The connection string comes from config.authdb_conninfo() (`$AUTHDB`, else
+control/authdb; libpq's PG* variables and ~/.pgpass apply as libpq defines
+them).  Connections get a short connect timeout and a statement timeout
+unless the string sets its own, so a sick database costs a client a
 few seconds and a 4xx, never a hung session.  psycopg2 is imported on first
 use: a session that never authenticates never loads it.
 """
@@ -22,14 +22,6 @@ class DatabaseError(Exception):
     def __init__(self, reason: str, code: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
-
-
-def configured_conninfo(env: "dict[bytes, bytes]", controls: "object") -> str | None:
-    """$AUTHDB, else control/authdb; None when neither is there (no SQL AUTH)."""
-    value = env.get(b"AUTHDB")
-    if value is None:
-        value = controls.line(b"authdb")  # type: ignore[attr-defined]
-    return None if value is None else value.decode("utf-8", "replace")
 
 
 class Database:

@@ -9,7 +9,7 @@ hand in plain values and small lookup callables.
 
 import time
 
-from . import replies, sasl
+from . import replies
 from .address import MAX_ADDRESS, parse, rewrite_localiphost
 from .config import leading_number
 from .received import received
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .auth import Authenticator
-    from .limit import DailyLimit
+    from .sasl import Exchange
 
 # What the caller does after writing the reply.
 BUFFER = 0   # nothing; the reply may wait for the next read (MAIL, RCPT, RSET)
@@ -55,9 +55,7 @@ class Session:
                  is_local_ip: "Callable[[str], bool]" = lambda ip: False,
                  clock: "Callable[[], float]" = time.time,
                  auth: "Authenticator | None" = None,
-                 limits: "DailyLimit | None" = None,
-                 databytes: int = 0,
-                 max_auth_failures: int = 3) -> None:
+                 databytes: int = 0) -> None:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient
@@ -67,12 +65,10 @@ class Session:
         self.is_local_ip = is_local_ip
         self.clock = clock
         self.auth = auth
-        self.limits = limits
         self.databytes = databytes
-        self.max_auth_failures = max_auth_failures
         self.user: bytes | None = None  # set by a successful AUTH
-        self.account: object = None  # the user as the sending limit knows it
-        self.exchange: sasl.Exchange | None = None
+        self.account = None  # its sending limit: allows(), charge(), refund(); or None
+        self.exchange: "Exchange | None" = None
         self.auth_failures = 0
         self.charged: object = None
         self.helo: bytes | None = None
@@ -139,8 +135,8 @@ class Session:
             return replies.SYNTAX, BUFFER
         if self.auth is not None and self.databytes and size_parameter(arg) > self.databytes:
             return replies.SIZE_EXCEEDED, BUFFER
-        if self.account is not None and self.limits is not None:
-            allowed = self.limits.allows(self.account)
+        if self.account is not None:
+            allowed = self.account.allows()
             if not allowed:
                 return (replies.LIMIT_UNAVAILABLE if allowed is None
                         else replies.LIMIT_REACHED), BUFFER
@@ -207,12 +203,14 @@ class Session:
             return replies.AUTH_ALREADY, FLUSH
         if self.seen_mail:
             return replies.AUTH_IN_TRANSACTION, FLUSH
-        exchange = sasl.start(arg)
+        from .sasl import start  # only sessions that try AUTH load it
+
+        exchange = start(arg)
         if exchange is None:
             return replies.AUTH_MECHANISM, FLUSH
         return self._auth_step(exchange)
 
-    def _auth_step(self, exchange: sasl.Exchange) -> tuple[bytes, int]:
+    def _auth_step(self, exchange: "Exchange") -> tuple[bytes, int]:
         """Prompt again, end with a 501, or verify and answer 235/535/454/421."""
         self.exchange = None if exchange.done else exchange
         if exchange.credentials is None:
@@ -228,7 +226,7 @@ class Session:
         if outcome.tempfail is not None:
             return outcome.tempfail, FLUSH
         self.auth_failures += 1
-        if self.auth_failures >= self.max_auth_failures:
+        if self.auth_failures >= self.auth.max_failures:  # type: ignore[union-attr]
             return replies.AUTH_TOO_MANY, DROP
         return replies.AUTH_FAILED, FLUSH
 
@@ -259,17 +257,17 @@ class Session:
 
         None means go ahead; otherwise the reply to give instead of queueing.
         """
-        if self.account is None or self.limits is None:
+        if self.account is None:
             return None
-        self.charged = self.limits.charge(self.account)
+        self.charged = self.account.charge()
         if self.charged:
             return None
         return replies.LIMIT_UNAVAILABLE if self.charged is None else replies.LIMIT_REACHED
 
     def refund(self) -> None:
         """qmail-queue did not take a charged message: give the count back."""
-        if self.charged and self.limits is not None:
-            self.limits.refund(self.charged)
+        if self.charged and self.account is not None:
+            self.account.refund(self.charged)
         self.charged = None
 
     def envelope(self) -> bytes:

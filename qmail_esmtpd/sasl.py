@@ -22,7 +22,7 @@ class AuthOutcome:
         self.ok = ok
         self.user = user
         self.tempfail = tempfail
-        self.account = account  # whatever the sending limit needs to know the user by
+        self.account = account  # the user's sending limit (limit.DailyLimit), if any
 
 
 def decode(line: bytes) -> bytes | None:

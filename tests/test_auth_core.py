@@ -7,29 +7,19 @@ from qmail_esmtpd.protocol import DataDecoder, Peer, Session
 from qmail_esmtpd.sasl import AuthOutcome
 
 
-class FakeAuth:
-    def __init__(self, tempfail: bytes | None = None) -> None:
-        self.calls, self.tempfail = [], tempfail
-
-    def check(self, user: bytes, password: bytes, mechanism: bytes) -> AuthOutcome:
-        self.calls.append((user, password, mechanism))
-        if self.tempfail:
-            return AuthOutcome(False, tempfail=self.tempfail)
-        ok = (user, password) == (b"alice", b"pw")
-        return AuthOutcome(ok, user=user, account=("alice-id", 2) if ok else None)
-
-
 class FakeLimit:
+    """alice's sending limit: 2 a day."""
+
     def __init__(self, used: int = 0, broken: bool = False) -> None:
-        self.used, self.broken, self.refunds = used, broken, []
+        self.used, self.broken, self.refunds, self.limit = used, broken, [], 2
 
-    def allows(self, account):
-        return None if self.broken else self.used < account[1]
+    def allows(self):
+        return None if self.broken else self.used < self.limit
 
-    def charge(self, account):
+    def charge(self):
         if self.broken:
             return None
-        if self.used >= account[1]:
+        if self.used >= self.limit:
             return False
         self.used += 1
         return ("token", self.used)
@@ -39,6 +29,20 @@ class FakeLimit:
         self.refunds.append(token)
 
 
+class FakeAuth:
+    def __init__(self, tempfail: bytes | None = None, limit: FakeLimit | None = None,
+                 max_failures: int = 3) -> None:
+        self.calls, self.tempfail, self.limit = [], tempfail, limit
+        self.max_failures = max_failures
+
+    def check(self, user: bytes, password: bytes, mechanism: bytes) -> AuthOutcome:
+        self.calls.append((user, password, mechanism))
+        if self.tempfail:
+            return AuthOutcome(False, tempfail=self.tempfail)
+        ok = (user, password) == (b"alice", b"pw")
+        return AuthOutcome(ok, user=user, account=self.limit if ok else None)
+
+
 def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
 
@@ -46,7 +50,7 @@ def b64(data: bytes) -> bytes:
 def session(auth=None, limits=None, **kw) -> Session:
     return Session(b"mx.example.com", Peer(b"198.51.100.7", b"client.example.net"),
                    rcpt_allowed=lambda a: a.endswith(b"@example.com"),
-                   auth=auth or FakeAuth(), limits=limits, **kw)
+                   auth=auth or FakeAuth(limit=limits), **kw)
 
 
 def test_no_authenticator_means_vanilla_qmail():
@@ -105,10 +109,10 @@ def test_no_auth_inside_a_transaction():
 
 
 def test_failures_then_421_and_tempfail_does_not_count():
-    s = session(max_auth_failures=2)
+    s = session(auth=FakeAuth(max_failures=2))
     assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0no")) == (replies.AUTH_FAILED, protocol.FLUSH)
     assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0no")) == (replies.AUTH_TOO_MANY, protocol.DROP)
-    t = session(auth=FakeAuth(tempfail=replies.AUTH_TEMP_DB), max_auth_failures=1)
+    t = session(auth=FakeAuth(tempfail=replies.AUTH_TEMP_DB, max_failures=1))
     assert t.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))[0] == replies.AUTH_TEMP_DB
     assert t.handle(b"RCPT TO:<x@elsewhere.org>")[0] == replies.WANT_MAIL  # still a session
     assert t.user is None
@@ -155,6 +159,8 @@ def test_unauthenticated_sessions_are_never_charged():
     limit = FakeLimit(used=99)
     s = session(limits=limit)
     assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
+    assert s.charge() is None and limit.used == 99
+    s.handle(b"AUTH PLAIN " + b64(b"\0alice\0wrong"))
     assert s.charge() is None and limit.used == 99
 
 
