@@ -64,7 +64,7 @@ def main() -> int:
 
     channel = Channel(settings.timeout)
     try:
-        return serve(session, channel, settings.databytes, open_queue)
+        return serve(session, channel, open_queue)
     except Exception as e:  # a bug: tell the client plainly, keep the trace in the log
         log(f"internal error: {type(e).__name__}: {e}")
         _say(replies.INTERNAL_ERROR)

@@ -419,6 +419,11 @@ class DataDecoder:
             return b"", i, status
         return data, i, status
 
+    @property
+    def acceptable(self) -> bool:
+        """Neither looping nor too big: qmail-queue may have it."""
+        return self.hops < MAX_HOPS and not self.overflow
+
     def _count_hops(self, raw: bytes) -> None:
         """Header lines starting received/delivered (any case) are hops."""
         pos, n = 0, len(raw)

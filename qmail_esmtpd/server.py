@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def serve(session: protocol.Session, channel: Channel, databytes: int,
-        open_queue: "Callable[[], QueueJob]") -> int:
+def serve(session: protocol.Session, channel: Channel,
+          open_queue: "Callable[[], QueueJob]") -> int:
     """Talk SMTP until QUIT (exit 0) or until the client goes away (exit 1)."""
     try:
         channel.write(session.banner())
@@ -22,7 +22,7 @@ def serve(session: protocol.Session, channel: Channel, databytes: int,
             reply, action = session.handle(channel.readline())
             channel.write(reply)
             if action == protocol.DATA:
-                channel.write(receive_message(session, channel, databytes, open_queue))
+                channel.write(receive_message(session, channel, open_queue))
                 channel.flush()
             elif action == protocol.FLUSH:
                 channel.flush()
@@ -48,7 +48,7 @@ class StrayLF(Exception):
     """A bare LF inside DATA: qmail drops the connection."""
 
 
-def receive_message(session: protocol.Session, channel: Channel, databytes: int,
+def receive_message(session: protocol.Session, channel: Channel,
                     open_queue: "Callable[[], QueueJob]") -> bytes:
     """354, stream DATA into qmail-queue, and return the final reply."""
     try:
@@ -56,7 +56,7 @@ def receive_message(session: protocol.Session, channel: Channel, databytes: int,
     except OSError:
         return session.data_opened(False)
     channel.write(session.data_opened(True))
-    decoder = protocol.DataDecoder(databytes)
+    decoder = protocol.DataDecoder(session.databytes)
     complete = False
     try:
         job.write(session.received_header())
@@ -73,9 +73,8 @@ def receive_message(session: protocol.Session, channel: Channel, databytes: int,
     finally:
         if not complete:
             job.finish(None)
-    acceptable = decoder.hops < protocol.MAX_HOPS and not decoder.overflow
-    refusal = session.charge() if acceptable else None
-    queue_it = acceptable and refusal is None
+    refusal = session.charge() if decoder.acceptable else None
+    queue_it = decoder.acceptable and refusal is None
     verdict = job.finish(session.envelope() if queue_it else None)
     if queue_it and verdict:
         session.refund()
