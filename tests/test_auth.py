@@ -333,3 +333,81 @@ def test_sessions_without_auth_never_load_the_database_or_hashing(db, control):
     auth = base64.b64encode(b"\0alice\0" + ALICE_PW.encode())
     with_auth = imported_modules(env, b"EHLO x\r\nAUTH PLAIN " + auth + b"\r\nQUIT\r\n")
     assert {"psycopg2", "passlib.context"} <= with_auth  # the check above can fail
+
+
+HASHERS = {
+    "des_crypt": lambda pw: context().handler("des_crypt").hash(pw[:8]),
+    "md5_crypt": lambda pw: context().handler("md5_crypt").hash(pw),
+    "sha256_crypt": lambda pw: context().handler("sha256_crypt").using(rounds=5000).hash(pw),
+    "sha512_crypt": lambda pw: context().handler("sha512_crypt").using(rounds=5000).hash(pw),
+    "bcrypt": lambda pw: context().handler("bcrypt").using(rounds=4).hash(pw),
+    "argon2": lambda pw: context().hash(pw),
+}
+
+
+def test_every_hash_family_of_old_tables_verifies(db, tcpserver):
+    for scheme, make in HASHERS.items():
+        password = "pw-" + scheme if scheme != "des_crypt" else "des-pw"
+        db.add(scheme, password, pw=make(password))
+    server = tcpserver(":allow\n", env=db.env())
+    for scheme in HASHERS:
+        password = "pw-" + scheme if scheme != "des_crypt" else "des-pw"
+        with smtp(server) as c:
+            login(c, scheme, password)
+        with smtp(server) as c, pytest.raises(smtplib.SMTPAuthenticationError):
+            login(c, scheme, password + "x")
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_plaintext_rows_only_when_enabled(db, tcpserver, enabled):
+    db.add(ALICE, "", pw="plain-secret")
+    db.sql("GRANT UPDATE (pw) ON poppass TO qmaild")
+    server = tcpserver(":allow\n", env=db.env(AUTHPLAINTEXT="1" if enabled else "0"))
+    with smtp(server) as c:
+        if enabled:
+            login(c, ALICE, "plain-secret")
+        else:
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                login(c, ALICE, "plain-secret")
+    (stored,) = db.sql("SELECT pw FROM poppass")[0]
+    assert stored.startswith("$argon2id$") == enabled  # migrated on the first login
+
+
+def test_qmail_queue_learns_the_user(db, tcpserver, queue, tmp_path):
+    import sys
+    db.add(ALICE, ALICE_PW)
+    seen = tmp_path / "env.txt"
+    wrapper = write_program(tmp_path / "env-queue", (
+        f"#!/bin/sh\necho \"$TCPREMOTEINFO|${{RELAYCLIENT-unset}}\" >> {seen}\n"
+        f"exec {sys.executable} {FAKE_QUEUE}\n"))
+    server = tcpserver(":allow\n", env=db.env(QMAILQUEUE=str(wrapper)))
+    with smtp(server) as c:
+        c.sendmail("a@client.test", ["b@example.com"], b"Subject: 1\r\n\r\nx\r\n")
+        login(c, ALICE, ALICE_PW)
+        c.sendmail("alice@client.test", [ELSEWHERE], b"Subject: 2\r\n\r\nx\r\n")
+    assert seen.read_text().splitlines() == ["|unset", "alice|"]
+
+
+@pytest.mark.parametrize("trouble", ["no such role", "no tables", "statement timeout"])
+def test_database_trouble_is_a_454(pg, db, tcpserver, trouble):
+    db.add(ALICE, ALICE_PW)
+    if trouble == "no such role":
+        conninfo = pg.dsn(db.name, "nosuchrole")
+    elif trouble == "no tables":
+        conninfo = pg.dsn(pg.empty_database(), "qmaild")
+    else:
+        conninfo = pg.dsn(db.name, "qmaild") + " options='-c statement_timeout=300'"
+        db.conn.autocommit = False
+        db.sql("LOCK TABLE poppass IN ACCESS EXCLUSIVE MODE")  # held until rollback
+    server = tcpserver(":allow\n", env=db.env(AUTHDB=conninfo))
+    try:
+        with smtp(server) as c:
+            c.ehlo()
+            plain = base64.b64encode(b"\0alice\0" + ALICE_PW.encode()).decode()
+            code, text = c.docmd("AUTH PLAIN", plain)
+            assert code == 454, text
+            assert c.noop()[0] == 250  # the session goes on
+    finally:
+        if trouble == "statement timeout":
+            db.conn.rollback()
+    assert "auth database:" in server.logpath.read_text()
