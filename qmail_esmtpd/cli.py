@@ -11,7 +11,6 @@ import sys
 from . import replies
 from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, authdb_conninfo
 from .lineio import Channel
-from .localips import LocalIPs
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
@@ -53,7 +52,7 @@ def main() -> int:
         rcpt_allowed=RcptHosts(settings.rcpthosts, settings.morercpthosts),
         badmailfrom=settings.badmailfrom,
         localiphost=settings.localiphost,
-        is_local_ip=LocalIPs(),
+        is_local_ip=is_local_ip,
         auth=auth,
         databytes=settings.databytes,
     )
@@ -107,6 +106,13 @@ class AuthOnDemand:
     def close(self) -> None:
         if self.real is not None:
             self.real.close()
+
+
+def is_local_ip(ip: str) -> bool:
+    """For `user@[a.b.c.d]` only: the address table loads on the first literal."""
+    from .localips import is_local_ip
+
+    return is_local_ip(ip)
 
 
 def _say(reply: bytes) -> None:

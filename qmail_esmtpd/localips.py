@@ -2,7 +2,7 @@
 
 qmail asks the interfaces at start-up; we read the kernel's local routing
 table instead, and only when an address literal actually shows up, so a
-normal session pays nothing for it.
+normal session pays nothing for it (cli imports this module on demand).
 """
 
 FIB_TRIE = "/proc/net/fib_trie"
@@ -34,3 +34,11 @@ class LocalIPs:
         except OSError:
             ips.add("127.0.0.1")
         return ips
+
+
+_this_machine = LocalIPs()
+
+
+def is_local_ip(ip: str) -> bool:
+    """Is `ip` one of this machine's IPv4 addresses?  Read once, on first use."""
+    return _this_machine(ip)
