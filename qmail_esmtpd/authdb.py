@@ -15,6 +15,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from passlib.context import CryptContext
+
 USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
 REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s"
 NO_PRIVILEGE = "42501"
@@ -30,7 +32,8 @@ class PostgresAuth:
         self._context = None
 
     @property
-    def context(self):  # -> CryptContext, built at the first AUTH, not at start-up
+    def context(self) -> "CryptContext":
+        """Built at the first AUTH, not at start-up: passlib is slow to import."""
         if self._context is None:
             from .passwords import context
 

@@ -16,6 +16,11 @@ from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
 from .server import serve
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .auth import Authenticator
+    from .sasl import AuthOutcome
+
 QMAIL_HOME = b"/var/qmail"
 
 
@@ -82,14 +87,14 @@ class AuthOnDemand:
         self.how = how
         self.real = None
 
-    def _load(self):  # -> auth.Authenticator
+    def _load(self) -> "Authenticator":
         if self.real is None:
             from .auth import authenticator
 
             self.real = authenticator(*self.how, log)  # type: ignore[arg-type]
         return self.real
 
-    def check(self, user: bytes, password: bytes, mechanism: bytes):  # -> sasl.AuthOutcome
+    def check(self, user: bytes, password: bytes, mechanism: bytes) -> "AuthOutcome":
         try:
             real = self._load()
         except Exception as e:  # e.g. an unreadable control/authfaildelay

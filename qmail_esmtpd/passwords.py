@@ -9,13 +9,17 @@ password is checked: passlib's import alone costs more than a whole plain
 SMTP session.
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from passlib.context import CryptContext
+
 VERIFIED_SCHEMES = ["argon2", "bcrypt", "sha512_crypt", "sha256_crypt", "md5_crypt", "des_crypt"]
 ARGON2_MEMORY_KIB = 19456
 ARGON2_PASSES = 2
 ARGON2_LANES = 1
 
 
-def context(plaintext: bool = False):  # -> passlib.context.CryptContext
+def context(plaintext: bool = False) -> "CryptContext":
     """The CryptContext; `plaintext` also accepts unhashed rows (to migrate them)."""
     from passlib.context import CryptContext
 

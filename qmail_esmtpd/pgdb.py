@@ -8,6 +8,10 @@ few seconds and a 4xx, never a hung session.  psycopg2 is imported on first
 use: a session that never authenticates never loads it.
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection
+
 CONNECT_TIMEOUT = 3  # seconds, libpq's connect_timeout
 STATEMENT_TIMEOUT_MS = 5000
 APPLICATION_NAME = "qmail-esmtpd"
@@ -31,7 +35,7 @@ class Database:
         self.conninfo = conninfo
         self.conn = None
 
-    def _connect(self):  # -> psycopg2 connection
+    def _connect(self) -> "connection":
         import psycopg2
         import psycopg2.extensions
 

@@ -8,6 +8,8 @@ its suffixes starting with `.`, must be listed.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    import cdblib
 class RcptHosts:
     """Callable policy: `rcpthosts(address) -> True/False`, None on a cdb error."""
 
@@ -36,7 +38,7 @@ class RcptHosts:
         except Exception:  # missing, short or damaged cdb: a control error, as in qmail
             return None
 
-    def _open_cdb(self):  # type: ignore[no-untyped-def]
+    def _open_cdb(self) -> "cdblib.Reader":
         """The cdb reader is imported only when rcpthosts alone did not decide."""
         if self._cdb is None:
             import cdblib
