@@ -17,7 +17,7 @@ from .sasl import AuthOutcome
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 DEFAULT_FAIL_DELAY = 3  # seconds before each 535
 DEFAULT_MAX_FAILURES = 3  # failed AUTHs in one session before 421
@@ -27,7 +27,7 @@ DEFAULT_SEND_LIMIT = 50  # messages a day, the 2002 patch's figure
 class AuthSettings:
     """control/authfaildelay, authmaxfail, sendlimit, authplaintext; $VARIABLES win."""
 
-    def __init__(self, controls: Controls, env: "dict[bytes, bytes]") -> None:
+    def __init__(self, controls: Controls, env: "Mapping[bytes, bytes]") -> None:
         def number(name: bytes, default: int) -> int:
             value = env.get(name.upper())
             found = leading_number(value) if value is not None else controls.number(name)
@@ -80,7 +80,7 @@ class Authenticator:
 
 
 def authenticator(checkpassword: "list[bytes]", conninfo: str | None, controls: Controls,
-                  env: "dict[bytes, bytes]", remoteip: bytes,
+                  env: "Mapping[bytes, bytes]", remoteip: bytes,
                   log: "Callable[[str], None]") -> Authenticator:
     """The configured backend, wrapped; checkpassword wins over a database."""
     settings = AuthSettings(controls, env)

@@ -18,6 +18,8 @@ from .server import serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .auth import Authenticator
     from .sasl import AuthOutcome
 
@@ -83,15 +85,16 @@ class AuthOnDemand:
     it reads) load at the first AUTH command, so sessions that never use it do
     not pay for it.  Quacks like auth.Authenticator for the protocol core."""
 
-    def __init__(self, *how: object) -> None:
-        self.how = how
-        self.real = None
+    def __init__(self, checkpassword: list[bytes], conninfo: str | None, controls: Controls,
+                 env: "Mapping[bytes, bytes]", remoteip: bytes) -> None:
+        self.how = (checkpassword, conninfo, controls, env, remoteip)
+        self.real: "Authenticator | None" = None
 
     def _load(self) -> "Authenticator":
         if self.real is None:
             from .auth import authenticator
 
-            self.real = authenticator(*self.how, log)  # type: ignore[arg-type]
+            self.real = authenticator(*self.how, log)
         return self.real
 
     def check(self, user: bytes, password: bytes, mechanism: bytes) -> "AuthOutcome":

@@ -8,6 +8,10 @@ other error reading one is fatal (`421 unable to read controls`).
 
 import posix
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 DEFAULT_CONTROL = b"/var/qmail/control"
 DEFAULT_TIMEOUT = 1200
 
@@ -73,7 +77,7 @@ def leading_number(text: bytes) -> int | None:
 class Settings:
     """Everything the session needs from control files and the environment."""
 
-    def __init__(self, controls: Controls, env: dict[bytes, bytes]) -> None:
+    def __init__(self, controls: Controls, env: "Mapping[bytes, bytes]") -> None:
         me = controls.line(b"me")
         greeting = controls.line(b"smtpgreeting")
         if greeting is None:
@@ -105,7 +109,7 @@ class Settings:
                                 env.get(b"TCPLOCALIP", b"unknown"))
 
 
-def authdb_conninfo(env: "dict[bytes, bytes]", controls: Controls) -> str | None:
+def authdb_conninfo(env: "Mapping[bytes, bytes]", controls: Controls) -> str | None:
     """$AUTHDB, else control/authdb: the libpq connection string; None: no SQL AUTH."""
     value = env.get(b"AUTHDB")
     if value is None:

@@ -33,14 +33,14 @@ class Database:
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
-        self.conn = None
+        self.conn: "connection | None" = None
 
     def _connect(self) -> "connection":
         import psycopg2
         import psycopg2.extensions
 
         params = psycopg2.extensions.parse_dsn(self.conninfo)
-        extra = {}
+        extra: dict[str, str | int] = {}
         if "connect_timeout" not in params:
             extra["connect_timeout"] = CONNECT_TIMEOUT
         if "options" not in params:
@@ -51,7 +51,7 @@ class Database:
         conn.autocommit = True
         return conn
 
-    def query(self, sql: str, params: tuple = ()) -> list:
+    def query(self, sql: str, params: "tuple | dict" = ()) -> list:
         """Run one parameterised statement and return its rows (empty if none).
 
         Any failure raises DatabaseError with a one-line reason and drops the

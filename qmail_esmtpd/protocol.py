@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .auth import Authenticator
+    from .cli import AuthOnDemand
+    from .limit import DailyLimit
     from .sasl import Exchange
 
 # What the caller does after writing the reply.
@@ -54,7 +56,7 @@ class Session:
                  localiphost: bytes | None = None,
                  is_local_ip: "Callable[[str], bool]" = lambda ip: False,
                  clock: "Callable[[], float]" = time.time,
-                 auth: "Authenticator | None" = None,
+                 auth: "Authenticator | AuthOnDemand | None" = None,
                  databytes: int = 0) -> None:
         self.greeting = greeting
         self.peer = peer
@@ -67,10 +69,10 @@ class Session:
         self.auth = auth
         self.databytes = databytes
         self.user: bytes | None = None  # set by a successful AUTH
-        self.account = None  # its sending limit: allows(), charge(), refund(); or None
+        self.account: "DailyLimit | None" = None  # the authenticated user's sending limit
         self.exchange: "Exchange | None" = None
         self.auth_failures = 0
-        self.charged: object = None
+        self.charged: "tuple[int, object] | bool | None" = None  # limit.DailyLimit.charge()
         self.helo: bytes | None = None
         self.seen_mail = False
         self.sender_barred = False
@@ -266,7 +268,7 @@ class Session:
 
     def refund(self) -> None:
         """qmail-queue did not take a charged message: give the count back."""
-        if self.charged and self.account is not None:
+        if isinstance(self.charged, tuple) and self.account is not None:
             self.account.refund(self.charged)
         self.charged = None
 

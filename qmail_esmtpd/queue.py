@@ -10,6 +10,10 @@ import posix
 
 from . import replies
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 DEFAULT_QUEUE = b"/var/qmail/bin/qmail-queue"
 ERRTEXT_MAX = 1023
 
@@ -32,7 +36,7 @@ def status_text(wait_status: int, write_failed: bool, errtext: bytes) -> bytes:
 class QueueJob:
     """One qmail-queue run.  Raises OSError from __init__ if no pipe can be made."""
 
-    def __init__(self, program: bytes, env: dict[bytes, bytes]) -> None:
+    def __init__(self, program: bytes, env: "Mapping[bytes, bytes]") -> None:
         self.failed = False
         self.pid = 0
         pipes = [posix.pipe() for _ in range(3)]

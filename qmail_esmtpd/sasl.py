@@ -9,6 +9,10 @@ import binascii
 
 from . import replies
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .limit import DailyLimit
+
 MECHANISMS = (b"LOGIN", b"PLAIN")
 
 
@@ -18,7 +22,7 @@ class AuthOutcome:
     __slots__ = ("ok", "tempfail", "user", "account")
 
     def __init__(self, ok: bool, user: bytes = b"", tempfail: bytes | None = None,
-                 account: object = None) -> None:
+                 account: "DailyLimit | None" = None) -> None:
         self.ok = ok
         self.user = user
         self.tempfail = tempfail
