@@ -1,0 +1,56 @@
+"""Control files as qmail reads them, through the real program on pipes."""
+
+import subprocess
+from pathlib import Path
+
+import cdblib
+import pytest
+
+from conftest import SERVER
+
+
+def session(control: Path, commands: bytes) -> list[bytes]:
+    out = subprocess.run([str(SERVER)], input=commands, capture_output=True, timeout=30,
+                         env={"QMAIL_CONTROL": str(control), "PATH": "/usr/bin:/bin"})
+    return out.stdout.split(b"\r\n")[:-1]
+
+
+def write_cdb(path: Path, keys: list[bytes]) -> None:
+    """As qmail-newmrh makes it: each lower-cased domain a key, empty values."""
+    with open(path, "wb") as f:
+        writer = cdblib.Writer(f)
+        for key in keys:
+            writer.put(key, b"")
+        writer.finalize()
+
+
+def rcpt_replies(control: Path, recipients: list[bytes]) -> list[bytes]:
+    lines = b"".join(b"RCPT TO:<%s>\r\n" % r for r in recipients)
+    replies = session(control, b"MAIL FROM:<a@b>\r\n" + lines + b"QUIT\r\n")
+    return [r[:3] for r in replies[2:-1]]
+
+
+def test_morercpthosts_cdb_extends_rcpthosts(control: Path):
+    write_cdb(control / "morercpthosts.cdb", [b"more.example", b".sub.example"])
+    got = rcpt_replies(control, [b"x@example.com", b"x@MORE.example", b"x@a.sub.example",
+                                 b"x@sub.example", b"x@other.example", b"postmaster"])
+    assert got == [b"250", b"250", b"250", b"553", b"553", b"250"]
+
+
+def test_morercpthosts_is_ignored_without_rcpthosts(control: Path):
+    (control / "rcpthosts").unlink()
+    write_cdb(control / "morercpthosts.cdb", [b"more.example"])
+    assert rcpt_replies(control, [b"x@anything.org"]) == [b"250"]
+
+
+def test_damaged_morercpthosts_is_a_control_error(control: Path):
+    (control / "morercpthosts.cdb").write_bytes(b"not a cdb")
+    replies = session(control, b"MAIL FROM:<a@b>\r\nRCPT TO:<x@elsewhere.org>\r\nQUIT\r\n")
+    assert replies[-1] == b"421 unable to read controls (#4.3.0)"
+
+
+@pytest.mark.parametrize("name", ["rcpthosts", "badmailfrom", "databytes", "smtpgreeting"])
+def test_unreadable_control_file_is_421_at_start(control: Path, name: str):
+    (control / name).unlink(missing_ok=True)
+    (control / name).mkdir()
+    assert session(control, b"QUIT\r\n") == [b"421 unable to read controls (#4.3.0)"]

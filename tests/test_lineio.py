@@ -1,0 +1,69 @@
+"""The fd adapter: lines, CRs, long lines, pipelined input handed back, timeouts."""
+
+import os
+import threading
+
+import pytest
+
+from qmail_esmtpd.lineio import Channel, Gone, Timeout
+
+
+def channel_with(data: bytes, timeout: float = 5) -> Channel:
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+
+    def feed() -> None:
+        os.write(w, data)
+        os.close(w)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return Channel(timeout, rfd=r, wfd=out_w)
+
+
+def test_lines_strip_one_cr_only():
+    c = channel_with(b"HELO a\r\nHELO b\r\r\nbare\n\r\n")
+    assert [c.readline() for _ in range(4)] == [b"HELO a", b"HELO b\r", b"bare", b""]
+    with pytest.raises(Gone):
+        c.readline()
+
+
+def test_a_long_line_across_many_reads():
+    c = channel_with(b"X" * 1_000_000 + b"\r\nNEXT\r\n")
+    assert c.readline() == b"X" * 1_000_000
+    assert c.readline() == b"NEXT"
+
+
+def test_partial_line_at_eof_is_dropped():
+    c = channel_with(b"QUIT")
+    with pytest.raises(Gone):
+        c.readline()
+
+
+def test_chunks_and_unread_keep_order():
+    c = channel_with(b"DATA\r\nbody\r\n.\r\nQUIT\r\n")
+    assert c.readline() == b"DATA"
+    chunk = c.read_chunk()
+    end = chunk.index(b".\r\n") + 3
+    c.unread(chunk[end:])
+    assert c.readline() == b"QUIT"
+
+
+def test_silence_is_a_timeout():
+    r, w = os.pipe()
+    c = Channel(0.2, rfd=r, wfd=os.pipe()[1])
+    with pytest.raises(Timeout):
+        c.readline()
+    os.close(w)
+
+
+def test_replies_are_buffered_until_flush():
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    c = Channel(1, rfd=r, wfd=out_w)
+    c.write(b"250 ok\r\n")
+    c.write(b"250 ok\r\n")
+    os.set_blocking(out_r, False)
+    with pytest.raises(BlockingIOError):
+        os.read(out_r, 100)
+    c.flush()
+    assert os.read(out_r, 100) == b"250 ok\r\n250 ok\r\n"
