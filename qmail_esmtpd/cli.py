@@ -71,8 +71,11 @@ def main() -> int:
     channel = Channel(settings.timeout)
     try:
         return serve(session, channel, open_queue)
-    except Exception as e:  # a bug: tell the client plainly, keep the trace in the log
-        log(f"internal error: {type(e).__name__}: {e}")
+    except Exception:  # a bug: tell the client plainly, keep the trace in the log
+        import traceback
+
+        for line in traceback.format_exc().splitlines():
+            log(f"internal error: {line}")
         _say(replies.INTERNAL_ERROR)
         return 1
     finally:
