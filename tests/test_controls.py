@@ -54,3 +54,22 @@ def test_unreadable_control_file_is_421_at_start(control: Path, name: str):
     (control / name).unlink(missing_ok=True)
     (control / name).mkdir()
     assert session(control, b"QUIT\r\n") == [b"421 unable to read controls (#4.3.0)"]
+
+
+def test_a_bug_gives_421_and_a_logged_traceback_never_one_on_the_wire(control: Path):
+    """Simulate a bug in the core; the adapter must still end the session cleanly."""
+    import sys
+
+    from conftest import ROOT
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from qmail_esmtpd import protocol, cli\n"
+            "def broken(self, arg): raise RuntimeError('simulated bug')\n"
+            "protocol.Session.noop = broken\n"
+            "cli.run()\n")
+    out = subprocess.run([sys.executable, "-c", code], input=b"HELO x\r\nNOOP\r\nQUIT\r\n",
+                         capture_output=True, timeout=30,
+                         env={"QMAIL_CONTROL": str(control), "PATH": "/usr/bin:/bin"})
+    assert out.stdout == (b"220 mx.example.com ESMTP\r\n250 mx.example.com\r\n"
+                          b"421 internal error, closing connection (#4.3.0)\r\n")
+    assert out.returncode == 1
+    assert b"Traceback" in out.stderr and b"simulated bug" in out.stderr
