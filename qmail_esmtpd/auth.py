@@ -12,7 +12,7 @@ pays nothing for it.
 import time
 
 from . import replies
-from .config import Controls, leading_number
+from .config import Controls, number_setting
 from .sasl import AuthOutcome
 
 TYPE_CHECKING = False
@@ -29,8 +29,7 @@ class AuthSettings:
 
     def __init__(self, controls: Controls, env: "Mapping[bytes, bytes]") -> None:
         def number(name: bytes, default: int) -> int:
-            value = env.get(name.upper())
-            found = leading_number(value) if value is not None else controls.number(name)
+            found = number_setting(controls, env, name)
             return default if found is None else found
 
         self.fail_delay = number(b"authfaildelay", DEFAULT_FAIL_DELAY)

@@ -74,6 +74,13 @@ def leading_number(text: bytes) -> int | None:
     return int(text[:end]) if end else None
 
 
+def number_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes) -> int | None:
+    """control/NAME as a number, unless $NAME (upper case) is set: then its
+    leading digits, so a non-numeric variable means None even over the file."""
+    value = env.get(name.upper())
+    return controls.number(name) if value is None else leading_number(value)
+
+
 class Settings:
     """Everything the session needs from control files and the environment."""
 
@@ -95,9 +102,7 @@ class Settings:
             self.morercpthosts = controls.path(b"morercpthosts.cdb")
         bmf = controls.lines(b"badmailfrom") or []
         self.badmailfrom = frozenset(entry.lower() for entry in bmf)
-        databytes = controls.number(b"databytes") or 0
-        if b"DATABYTES" in env:
-            databytes = leading_number(env[b"DATABYTES"]) or 0
+        databytes = number_setting(controls, env, b"databytes") or 0
         if databytes == 4294967295:  # qmail's databytes + 1 must not wrap to 0
             databytes -= 1
         self.databytes: int = databytes
@@ -105,8 +110,7 @@ class Settings:
         self.remoteip = env.get(b"TCPREMOTEIP", b"unknown")
         self.remotehost = env.get(b"TCPREMOTEHOST", b"unknown")
         self.remoteinfo: bytes | None = env.get(b"TCPREMOTEINFO")
-        self.local = env.get(b"TCPLOCALHOST",
-                                env.get(b"TCPLOCALIP", b"unknown"))
+        self.local = env.get(b"TCPLOCALHOST", env.get(b"TCPLOCALIP", b"unknown"))
 
 
 def authdb_conninfo(env: "Mapping[bytes, bytes]", controls: Controls) -> str | None:
