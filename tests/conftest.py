@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SHARED", ROOT.parent / "shared"))
 SERVER = ROOT / ".venv" / "bin" / "qmail-esmtpd"
-FAKE_QUEUE = SHARED / "conformance" / "fake-qmail-queue"
+FAKE_QUEUE = ROOT / "tests" / "conformance" / "fake-qmail-queue"
+FAKE_CHECKPASSWORD = ROOT / "tests" / "conformance" / "fake-checkpassword"
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from qmail_esmtpd.passwords import context
 
-from conftest import FAKE_QUEUE, SERVER, write_program
+from conftest import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, write_program
 
 ALICE, ALICE_PW = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"
@@ -270,8 +270,7 @@ def test_unauthenticated_auth_parameter_does_not_reach_received(db, tcpserver, q
 def test_checkpassword_command_line(tcpserver, queue, tmp_path):
     import sys
     checker = write_program(tmp_path / "checkpassword",
-                            f"#!/bin/sh\nexec {sys.executable} {FAKE_QUEUE.parent}"
-                            "/fake-checkpassword \"$@\"\n")
+                            f"#!/bin/sh\nexec {sys.executable} {FAKE_CHECKPASSWORD} \"$@\"\n")
     server = tcpserver(":allow\n", env={"AUTHFAILDELAY": "0"},
                        argv=[str(SERVER), str(checker), "/bin/true"])
     with smtp(server) as c:
