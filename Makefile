@@ -3,12 +3,11 @@ PYTHON  ?= python3
 REALPY  := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
-SHARED  ?= ../shared
 PREFIX  ?= /var/qmail
 DESTDIR ?=
 BINDIR  := $(PREFIX)/bin
 LIBDIR  := $(PREFIX)/lib/qmail-esmtpd
-CONFORMANCE := $(VPY) $(SHARED)/conformance/dialog.py
+CONFORMANCE := $(VPY) tests/conformance/dialog.py
 
 .PHONY: venv test lint conformance unit cdb install demo bench clean
 
@@ -25,14 +24,15 @@ $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 test: venv lint conformance unit
 
 lint: venv
-	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench
+	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench \
+	    tests/conformance/fake-qmail-queue tests/conformance/fake-checkpassword
 
 # The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios
-# add the `{checkpassword} /bin/true` arguments themselves).
+# add the `{checkpassword} /bin/true` arguments themselves).  tests/conformance/README.md
 conformance: venv
-	$(CONFORMANCE) --check $(SHARED)/conformance/golden $(SHARED)/conformance/scenarios \
+	$(CONFORMANCE) --check tests/conformance/golden tests/conformance/scenarios \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
-	$(CONFORMANCE) --check $(SHARED)/conformance/golden-auth $(SHARED)/conformance/scenarios-auth \
+	$(CONFORMANCE) --check tests/conformance/golden-auth tests/conformance/scenarios-auth \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
 unit: venv
