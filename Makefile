@@ -1,6 +1,7 @@
 # qmail-esmtpd: `make demo` to try it, `make test` to check it.
 PYTHON  ?= python3
-REALPY  := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
+# Recursive (=), not :=, because on a bare machine python3 exists only once `deps` ran.
+REALPY   = $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 PREFIX  ?= /var/qmail
@@ -9,7 +10,15 @@ BINDIR  := $(PREFIX)/bin
 LIBDIR  := $(PREFIX)/lib/qmail-esmtpd
 CONFORMANCE := $(VPY) tests/conformance/dialog.py
 
-.PHONY: venv test lint conformance unit cdb install demo bench clean
+.PHONY: deps deps-demo venv test lint conformance unit cdb install demo bench clean
+
+# The Debian packages the tests (or just the demo) need: installed as root,
+# otherwise the apt-get command to run is printed.
+deps:
+	PYTHON=$(PYTHON) sh tools/install-deps
+
+deps-demo:
+	PYTHON=$(PYTHON) sh tools/install-deps demo
 
 venv: $(VENV)/.stamp
 
@@ -21,7 +30,7 @@ $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	    $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 	touch $@
 
-test: venv lint conformance unit
+test: deps venv lint conformance unit
 
 lint: venv
 	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench \
@@ -54,7 +63,7 @@ install:
 	    qmail_esmtpd.admin:main $(LIBDIR)
 	@echo "installed $(DESTDIR)$(BINDIR)/qmail-esmtpd and qmail-esmtpd-user (qmail-smtpd untouched)"
 
-demo: venv
+demo: deps-demo venv
 	sh demo/demo.sh
 
 bench: venv

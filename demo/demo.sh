@@ -23,21 +23,8 @@ if [ ! -x "$SERVER" ]; then
 fi
 
 # tcpserver and tcprules come from ucspi-tcp; swaks is the client to try it with.
-need=
-if ! command -v tcpserver >/dev/null 2>&1 || ! command -v tcprules >/dev/null 2>&1; then
-    need=ucspi-tcp
-fi
-command -v swaks >/dev/null 2>&1 || need="${need:+$need }swaks"
-if [ -n "$need" ]; then
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "demo: please install $need first, e.g.: sudo apt-get install $need" >&2
-        exit 1
-    fi
-    echo "demo: installing $need"
-    apt-get update
-    # shellcheck disable=SC2086 # $need is a list of package names
-    apt-get install -y $need
-fi
+# As root the script installs what is missing; otherwise it says what to install.
+sh "$REPO/tools/install-deps" demo
 
 # Control files and rules are written only when missing, so edits survive a rerun
 # (add badmailfrom, databytes, smtpgreeting... to $DIR/control as you like).
