@@ -8,6 +8,7 @@ syntax error.  Clients rely on this leniency, so it is reproduced exactly.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
 MAX_ADDRESS = 899
 
 
@@ -49,14 +50,15 @@ def bracketed_ipv4(literal: bytes) -> str | None:
     """`[a.b.c.d]` as a dotted quad, or None; like qmail's ip_scanbracket.
 
     The literal must be the whole text.  Each number keeps only its low
-    byte, as qmail stores it in an unsigned char.
+    byte, as qmail stores it in an unsigned char; 10**8 is a multiple of 256,
+    so the last eight digits decide that byte, however many digits come.
     """
     if literal[:1] != b"[" or literal[-1:] != b"]":
         return None
     parts = literal[1:-1].split(b".")
     if len(parts) != 4 or not all(p.isdigit() for p in parts):
         return None
-    return ".".join(str(int(p) & 0xFF) for p in parts)
+    return ".".join(str(int(p[-8:]) & 0xFF) for p in parts)
 
 
 def rewrite_localiphost(address: bytes, localiphost: bytes | None,

@@ -14,11 +14,10 @@ import getpass
 import os
 import sys
 
+from .auth.db import NO_PRIVILEGE, Database, DatabaseError
 from .config import DEFAULT_CONTROL, ControlError, Controls, authdb_conninfo
-from .pgdb import Database, DatabaseError
 
 PROG = "qmail-esmtpd-user"
-NO_PRIVILEGE = "42501"
 
 FIND = "SELECT id FROM poppass WHERE name = %s"
 ADD = """INSERT INTO poppass (name, pw, active, sendlimit) VALUES (%s, %s, %s, %s)
@@ -154,10 +153,10 @@ def conninfo(option: str | None) -> str:
 
 def default_limit() -> int:
     """The limit for users without their own: the server's rule exactly."""
-    from .auth import AuthSettings
+    from .auth.postgres import default_send_limit
 
     env = os.environb
-    return AuthSettings(Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)), env).send_limit
+    return default_send_limit(Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)), env)
 
 
 def read_password() -> bytes:
@@ -184,7 +183,7 @@ def read_password() -> bytes:
 
 
 def hash_password(password: bytes) -> str:
-    from .passwords import context
+    from .auth.passwords import context
 
     try:
         return context().hash(password)
@@ -259,7 +258,7 @@ def describe_limit(limit: int) -> str:
 
 def scheme(stored: str | None) -> str:
     """The hash's scheme name, never the hash: argon2, bcrypt, des_crypt..."""
-    from .passwords import context
+    from .auth.passwords import context
 
     if not stored:
         return "none (AUTH fails)"

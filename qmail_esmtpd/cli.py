@@ -2,15 +2,17 @@
 
 Start-up cost is paid once per connection (tcpserver forks us for each), so
 this path imports only cheap standard modules; anything heavier is imported
-where it is needed.
+where it is needed (AUTH at the first AUTH command).
 """
 
 import posix
 import sys
 
 from . import replies
-from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, authdb_conninfo
+from .auth import chosen
+from .config import DEFAULT_CONTROL, ControlError, Controls, Settings
 from .lineio import Channel
+from .log import log
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
@@ -18,20 +20,9 @@ from .server import serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from .auth import Authenticator
-    from .sasl import AuthOutcome
+    from .auth.authenticator import Authenticator
 
 QMAIL_HOME = b"/var/qmail"
-
-
-def log(message: str) -> None:
-    """One line on stderr (multilog under supervise); never fatal."""
-    try:
-        posix.write(2, f"qmail-esmtpd: {message}\n".encode("utf-8", "replace"))
-    except OSError:
-        pass
 
 
 def main() -> int:
@@ -39,17 +30,24 @@ def main() -> int:
     controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
     try:
         settings = Settings(controls, env)
-        checkpassword = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
-        conninfo = authdb_conninfo(env, controls)
-        auth = None
-        if checkpassword or conninfo is not None:
-            auth = AuthOnDemand(checkpassword, conninfo, controls, env, settings.remoteip)
+        argv = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
+        backend = chosen(argv, env, controls)
     except ControlError as e:
         log(f"fatal: {e}")
         _say(replies.CONTROLS)
         return 1
+    auth: "Authenticator | None" = None
+    if backend is not None:
+        from .auth.authenticator import Authenticator
+
+        auth = Authenticator(*backend, controls, env, settings.remoteip)
+    # qmail-smtpd dies when it cannot chdir to the qmail home; we go on.  Our
+    # control directory is named by absolute path ($QMAIL_CONTROL), and
+    # qmail-queue changes to the qmail home itself, so the directory matters
+    # only to checkpassword programs that expect it, and an install under
+    # another PREFIX or a test has no /var/qmail at all.
     try:
-        posix.chdir(QMAIL_HOME)  # qmail-queue expects to run in the qmail home
+        posix.chdir(QMAIL_HOME)
     except OSError:
         pass
     session = Session(
@@ -81,42 +79,6 @@ def main() -> int:
     finally:
         if auth is not None:
             auth.close()
-
-
-class AuthOnDemand:
-    """AUTH is offered from the greeting on, but its code (and the control files
-    it reads) load at the first AUTH command, so sessions that never use it do
-    not pay for it.  Quacks like auth.Authenticator for the protocol core."""
-
-    def __init__(self, checkpassword: list[bytes], conninfo: str | None, controls: Controls,
-                 env: "Mapping[bytes, bytes]", remoteip: bytes) -> None:
-        self.how = (checkpassword, conninfo, controls, env, remoteip)
-        self.real: "Authenticator | None" = None
-
-    def _load(self) -> "Authenticator":
-        if self.real is None:
-            from .auth import authenticator
-
-            self.real = authenticator(*self.how, log)
-        return self.real
-
-    def check(self, user: bytes, password: bytes, mechanism: bytes) -> "AuthOutcome":
-        try:
-            real = self._load()
-        except Exception as e:  # e.g. an unreadable control/authfaildelay
-            from .sasl import AuthOutcome
-
-            log(f"auth unavailable: {type(e).__name__}: {e}")
-            return AuthOutcome(False, tempfail=replies.AUTH_TEMP_DB)
-        return real.check(user, password, mechanism)
-
-    @property
-    def max_failures(self) -> int:
-        return self._load().max_failures
-
-    def close(self) -> None:
-        if self.real is not None:
-            self.real.close()
 
 
 def is_local_ip(ip: str) -> bool:

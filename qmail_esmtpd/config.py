@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CONTROL = b"/var/qmail/control"
 DEFAULT_TIMEOUT = 1200
+ULONG_MAX = 2**64 - 1  # qmail reads numbers into an unsigned long
+MAX_SECONDS = 2**31 - 1  # about 68 years: the longest wait select() and sleep() take
 
 
 class ControlError(Exception):
@@ -67,11 +69,22 @@ class Controls:
 
 
 def leading_number(text: bytes) -> int | None:
-    """qmail's scan_ulong: the digits at the start, or None if there are none."""
+    """qmail's scan_ulong: the digits at the start, or None if there are none.
+
+    A number past an unsigned long saturates (qmail's would wrap around): a
+    huge SIZE or databytes stays huge, and no digit string is too long for int().
+    """
     end = 0
     while end < len(text) and 0x30 <= text[end] <= 0x39:
         end += 1
-    return int(text[:end]) if end else None
+    if not end:
+        return None
+    return ULONG_MAX if end > 20 else min(int(text[:end]), ULONG_MAX)
+
+
+def clamp_seconds(seconds: int) -> int:
+    """A delay from a control file, cut to what the system can wait for."""
+    return min(seconds, MAX_SECONDS)
 
 
 def number_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes) -> int | None:
@@ -95,7 +108,7 @@ class Settings:
         localiphost = controls.line(b"localiphost")
         self.localiphost: bytes | None = me if localiphost is None else localiphost
         timeout = controls.number(b"timeoutsmtpd")
-        self.timeout: int = DEFAULT_TIMEOUT if timeout is None else max(timeout, 1)
+        self.timeout: int = clamp_seconds(DEFAULT_TIMEOUT if timeout is None else max(timeout, 1))
         self.rcpthosts: list[bytes] | None = controls.lines(b"rcpthosts")
         self.morercpthosts: bytes | None = None
         if self.rcpthosts is not None and controls.exists(b"morercpthosts.cdb"):

@@ -1,9 +1,14 @@
-"""Lines in from fd 0 and replies out to fd 1, each wait bounded by timeoutsmtpd.
+"""Lines in from fd 0 and replies out to fd 1, every wait bounded by timeoutsmtpd.
 
 Replies are buffered and written when the protocol asks for a flush and
 always before we block waiting for input, as qmail's substdio does: that is
 what makes PIPELINING work without changing the bytes on the wire.
 `select` does the timeouts, so no signal handlers (and no `signal` import).
+The output fd is non-blocking, so a client that never reads its replies
+cannot hold a write for longer than the timeout: qmail's timeoutwrite.
+
+The server loop uses a channel only through the `Transport` interface
+below, so another channel (TLS over the same fds) can take over mid-session.
 """
 
 import posix
@@ -11,16 +16,42 @@ import select
 
 READ_SIZE = 65536
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Transport(Protocol):
+        def readline(self) -> bytes:
+            """One command line without its LF and one CR before it."""
+
+        def read_chunk(self) -> bytes:
+            """Buffered input, or the next read: the DATA stream."""
+
+        def unread(self, data: bytes) -> None:
+            """Give back input that belongs to the next command."""
+
+        def discard_input(self) -> None:
+            """Forget buffered input (nothing sent before a STARTTLS may count after it)."""
+
+        def write(self, data: bytes) -> None:
+            """Queue reply bytes."""
+
+        def flush(self) -> None:
+            """Send what is queued, bounded by the timeout."""
+
 
 class Timeout(Exception):
     """The client sent nothing for timeoutsmtpd seconds."""
 
 
 class Gone(Exception):
-    """The client closed the connection, or reading or writing failed."""
+    """The client closed the connection, took no replies for timeoutsmtpd
+    seconds, or reading or writing failed."""
 
 
 class Channel:
+    """The plain Transport: fds 0 and 1 as tcpserver hands them over."""
+
     def __init__(self, timeout: float, rfd: int = 0, wfd: int = 1) -> None:
         self.timeout = timeout
         self.rfd = rfd
@@ -28,35 +59,54 @@ class Channel:
         self.inbuf = bytearray()  # unread input starts at self.pos
         self.pos = 0
         self.outbuf: list[bytes] = []
+        try:
+            posix.set_blocking(wfd, False)
+        except OSError:
+            pass  # not ours to change (a closed fd fails at the first write anyway)
+
+    def _wait(self, fd: int, writing: bool) -> None:
+        """Until `fd` is ready, at most timeoutsmtpd seconds."""
+        try:
+            if writing:
+                ready = select.select([], [fd], [], self.timeout)[1]
+            else:
+                ready = select.select([fd], [], [], self.timeout)[0]
+        except OSError as e:
+            raise Gone(str(e)) from None
+        if not ready:  # qmail: a read timeout says 451, a write timeout just exits
+            raise Gone("write timeout") if writing else Timeout()
 
     def write(self, data: bytes) -> None:
         if data:
             self.outbuf.append(data)
 
     def flush(self) -> None:
-        """Write everything pending; a stuck or closed client raises Gone."""
+        """Write everything pending; a stuck client times out, a closed one is Gone."""
         if not self.outbuf:
             return
         data = memoryview(b"".join(self.outbuf))
         self.outbuf = []
         while data:
+            self._wait(self.wfd, writing=True)
             try:
-                if not select.select([], [self.wfd], [], self.timeout)[1]:
-                    raise Gone("write timeout")
                 done = posix.write(self.wfd, data)
+            except BlockingIOError:
+                continue
             except OSError as e:
                 raise Gone(str(e)) from None
             data = data[done:]
 
     def _fill(self) -> None:
         self.flush()
-        try:
-            ready = select.select([self.rfd], [], [], self.timeout)[0]
-            if not ready:
-                raise Timeout()
-            data = posix.read(self.rfd, READ_SIZE)
-        except OSError as e:
-            raise Gone(str(e)) from None
+        while True:
+            self._wait(self.rfd, writing=False)
+            try:
+                data = posix.read(self.rfd, READ_SIZE)
+                break
+            except BlockingIOError:  # fd 0 may share fd 1's non-blocking mode
+                continue
+            except OSError as e:
+                raise Gone(str(e)) from None
         if not data:
             raise Gone("end of input")
         self.inbuf += data
@@ -80,15 +130,17 @@ class Channel:
     def read_chunk(self) -> bytes:
         """Whatever input is buffered, or the next read; for the DATA stream."""
         if self.pos >= len(self.inbuf):
-            self.inbuf.clear()
-            self.pos = 0
+            self.discard_input()
             self._fill()
         data = bytes(self.inbuf[self.pos:])
-        self.inbuf.clear()
-        self.pos = 0
+        self.discard_input()
         return data
 
     def unread(self, data: bytes) -> None:
         """Give back input that belongs to the next command (pipelining)."""
         self.inbuf[:self.pos] = data
+        self.pos = 0
+
+    def discard_input(self) -> None:
+        self.inbuf.clear()
         self.pos = 0

@@ -1,10 +1,14 @@
 """The SMTP state machine of qmail-smtpd, without I/O.
 
 `Session.handle()` takes one command line and returns the reply bytes and
-what the caller must do next; `DataDecoder` turns the raw DATA stream into
-the bytes qmail-queue gets.  Nothing here touches a file descriptor, the
-environment, a file or a database: the adapters in `server.py` do that and
-hand in plain values and small lookup callables.
+what the caller must do next.  The DATA transaction is decided here too:
+`open_message()` gives the 354 (and the decoder for the stream),
+`finish_message()` the envelope or nothing, `queued()` the final reply.
+The daily limit is asked at MAIL and charged at `finish_message()`, and
+given back in `queued()` when qmail-queue refused the message.
+Nothing here touches a file descriptor, the environment, a file or a
+database: the adapters (server.py and cli.py) hand in plain values and
+small lookup callables.
 """
 
 import time
@@ -12,25 +16,23 @@ import time
 from . import replies
 from .address import MAX_ADDRESS, parse, rewrite_localiphost
 from .config import leading_number
+from .data import MAX_HOPS, DataDecoder
 from .received import received
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .auth import Authenticator
-    from .cli import AuthOnDemand
-    from .limit import DailyLimit
-    from .sasl import Exchange
+    from .auth import Limit
+    from .auth.authenticator import Authenticator
+    from .auth.sasl import Exchange
 
 # What the caller does after writing the reply.
 BUFFER = 0   # nothing; the reply may wait for the next read (MAIL, RCPT, RSET)
 FLUSH = 1    # flush the reply now
-DATA = 2     # open qmail-queue, then call data_opened()
+DATA = 2     # start qmail-queue, then call open_message()
 QUIT = 3     # flush and exit 0
 DROP = 4     # flush and exit 1
-
-MAX_HOPS = 100
 
 
 class Peer:
@@ -56,7 +58,7 @@ class Session:
                  localiphost: bytes | None = None,
                  is_local_ip: "Callable[[str], bool]" = lambda ip: False,
                  clock: "Callable[[], float]" = time.time,
-                 auth: "Authenticator | AuthOnDemand | None" = None,
+                 auth: "Authenticator | None" = None,
                  databytes: int = 0) -> None:
         self.greeting = greeting
         self.peer = peer
@@ -69,15 +71,17 @@ class Session:
         self.auth = auth
         self.databytes = databytes
         self.user: bytes | None = None  # set by a successful AUTH
-        self.account: "DailyLimit | None" = None  # the authenticated user's sending limit
+        self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.exchange: "Exchange | None" = None
         self.auth_failures = 0
-        self.charged: "tuple[int, object] | bool | None" = None  # limit.DailyLimit.charge()
+        self.decoder: DataDecoder | None = None  # the message being received
+        self.charged = False  # the message in hand counts against the limit
+        self.refusal: bytes | None = None  # the limit's reply instead of queueing
         self.helo: bytes | None = None
         self.seen_mail = False
         self.sender_barred = False
         self.sender = b""
-        self.recipients: list = []
+        self.recipients: list[bytes] = []
         self.verbs = {
             b"helo": self.helo_, b"ehlo": self.ehlo, b"mail": self.mail,
             b"rcpt": self.rcpt, b"data": self.data, b"rset": self.rset,
@@ -120,12 +124,15 @@ class Session:
 
     def ehlo(self, arg: bytes) -> tuple[bytes, int]:
         self._hello(arg)
-        return replies.greeting_line(b"250-", self.greeting) + self.ehlo_keywords(), FLUSH
+        return replies.ehlo(self.greeting, self.ehlo_keywords()), FLUSH
 
-    def ehlo_keywords(self) -> bytes:
+    def ehlo_keywords(self) -> list[bytes]:
+        """The extensions we offer, in the order qmail and the AUTH patch list them."""
+        keywords = [b"PIPELINING", b"8BITMIME"]
         if self.auth is not None:
-            return replies.ehlo_auth_tail(self.databytes)
-        return replies.EHLO_TAIL
+            keywords.append(b"SIZE %d" % self.databytes)
+            keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
+        return keywords
 
     def _address(self, arg: bytes) -> bytes | None:
         addr = rewrite_localiphost(parse(arg), self.localiphost, self.is_local_ip)
@@ -137,8 +144,8 @@ class Session:
             return replies.SYNTAX, BUFFER
         if self.auth is not None and self.databytes and size_parameter(arg) > self.databytes:
             return replies.SIZE_EXCEEDED, BUFFER
-        if self.account is not None:
-            allowed = self.account.allows()
+        if self.limit is not None:
+            allowed = self.limit.allows()
             if not allowed:
                 return (replies.LIMIT_UNAVAILABLE if allowed is None
                         else replies.LIMIT_REACHED), BUFFER
@@ -205,7 +212,7 @@ class Session:
             return replies.AUTH_ALREADY, FLUSH
         if self.seen_mail:
             return replies.AUTH_IN_TRANSACTION, FLUSH
-        from .sasl import start  # only sessions that try AUTH load it
+        from .auth.sasl import start  # only sessions that try AUTH load it
 
         exchange = start(arg)
         if exchange is None:
@@ -215,20 +222,20 @@ class Session:
     def _auth_step(self, exchange: "Exchange") -> tuple[bytes, int]:
         """Prompt again, end with a 501, or verify and answer 235/535/454/421."""
         self.exchange = None if exchange.done else exchange
-        if exchange.credentials is None:
+        if exchange.credentials is None or self.auth is None:
             return exchange.reply, FLUSH
         user, password = exchange.credentials
-        outcome = self.auth.check(user, password, exchange.mechanism)  # type: ignore[union-attr]
-        if outcome.ok:
-            self.user = outcome.user or user
-            self.account = outcome.account
+        verdict = self.auth.check(user, password, exchange.mechanism)
+        if verdict.ok:
+            self.user = verdict.user or user
+            self.limit = verdict.limit
             self.peer.remoteinfo = self.user
             self.relayclient = b""  # as the AUTH patch: relay like RELAYCLIENT=""
             return replies.AUTH_OK, FLUSH
-        if outcome.tempfail is not None:
-            return outcome.tempfail, FLUSH
+        if verdict.tempfail is not None:
+            return replies.AUTH_TEMPORARY[verdict.tempfail], FLUSH
         self.auth_failures += 1
-        if self.auth_failures >= self.auth.max_failures:  # type: ignore[union-attr]
+        if self.auth_failures >= self.auth.max_failures:
             return replies.AUTH_TOO_MANY, DROP
         return replies.AUTH_FAILED, FLUSH
 
@@ -238,12 +245,17 @@ class Session:
             return {}
         return {b"TCPREMOTEINFO": self.user, b"RELAYCLIENT": b""}
 
-    # -- DATA ------------------------------------------------------------
-    def data_opened(self, ok: bool) -> bytes:
-        """Reply once the caller tried to start qmail-queue."""
-        return replies.GO_AHEAD if ok else replies.QQT_FAILURE
+    # -- the DATA transaction ----------------------------------------------
+    def open_message(self, queue_started: bool) -> bytes:
+        """354 once qmail-queue runs (self.decoder takes the stream), else qmail's 451."""
+        if not queue_started:
+            return replies.QQT_FAILURE
+        self.decoder = DataDecoder(self.databytes)
+        self.charged = False
+        return replies.GO_AHEAD
 
     def received_header(self) -> bytes:
+        """The first bytes qmail-queue gets."""
         peer = self.peer
         helo = self.helo
         if helo is not None and helo.lower() == peer.remotehost.lower():
@@ -254,23 +266,24 @@ class Session:
     def protocol(self) -> bytes:
         return b"SMTP" if self.user is None else b"ESMTPA"
 
-    def charge(self) -> bytes | None:
-        """Count the message against the daily limit just before it is queued.
+    def finish_message(self) -> bytes | None:
+        """The stream ended with `.`: the envelope for qmail-queue, or None to drop it.
 
-        None means go ahead; otherwise the reply to give instead of queueing.
+        A message that is looping or too big is dropped; one that the daily
+        limit refuses (or cannot count) too.  Only a message that will be
+        handed over whole is charged.
         """
-        if self.account is None:
+        decoder = self.decoder
+        if decoder is None or not decoder.acceptable:
             return None
-        self.charged = self.account.charge()
-        if self.charged:
-            return None
-        return replies.LIMIT_UNAVAILABLE if self.charged is None else replies.LIMIT_REACHED
-
-    def refund(self) -> None:
-        """qmail-queue did not take a charged message: give the count back."""
-        if isinstance(self.charged, tuple) and self.account is not None:
-            self.account.refund(self.charged)
-        self.charged = None
+        if self.limit is not None:
+            charged = self.limit.charge()
+            if not charged:
+                self.refusal = (replies.LIMIT_UNAVAILABLE if charged is None
+                                else replies.LIMIT_REACHED)
+                return None
+            self.charged = True
+        return self.envelope()
 
     def envelope(self) -> bytes:
         """qmail-queue's fd 1: F sender NUL, T rcpt NUL each, then NUL."""
@@ -280,19 +293,24 @@ class Session:
         parts.append(b"\0")
         return b"".join(parts)
 
-    def data_done(self, decoder: "DataDecoder", qq_text: bytes, qp: int) -> bytes:
-        """The final reply: qmail-queue's verdict, unless hops or size spoke first.
-
-        `qq_text` is empty when qmail-queue accepted the message, else its
-        D/Z-prefixed failure text.
-        """
-        if not qq_text:
+    def queued(self, verdict: bytes, qp: int) -> bytes:
+        """The final reply, from qmail-queue's verdict (empty: accepted, else its
+        D/Z-prefixed text): the limit's refusal, else qmail's order: queued,
+        hops, size, qmail-queue's words."""
+        decoder, self.decoder = self.decoder, None
+        refusal, self.refusal = self.refusal, None
+        if self.charged and verdict and self.limit is not None:
+            self.limit.refund()  # counted, but qmail-queue did not take it
+        self.charged = False
+        if refusal is not None:
+            return refusal
+        if not verdict:
             return replies.accepted(int(self.clock()), qp)
-        if decoder.hops >= MAX_HOPS:
+        if decoder is not None and decoder.hops >= MAX_HOPS:
             return replies.TOO_MANY_HOPS
-        if decoder.overflow:
+        if decoder is not None and decoder.overflow:
             return replies.TOO_BIG
-        return replies.queue_failure(qq_text)
+        return replies.queue_failure(verdict)
 
 
 def size_parameter(arg: bytes) -> int:
@@ -304,143 +322,3 @@ def size_parameter(arg: bytes) -> int:
         if word[:5].upper() == b"SIZE=":
             return leading_number(word[5:]) or 0
     return 0
-
-
-# DataDecoder states, named after qmail-smtpd's blast(): where in a line we are.
-_MIDLINE, _LINESTART, _DOT, _DOTCR, _CR = 0, 1, 2, 3, 4
-MORE, END, STRAY_LF = 0, 1, 2
-
-
-class DataDecoder:
-    """SMTP DATA transparency as qmail-smtpd's blast(), over chunks.
-
-    CRLF becomes LF, any leading dot goes, `.` CRLF ends the message, a bare
-    LF is fatal.  Counts hops (Received:/Delivered- header lines) and the
-    queued size; once the size exceeds `databytes` nothing more is emitted,
-    since the message will not be queued.
-    """
-
-    def __init__(self, databytes: int = 0) -> None:
-        self.databytes = databytes
-        self.size = 0
-        self.overflow = False
-        self.hops = 0
-        self.state = _LINESTART
-        self.in_header = True
-        self._head = b""
-
-    def feed(self, chunk: bytes) -> tuple[bytes, int, int]:
-        """-> (bytes for qmail-queue, bytes of `chunk` consumed, MORE/END/STRAY_LF).
-
-        After END, `chunk[consumed:]` is the start of the next command.
-        """
-        out = []
-        i, n = 0, len(chunk)
-        state = self.state
-        status = MORE
-        while i < n:
-            if state == _LINESTART:
-                nl = chunk.find(b"\n", i)
-                if nl >= 0:  # a whole line at once: the common case
-                    if nl == i or chunk[nl - 1] != 0x0D:
-                        status = STRAY_LF
-                        break
-                    text = chunk[i:nl - 1]
-                    i = nl + 1
-                    if text == b".":
-                        status = END
-                        break
-                    if text[:1] == b"." and text[1:2] != b"\r":
-                        text = text[1:]
-                    out.append(text)
-                    out.append(b"\n")
-                    continue
-                ch = chunk[i]
-                i += 1
-                if ch == 0x2E:
-                    state = _DOT
-                elif ch == 0x0D:
-                    state = _CR
-                else:
-                    out.append(bytes((ch,)))
-                    state = _MIDLINE
-            elif state == _MIDLINE:
-                cr = chunk.find(b"\r", i)
-                lf = chunk.find(b"\n", i)
-                stop = cr if lf < 0 or 0 <= cr < lf else lf
-                if stop < 0:
-                    out.append(chunk[i:])
-                    i = n
-                elif stop == lf:
-                    status = STRAY_LF
-                    break
-                else:
-                    out.append(chunk[i:stop])
-                    i = stop + 1
-                    state = _CR
-            else:
-                ch = chunk[i]
-                i += 1
-                if state == _CR:
-                    if ch == 0x0A:
-                        out.append(b"\n")
-                        state = _LINESTART
-                    elif ch == 0x0D:
-                        out.append(b"\r")
-                    else:
-                        out.append(b"\r" + bytes((ch,)))
-                        state = _MIDLINE
-                elif state == _DOT:
-                    if ch == 0x0A:
-                        status = STRAY_LF
-                        break
-                    if ch == 0x0D:
-                        state = _DOTCR
-                    else:
-                        out.append(bytes((ch,)))
-                        state = _MIDLINE
-                else:  # _DOTCR
-                    if ch == 0x0A:
-                        status = END
-                        break
-                    out.append(b".\r")
-                    if ch == 0x0D:
-                        state = _CR
-                    else:
-                        out.append(bytes((ch,)))
-                        state = _MIDLINE
-        self.state = state
-        if self.in_header:
-            self._count_hops(chunk[:i])
-        data = b"".join(out)
-        if self.overflow:
-            return b"", i, status
-        self.size += len(data)
-        if self.databytes and self.size > self.databytes:
-            self.overflow = True
-            return b"", i, status
-        return data, i, status
-
-    @property
-    def acceptable(self) -> bool:
-        """Neither looping nor too big: qmail-queue may have it."""
-        return self.hops < MAX_HOPS and not self.overflow
-
-    def _count_hops(self, raw: bytes) -> None:
-        """Header lines starting received/delivered (any case) are hops."""
-        pos, n = 0, len(raw)
-        while pos < n:
-            nl = raw.find(b"\n", pos)
-            end = n if nl < 0 else nl + 1
-            room = 9 - len(self._head)
-            if room > 0:
-                self._head += raw[pos:min(end, pos + room)]
-            if nl < 0:
-                return
-            pos = nl + 1
-            head, self._head = self._head.lower(), b""
-            if head.startswith(b"received") or head.startswith(b"delivered"):
-                self.hops += 1
-            elif head.startswith(b"\r\n"):
-                self.in_header = False
-                return

@@ -1,6 +1,6 @@
 """The qmail-queue pipe: message on its fd 0, envelope on its fd 1, text on fd 6.
 
-Spawned with posix_spawn (no subprocess import: start-up time matters).  The
+Started by children.spawn (default signal dispositions, no subprocess).  The
 envelope is written only when the message is complete and acceptable, so a
 client that vanishes, an oversized or a looping message leaves qmail-queue
 with an empty envelope, and it queues nothing.
@@ -9,6 +9,7 @@ with an empty envelope, and it queues nothing.
 import posix
 
 from . import replies
+from .children import spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class QueueJob:
         pipes = [posix.pipe() for _ in range(3)]
         (msg_r, self.msg_w), (env_r, self.env_w), (self.err_r, err_w) = pipes
         try:
-            self.pid = posix.posix_spawn(program, [program], env, file_actions=[
+            self.pid = spawn(program, [program], env, file_actions=[
                 (posix.POSIX_SPAWN_DUP2, msg_r, 0),
                 (posix.POSIX_SPAWN_DUP2, env_r, 1),
                 (posix.POSIX_SPAWN_DUP2, err_w, 6),
@@ -69,9 +70,9 @@ class QueueJob:
         """Send the envelope (None: abandon the message), wait, return the verdict."""
         write_failed = self.failed or envelope is None
         posix.close(self.msg_w)
-        if not write_failed:
+        if envelope is not None and not write_failed:
             try:
-                view = memoryview(envelope)  # type: ignore[arg-type]
+                view = memoryview(envelope)
                 while view:
                     view = view[posix.write(self.env_w, view):]
             except OSError:

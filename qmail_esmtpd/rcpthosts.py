@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     import cdblib
+
+
 class RcptHosts:
     """Callable policy: `rcpthosts(address) -> True/False`, None on a cdb error."""
 
@@ -32,10 +34,12 @@ class RcptHosts:
             return True
         if self.cdb_path is None:
             return False
+        from struct import error as Damaged  # what pure-cdb raises on a cut or garbled file
+
         try:
             cdb = self._open_cdb()
             return any(cdb.get(c) is not None for c in candidates)
-        except Exception:  # missing, short or damaged cdb: a control error, as in qmail
+        except (OSError, ValueError, IndexError, Damaged):  # as in qmail: a control error
             return None
 
     def _open_cdb(self) -> "cdblib.Reader":

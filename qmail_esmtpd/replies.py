@@ -16,10 +16,16 @@ def greeting_line(code: bytes, greeting: bytes) -> bytes:
 
 # start-up
 CONTROLS = b"421 unable to read controls (#4.3.0)\r\n"
-NO_IPME = b"421 unable to figure out my IP addresses (#4.3.0)\r\n"
+
+
+
+def ehlo(greeting: bytes, keywords: "list[bytes]") -> bytes:
+    """The EHLO reply: the greeting, then one keyword a line, the last with `250 `."""
+    lines = [greeting, *keywords]
+    return b"".join(b"250-" + line + CRLF for line in lines[:-1]) + b"250 " + lines[-1] + CRLF
+
 
 # ordinary commands
-EHLO_TAIL = b"250-PIPELINING\r\n250 8BITMIME\r\n"
 OK = b"250 ok\r\n"
 FLUSHED = b"250 flushed\r\n"
 VRFY = b"252 send some mail, i'll try my best\r\n"
@@ -35,7 +41,7 @@ TIMEOUT = b"451 timeout (#4.4.2)\r\n"
 # DATA
 GO_AHEAD = b"354 go ahead\r\n"
 QQT_FAILURE = b"451 qqt failure (#4.3.0)\r\n"
-STRAY_LF = b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"
+STRAY_NEWLINE = b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"
 TOO_MANY_HOPS = b"554 too many hops, this message is looping (#5.4.6)\r\n"
 TOO_BIG = b"552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n"
 
@@ -86,12 +92,6 @@ def queue_failure(text: bytes) -> bytes:
 INTERNAL_ERROR = b"421 internal error, closing connection (#4.3.0)\r\n"
 
 # SMTP AUTH (the qmail AUTH patch's texts; the 454 for the database is ours)
-def ehlo_auth_tail(databytes: int) -> bytes:
-    """EHLO keywords with AUTH enabled: SIZE shows the effective databytes."""
-    return (b"250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE %d\r\n250 AUTH LOGIN PLAIN\r\n"
-            % databytes)
-
-
 AUTH_OK = b"235 ok, go ahead (#2.0.0)\r\n"
 AUTH_FAILED = b"535 authentication failed (#5.7.1)\r\n"
 AUTH_PROMPT_USER = b"334 VXNlcm5hbWU6\r\n"  # base64 "Username:"
@@ -108,6 +108,14 @@ AUTH_TEMP_PIPE = b"454 oops, unable to open pipe and I can't auth (#4.3.0)\r\n"
 AUTH_TEMP_START = b"454 oops, child won't start and I can't auth (#4.3.0)\r\n"
 AUTH_TEMP_WRITE = b"454 oops, unable to write pipe and I can't auth (#4.3.0)\r\n"
 AUTH_TEMP_CHILD = b"454 oops, problem with child and I can't auth (#4.3.0)\r\n"
+# auth.Verdict.tempfail -> its 454 (keys are the reasons named in auth/__init__.py)
+AUTH_TEMPORARY = {
+    "database": AUTH_TEMP_DB,
+    "pipe": AUTH_TEMP_PIPE,
+    "start": AUTH_TEMP_START,
+    "write": AUTH_TEMP_WRITE,
+    "child": AUTH_TEMP_CHILD,
+}
 SIZE_EXCEEDED = TOO_BIG  # MAIL ... SIZE=n over databytes: the same words at MAIL time
 
 # the daily sending limit (ours)

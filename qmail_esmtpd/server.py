@@ -1,19 +1,23 @@
 """The session loop: lines from the channel into the protocol, replies back out.
 
-This is the only place where the protocol core, the client's fds and the
-qmail-queue pipe meet.
+This is the only place where the protocol core, the client's channel and
+the qmail-queue pipe meet.  It decides nothing: the core says what to
+reply and what to queue; this moves the bytes.
 """
 
 from . import protocol, replies
-from .lineio import Channel, Gone, Timeout
+from .data import BARE_LF, END
+from .lineio import Gone, Timeout
 from .queue import QueueJob
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .lineio import Transport
 
-def serve(session: protocol.Session, channel: Channel,
+
+def serve(session: protocol.Session, channel: "Transport",
           open_queue: "Callable[[], QueueJob]") -> int:
     """Talk SMTP until QUIT (exit 0) or until the client goes away (exit 1)."""
     try:
@@ -22,7 +26,10 @@ def serve(session: protocol.Session, channel: Channel,
             reply, action = session.handle(channel.readline())
             channel.write(reply)
             if action == protocol.DATA:
-                channel.write(receive_message(session, channel, open_queue))
+                if not receive_message(session, channel, open_queue):
+                    channel.write(replies.STRAY_NEWLINE)
+                    _flush_quietly(channel)
+                    return 1
                 channel.flush()
             elif action == protocol.FLUSH:
                 channel.flush()
@@ -38,25 +45,24 @@ def serve(session: protocol.Session, channel: Channel,
         return 1
     except Gone:
         return 1
-    except StrayLF:
-        channel.write(replies.STRAY_LF)
-        _flush_quietly(channel)
-        return 1
 
 
-class StrayLF(Exception):
-    """A bare LF inside DATA: qmail drops the connection."""
+def receive_message(session: protocol.Session, channel: "Transport",
+                    open_queue: "Callable[[], QueueJob]") -> bool:
+    """354, the DATA stream into qmail-queue, the final reply written.
 
-
-def receive_message(session: protocol.Session, channel: Channel,
-                    open_queue: "Callable[[], QueueJob]") -> bytes:
-    """354, stream DATA into qmail-queue, and return the final reply."""
+    False when the stream had a bare LF: qmail then drops the connection.
+    A message cut short (bare LF, timeout, client gone) leaves qmail-queue
+    without an envelope, so nothing half-received is ever queued.
+    """
     try:
         job = open_queue()
     except OSError:
-        return session.data_opened(False)
-    channel.write(session.data_opened(True))
-    decoder = protocol.DataDecoder(session.databytes)
+        job = None
+    channel.write(session.open_message(job is not None))
+    decoder = session.decoder
+    if job is None or decoder is None:
+        return True
     complete = False
     try:
         job.write(session.received_header())
@@ -64,24 +70,21 @@ def receive_message(session: protocol.Session, channel: Channel,
             chunk = channel.read_chunk()
             data, used, status = decoder.feed(chunk)
             job.write(data)
-            if status == protocol.END:
+            if status == END:
                 channel.unread(chunk[used:])
                 complete = True
                 break
-            if status == protocol.STRAY_LF:
-                raise StrayLF()
+            if status == BARE_LF:
+                return False
     finally:
         if not complete:
             job.finish(None)
-    refusal = session.charge() if decoder.acceptable else None
-    queue_it = decoder.acceptable and refusal is None
-    verdict = job.finish(session.envelope() if queue_it else None)
-    if queue_it and verdict:
-        session.refund()
-    return refusal or session.data_done(decoder, verdict, job.pid)
+    verdict = job.finish(session.finish_message())
+    channel.write(session.queued(verdict, job.pid))
+    return True
 
 
-def _flush_quietly(channel: Channel) -> None:
+def _flush_quietly(channel: "Transport") -> None:
     try:
         channel.flush()
     except Gone:

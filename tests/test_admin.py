@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qmail_esmtpd import passwords
+from qmail_esmtpd.auth import passwords
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".venv" / "bin" / "qmail-esmtpd-user"

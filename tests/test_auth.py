@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from qmail_esmtpd.passwords import context
+from qmail_esmtpd.auth.passwords import context
 
 from conftest import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, write_program
 

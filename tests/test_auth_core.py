@@ -2,45 +2,54 @@
 
 import base64
 
-from qmail_esmtpd import protocol, replies, sasl
-from qmail_esmtpd.protocol import DataDecoder, Peer, Session
-from qmail_esmtpd.sasl import AuthOutcome
+from qmail_esmtpd import auth, protocol, replies
+from qmail_esmtpd.auth import Verdict, sasl
+from qmail_esmtpd.auth.authenticator import Authenticator
+from qmail_esmtpd.config import MAX_SECONDS, Controls
+from qmail_esmtpd.protocol import Peer, Session
 
 
 class FakeLimit:
     """alice's sending limit: 2 a day."""
 
     def __init__(self, used: int = 0, broken: bool = False) -> None:
-        self.used, self.broken, self.refunds, self.limit = used, broken, [], 2
+        self.used, self.broken, self.refunds, self.limit = used, broken, 0, 2
+        self.charged = False
 
     def allows(self):
         return None if self.broken else self.used < self.limit
 
     def charge(self):
+        self.charged = False
         if self.broken:
             return None
         if self.used >= self.limit:
             return False
         self.used += 1
-        return ("token", self.used)
+        self.charged = True
+        return True
 
-    def refund(self, token):
-        self.used -= 1
-        self.refunds.append(token)
+    def refund(self):
+        if self.charged:
+            self.used -= 1
+            self.refunds += 1
+        self.charged = False
 
 
 class FakeAuth:
-    def __init__(self, tempfail: bytes | None = None, limit: FakeLimit | None = None,
+    mechanisms = auth.MECHANISMS
+
+    def __init__(self, tempfail: str | None = None, limit: FakeLimit | None = None,
                  max_failures: int = 3) -> None:
         self.calls, self.tempfail, self.limit = [], tempfail, limit
         self.max_failures = max_failures
 
-    def check(self, user: bytes, password: bytes, mechanism: bytes) -> AuthOutcome:
+    def check(self, user: bytes, password: bytes, mechanism: bytes) -> Verdict:
         self.calls.append((user, password, mechanism))
         if self.tempfail:
-            return AuthOutcome(False, tempfail=self.tempfail)
+            return Verdict(False, tempfail=self.tempfail)
         ok = (user, password) == (b"alice", b"pw")
-        return AuthOutcome(ok, user=user, account=self.limit if ok else None)
+        return Verdict(ok, user=user, limit=self.limit if ok else None)
 
 
 def b64(data: bytes) -> bytes:
@@ -112,7 +121,7 @@ def test_failures_then_421_and_tempfail_does_not_count():
     s = session(auth=FakeAuth(max_failures=2))
     assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0no")) == (replies.AUTH_FAILED, protocol.FLUSH)
     assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0no")) == (replies.AUTH_TOO_MANY, protocol.DROP)
-    t = session(auth=FakeAuth(tempfail=replies.AUTH_TEMP_DB, max_failures=1))
+    t = session(auth=FakeAuth(tempfail=auth.DATABASE, max_failures=1))
     assert t.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))[0] == replies.AUTH_TEMP_DB
     assert t.handle(b"RCPT TO:<x@elsewhere.org>")[0] == replies.WANT_MAIL  # still a session
     assert t.user is None
@@ -134,39 +143,114 @@ def test_auth_parameter_is_ignored_before_authentication():
     assert b"mallory" not in s.received_header() and s.peer.remoteinfo is None
 
 
+def send(s: Session, verdict: bytes = b"") -> bytes:
+    """One whole message through the core; qmail-queue answers `verdict`."""
+    s.handle(b"MAIL FROM:<a@b>")
+    s.handle(b"RCPT TO:<x@example.com>")
+    assert s.handle(b"DATA") == (b"", protocol.DATA)
+    s.open_message(True)
+    s.decoder.feed(b"Subject: x\r\n\r\nx\r\n.\r\n")
+    envelope = s.finish_message()
+    return s.queued(verdict if envelope else replies.QQ_READ_ERROR, 1)
+
+
 def test_daily_limit_at_mail_and_at_data_end():
     limit = FakeLimit()
-    s = session(limits=limit)
+    s = session(limits=limit, clock=lambda: 5)
     s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))
-    for _ in range(2):
-        assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
-        assert s.charge() is None
+    assert send(s) == b"250 ok 5 qp 1\r\n" and send(s) == b"250 ok 5 qp 1\r\n"
+    assert limit.used == 2
     assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.LIMIT_REACHED
     limit.used = 1
     assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
-    limit.used = 2  # a parallel session took the last one meanwhile
-    assert s.charge() == replies.LIMIT_REACHED
+    limit.used = 2  # a parallel session takes the last one between MAIL and the end of DATA
+    s.handle(b"RCPT TO:<x@example.com>")
+    s.handle(b"DATA")
+    s.open_message(True)
+    s.decoder.feed(b"x\r\n.\r\n")
+    assert s.finish_message() is None
+    assert s.queued(replies.QQ_READ_ERROR, 1) == replies.LIMIT_REACHED and limit.used == 2
     limit.used = 1
-    assert s.charge() is None
-    s.refund()
-    assert limit.used == 1 and limit.refunds == [("token", 2)]
+    assert send(s, verdict=b"Zqq temporary problem (#4.3.0)") == (
+        b"451 qq temporary problem (#4.3.0)\r\n")
+    assert limit.used == 1 and limit.refunds == 1  # charged, refused, given back
     limit.broken = True
     assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.LIMIT_UNAVAILABLE
-    assert s.charge() == replies.LIMIT_UNAVAILABLE
+    limit.broken = False
+    s.handle(b"RCPT TO:<x@example.com>")
+    s.handle(b"DATA")
+    s.open_message(True)
+    s.decoder.feed(b"x\r\n.\r\n")
+    limit.broken = True
+    assert s.finish_message() is None
+    assert s.queued(replies.QQ_READ_ERROR, 1) == replies.LIMIT_UNAVAILABLE
+
+
+def test_oversized_message_is_never_charged():
+    limit = FakeLimit()
+    s = session(limits=limit, databytes=3)
+    s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))
+    assert send(s) == replies.TOO_BIG and limit.used == 0
 
 
 def test_unauthenticated_sessions_are_never_charged():
     limit = FakeLimit(used=99)
-    s = session(limits=limit)
-    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
-    assert s.charge() is None and limit.used == 99
+    s = session(limits=limit, clock=lambda: 5)
+    assert send(s) == b"250 ok 5 qp 1\r\n" and limit.used == 99
     s.handle(b"AUTH PLAIN " + b64(b"\0alice\0wrong"))
-    assert s.charge() is None and limit.used == 99
+    assert send(s) == b"250 ok 5 qp 1\r\n" and limit.used == 99
 
 
-def test_final_reply_keeps_qmail_order_with_auth():
-    s = session(clock=lambda: 5)
-    assert s.data_done(DataDecoder(), b"", 7) == b"250 ok 5 qp 7\r\n"
+def test_tempfail_reasons_each_have_their_454():
+    for reason, reply in replies.AUTH_TEMPORARY.items():
+        s = session(auth=FakeAuth(tempfail=reason))
+        assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))[0] == reply
+        assert reply.startswith(b"454 ")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def authenticator(tmp_path, env: dict, argv: list[bytes]) -> tuple[Authenticator, Recorder]:
+    sleep = Recorder()
+    return Authenticator("checkpassword", argv, Controls(bytes(tmp_path)), env,
+                         b"192.0.2.1", sleep=sleep), sleep
+
+
+def test_authenticator_delays_failures_only(tmp_path, capfd):
+    (tmp_path / "authfaildelay").write_text("7\n")
+    ok, sleep = authenticator(tmp_path, {}, [b"/bin/true"])
+    assert ok.check(b"alice", b"pw", b"PLAIN").ok and sleep.sleeps == []
+    bad, sleep = authenticator(tmp_path, {b"AUTHFAILDELAY": b"99999999999999999999999"},
+                               [b"/bin/false"])
+    verdict = bad.check(b"mallory", b"pw", b"LOGIN")
+    assert not verdict.ok and verdict.tempfail is None
+    assert sleep.sleeps == [MAX_SECONDS]  # a huge delay is clamped, not an OverflowError
+    log = capfd.readouterr().err
+    assert "auth ok user=alice ip=192.0.2.1 mech=PLAIN" in log
+    assert "auth fail user=mallory ip=192.0.2.1 mech=LOGIN" in log
+
+
+def test_authenticator_turns_a_missing_program_into_a_tempfail(tmp_path):
+    a, sleep = authenticator(tmp_path, {b"AUTHMAXFAIL": b"0"}, [b"/nonexistent/checkpassword"])
+    verdict = a.check(b"alice", b"pw", b"PLAIN")
+    assert verdict.tempfail == auth.NO_START and sleep.sleeps == []
+    assert a.max_failures == 1  # at least one try, whatever the file says
+
+
+def test_backend_is_chosen_by_the_first_setting_present(tmp_path):
+    controls = Controls(bytes(tmp_path))
+    assert auth.chosen([], {}, controls) is None
+    assert auth.chosen([], {b"AUTHDB": b"dbname=mail"}, controls) == ("postgres", "dbname=mail")
+    assert auth.chosen([b"/bin/cp", b"/bin/true"], {b"AUTHDB": b"x"}, controls) == (
+        "checkpassword", [b"/bin/cp", b"/bin/true"])
+    (tmp_path / "authdb").write_text("dbname=fromfile\n")
+    assert auth.chosen([], {}, controls) == ("postgres", "dbname=fromfile")
 
 
 def test_sasl_decoding_is_strict():

@@ -4,7 +4,8 @@ import pytest
 
 from qmail_esmtpd import protocol, replies
 from qmail_esmtpd.address import bracketed_ipv4, parse, rewrite_localiphost
-from qmail_esmtpd.protocol import DataDecoder, Peer, Session
+from qmail_esmtpd.data import BARE_LF, END, MORE, DataDecoder
+from qmail_esmtpd.protocol import Peer, Session
 from qmail_esmtpd.received import date822, received, safe
 
 
@@ -126,10 +127,10 @@ def decode(raw: bytes, databytes: int = 0, chunk: int = 0):
     for n, piece in enumerate(pieces):
         data, used, status = d.feed(piece)
         out.append(data)
-        if status != protocol.MORE:
+        if status != MORE:
             rest = piece[used:] + b"".join(pieces[n + 1:])
             return b"".join(out), status, rest, d
-    return b"".join(out), protocol.MORE, b"", d
+    return b"".join(out), MORE, b"", d
 
 
 DOTS_IN = (b"Subject: dots\r\n\r\n..two\r\n.one\r\n...\r\n..\r\n. space\r\n"
@@ -141,17 +142,17 @@ DOTS_OUT = (b"Subject: dots\n\n.two\none\n..\n.\n space\nnot.at.start.\n.\rX\n.\
 @pytest.mark.parametrize("chunk", [0, 1, 2, 3, 7])
 def test_data_transparency_any_chunking(chunk):
     queued, status, rest, _ = decode(DOTS_IN, chunk=chunk)
-    assert (queued, status, rest) == (DOTS_OUT, protocol.END, b"NOOP\r\n")
+    assert (queued, status, rest) == (DOTS_OUT, END, b"NOOP\r\n")
 
 
 @pytest.mark.parametrize("raw", [b"a\nb\r\n.\r\n", b"\n.\r\n", b"x\r\n.\n", b"x\r\n.\nb"])
 @pytest.mark.parametrize("chunk", [0, 1])
 def test_bare_lf_is_fatal(raw, chunk):
-    assert decode(raw, chunk=chunk)[1] == protocol.STRAY_LF
+    assert decode(raw, chunk=chunk)[1] == BARE_LF
 
 
 def test_empty_message():
-    assert decode(b".\r\n")[:3] == (b"", protocol.END, b"")
+    assert decode(b".\r\n")[:3] == (b"", END, b"")
 
 
 def test_hops_counted_in_header_only():
@@ -167,20 +168,53 @@ def test_databytes_counts_queued_bytes():
     raw = b"..12345678\r\n.\r\n"  # queued as ".12345678\n": 10 bytes
     assert not decode(raw, databytes=10)[3].overflow
     queued, status, _, d = decode(raw, databytes=9)
-    assert d.overflow and status == protocol.END and queued == b""
+    assert d.overflow and status == END and queued == b""
+
+
+def message(s: Session, raw: bytes) -> bytes | None:
+    """Open a message, feed `raw` whole, and return what finish_message() says."""
+    assert s.open_message(True) == replies.GO_AHEAD
+    assert s.decoder is not None
+    s.decoder.feed(raw)
+    return s.finish_message()
 
 
 def test_final_reply_order():
-    s = make_session(clock=lambda: 1764100000.0)
-    d = DataDecoder()
-    assert s.data_done(d, b"", 4242) == b"250 ok 1764100000 qp 4242\r\n"
-    d.hops, d.overflow = 100, True
-    assert s.data_done(d, replies.QQ_READ_ERROR, 1) == replies.TOO_MANY_HOPS
-    d.hops = 0
-    assert s.data_done(d, replies.QQ_READ_ERROR, 1) == replies.TOO_BIG
-    d.overflow = False
-    assert s.data_done(d, b"Dno way", 1) == b"554 no way\r\n"
-    assert s.data_done(d, b"Zlater", 1) == b"451 later\r\n"
+    s = make_session(clock=lambda: 1764100000.0, databytes=5)
+    s.handle(b"MAIL FROM:<a@x>")
+    s.handle(b"RCPT TO:<b@example.com>")
+    assert message(s, b"hi\r\n.\r\n") == b"Fa@x\0Tb@example.com\0\0"
+    assert s.queued(b"", 4242) == b"250 ok 1764100000 qp 4242\r\n"
+    assert message(s, b"Received: x\r\n" * 100 + b".\r\n") is None  # looping and too big
+    assert s.queued(replies.QQ_READ_ERROR, 1) == replies.TOO_MANY_HOPS
+    assert message(s, b"123456\r\n.\r\n") is None
+    assert s.queued(replies.QQ_READ_ERROR, 1) == replies.TOO_BIG
+    message(s, b".\r\n")
+    assert s.queued(b"Dno way", 1) == b"554 no way\r\n"
+    message(s, b".\r\n")
+    assert s.queued(b"Zlater", 1) == b"451 later\r\n"
+
+
+def test_queue_that_cannot_start_is_451_and_ends_the_transaction():
+    s = make_session()
+    s.handle(b"MAIL FROM:<a@x>")
+    s.handle(b"RCPT TO:<b@example.com>")
+    s.handle(b"DATA")
+    assert s.open_message(False) == replies.QQT_FAILURE and s.decoder is None
+    assert s.handle(b"DATA")[0] == replies.WANT_MAIL
+
+
+def test_huge_numbers_are_replies_not_tracebacks():
+    s = make_session(rcpt_allowed=lambda a: True, databytes=1000, auth=None)
+    digits = b"9" * 5000
+    s.handle(b"MAIL FROM:<a@b>")
+    assert s.handle(b"RCPT TO:<u@[127.0.0." + digits + b"]>")[0] == replies.SYNTAX
+    assert s.handle(b"RCPT TO:<u@[127.0.0.1]>")[0] == replies.OK
+    assert protocol.size_parameter(b"FROM:<a@b> SIZE=" + digits) > 10**19
+    low_byte = 0
+    for _ in range(4999):  # 4999 ones modulo 256, digit by digit as scan_ulong goes
+        low_byte = (low_byte * 10 + 1) % 256
+    assert bracketed_ipv4(b"[127.0.0." + b"1" * 4999 + b"]") == f"127.0.0.{low_byte}"
 
 
 def test_received_line():

@@ -10,10 +10,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from qmail_esmtpd import passwords
-from qmail_esmtpd.authdb import USER_QUERY
-from qmail_esmtpd.limit import CHARGE, REFUND, TODAY
-from qmail_esmtpd.pgdb import Database
+from qmail_esmtpd.auth import passwords
+from qmail_esmtpd.auth.accounts import USER_QUERY
+from qmail_esmtpd.auth.db import Database
+from qmail_esmtpd.auth.limit import CHARGE, REFUND, TODAY
 
 ROOT = Path(__file__).resolve().parent.parent
 UPGRADE = ROOT / "sql" / "upgrade-2002.sql"

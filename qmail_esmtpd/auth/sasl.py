@@ -7,26 +7,8 @@ or the decoded credentials for the caller to verify.
 
 import binascii
 
-from . import replies
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from .limit import DailyLimit
-
-MECHANISMS = (b"LOGIN", b"PLAIN")
-
-
-class AuthOutcome:
-    """What an authenticator says: ok, failed (535), or a 454 reply to send."""
-
-    __slots__ = ("ok", "tempfail", "user", "account")
-
-    def __init__(self, ok: bool, user: bytes = b"", tempfail: bytes | None = None,
-                 account: "DailyLimit | None" = None) -> None:
-        self.ok = ok
-        self.user = user
-        self.tempfail = tempfail
-        self.account = account  # the user's sending limit (limit.DailyLimit), if any
+from .. import replies
+from . import MECHANISMS
 
 
 def decode(line: bytes) -> bytes | None:

@@ -1,4 +1,4 @@
-"""The PostgreSQL connection behind AUTH and the sending limit.
+"""The PostgreSQL connection behind accounts, the sending limit and the admin tool.
 
 The connection string comes from config.authdb_conninfo() (`$AUTHDB`, else
 control/authdb; libpq's PG* variables and ~/.pgpass apply as libpq defines
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 3  # seconds, libpq's connect_timeout
 STATEMENT_TIMEOUT_MS = 5000
 APPLICATION_NAME = "qmail-esmtpd"
+NO_PRIVILEGE = "42501"  # SQLSTATE insufficient_privilege
 
 
 class DatabaseError(Exception):

@@ -1,0 +1,94 @@
+"""Who may log in: the `poppass` table checked through the hashing policy.
+
+Independent of SMTP, so every program that logs users in from this table
+(SMTP AUTH, a POP3 checkpassword) asks the same question the same way:
+
+    account = verify(db, name, password)   # Account, or None; Unavailable on trouble
+
+One round trip per check.  An unknown, inactive or undecodable user costs
+the same hash work as a wrong password, so timing does not tell which names
+exist.  A deprecated hash is replaced on success when the role may UPDATE
+pw (the optional grant in sql/grants.sql); without it the login simply goes on.
+"""
+
+from ..log import log
+from .db import NO_PRIVILEGE, Database, DatabaseError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from passlib.context import CryptContext
+
+USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
+REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s"
+
+
+class Unavailable(Exception):
+    """The database could not answer: try again later (454, 111...)."""
+
+
+class Account:
+    """A verified row of poppass; `sendlimit` None means the site's default."""
+
+    __slots__ = ("id", "name", "sendlimit")
+
+    def __init__(self, id: int, name: str, sendlimit: int | None) -> None:
+        self.id = id
+        self.name = name
+        self.sendlimit = sendlimit
+
+
+_contexts: "dict[bool, CryptContext]" = {}
+
+
+def crypt_context(plaintext: bool) -> "CryptContext":
+    """Built at the first check, not at start-up: passlib is slow to import."""
+    if plaintext not in _contexts:
+        from .passwords import context
+
+        _contexts[plaintext] = context(plaintext)
+    return _contexts[plaintext]
+
+
+def verify(db: Database, name: bytes, password: bytes,
+           plaintext: bool = False) -> Account | None:
+    """The account if `password` is right for an active `name`, else None."""
+    context = crypt_context(plaintext)
+    text = _decoded(name)
+    if text is None:
+        context.dummy_verify()
+        return None
+    try:
+        rows = db.query(USER_QUERY, (text,))
+    except DatabaseError as e:
+        raise Unavailable(str(e)) from None
+    if not rows:
+        context.dummy_verify()
+        return None
+    user_id, stored, active, sendlimit = rows[0]
+    try:
+        ok, new_hash = context.verify_and_update(password, stored)
+    except (ValueError, TypeError):  # unknown hash format, NUL, >72 bytes for bcrypt...
+        context.dummy_verify()
+        return None
+    if not (ok and active):
+        return None
+    if new_hash:
+        _rehash(db, new_hash, user_id, stored)
+    return Account(user_id, text, sendlimit)
+
+
+def _decoded(name: bytes) -> str | None:
+    """Names are UTF-8 text without NUL; anything else cannot be in the table."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in text else text
+
+
+def _rehash(db: Database, new_hash: str, user_id: int, stored: str) -> None:
+    try:
+        db.query(REHASH, (new_hash, user_id, stored))
+    except DatabaseError as e:
+        if e.code != NO_PRIVILEGE:  # no UPDATE grant: keep the old hash, quietly
+            log(f"auth rehash skipped: {e}")
