@@ -35,6 +35,7 @@ test: deps venv lint conformance unit
 lint: venv
 	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench \
 	    tests/conformance/fake-qmail-queue tests/conformance/fake-checkpassword
+	$(VENV)/bin/mypy
 
 # The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios
 # add the `{checkpassword} /bin/true` arguments themselves).  tests/conformance/README.md

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 
-def spawn(program: bytes, argv: "Sequence[bytes]", env: "Mapping[bytes, bytes]",
+def spawn(program: bytes, argv: "list[bytes]", env: "Mapping[bytes, bytes]",
           file_actions: "Sequence[tuple]", search_path: bool = False) -> int:
     """Start `program` (looked up in $PATH when asked); its pid, or OSError."""
     start = posix.posix_spawnp if search_path else posix.posix_spawn

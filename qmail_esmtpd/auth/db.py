@@ -48,7 +48,7 @@ class Database:
             extra["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
         if "application_name" not in params:
             extra["application_name"] = APPLICATION_NAME
-        conn = psycopg2.connect(self.conninfo, **extra)
+        conn = psycopg2.connect(psycopg2.extensions.make_dsn(self.conninfo, **extra))
         conn.autocommit = True
         return conn
 
