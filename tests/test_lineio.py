@@ -67,3 +67,25 @@ def test_replies_are_buffered_until_flush():
         os.read(out_r, 100)
     c.flush()
     assert os.read(out_r, 100) == b"250 ok\r\n250 ok\r\n"
+
+
+def test_a_reader_that_never_reads_cannot_hold_a_write():
+    import time
+
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()  # nobody reads out_r: the pipe buffer (64 KB) fills
+    c = Channel(0.3, rfd=r, wfd=out_w)
+    c.write(b"250 ok\r\n" * 40000)
+    start = time.monotonic()
+    with pytest.raises(Gone):
+        c.flush()
+    assert time.monotonic() - start < 5
+    assert len(os.read(out_r, 1 << 20)) > 0  # what fitted was written
+
+
+def test_discard_input_forgets_pipelined_lines():
+    c = channel_with(b"STARTTLS\r\nRSET\r\n")
+    assert c.readline() == b"STARTTLS"
+    c.discard_input()
+    with pytest.raises(Gone):
+        c.readline()

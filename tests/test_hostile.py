@@ -1,0 +1,145 @@
+"""Hostile clients and hostile settings, through real tcpserver: every wait is
+bounded, every odd number gets an SMTP reply, children start as under qmail."""
+
+import base64
+import re
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, write_program
+
+RELAY_LOCALHOST = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
+HUGE = b"9" * 5000
+
+
+def tcpserver_ended(log: Path, client_port: int, deadline: float) -> str | None:
+    """The exit status tcpserver logged for the connection from `client_port`."""
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        pid = re.search(rf"tcpserver: ok (\d+) [^\n]* :127\.0\.0\.1::{client_port}\n", text)
+        if pid:
+            end = re.search(rf"tcpserver: end {pid.group(1)} status (\d+)", text)
+            if end:
+                return end.group(1)
+        time.sleep(0.1)
+    return None
+
+
+SMALL_SEND_BUFFER = """#!{python}
+# as on a host with a small tcp_wmem: the server's socket holds 16 KB of replies
+import os, socket, sys
+s = socket.socket(fileno=os.dup(1))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+s.detach()
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_a_client_that_never_reads_cannot_outlast_timeoutsmtpd(tcpserver, control, tmp_path):
+    """Each 64 KB of `RCPT` lines makes about 270 KB of 503 replies in one batch:
+    far more than the socket takes, so the write must wait, and only that long."""
+    (control / "timeoutsmtpd").write_text("2\n")
+    wrapper = write_program(tmp_path / "small-sndbuf",
+                            SMALL_SEND_BUFFER.format(python=sys.executable))
+    server = tcpserver(RELAY_LOCALHOST, argv=[str(wrapper), str(SERVER)])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and we never read
+        s.connect(("127.0.0.1", server.port))
+        sender = threading.Thread(target=_send_until_refused, args=(s, b"RCPT\r\n" * 2_000_000),
+                                  daemon=True)
+        start = time.monotonic()
+        sender.start()
+        status = tcpserver_ended(server.logpath, s.getsockname()[1], start + 30)
+        elapsed = time.monotonic() - start
+    assert status == "256", server.logpath.read_text()[-500:]  # exit 1, as qmail's write timeout
+    assert elapsed < 15, elapsed
+    assert "Traceback" not in server.logpath.read_text()
+
+
+def _send_until_refused(s: socket.socket, data: bytes) -> None:
+    try:
+        s.sendall(data)
+    except OSError:
+        pass
+
+
+def talk(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_huge_numbers_get_replies_and_the_session_goes_on(tcpserver, control, tmp_path):
+    (control / "timeoutsmtpd").write_text("99999999999\n")  # qmail takes it; select() must too
+    (control / "databytes").write_text("1000\n")
+    checker = write_program(tmp_path / "checkpassword",
+                            f"#!/bin/sh\nexec {sys.executable} {FAKE_CHECKPASSWORD} \"$@\"\n")
+    server = tcpserver(":allow\n", env={"AUTHFAILDELAY": HUGE.decode()},
+                       argv=[str(SERVER), str(checker), "/bin/true"])
+    out = talk(server.port, b"EHLO x\r\nMAIL FROM:<a@b> SIZE=" + HUGE + b"\r\n"
+               b"MAIL FROM:<a@b>\r\nRCPT TO:<u@[127.0.0." + HUGE + b"]>\r\n"
+               b"RCPT TO:<u@example.com>\r\nQUIT\r\n")
+    assert out.split(b"\r\n")[-7:] == [
+        b"250 AUTH LOGIN PLAIN",
+        b"552 sorry, that message size exceeds my databytes limit (#5.3.4)",
+        b"250 ok", b"555 syntax error (#5.5.4)", b"250 ok", b"221 mx.example.com", b""]
+    assert "Traceback" not in server.logpath.read_text()
+
+
+def test_huge_fail_delay_is_clamped_not_a_crash(tcpserver, tmp_path):
+    checker = write_program(tmp_path / "checkpassword",
+                            f"#!/bin/sh\nexec {sys.executable} {FAKE_CHECKPASSWORD} \"$@\"\n")
+    server = tcpserver(":allow\n", env={"AUTHFAILDELAY": HUGE.decode()},
+                       argv=[str(SERVER), str(checker), "/bin/true"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wonderland") + b"\r\n")
+        assert f.readline() == b"235 ok, go ahead (#2.0.0)\r\n"
+        s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wrong") + b"\r\n")
+        s.settimeout(1.5)
+        try:
+            answer = f.readline()
+        except TimeoutError:
+            answer = b"(still waiting: the delay holds)"
+    assert answer in (b"(still waiting: the delay holds)",
+                      b"503 you're already authenticated (#5.5.0)\r\n")
+    assert "Traceback" not in server.logpath.read_text()
+
+
+SIGNAL_REPORT = """#!/bin/sh
+# the ignored-signal mask this program started with, then the real stand-in
+grep '^SigIgn:' /proc/self/status >> {out}
+exec {python} {program} "$@"
+"""
+
+
+def ignored(mask_line: str) -> set[int]:
+    mask = int(mask_line.split()[1], 16)
+    return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+
+
+def test_children_start_with_default_sigpipe_and_sigxfsz(tcpserver, tmp_path):
+    import signal
+
+    seen = tmp_path / "sigign.txt"
+    queue = write_program(tmp_path / "signal-queue", SIGNAL_REPORT.format(
+        out=seen, python=sys.executable, program=FAKE_QUEUE))
+    checker = write_program(tmp_path / "checkpassword", SIGNAL_REPORT.format(
+        out=seen, python=sys.executable, program=FAKE_CHECKPASSWORD))
+    server = tcpserver(":allow\n", env={"QMAILQUEUE": str(queue), "AUTHFAILDELAY": "0"},
+                       argv=[str(SERVER), str(checker), "/bin/true"])
+    out = talk(server.port, b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wonderland") + b"\r\n"
+               b"MAIL FROM:<a@b>\r\nRCPT TO:<c@example.com>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n")
+    assert b"235 " in out and b"\r\n250 ok " in out
+    lines = seen.read_text().splitlines()
+    assert len(lines) == 2  # checkpassword, then qmail-queue
+    for line in lines:
+        assert not ignored(line) & {signal.SIGPIPE, signal.SIGXFSZ}, line

@@ -1,0 +1,144 @@
+"""The server loop in-process: a fake channel and a fake qmail-queue, no subprocess.
+
+The loop only moves bytes; these show it moves them as the core decides,
+including the cases that end a session (bare LF, timeout, client gone).
+"""
+
+from qmail_esmtpd import replies
+from qmail_esmtpd.lineio import Gone, Timeout
+from qmail_esmtpd.protocol import Peer, Session
+from qmail_esmtpd.server import serve
+
+
+class FakeChannel:
+    """A Transport over a list of input pieces; what ends the input is `then`."""
+
+    def __init__(self, *pieces: bytes, then: type[Exception] = Gone) -> None:
+        self.pieces = list(pieces)
+        self.buffer = b""
+        self.then = then
+        self.sent = b""
+        self.pending = b""
+        self.flushes = 0
+
+    def _more(self) -> None:
+        self.flush()  # as the real channel: replies go out before we wait for input
+        if not self.pieces:
+            raise self.then()
+        self.buffer += self.pieces.pop(0)
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buffer:
+            self._more()
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def read_chunk(self) -> bytes:
+        if not self.buffer:
+            self._more()
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def unread(self, data: bytes) -> None:
+        self.buffer = data + self.buffer
+
+    def discard_input(self) -> None:
+        self.buffer = b""
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+
+    def flush(self) -> None:
+        if self.pending:
+            self.flushes += 1
+        self.sent += self.pending
+        self.pending = b""
+
+
+class FakeJob:
+    def __init__(self, jobs: list, verdict: bytes) -> None:
+        self.message = b""
+        self.envelope: bytes | None = None
+        self.finished = 0
+        self.verdict = verdict
+        self.pid = 4242
+        jobs.append(self)
+
+    def write(self, data: bytes) -> None:
+        self.message += data
+
+    def finish(self, envelope: bytes | None) -> bytes:
+        self.finished += 1
+        self.envelope = envelope
+        return self.verdict if envelope is not None else replies.QQ_READ_ERROR
+
+
+def run(*pieces: bytes, verdict: bytes = b"", then: type[Exception] = Gone,
+        can_start: bool = True, **kw):
+    session = Session(b"mx.example.com", Peer(b"198.51.100.7", b"client.example.net"),
+                      rcpt_allowed=lambda a: a.endswith(b"@example.com"), clock=lambda: 7, **kw)
+    jobs: list[FakeJob] = []
+
+    def open_queue() -> FakeJob:
+        if not can_start:
+            raise OSError("no pipes")
+        return FakeJob(jobs, verdict)
+
+    channel = FakeChannel(*pieces, then=then)
+    status = serve(session, channel, open_queue)
+    return status, channel.sent, jobs
+
+
+ENVELOPE = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n"
+
+
+def test_a_message_pipelined_with_the_next_command():
+    status, sent, (job,) = run(ENVELOPE + b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n")
+    assert status == 0
+    assert sent == (b"220 mx.example.com ESMTP\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n"
+                    b"250 ok 7 qp 4242\r\n221 mx.example.com\r\n")
+    assert job.message == (b"Received: from client.example.net (198.51.100.7)\n"
+                           b"  by unknown with SMTP; 1 Jan 1970 00:00:07 -0000\n"
+                           b"Subject: x\n\n.dot\n")
+    assert job.envelope == b"Fa@b\0Tc@example.com\0\0" and job.finished == 1
+
+
+def test_data_split_across_many_reads():
+    body = b"Subject: x\r\n\r\nline one\r\nline two\r\n.\r\n"
+    pieces = [body[i:i + 3] for i in range(0, len(body), 3)]
+    status, sent, (job,) = run(ENVELOPE, *pieces, b"QUIT\r\n")
+    assert status == 0 and job.message.endswith(b"Subject: x\n\nline one\nline two\n")
+
+
+def test_bare_lf_in_data_ends_the_session_and_queues_nothing():
+    status, sent, (job,) = run(ENVELOPE + b"bad\nline\r\n.\r\nQUIT\r\n")
+    assert status == 1 and sent.endswith(b"354 go ahead\r\n" + replies.STRAY_NEWLINE)
+    assert job.envelope is None and job.finished == 1
+
+
+def test_client_gone_mid_data_abandons_the_message():
+    status, sent, (job,) = run(ENVELOPE + b"half a mess")
+    assert status == 1 and job.envelope is None and job.finished == 1
+
+
+def test_timeout_mid_data_says_451_timeout():
+    status, sent, (job,) = run(ENVELOPE + b"half", then=Timeout)
+    assert status == 1 and sent.endswith(replies.TIMEOUT) and job.envelope is None
+
+
+def test_queue_that_cannot_start():
+    status, sent, jobs = run(ENVELOPE + b"QUIT\r\n", can_start=False)
+    assert jobs == [] and status == 0
+    assert b"\r\n451 qqt failure (#4.3.0)\r\n221 " in sent
+
+
+def test_queue_refusal_and_oversized_message():
+    status, sent, _ = run(ENVELOPE + b"x\r\n.\r\nQUIT\r\n", verdict=b"Dgo away (#5.3.0)")
+    assert b"\r\n554 go away (#5.3.0)\r\n221 " in sent
+    status, sent, (job,) = run(ENVELOPE + b"0123456789\r\n.\r\nQUIT\r\n", databytes=5)
+    assert b"\r\n" + replies.TOO_BIG + b"221 " in sent and job.envelope is None
+
+
+def test_quit_exits_0_and_eof_exits_1():
+    assert run(b"QUIT\r\n")[0] == 0
+    assert run(b"NOOP\r\n")[:2] == (1, b"220 mx.example.com ESMTP\r\n250 ok\r\n")
