@@ -9,10 +9,8 @@ import posix
 import sys
 
 from . import replies
-from .auth import chosen
-from .config import DEFAULT_CONTROL, ControlError, Controls, Settings
+from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend
 from .lineio import Channel
-from .log import log
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
@@ -31,8 +29,10 @@ def main() -> int:
     try:
         settings = Settings(controls, env)
         argv = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
-        backend = chosen(argv, env, controls)
+        backend = auth_backend(argv, env, controls)
     except ControlError as e:
+        from .log import log  # loaded only when there is something to say
+
         log(f"fatal: {e}")
         _say(replies.CONTROLS)
         return 1
@@ -71,6 +71,8 @@ def main() -> int:
         return serve(session, channel, open_queue)
     except Exception:  # a bug: tell the client plainly, keep the trace in the log
         import traceback
+
+        from .log import log
 
         for line in traceback.format_exc().splitlines():
             log(f"internal error: {line}")

@@ -10,7 +10,10 @@ import posix
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    Setting = str | list[bytes]
+    Finder = Callable[[list[bytes], Mapping[bytes, bytes], "Controls"], Setting | None]
 
 DEFAULT_CONTROL = b"/var/qmail/control"
 DEFAULT_TIMEOUT = 1200
@@ -132,3 +135,32 @@ def authdb_conninfo(env: "Mapping[bytes, bytes]", controls: Controls) -> str | N
     if value is None:
         value = controls.line(b"authdb")
     return None if value is None else value.decode("utf-8", "replace")
+
+
+def _checkpassword(argv: list[bytes], env: "Mapping[bytes, bytes]",
+                   controls: Controls) -> "list[bytes] | None":
+    """The AUTH patch's command line: `qmail-esmtpd CHECKPASSWORD SUBPROGRAM...`."""
+    return argv or None
+
+
+def _postgres(argv: list[bytes], env: "Mapping[bytes, bytes]", controls: Controls) -> str | None:
+    """A libpq connection string in $AUTHDB or control/authdb."""
+    return authdb_conninfo(env, controls)
+
+
+# configuration -> AUTH backend (a module in qmail_esmtpd/auth/, auth/__init__.py
+# says what it provides); the first that finds its setting wins
+AUTH_BACKENDS: "tuple[tuple[str, Finder], ...]" = (
+    ("checkpassword", _checkpassword),
+    ("postgres", _postgres),
+)
+
+
+def auth_backend(argv: list[bytes], env: "Mapping[bytes, bytes]",
+                 controls: Controls) -> "tuple[str, Setting] | None":
+    """(backend module name, its setting), or None: no AUTH, plain qmail-smtpd."""
+    for name, find in AUTH_BACKENDS:
+        setting = find(argv, env, controls)
+        if setting is not None:
+            return name, setting
+    return None

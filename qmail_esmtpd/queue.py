@@ -1,22 +1,35 @@
 """The qmail-queue pipe: message on its fd 0, envelope on its fd 1, text on fd 6.
 
-Started by children.spawn (default signal dispositions, no subprocess).  The
+Started by spawn() below (default signal dispositions, no subprocess).  The
 envelope is written only when the message is complete and acceptable, so a
 client that vanishes, an oversized or a looping message leaves qmail-queue
 with an empty envelope, and it queues nothing.
 """
 
+import _signal  # the C module behind `signal`, already loaded; `signal` costs enum
 import posix
 
 from . import replies
-from .children import spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 DEFAULT_QUEUE = b"/var/qmail/bin/qmail-queue"
 ERRTEXT_MAX = 1023
+
+# Python ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal stays
+# ignored across exec: a shell QMAILQUEUE filter (or a checkpassword) would
+# then see write errors instead of dying quietly, unlike under qmail-smtpd.
+RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+
+def spawn(program: bytes, argv: list[bytes], env: "Mapping[bytes, bytes]",
+          file_actions: "Sequence[tuple]", search_path: bool = False) -> int:
+    """Start a child as qmail-smtpd would, with default signal dispositions;
+    its pid, or OSError.  posix_spawn keeps `subprocess` off the start-up path."""
+    start = posix.posix_spawnp if search_path else posix.posix_spawn
+    return start(program, argv, env, file_actions=file_actions, setsigdef=RESET_SIGNALS)
 
 
 def status_text(wait_status: int, write_failed: bool, errtext: bytes) -> bytes:

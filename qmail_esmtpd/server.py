@@ -6,8 +6,8 @@ reply and what to queue; this moves the bytes.
 """
 
 from . import protocol, replies
-from .data import BARE_LF, END
 from .lineio import Gone, Timeout
+from .protocol import BARE_LF, END
 from .queue import QueueJob
 
 TYPE_CHECKING = False

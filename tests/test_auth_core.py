@@ -5,7 +5,7 @@ import base64
 from qmail_esmtpd import auth, protocol, replies
 from qmail_esmtpd.auth import Verdict, sasl
 from qmail_esmtpd.auth.authenticator import Authenticator
-from qmail_esmtpd.config import MAX_SECONDS, Controls
+from qmail_esmtpd.config import MAX_SECONDS, Controls, auth_backend
 from qmail_esmtpd.protocol import Peer, Session
 
 
@@ -245,12 +245,12 @@ def test_authenticator_turns_a_missing_program_into_a_tempfail(tmp_path):
 
 def test_backend_is_chosen_by_the_first_setting_present(tmp_path):
     controls = Controls(bytes(tmp_path))
-    assert auth.chosen([], {}, controls) is None
-    assert auth.chosen([], {b"AUTHDB": b"dbname=mail"}, controls) == ("postgres", "dbname=mail")
-    assert auth.chosen([b"/bin/cp", b"/bin/true"], {b"AUTHDB": b"x"}, controls) == (
+    assert auth_backend([], {}, controls) is None
+    assert auth_backend([], {b"AUTHDB": b"dbname=mail"}, controls) == ("postgres", "dbname=mail")
+    assert auth_backend([b"/bin/cp", b"/bin/true"], {b"AUTHDB": b"x"}, controls) == (
         "checkpassword", [b"/bin/cp", b"/bin/true"])
     (tmp_path / "authdb").write_text("dbname=fromfile\n")
-    assert auth.chosen([], {}, controls) == ("postgres", "dbname=fromfile")
+    assert auth_backend([], {}, controls) == ("postgres", "dbname=fromfile")
 
 
 def test_sasl_decoding_is_strict():

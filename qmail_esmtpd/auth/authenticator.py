@@ -17,7 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from . import Backend, Setting
+    from ..config import Setting
+    from . import Backend
 
 DEFAULT_FAIL_DELAY = 3  # seconds before each 535
 DEFAULT_MAX_FAILURES = 3  # failed AUTHs in one session before 421

@@ -8,7 +8,7 @@ No sending limit in this mode: there is no account table.
 
 import posix
 
-from ..children import spawn
+from ..queue import spawn
 from . import CHILD_TROUBLE, NO_PIPE, NO_START, NO_WRITE, Verdict
 
 TYPE_CHECKING = False
