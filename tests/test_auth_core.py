@@ -258,3 +258,19 @@ def test_sasl_decoding_is_strict():
     for bad in (b"YWxpY2U", b"YWx pY2U=", b"YWxpY2U=junk", b"!!!!"):
         assert sasl.decode(bad) is None
     assert sasl.split_plain(b"\0u\0p\0q") == (b"u", b"p\0q")
+
+
+def test_the_account_check_needs_nothing_from_smtp():
+    """A POP3 checkpassword program reuses accounts.verify() without the SMTP side."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from qmail_esmtpd.auth import accounts, db\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('qmail_esmtpd'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert "qmail_esmtpd.auth.accounts" in out
+    smtp = {"replies", "protocol", "server", "lineio", "queue", "cli", "auth.sasl",
+            "auth.authenticator", "auth.postgres", "rcpthosts", "received"}
+    assert not {f"qmail_esmtpd.{name}" for name in smtp} & set(out), out
