@@ -3,14 +3,13 @@
 import os
 import subprocess
 import sys
-from contextlib import closing
 from pathlib import Path
 
 import pytest
+from support import ROOT, Database
 
 from qmail_esmtpd.auth import passwords
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".venv" / "bin" / "qmail-esmtpd-user"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "qmail_esmtpd.admin"]
 PASSWORD = "Tr0ub4dor&3-unique-secret"
@@ -20,9 +19,9 @@ SQL_NAME = "o'brien\"; DROP TABLE poppass;--"
 class Admin:
     """Runs the script with a clean environment: only what each test gives it."""
 
-    def __init__(self, pg, dbname: str, control: Path) -> None:
-        self.pg = pg
-        self.dbname = dbname
+    def __init__(self, db: Database, control: Path) -> None:
+        self.db = db
+        self.sql = db.sql
         self.control = control
         self.outputs: list[str] = []
 
@@ -35,19 +34,14 @@ class Admin:
 
     def __call__(self, *args: str, stdin: str = "", env: dict | None = None,
                  db: bool = True) -> subprocess.CompletedProcess:
-        argv = [*COMMAND, *(["--db", self.pg.dsn(self.dbname)] if db else []), *args]
+        argv = [*COMMAND, *(["--db", self.db.dsn()] if db else []), *args]
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                               env=self.env(env), timeout=60)
         self.outputs += [proc.stdout, proc.stderr]
         return proc
 
-    def query(self, sql: str, params: tuple = ()) -> list:
-        with closing(self.pg.connect(self.dbname)) as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-
     def user(self, name: str) -> tuple | None:
-        rows = self.query("SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s",
+        rows = self.sql("SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s",
                           (name,))
         return rows[0] if rows else None
 
@@ -56,7 +50,7 @@ class Admin:
 def admin(pg, tmp_path: Path) -> Admin:
     control = tmp_path / "control"
     control.mkdir()
-    return Admin(pg, pg.new_database(), control)
+    return Admin(pg.new_database(), control)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
@@ -78,7 +72,7 @@ def test_add_hashes_stdin_password_with_argon2(admin: Admin) -> None:
     assert ctx.verify(PASSWORD, pw)
     assert not ctx.verify(PASSWORD + "\n", pw)
     assert (active, limit) == (True, None)
-    assert admin.query("SELECT count(*) FROM sendcounts") == [(0,)]
+    assert admin.sql("SELECT count(*) FROM sendcounts") == [(0,)]
 
 
 def test_add_with_limit_inactive_and_only_the_newline_stripped(admin: Admin) -> None:
@@ -116,7 +110,7 @@ def test_add_refuses_unusable_names(admin: Admin, name: str) -> None:
     proc = admin("add", name, stdin="pw\n")
     assert proc.returncode == 2
     assert "user name" in proc.stderr
-    assert admin.query("SELECT count(*) FROM poppass") == [(0,)]
+    assert admin.sql("SELECT count(*) FROM poppass") == [(0,)]
 
 
 def test_passwd_changes_the_hash(admin: Admin) -> None:
@@ -136,7 +130,7 @@ def test_passwd_unknown_user(admin: Admin) -> None:
     proc = admin("passwd", "nobody", stdin="pw\n")
     assert proc.returncode == 1
     one_line_error(proc, "no such user: nobody")
-    assert admin.query("SELECT count(*) FROM poppass") == [(0,)]
+    assert admin.sql("SELECT count(*) FROM poppass") == [(0,)]
 
 
 def test_passwd_empty_keeps_the_old_hash(admin: Admin) -> None:
@@ -150,13 +144,13 @@ def test_del_removes_user_and_sendcounts(admin: Admin) -> None:
     assert admin("add", "alice", stdin="pw\n").returncode == 0
     assert admin("add", "bob", stdin="pw\n").returncode == 0
     alice_id = admin.user("alice")[0]
-    admin.query("INSERT INTO sendcounts (id, count, total_count) VALUES (%s, 3, 9)", (alice_id,))
+    admin.sql("INSERT INTO sendcounts (id, count, total_count) VALUES (%s, 3, 9)", (alice_id,))
     proc = admin("del", "alice")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "deleted alice\n"
     assert admin.user("alice") is None
     assert admin.user("bob") is not None
-    assert admin.query("SELECT count(*) FROM sendcounts") == [(0,)]
+    assert admin.sql("SELECT count(*) FROM sendcounts") == [(0,)]
 
 
 def test_del_unknown_user(admin: Admin) -> None:
@@ -170,9 +164,9 @@ def make_accounts(admin: Admin) -> None:
     assert admin("add", "alice", stdin="pw\n").returncode == 0
     assert admin("add", "bob", "--limit", "0", stdin="pw\n").returncode == 0
     assert admin("add", "carol", "--inactive", "--limit", "5", stdin="pw\n").returncode == 0
-    admin.query("INSERT INTO sendcounts (id, last_send, count, total_count) "
+    admin.sql("INSERT INTO sendcounts (id, last_send, count, total_count) "
                 "SELECT id, current_date, 3, 10 FROM poppass WHERE name = 'alice'")
-    admin.query("INSERT INTO sendcounts (id, last_send, count, total_count) "
+    admin.sql("INSERT INTO sendcounts (id, last_send, count, total_count) "
                 "SELECT id, current_date - 1, 5, 7 FROM poppass WHERE name = 'bob'")
 
 
@@ -226,7 +220,7 @@ def test_show_names_an_old_scheme_never_the_hash(admin: Admin) -> None:
     from passlib.hash import des_crypt
 
     stored = des_crypt.hash("secret")
-    admin.query("INSERT INTO poppass (name, pw) VALUES ('old', %s)", (stored,))
+    admin.sql("INSERT INTO poppass (name, pw) VALUES ('old', %s)", (stored,))
     proc = admin("show", "old")
     assert proc.returncode == 0, proc.stderr
     assert fields(proc.stdout)["hash"].startswith("des_crypt (deprecated")
@@ -271,11 +265,11 @@ def test_reset_keeps_total(admin: Admin) -> None:
     proc = admin("reset", "alice")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "reset today's count for alice\n"
-    rows = admin.query("SELECT s.count, s.total_count, s.last_send = current_date "
+    rows = admin.sql("SELECT s.count, s.total_count, s.last_send = current_date "
                        "FROM sendcounts s JOIN poppass p USING (id) WHERE p.name = 'alice'")
     assert rows == [(0, 10, True)]
     assert admin("reset", "carol").returncode == 0  # no sendcounts row: nothing to reset
-    assert admin.query("SELECT count(*) FROM sendcounts") == [(2,)]
+    assert admin.sql("SELECT count(*) FROM sendcounts") == [(2,)]
     proc = admin("reset", "nobody")
     assert proc.returncode == 1
     one_line_error(proc, "no such user: nobody")
@@ -298,29 +292,29 @@ def test_missing_table_is_a_database_error(admin: Admin, pg) -> None:
 
 
 def test_read_only_role_gets_a_hint(admin: Admin, pg) -> None:
-    proc = admin("--db", pg.dsn(admin.dbname, "qmaild"), "add", "alice", stdin="pw\n", db=False)
+    proc = admin("--db", admin.db.dsn("qmaild"), "add", "alice", stdin="pw\n", db=False)
     assert proc.returncode == 2
     one_line_error(proc, "permission denied")
     assert "owner" in proc.stderr
 
 
 def test_connection_from_authdb_then_control(admin: Admin, pg) -> None:
-    proc = admin("add", "alice", stdin="pw\n", db=False, env={"AUTHDB": pg.dsn(admin.dbname)})
+    proc = admin("add", "alice", stdin="pw\n", db=False, env={"AUTHDB": admin.db.dsn()})
     assert proc.returncode == 0, proc.stderr
-    (admin.control / "authdb").write_text(pg.dsn(admin.dbname) + "\n")
+    (admin.control / "authdb").write_text(admin.db.dsn() + "\n")
     proc = admin("list", db=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("alice\t")
     # $AUTHDB wins over control/authdb, and --db over both
     proc = admin("list", db=False, env={"AUTHDB": "host=/nonexistent"})
     assert proc.returncode == 2
-    proc = admin("--db", pg.dsn(admin.dbname), "list", db=False,
+    proc = admin("--db", admin.db.dsn(), "list", db=False,
                  env={"AUTHDB": "host=/nonexistent"})
     assert proc.returncode == 0, proc.stderr
 
 
 def test_libpq_defaults_without_configuration(admin: Admin, pg) -> None:
-    env = {"PGHOST": str(pg.sock), "PGDATABASE": admin.dbname, "PGUSER": "postgres"}
+    env = {"PGHOST": str(pg.sock), "PGDATABASE": admin.db.name, "PGUSER": "postgres"}
     proc = admin("list", db=False, env=env)
     assert (proc.returncode, proc.stderr) == (0, "")
 
@@ -329,15 +323,15 @@ def test_sql_metacharacters_in_name_round_trip(admin: Admin) -> None:
     proc = admin("add", SQL_NAME, "--limit", "3", stdin="pw\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"added {SQL_NAME}\n"
-    assert admin.query("SELECT name FROM poppass") == [(SQL_NAME,)]
+    assert admin.sql("SELECT name FROM poppass") == [(SQL_NAME,)]
     assert admin("list").stdout == f"{SQL_NAME}\tactive\t3\t0\t0\n"
     assert fields(admin("show", SQL_NAME).stdout)["limit"] == "3"
     assert admin("passwd", SQL_NAME, stdin="x'; --\n").returncode == 0
     assert admin("limit", SQL_NAME, "default").returncode == 0
     assert admin("reset", SQL_NAME).returncode == 0
     assert admin("del", SQL_NAME).returncode == 0
-    assert admin.query("SELECT count(*) FROM poppass") == [(0,)]
-    assert admin.query("SELECT to_regclass('poppass') IS NOT NULL") == [(True,)]
+    assert admin.sql("SELECT count(*) FROM poppass") == [(0,)]
+    assert admin.sql("SELECT to_regclass('poppass') IS NOT NULL") == [(True,)]
 
 
 def test_password_and_hash_never_printed(admin: Admin) -> None:

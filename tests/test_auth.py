@@ -8,10 +8,9 @@ import threading
 import time
 
 import pytest
+from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, Cluster, Database, write_program
 
 from qmail_esmtpd.auth.passwords import context
-
-from conftest import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, write_program
 
 ALICE, ALICE_PW = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"
@@ -20,19 +19,16 @@ ELSEWHERE = "someone@elsewhere.example.org"
 @pytest.fixture
 def db(pg):
     """A fresh database with sql/ loaded; returns a helper bound to it."""
-    return Accounts(pg, pg.new_database())
+    return Accounts(pg.new_database())
 
 
 class Accounts:
-    def __init__(self, pg, name: str) -> None:
-        self.pg, self.name = pg, name
-        self.conn = pg.connect(name)
-        self.hash = context().hash
+    """The users of one database, and the server's environment to check them."""
 
-    def sql(self, statement: str, params: tuple = ()) -> list:
-        with self.conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.sql = database.sql
+        self.hash = context().hash
 
     def add(self, name: str, password: str, **columns) -> int:
         columns.setdefault("pw", self.hash(password))
@@ -47,7 +43,7 @@ class Accounts:
         return rows[0] if rows else (0, 0)
 
     def env(self, **extra) -> dict:
-        return {"AUTHDB": self.pg.dsn(self.name, "qmaild"), "AUTHFAILDELAY": "0", **extra}
+        return {"AUTHDB": self.database.dsn("qmaild"), "AUTHFAILDELAY": "0", **extra}
 
 
 def smtp(server) -> smtplib.SMTP:
@@ -282,17 +278,16 @@ def test_checkpassword_command_line(tcpserver, queue, tmp_path):
 
 
 def test_database_down_means_454_and_the_session_goes_on(tcpserver, queue):
-    from pgcluster import Cluster
     cluster = Cluster()
     try:
-        accounts = Accounts(cluster, cluster.new_database())
+        accounts = Accounts(cluster.new_database())
         accounts.add(ALICE, ALICE_PW)
         server = tcpserver(":allow\n", env=accounts.env())
         with smtp(server) as early, smtp(server) as c:
             login(early, ALICE, ALICE_PW)  # authenticated while the database was up
             early.mail("alice@client.test")
             early.rcpt(ELSEWHERE)
-            accounts.conn.close()
+            accounts.database.close()
             cluster.stop()
             c.ehlo()
             code, text = c.docmd("AUTH PLAIN", base64.b64encode(
@@ -391,12 +386,12 @@ def test_qmail_queue_learns_the_user(db, tcpserver, queue, tmp_path):
 def test_database_trouble_is_a_454(pg, db, tcpserver, trouble):
     db.add(ALICE, ALICE_PW)
     if trouble == "no such role":
-        conninfo = pg.dsn(db.name, "nosuchrole")
+        conninfo = db.database.dsn("nosuchrole")
     elif trouble == "no tables":
-        conninfo = pg.dsn(pg.empty_database(), "qmaild")
+        conninfo = pg.empty_database().dsn("qmaild")
     else:
-        conninfo = pg.dsn(db.name, "qmaild") + " options='-c statement_timeout=300'"
-        db.conn.autocommit = False
+        conninfo = db.database.dsn("qmaild") + " options='-c statement_timeout=300'"
+        db.database.conn.autocommit = False
         db.sql("LOCK TABLE poppass IN ACCESS EXCLUSIVE MODE")  # held until rollback
     server = tcpserver(":allow\n", env=db.env(AUTHDB=conninfo))
     try:
@@ -408,5 +403,5 @@ def test_database_trouble_is_a_454(pg, db, tcpserver, trouble):
             assert c.noop()[0] == 250  # the session goes on
     finally:
         if trouble == "statement timeout":
-            db.conn.rollback()
+            db.database.conn.rollback()
     assert "auth database:" in server.logpath.read_text()

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import cdblib
 import pytest
-
-from conftest import SERVER
+from support import ROOT, SERVER
 
 
 def session(control: Path, commands: bytes) -> list[bytes]:
@@ -60,7 +59,6 @@ def test_a_bug_gives_421_and_a_logged_traceback_never_one_on_the_wire(control: P
     """Simulate a bug in the core; the adapter must still end the session cleanly."""
     import sys
 
-    from conftest import ROOT
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
             "from qmail_esmtpd import protocol, cli\n"
             "def broken(self, arg): raise RuntimeError('simulated bug')\n"

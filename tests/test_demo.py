@@ -2,12 +2,10 @@
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import ROOT, free_port
+from support import ROOT, free_port, wait_listening
 
 
 def test_demo_delivers_a_swaks_message_into_its_maildir(tmp_path: Path):
@@ -18,14 +16,7 @@ def test_demo_delivers_a_swaks_message_into_its_maildir(tmp_path: Path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and demo.poll() is None, "demo did not start"
-                time.sleep(0.1)
+        wait_listening(port, demo, "demo", timeout=20)
         sent = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--from",
                                "you@demo.localhost", "--to", "someone@example.org",
                                "--header", "Subject: demo test"], capture_output=True, timeout=60)

@@ -4,7 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_make_install_into_a_prefix(tmp_path: Path, control: Path):

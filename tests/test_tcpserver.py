@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import SERVER, write_program
+from support import SERVER, write_program
 
 RELAY_LOCALHOST = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
 REPLY_LINE = re.compile(rb"^\d{3}[ -]")

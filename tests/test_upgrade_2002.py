@@ -1,26 +1,23 @@
 """sql/upgrade-2002.sql on a database made from the 2002 article's DDL."""
 
 import datetime
-import itertools
 import shutil
 import subprocess
-from contextlib import closing
 from pathlib import Path
 
 import psycopg2
 import pytest
+from support import ROOT, Database
 
 from qmail_esmtpd.auth import passwords
 from qmail_esmtpd.auth.accounts import USER_QUERY
-from qmail_esmtpd.auth.db import Database
+from qmail_esmtpd.auth.db import Database as ServerDatabase
 from qmail_esmtpd.auth.limit import CHARGE, REFUND, TODAY
 
-ROOT = Path(__file__).resolve().parent.parent
 UPGRADE = ROOT / "sql" / "upgrade-2002.sql"
 GRANTS = ROOT / "sql" / "grants.sql"
 SCHEMA_2002 = Path(__file__).resolve().parent / "data" / "schema-2002.sql"
 PSQL = shutil.which("psql") or ("/usr/bin/psql" if Path("/usr/bin/psql").exists() else None)
-_names = itertools.count(1)
 
 DES = "abNANd1rDfiNc"  # crypt("secret", "ab"): what a 2002 pw column holds
 USERS = [  # id, name, pw, sysuser, hostname, ip, dir
@@ -35,29 +32,28 @@ COUNTS = [  # id, last_send, count, total_count
 ]
 
 
-def old_database(pg, users=USERS, counts=COUNTS) -> str:
+def old_database(pg, users=USERS, counts=COUNTS) -> Database:
     """An empty database with the 2002 tables and the given rows."""
-    name = pg.empty_database("old")
-    with closing(pg.connect(name)) as conn, conn.cursor() as cur:
-        cur.execute(SCHEMA_2002.read_text())
-        for row in users:
-            cur.execute("INSERT INTO poppass VALUES (%s, %s, %s, %s, %s, %s, %s)", row)
-        for row in counts:
-            cur.execute("INSERT INTO sendcounts VALUES (%s, %s, %s, %s)", row)
-    return name
+    db = pg.empty_database("old")
+    db.sql(SCHEMA_2002.read_text())
+    for row in users:
+        db.sql("INSERT INTO poppass VALUES (%s, %s, %s, %s, %s, %s, %s)", row)
+    for row in counts:
+        db.sql("INSERT INTO sendcounts VALUES (%s, %s, %s, %s)", row)
+    return db
 
 
-def upgrade(pg, dbname: str) -> list[str]:
+def upgrade(db: Database) -> list[str]:
     """Runs the file's text as the tables' owner; returns the server's notices."""
-    with closing(pg.connect(dbname)) as conn, conn.cursor() as cur:
-        cur.execute(UPGRADE.read_text())
-        return list(conn.notices)
+    with Database(db.cluster, db.name) as fresh:  # a connection of its own: only its notices
+        fresh.sql(UPGRADE.read_text())
+        return list(fresh.conn.notices)
 
 
-def upgrade_psql(pg, dbname: str) -> subprocess.CompletedProcess:
+def upgrade_psql(db: Database) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-h", str(pg.sock), "-U", "postgres",
-         "-d", dbname, "-f", str(UPGRADE)],
+        [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-h", str(db.cluster.sock),
+         "-U", "postgres", "-d", db.name, "-f", str(UPGRADE)],
         capture_output=True, text=True, timeout=60)
 
 
@@ -65,59 +61,58 @@ RUNNERS = ["psycopg2", pytest.param("psql", marks=pytest.mark.skipif(
     PSQL is None, reason="psql is not installed"))]
 
 
-def run_upgrade(pg, dbname: str, runner: str) -> None:
+def run_upgrade(db: Database, runner: str) -> None:
     if runner == "psql":
-        proc = upgrade_psql(pg, dbname)
+        proc = upgrade_psql(db)
         assert proc.returncode == 0, proc.stderr
     else:
-        upgrade(pg, dbname)
+        upgrade(db)
 
 
-def data(pg, dbname: str) -> tuple:
+def data(db: Database) -> tuple:
     return (
-        pg.query(dbname,
-            "SELECT id, name, pw, sysuser, hostname, ip, dir FROM poppass ORDER BY name"),
-        pg.query(dbname, "SELECT id, last_send, count, total_count FROM sendcounts ORDER BY id"),
+        db.sql("SELECT id, name, pw, sysuser, hostname, ip, dir FROM poppass ORDER BY name"),
+        db.sql("SELECT id, last_send, count, total_count FROM sendcounts ORDER BY id"),
     )
 
 
-def structure(pg, dbname: str) -> tuple:
+def structure(db: Database) -> tuple:
     """Columns (in order, with types, nullability, defaults, identity) and constraints."""
-    columns = pg.query(dbname, """
+    columns = db.sql("""
         SELECT table_name, column_name, data_type, character_maximum_length, is_nullable,
                column_default, is_identity, identity_generation
         FROM information_schema.columns
         WHERE table_schema = 'public' AND table_name IN ('poppass', 'sendcounts')
         ORDER BY table_name, ordinal_position""")
-    constraints = pg.query(dbname, """
+    constraints = db.sql("""
         SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid)
         FROM pg_constraint WHERE conrelid IN ('poppass'::regclass, 'sendcounts'::regclass)
         ORDER BY 1, 2""")
     return columns, constraints
 
 
-def everything(pg, dbname: str) -> tuple:
-    sequences = pg.query(dbname, "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
-    return data(pg, dbname), structure(pg, dbname), sequences
+def everything(db: Database) -> tuple:
+    sequences = db.sql("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+    return data(db), structure(db), sequences
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_upgrade_keeps_rows_and_matches_schema(pg, runner: str) -> None:
     db = old_database(pg)
-    run_upgrade(pg, db, runner)
-    users, counts = data(pg, db)
+    run_upgrade(db, runner)
+    users, counts = data(db)
     dave = (6, *USERS[3][1:])  # numbered after max(id)
     assert users == [USERS[0], USERS[1], USERS[2], dave]
     assert counts == [COUNTS[0], (2, datetime.date.today(), 0, 0)]
-    assert pg.query(db, "SELECT DISTINCT active, sendlimit FROM poppass") == [(True, None)]
-    assert structure(pg, db) == structure(pg, pg.new_database())
+    assert db.sql("SELECT DISTINCT active, sendlimit FROM poppass") == [(True, None)]
+    assert structure(db) == structure(pg.new_database())
 
 
 def test_upgraded_database_serves_auth_and_limits(pg) -> None:
     db = old_database(pg)
-    upgrade(pg, db)
-    pg.query(db, GRANTS.read_text())
-    server = Database(pg.dsn(db, "qmaild"))
+    upgrade(db)
+    db.sql(GRANTS.read_text())
+    server = ServerDatabase(db.dsn("qmaild"))
     try:
         # AUTH: the old DES hash still verifies, and is due for replacement
         [(user_id, stored, active, limit)] = server.query(USER_QUERY, ("alice",))
@@ -133,55 +128,55 @@ def test_upgraded_database_serves_auth_and_limits(pg) -> None:
         server.query(REFUND, (5, datetime.date.today()))
     finally:
         server.close()
-    assert pg.query(db, "SELECT id, count, total_count FROM sendcounts ORDER BY id") == [
+    assert db.sql("SELECT id, count, total_count FROM sendcounts ORDER BY id") == [
         (1, 1, 11), (2, 1, 1), (5, 0, 0)]
     # a modern hash fits in pw, new users are numbered after the old ones
     modern = passwords.context().hash("new secret")
     assert len(modern) > 90
-    pg.query(db, "UPDATE poppass SET pw = %s WHERE name = 'alice'", (modern,))
-    pg.query(db, "UPDATE poppass SET pw = %s WHERE name = 'bob'", ("x" * 100,))
-    assert pg.query(db, "SELECT pw FROM poppass WHERE name = 'alice'") == [(modern,)]
-    assert pg.query(db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
+    db.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (modern,))
+    db.sql("UPDATE poppass SET pw = %s WHERE name = 'bob'", ("x" * 100,))
+    assert db.sql("SELECT pw FROM poppass WHERE name = 'alice'") == [(modern,)]
+    assert db.sql("INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
         (7,)]
     # the constraints now hold
     with pytest.raises(psycopg2.errors.UniqueViolation):
-        pg.query(db, "INSERT INTO poppass (name, pw) VALUES ('alice', 'x')")
+        db.sql("INSERT INTO poppass (name, pw) VALUES ('alice', 'x')")
     with pytest.raises(psycopg2.errors.NotNullViolation):
-        pg.query(db, "INSERT INTO poppass (pw) VALUES ('x')")
+        db.sql("INSERT INTO poppass (pw) VALUES ('x')")
     with pytest.raises(psycopg2.errors.ForeignKeyViolation):
-        pg.query(db, "INSERT INTO sendcounts (id) VALUES (99)")
+        db.sql("INSERT INTO sendcounts (id) VALUES (99)")
     with pytest.raises(psycopg2.errors.CheckViolation):
-        pg.query(db, "UPDATE poppass SET sendlimit = -1 WHERE name = 'alice'")
-    pg.query(db, "DELETE FROM poppass WHERE name = 'bob'")
-    assert pg.query(db, "SELECT id FROM sendcounts ORDER BY id") == [(1,), (5,)]
+        db.sql("UPDATE poppass SET sendlimit = -1 WHERE name = 'alice'")
+    db.sql("DELETE FROM poppass WHERE name = 'bob'")
+    assert db.sql("SELECT id FROM sendcounts ORDER BY id") == [(1,), (5,)]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_second_run_changes_nothing(pg, runner: str) -> None:
     db = old_database(pg)
-    notices = upgrade(pg, db)
+    notices = upgrade(db)
     assert any("poppass.pw character varying(20) -> text" in n for n in notices)
-    pg.query(db, GRANTS.read_text())
-    before = everything(pg, db)
-    privileges = pg.query(db, "SELECT relname, relacl::text FROM pg_class "
+    db.sql(GRANTS.read_text())
+    before = everything(db)
+    privileges = db.sql("SELECT relname, relacl::text FROM pg_class "
                              "WHERE relname IN ('poppass', 'sendcounts') ORDER BY 1")
     if runner == "psql":
-        proc = upgrade_psql(pg, db)
+        proc = upgrade_psql(db)
         assert proc.returncode == 0, proc.stderr
         assert "already up to date" in proc.stderr
     else:
-        assert any("already up to date" in n for n in upgrade(pg, db))
-    assert everything(pg, db) == before
-    assert pg.query(db, "SELECT relname, relacl::text FROM pg_class "
+        assert any("already up to date" in n for n in upgrade(db))
+    assert everything(db) == before
+    assert db.sql("SELECT relname, relacl::text FROM pg_class "
                        "WHERE relname IN ('poppass', 'sendcounts') ORDER BY 1") == privileges
-    pg.query(db, GRANTS.read_text())  # and the grants apply again
+    db.sql(GRANTS.read_text())  # and the grants apply again
 
 
 def test_current_schema_is_already_up_to_date(pg) -> None:
     db = pg.new_database()
-    before = everything(pg, db)
-    assert any("already up to date" in n for n in upgrade(pg, db))
-    assert everything(pg, db) == before
+    before = everything(db)
+    assert any("already up to date" in n for n in upgrade(db))
+    assert everything(db) == before
 
 
 BAD_DATA = {
@@ -215,14 +210,14 @@ BAD_DATA = {
 def test_refuses_data_that_cannot_be_kept_and_changes_nothing(pg, case: str) -> None:
     users, counts, expected = BAD_DATA[case]
     db = old_database(pg, users, counts)
-    before = everything(pg, db)
+    before = everything(db)
     with pytest.raises(psycopg2.errors.RaiseException) as info:
-        upgrade(pg, db)
+        upgrade(db)
     message = info.value.pgerror
     assert "nothing changed" in message
     for text in expected:
         assert text in message
-    assert everything(pg, db) == before
+    assert everything(db) == before
 
 
 def test_reports_every_problem_at_once(pg) -> None:
@@ -230,7 +225,7 @@ def test_reports_every_problem_at_once(pg) -> None:
              (3, None, DES, None, None, None, None)]
     db = old_database(pg, users, [(9, None, 1, 1)])
     with pytest.raises(psycopg2.errors.RaiseException) as info:
-        upgrade(pg, db)
+        upgrade(db)
     message = info.value.pgerror
     assert "'bob' (2 rows)" in message and "NULL name" in message and "not in poppass" in message
 
@@ -240,51 +235,49 @@ def test_psql_stops_on_duplicate_names(pg) -> None:
     users = [(1, "o'brien", DES, None, None, None, None),
              (2, "o'brien", DES, None, None, None, None)]
     db = old_database(pg, users, [])
-    before = everything(pg, db)
-    proc = upgrade_psql(pg, db)
+    before = everything(db)
+    proc = upgrade_psql(db)
     assert proc.returncode != 0
     assert "'o''brien' (2 rows)" in proc.stderr
-    assert everything(pg, db) == before
+    assert everything(db) == before
 
 
 def test_serial_id_keeps_its_sequence_moved_past_max(pg) -> None:
     db = old_database(pg)
-    pg.query(db, "CREATE SEQUENCE poppass_id_seq OWNED BY poppass.id")
-    pg.query(db, "ALTER TABLE poppass ALTER COLUMN id SET DEFAULT nextval('poppass_id_seq')")
-    notices = upgrade(pg, db)
+    db.sql("CREATE SEQUENCE poppass_id_seq OWNED BY poppass.id")
+    db.sql("ALTER TABLE poppass ALTER COLUMN id SET DEFAULT nextval('poppass_id_seq')")
+    notices = upgrade(db)
     assert any("moved past 5" in n for n in notices)
-    users, _ = data(pg, db)
+    users, _ = data(db)
     assert users[3] == (6, *USERS[3][1:])
-    assert pg.query(db, "INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
+    assert db.sql("INSERT INTO poppass (name, pw) VALUES ('erin', 'x') RETURNING id") == [
         (7,)]
-    before = everything(pg, db)
-    upgrade(pg, db)
-    assert everything(pg, db) == before
+    before = everything(db)
+    upgrade(db)
+    assert everything(db) == before
 
 
 def test_foreign_key_without_cascade_is_replaced(pg) -> None:
     db = old_database(pg, USERS[:3], COUNTS)
-    pg.query(db, "ALTER TABLE poppass ADD PRIMARY KEY (id)")
-    pg.query(db, "ALTER TABLE sendcounts ADD CONSTRAINT old_fk FOREIGN KEY (id) "
+    db.sql("ALTER TABLE poppass ADD PRIMARY KEY (id)")
+    db.sql("ALTER TABLE sendcounts ADD CONSTRAINT old_fk FOREIGN KEY (id) "
                 "REFERENCES poppass (id)")
-    upgrade(pg, db)
-    assert structure(pg, db) == structure(pg, pg.new_database())
-    pg.query(db, "DELETE FROM poppass WHERE id = 1")
-    assert pg.query(db, "SELECT id FROM sendcounts") == [(2,)]
+    upgrade(db)
+    assert structure(db) == structure(pg.new_database())
+    db.sql("DELETE FROM poppass WHERE id = 1")
+    assert db.sql("SELECT id FROM sendcounts") == [(2,)]
 
 
 def test_missing_sendcounts_is_created(pg) -> None:
     db = old_database(pg, USERS, [])
-    pg.query(db, "DROP TABLE sendcounts")
-    upgrade(pg, db)
-    assert structure(pg, db) == structure(pg, pg.new_database())
+    db.sql("DROP TABLE sendcounts")
+    upgrade(db)
+    assert structure(db) == structure(pg.new_database())
 
 
 def test_no_poppass_at_all(pg) -> None:
-    name = f"empty{next(_names)}"
-    with closing(pg.connect()) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
+    db = pg.empty_database("empty")
     with pytest.raises(psycopg2.errors.RaiseException) as info:
-        upgrade(pg, name)
+        upgrade(db)
     assert "no table poppass" in info.value.pgerror
-    assert pg.query(name, "SELECT to_regclass('sendcounts')") == [(None,)]
+    assert db.sql("SELECT to_regclass('sendcounts')") == [(None,)]

@@ -1,0 +1,252 @@
+"""What the tests and the benchmark both need: the installed server, a free
+port, qmail-esmtpd under real tcpserver, and a throwaway PostgreSQL cluster.
+
+The tests import it as `support` (pytest puts tests/ on sys.path), the
+benchmark as `tests.support` (`python -m bench` from the repository root).
+Standard library only at import time: psycopg2 loads at the first connection,
+so the benchmark's `--no-auth` runs without it.  Nothing here imports pytest.
+"""
+
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / ".venv" / "bin" / "qmail-esmtpd"
+FAKE_QUEUE = ROOT / "tests" / "conformance" / "fake-qmail-queue"
+FAKE_CHECKPASSWORD = ROOT / "tests" / "conformance" / "fake-checkpassword"
+PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
+
+
+class StartError(RuntimeError):
+    """A helper process (tcpserver, PostgreSQL) did not start."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (a tiny race, fine for tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, what: str, timeout: float = 10) -> None:
+    """Poll until something accepts on 127.0.0.1:`port`; StartError if `proc` dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise StartError(f"{what} exited {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise StartError(f"{what} not listening after {timeout:g} s") from None
+            time.sleep(0.02)
+
+
+def write_program(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+class TcpServer:
+    """`argv` (qmail-esmtpd) under real tcpserver, with `rules` compiled by real tcprules.
+
+    Listens on 127.0.0.1:`port` once constructed; tcpserver runs in its own
+    process group, which stop() ends.  `verbose` adds tcpserver's -v lines to
+    the log, beside the server's own stderr.
+    """
+
+    def __init__(self, workdir: Path, rules: str, env: dict, argv: list,
+                 verbose: bool = True) -> None:
+        self.port = free_port()
+        cdb = workdir / f"tcp.smtp-{self.port}.cdb"
+        try:
+            subprocess.run(["tcprules", str(cdb), f"{cdb}.tmp"], input=rules.encode(),
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise StartError(f"tcprules: {e}") from None
+        self.logpath = workdir / f"tcpserver-{self.port}.log"
+        flags = ["-v"] if verbose else []
+        with self.logpath.open("wb") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    ["tcpserver", *flags, "-R", "-H", "-l", "localhost", "-c", "100",
+                     "-x", str(cdb), "127.0.0.1", str(self.port), *map(str, argv)],
+                    env={"PATH": os.environ["PATH"], **env}, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            except OSError as e:
+                raise StartError(f"tcpserver: {e}") from None
+        try:
+            wait_listening(self.port, self.proc, "tcpserver")
+        except StartError as e:
+            self.stop()
+            raise StartError(f"{e}: {self.log()[-600:]}") from None
+
+    def log(self) -> str:
+        return self.logpath.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """End tcpserver and every session it runs; returns once tcpserver is reaped."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# --- PostgreSQL ---------------------------------------------------------------
+
+_database_numbers = itertools.count(1)
+
+
+def _service_user() -> str | None:
+    """PostgreSQL refuses to run as root: then it runs as `postgres` (or `nobody`)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise StartError("no unprivileged user to run PostgreSQL as")
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster: initdb in a temp dir, a unix socket only.
+
+    Each test gets a fresh database loaded from sql/, with the least-privilege
+    role `qmaild` the server connects as.  destroy() stops it and removes it.
+    """
+
+    def __init__(self) -> None:
+        self.user = _service_user()
+        self.base = Path(tempfile.mkdtemp(prefix="qmail-esmtpd-pg-"))
+        self.data = self.base / "data"
+        self.sock = self.base / "sock"
+        self.sock.mkdir()
+        try:
+            if self.user:
+                entry = pwd.getpwnam(self.user)
+                for path in (self.base, self.sock):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                      "--no-sync", "-E", "UTF8", "--locale=C")
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _run(self, program: str, *args: str) -> None:
+        cmd = [str(PGBIN / program), *args]
+        if self.user:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        try:
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as e:
+            raise StartError(f"{program} from {PGBIN} ($PGBIN): {e}") from None
+        except subprocess.CalledProcessError as e:
+            raise StartError(f"{program} exited {e.returncode}: "
+                             f"{e.stderr.decode(errors='replace').strip()[-600:]}") from None
+
+    def start(self) -> None:
+        options = f"-c listen_addresses='' -k {self.sock} -c fsync=off -c max_connections=100"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w",
+                  "-l", str(self.base / "postgres.log"), "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def postmaster(self) -> int:
+        """The postmaster's pid."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"host={self.sock} dbname={dbname} user={user}"
+
+    def connect(self, dbname: str = "postgres", user: str = "postgres"):
+        """An autocommit connection (don't use it as `with conn:`, that opens a transaction)."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn(dbname, user))
+        conn.autocommit = True
+        return conn
+
+    def empty_database(self, prefix: str = "mail") -> "Database":
+        """A new empty database, and the service role `qmaild` if not there yet."""
+        name = f"{prefix}{next(_database_numbers)}"
+        with Database(self, "postgres") as admin:
+            admin.sql(f"CREATE DATABASE {name}")
+            if not admin.sql("SELECT 1 FROM pg_roles WHERE rolname = 'qmaild'"):
+                admin.sql("CREATE ROLE qmaild LOGIN")
+        return Database(self, name)
+
+    def new_database(self, grants: bool = True) -> "Database":
+        """A fresh database with sql/schema.sql and (optionally) sql/grants.sql."""
+        db = self.empty_database()
+        db.sql((ROOT / "sql" / "schema.sql").read_text())
+        if grants:
+            db.sql((ROOT / "sql" / "grants.sql").read_text())
+        return db
+
+
+class Database:
+    """One database of a Cluster, and the SQL helper: `sql()` as the superuser.
+
+    The connection opens at the first statement, in autocommit mode, and
+    stays open (so a test can hold a lock in it: `conn.autocommit = False`).
+    """
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self._conn = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = self.cluster.connect(self.name)
+        return self._conn
+
+    def dsn(self, user: str = "postgres") -> str:
+        return self.cluster.dsn(self.name, user)
+
+    def sql(self, text: str, params: tuple | dict | None = None) -> list:
+        """One statement (or a script of several); its rows, if any.
+
+        Without `params` the text goes as it is (a `%` in a script stays a `%`).
+        """
+        with self.conn.cursor() as cur:
+            cur.execute(text, params)
+            return cur.fetchall() if cur.description else []
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
