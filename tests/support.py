@@ -94,6 +94,15 @@ class TcpServer:
     def log(self) -> str:
         return self.logpath.read_text(errors="replace")
 
+    def wait_log(self, *texts: str, timeout: float = 10) -> str:
+        """The log once it holds every one of `texts`, or as it is at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if all(text in log for text in texts) or time.monotonic() > deadline:
+                return log
+            time.sleep(0.01)
+
     def stop(self) -> None:
         """End tcpserver and every session it runs; returns once tcpserver is reaped."""
         try:
