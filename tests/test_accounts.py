@@ -1,0 +1,64 @@
+"""accounts.verify() and DailyLimit against real PostgreSQL, with no SMTP around them:
+what a POP3 checkpassword program (or any other) gets from the auth package."""
+
+import pytest
+
+from qmail_esmtpd.auth.accounts import Account, Unavailable, verify
+from qmail_esmtpd.auth.db import Database
+from qmail_esmtpd.auth.limit import DailyLimit
+from qmail_esmtpd.auth.passwords import context
+
+
+@pytest.fixture
+def mail(pg):
+    db = pg.new_database()
+    hashed = context().hash
+    db.sql("INSERT INTO poppass (name, pw, active, sendlimit) VALUES"
+           " ('alice', %s, true, NULL), ('bob', %s, true, 2), ('sleepy', %s, false, NULL)",
+           (hashed("alice-pw"), hashed("bob-pw"), hashed("sleepy-pw")))
+    yield db
+    db.close()
+
+
+def test_verify_answers_with_the_account_or_none(mail):
+    server = Database(mail.dsn("qmaild"))
+    try:
+        alice = verify(server, b"alice", b"alice-pw")
+        assert isinstance(alice, Account) and (alice.name, alice.sendlimit) == ("alice", None)
+        assert verify(server, b"bob", b"bob-pw").sendlimit == 2
+        for name, password in ((b"alice", b"bob-pw"), (b"nobody", b"x"), (b"sleepy", b"sleepy-pw"),
+                               (b"\xff\xfe", b"x"), (b"al\0ice", b"alice-pw"), (b"alice", b"")):
+            assert verify(server, name, password) is None, name
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("trouble", ["no such role", "no tables"])
+def test_database_trouble_is_one_exception(pg, mail, trouble):
+    dsn = (mail.dsn("nosuchrole") if trouble == "no such role"
+           else pg.empty_database().dsn("qmaild"))
+    server = Database(dsn)
+    with pytest.raises(Unavailable):
+        verify(server, b"alice", b"alice-pw")
+    server.close()
+
+
+def test_the_limit_keeps_its_own_charge(mail):
+    server = Database(mail.dsn("qmaild"))
+    bob = verify(server, b"bob", b"bob-pw")
+    limit = DailyLimit(server, bob.id, bob.sendlimit)
+
+    def count() -> int:
+        return mail.sql("SELECT count FROM sendcounts WHERE id = %s", (bob.id,))[0][0]
+
+    try:
+        assert limit.allows() and limit.charge() is True and count() == 1
+        limit.refund()
+        limit.refund()  # only the last charge, and only once
+        assert count() == 0
+        assert limit.charge() and limit.charge() and count() == 2
+        assert limit.allows() is False and limit.charge() is False
+        limit.refund()  # the refused charge gave nothing to refund
+        assert count() == 2
+    finally:
+        server.close()
