@@ -68,7 +68,7 @@ demo: deps-demo venv
 	sh demo/demo.sh
 
 bench: venv
-	$(VPY) bench/bench.py
+	$(VPY) -m bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo/run tcp.smtp.cdb tcp.smtp.tmp

@@ -1,0 +1,39 @@
+"""Benchmark qmail-esmtpd's per-connection cost and print the figures.
+
+tcpserver starts one qmail-esmtpd per connection, so what matters is the CPU
+and latency of a whole short session compared with the floor for any Python
+server: a bare interpreter start.  `python -m bench` (`make bench`), from
+the repository root, prints in one run:
+
+1. CPU per plain SMTP session on pipes, without and with $AUTHDB set (AUTH
+   offered, never used), interleaved with a bare `python -I -S -c pass`, an
+   import-only start, the qmail-queue sink alone and, less often, a session
+   that authenticates with AUTH PLAIN against PostgreSQL; then where the CPU
+   of an AUTH session goes (imports, argon2id, database);
+2. which heavy modules a plain session imports, and what our imports cost;
+3. sessions per second through real tcpserver at concurrency 1, 4 and 16,
+   and for AUTH sessions at concurrency 4;
+4. connect-to-banner latency through tcpserver.
+
+It prints figures with their targets and asserts nothing; it stops with an
+error only when the server misbehaves (so a broken server cannot look fast).
+The report goes to stdout as each figure is measured, progress to stderr.
+The AUTH figures start a throwaway PostgreSQL cluster (tests/support.py) and
+need the virtualenv's psycopg2 and passlib; `--no-auth` leaves them out and
+needs the standard library only.
+
+__main__.py lists the figures; figures.py prints each one; session.py is the
+SMTP session they run, setup.py what it runs against, and pipes.py,
+imports.py, tcp.py and database.py measure.
+"""
+
+import sys
+
+
+def progress(text: str) -> None:
+    """What is being measured now, on stderr: stdout is the report."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """The server under test misbehaved or the set-up failed: no figures."""

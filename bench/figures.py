@@ -1,0 +1,237 @@
+"""Each figure of the report: what it measures, how it is printed, its target.
+
+A figure that needs its own measurement takes it here; the CPU on pipes is
+one interleaved measurement shared by the figures of sections 1 and 1b.
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import textwrap
+
+from . import progress
+from .imports import FORBIDDEN, ImportReport, heavy_auth_imports, measure_imports
+from .pipes import (
+    AUTH_IMPORTS,
+    CHARGE,
+    HANDLERS,
+    PASSLIB,
+    PLAIN_IMPORTS,
+    PSYCOPG2,
+    SELECT,
+    SPLIT_STEPS,
+    VERIFY,
+    VERIFY_AGAIN,
+    PipeSamples,
+    measure_auth_split,
+)
+from .session import AUTH_COMMANDS, MESSAGE_SIZE
+from .setup import Bench
+from .tcp import banner_latencies, run_clients, tcpserver
+
+TARGET_RATIO = 1.25  # a plain session's CPU over a bare interpreter start
+TARGET_BANNER_MS = 15.0
+CONCURRENCY_LEVELS = (1, 4, 16)
+AUTH_CONCURRENCY = 4
+RULE = "-" * 78
+
+
+def section(title: str) -> None:
+    print(RULE)
+    print(title, flush=True)
+
+
+def wrapped(text: str, indent: str = "   ", more: str = "     ") -> None:
+    print(textwrap.fill(text, width=78, initial_indent=indent, subsequent_indent=more))
+
+
+def header(bench: Bench) -> None:
+    """Where and on what the figures were taken."""
+    launcher = bench.launcher
+    out = subprocess.run(bench.python("-c", "import sys; print(sys.version)"),
+                         capture_output=True, text=True, check=False).stdout
+    version = out.split()[0] if out else "?"
+    print()
+    print("qmail-esmtpd benchmark")
+    print(RULE)
+    print(f"date         {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"host         {platform.node()}  {os.cpu_count()} CPUs  {platform.release()}")
+    print(f"interpreter  {launcher.interpreter} {' '.join(launcher.flags)}  (Python {version})")
+    print(f"launcher     {launcher.path}")
+    print(f"session      EHLO, MAIL, RCPT, DATA {MESSAGE_SIZE} B, QUIT; "
+          "qmail-queue = /bin/sh sink (exec cat)", flush=True)
+
+
+# --- 1. CPU on pipes ----------------------------------------------------------
+
+
+def plain_session_cpu(pipes: PipeSamples) -> None:
+    """A plain session's CPU against a bare interpreter start: target <= 1.25x."""
+    section("1. CPU per plain session on pipes (user+sys incl. children), ms")
+    print(f"   {'':34} {'median':>8} {'mean':>8}")
+    labels = (
+        ("session", "qmail-esmtpd session (incl. sink)"),
+        ("authdb", "same, AUTHDB set (AUTH offered)"),
+        ("bare", "bare python -I -S -c pass"),
+        ("import", "python -I -S + import cli"),
+        ("sink", "qmail-queue sink alone"),
+    )
+    for name, label in labels:
+        if name in pipes:
+            print(f"   {label:34} {pipes.median(name):8.2f} {pipes.mean(name):8.2f}")
+    session, bare, sink = pipes.median("session"), pipes.median("bare"), pipes.median("sink")
+    imports = pipes.median("import")
+    print(f"   {'session minus sink':34} {session - sink:8.2f}")
+    print(f"   imports over bare start    {imports - bare:6.2f} ms;  "
+          f"session work over imports {session - sink - imports:6.2f} ms")
+    print(f"   ratio qmail-esmtpd / bare  {session / bare:6.2f}   (incl. sink)    "
+          f"target <= {TARGET_RATIO}")
+    print(f"   ratio qmail-esmtpd / bare  {(session - sink) / bare:6.2f}   (excl. sink)    "
+          f"target <= {TARGET_RATIO}")
+
+
+def authdb_session_cpu(pipes: PipeSamples) -> None:
+    """The same plain session with $AUTHDB set (AUTH offered, never used): no slower."""
+    authdb, session = pipes.median("authdb"), pipes.median("session")
+    bare, sink = pipes.median("bare"), pipes.median("sink")
+    print("   with AUTHDB set (AUTH offered in EHLO, never used), interleaved:")
+    print(f"   ratio with AUTHDB / bare   {authdb / bare:6.2f}   (incl. sink)    "
+          f"target <= {TARGET_RATIO}")
+    print(f"   ratio with AUTHDB / bare   {(authdb - sink) / bare:6.2f}   "
+          f"(excl. sink)    target <= {TARGET_RATIO}")
+    paired = statistics.median(a - b for a, b in zip(pipes.samples["authdb"],
+                                                     pipes.samples["session"], strict=True))
+    print(f"   with / without AUTHDB      {authdb / session:6.2f}   "
+          f"(medians {authdb:.2f} / {session:.2f} ms; paired difference {paired:+.2f} ms)")
+
+
+def auth_session_cpu(pipes: PipeSamples) -> None:
+    """An AUTH PLAIN session's CPU, and its PostgreSQL backend's beside it."""
+    auth = pipes.median("auth")
+    section(f"1b. CPU per AUTH PLAIN session on pipes, {pipes.runs('auth')} runs interleaved "
+            "with the above, ms")
+    print("   EHLO, AUTH PLAIN (argon2id, default parameters), MAIL, RCPT outside rcpthosts,")
+    print(f"   DATA {MESSAGE_SIZE} B, QUIT; AUTHDB = throwaway PostgreSQL over a unix socket")
+    print(f"   {'':42} {'median':>8} {'mean':>8}")
+    print(f"   {'AUTH session (incl. sink)':42} {auth:8.2f} {pipes.mean('auth'):8.2f}")
+    print(f"   {'over the plain session with AUTHDB set':42} {auth - pipes.median('authdb'):+8.2f}")
+    print(f"   ratio AUTH session / bare  {auth / pipes.median('bare'):6.2f}")
+    backend = pipes.backend_ms
+    print(f"   {'+ PostgreSQL backend (mean, not above)':42} "
+          + (f"{'':8} {backend:8.2f}" if backend is not None else f"{'n/a':>17}"))
+    print("     (the backend is the postmaster's child, not ours: from its cutime+cstime)")
+
+
+def auth_session_split(bench: Bench, pipes: PipeSamples, runs: int) -> None:
+    """Where an AUTH session's CPU goes: the server's code step by step."""
+    progress(f"the AUTH session step by step, {runs} runs ...")
+    split = measure_auth_split(bench, runs)
+    ms = split.median
+    bare, sink, auth = pipes.median("bare"), pipes.median("sink"), pipes.median("auth")
+    print(f"   where it goes: medians of {split.runs()} runs of the server's code step by step")
+    print("   (time.process_time in one interpreter started like the launcher)")
+    rows = [("bare interpreter start (from above)", bare)]
+    rows += [(step.label, ms(step)) for step in SPLIT_STEPS if step is not VERIFY_AGAIN]
+    rows.append(("qmail-queue sink (from above)", sink))
+    rest = auth - sum(value for _, value in rows)
+    rows.append(("rest: protocol, DATA, exit (difference)", rest))
+    for label, value in rows:
+        print(f"     {label:40} {value:8.2f}  {value * 100.0 / auth:3.0f}%")
+    imports = bare + sum(ms(step) for step in (PLAIN_IMPORTS, AUTH_IMPORTS, PSYCOPG2, PASSLIB,
+                                               HANDLERS))
+    print(f"   = interpreter + imports {imports:.1f}, password check {ms(VERIFY):.1f},")
+    print(f"     database client {ms(SELECT) + ms(CHARGE):.1f}, sink and rest {sink + rest:.1f}")
+    print(f"   {VERIFY_AGAIN.label:42} {ms(VERIFY_AGAIN):8.2f}")
+
+
+def auth_imports(bench: Bench) -> None:
+    """The heaviest imports of the AUTH path (wall time)."""
+    wrapped("heaviest AUTH imports (-X importtime, wall ms): "
+            + "; ".join(heavy_auth_imports(bench)))
+
+
+# --- 2. imports -----------------------------------------------------------------
+
+
+def plain_session_imports(bench: Bench) -> ImportReport:
+    """What a plain session imports: none of FORBIDDEN, and what ours cost."""
+    progress("imports of a plain session ...")
+    report = measure_imports(bench)
+    section("2. imports in a plain session (-X importtime, wall time)")
+    print(f"   forbidden modules imported: {', '.join(report.forbidden) or 'none'}")
+    print(f"   (checked: {', '.join(FORBIDDEN)})")
+    print(f"   qmail_esmtpd: {report.package_modules} modules, "
+          f"{report.package_total_ms:.2f} ms incl. what they import, "
+          f"{report.package_self_ms:.2f} ms own code")
+    extra = ", ".join(f"{name} {ms:.2f}" for name, ms in report.extra_stdlib) or "none"
+    wrapped(f"beyond a bare start (ms self): {extra}")
+    return report
+
+
+def authdb_session_imports(bench: Bench, plain: ImportReport) -> None:
+    """With $AUTHDB set, a session that never says AUTH imports nothing heavy either."""
+    report = measure_imports(bench, authdb=True)
+    added = ", ".join(f"{name} {ms:.2f}" for name, ms in report.self_ms.items()
+                      if name not in plain.self_ms) or "none"
+    forbidden = ", ".join(report.forbidden) or "none"
+    print(f"   with AUTHDB set: forbidden modules imported: {forbidden}")
+    wrapped(f"modules beyond the plain session (ms self): {added}", "     ", "       ")
+
+
+# --- 3 and 4. through tcpserver -----------------------------------------------------
+
+
+def throughput(bench: Bench, sessions: int) -> None:
+    """Plain sessions per second through tcpserver at each concurrency level."""
+    progress(f"tcpserver throughput, {sessions} sessions per level ...")
+    rows = []
+    for level in CONCURRENCY_LEVELS:  # one tcpserver per level: server CPU per level
+        with tcpserver(bench) as (port, server_cpu):
+            rate, client_ms = run_clients(port, level, sessions)
+        rows.append((level, rate, server_cpu() * 1000.0 / sessions, client_ms))
+    section("3. sessions/s through tcpserver (raw-socket client threads in this process)")
+    print(f"   {'concurrency':>11} {'sessions/s':>11} {'server CPU ms/session':>22}"
+          f" {'client CPU ms/session':>22}")
+    for level, rate, server_ms, client_ms in rows:
+        print(f"   {level:>11} {rate:>11.1f} {server_ms:>22.2f} {client_ms:>22.2f}")
+    print(f"   (server CPU: tcpserver + qmail-esmtpd + sink; {os.cpu_count()} CPUs shared with"
+          " the client)")
+
+
+def auth_throughput(bench: Bench, sessions: int) -> None:
+    """AUTH sessions per second through tcpserver, and their PostgreSQL backends' CPU."""
+    assert bench.auth is not None
+    progress(f"tcpserver throughput, {sessions} AUTH sessions ...")
+    backends = bench.auth.backends
+    backend_before = backends.settled_cpu()
+    with tcpserver(bench, authdb=True) as (port, server_cpu):
+        rate, client_ms = run_clients(port, AUTH_CONCURRENCY, sessions, AUTH_COMMANDS)
+    server_ms = server_cpu() * 1000.0 / sessions
+    backend_after = backends.settled_cpu()
+    print(f"   {f'{AUTH_CONCURRENCY}, AUTH':>11} {rate:>11.1f} {server_ms:>22.2f}"
+          f" {client_ms:>22.2f}   ({sessions} sessions)")
+    backend = None
+    if backend_before is not None and backend_after is not None:
+        backend = (backend_after - backend_before) * 1000.0 / sessions
+    print("   AUTH: + PostgreSQL backend CPU per session (mean, not in server CPU): "
+          + (f"{backend:.2f} ms" if backend is not None else "n/a"))
+    print("   (for AUTH the CPUs are shared with PostgreSQL too)")
+
+
+def p90(values: list[float]) -> float:
+    """90th percentile: the tail a busy MX sees, which a median hides."""
+    return statistics.quantiles(values, n=10, method="inclusive")[-1]
+
+
+def banner_latency(bench: Bench, connections: int) -> None:
+    """connect() to the full 220 banner through tcpserver: target median < 15 ms."""
+    progress(f"banner latency, {connections} connections ...")
+    with tcpserver(bench) as (port, server_cpu):
+        banners = banner_latencies(port, connections)
+    cpu_ms = server_cpu() * 1000.0 / (connections + 1)  # and the start-up probe
+    section(f"4. connect() to full banner through tcpserver, {connections} sequential")
+    print(f"   median {statistics.median(banners):6.2f} ms   p90 {p90(banners):6.2f} ms"
+          f"   target: median < {TARGET_BANNER_MS:g} ms")
+    print(f"   server CPU per banner+QUIT connection (tcpserver incl.): {cpu_ms:.2f} ms")

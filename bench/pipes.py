@@ -1,0 +1,243 @@
+"""CPU of whole sessions on pipes, and of an AUTH session's steps one by one."""
+
+import ast
+import os
+import resource
+import statistics
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import BenchError
+from .session import (
+    AUTH_PASSWORD,
+    AUTH_SESSION_INPUT,
+    AUTH_USER,
+    ENVELOPE,
+    MESSAGE,
+    SESSION_INPUT,
+    check_session_output,
+)
+from .setup import Bench
+
+CLIENT_TIMEOUT = 30.0
+
+
+def children_cpu() -> float:
+    """user+sys seconds of all reaped children (and their reaped children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_measured(argv: list[str], stdin: bytes | None, env: dict[str, str]
+                 ) -> tuple[float, int, bytes]:
+    """Run one child to completion: (CPU seconds incl. its children, status, stdout)."""
+    before = children_cpu()
+    stdin_kind = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(argv, stdin=stdin_kind, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    try:
+        out, _ = proc.communicate(stdin, timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError(f"{argv[0]} did not finish within {CLIENT_TIMEOUT:g} s") from None
+    return children_cpu() - before, proc.returncode, out
+
+
+def run_sink_alone(bench: Bench) -> float:
+    """CPU of one qmail-queue sink run fed like qmail-esmtpd feeds it."""
+    envelope_r, envelope_w = os.pipe()
+    before = children_cpu()
+    try:
+        proc = subprocess.Popen([str(bench.sink)], stdin=subprocess.PIPE, stdout=envelope_r,
+                                stderr=subprocess.DEVNULL, env=bench.env())
+    finally:
+        os.close(envelope_r)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"Received: from bench.example (HELO bench.example) (127.0.0.1)\n"
+                         b"  by mx.example.com with SMTP; 1 Jan 2026 00:00:00 -0000\n")
+        proc.stdin.write(MESSAGE.replace(b"\r\n", b"\n"))
+        proc.stdin.close()
+        os.write(envelope_w, ENVELOPE)
+    finally:
+        os.close(envelope_w)
+    try:
+        status = proc.wait(timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError("qmail-queue sink hangs") from None
+    if status != 0:
+        raise BenchError(f"qmail-queue sink exited {status}")
+    return children_cpu() - before
+
+
+@dataclass
+class PipeSamples:
+    """CPU ms per run of each variant, measured interleaved.
+
+    Variants: "session" (plain), "authdb" (plain, $AUTHDB set), "bare"
+    (`python -I -S -c pass`), "import" (start + import cli), "sink", "auth"
+    (an AUTH PLAIN session).  `backend_ms`: PostgreSQL backend CPU per AUTH
+    session, None if unknown or not measured.
+    """
+
+    samples: dict[str, list[float]]
+    backend_ms: float | None
+
+    def __contains__(self, variant: str) -> bool:
+        return variant in self.samples
+
+    def median(self, variant: str) -> float:
+        return statistics.median(self.samples[variant])
+
+    def mean(self, variant: str) -> float:
+        return statistics.fmean(self.samples[variant])
+
+    def runs(self, variant: str) -> int:
+        return len(self.samples[variant])
+
+
+def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSamples:
+    """Interleave the variants so drift and noise hit them all alike.
+
+    With the database, a plain session with $AUTHDB set joins every iteration
+    and the AUTH session, ten times dearer, `auth_iterations` of them spread
+    evenly.  Only AUTH sessions connect to PostgreSQL meanwhile, so the
+    backends' CPU over the run is theirs.
+    """
+    import_only = f"import sys; sys.path[:0] = {bench.launcher.paths!r}; import qmail_esmtpd.cli"
+    launcher = [str(bench.launcher.path)]
+
+    def session(stdin: bytes, authdb: bool, what: str, auth_used: bool = False
+                ) -> Callable[[], float]:
+        env = bench.env(authdb)
+
+        def run() -> float:
+            cpu, status, out = run_measured(launcher, stdin, env)
+            check_session_output(out, status, what, authdb, auth_used)
+            return cpu
+        return run
+
+    def python(code: str, what: str) -> Callable[[], float]:
+        argv, env = bench.python("-c", code), bench.env()
+
+        def run() -> float:
+            cpu, status, _ = run_measured(argv, None, env)
+            if status != 0:
+                raise BenchError(f"{what} exited {status}")
+            return cpu
+        return run
+
+    variants: dict[str, Callable[[], float]] = {
+        "session": session(SESSION_INPUT, False, "qmail-esmtpd on pipes"),
+    }
+    if bench.auth is not None:
+        variants["authdb"] = session(SESSION_INPUT, True, "qmail-esmtpd on pipes, AUTHDB set")
+    variants.update({
+        "bare": python("pass", "bare interpreter"),
+        "import": python(import_only, "import-only start"),
+        "sink": lambda: run_sink_alone(bench),
+    })
+    sparse = 0
+    if bench.auth is not None and auth_iterations > 0:
+        variants["auth"] = session(AUTH_SESSION_INPUT, True, "AUTH session on pipes",
+                                   auth_used=True)
+        sparse = min(auth_iterations, iterations)
+    for run in variants.values():  # warm the page cache and __pycache__
+        for _ in range(3):
+            run()
+    backends = bench.auth.backends if bench.auth is not None and sparse else None
+    backend_before = backends.settled_cpu() if backends else None
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(iterations):
+        order = list(variants)
+        if i % 2 and "authdb" in variants:  # neither plain variant always runs first
+            order[0], order[1] = order[1], order[0]
+        for name in order:
+            if name == "auth" and (i + 1) * sparse // iterations == i * sparse // iterations:
+                continue
+            samples[name].append(variants[name]() * 1000.0)
+    backend_ms = None
+    if backends is not None and backend_before is not None:
+        backend_after = backends.settled_cpu()
+        if backend_after is not None:
+            backend_ms = (backend_after - backend_before) * 1000.0 / len(samples["auth"])
+    return PipeSamples(samples, backend_ms)
+
+
+# The split of an AUTH session: the server's own code paths, one step at a
+# time, in a fresh interpreter started like the launcher; CPU per step.
+AUTH_MODULES = ("from qmail_esmtpd.auth import accounts, authenticator, db, limit, passwords, "
+                "postgres, sasl")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the split: `code` runs after the steps before it."""
+
+    label: str
+    code: str
+
+
+PLAIN_IMPORTS = Step("qmail_esmtpd imports of a plain session", "import qmail_esmtpd.cli")
+AUTH_IMPORTS = Step("+ qmail_esmtpd.auth.* modules", AUTH_MODULES)
+PSYCOPG2 = Step("import psycopg2", "import psycopg2, psycopg2.extensions")
+SELECT = Step("connect + SELECT poppass (client side)",
+              "database = db.Database(CONNINFO); "
+              "row = database.query(accounts.USER_QUERY, (USER,))[0]")
+PASSLIB = Step("import passlib.context", "import passlib.context")
+HANDLERS = Step("passwords.context(): loads the handlers", "ctx = passwords.context()")
+VERIFY = Step("first verify_and_update (argon2id)",
+              "ok, _ = ctx.verify_and_update(PASSWORD, row[1])")
+CHARGE = Step("sendcounts: today's count + charge",
+              "sent = limit.DailyLimit(database, row[0], row[3]); "
+              "ok = ok and sent.allows() and bool(sent.charge())")
+VERIFY_AGAIN = Step("argon2id verify alone (a second call)",
+                    "ctx.verify_and_update(PASSWORD, row[1])")
+SPLIT_STEPS = (PLAIN_IMPORTS, AUTH_IMPORTS, PSYCOPG2, SELECT, PASSLIB, HANDLERS, VERIFY,
+               CHARGE, VERIFY_AGAIN)
+
+
+@dataclass
+class SplitSamples:
+    """CPU ms of each step, per run."""
+
+    samples: dict[Step, list[float]]
+
+    def median(self, step: Step) -> float:
+        return statistics.median(self.samples[step])
+
+    def runs(self) -> int:
+        return len(self.samples[PLAIN_IMPORTS])
+
+
+def measure_auth_split(bench: Bench, runs: int) -> SplitSamples:
+    """CPU ms of each SPLIT_STEPS step (time.process_time), `runs` times."""
+    if bench.auth is None:
+        raise BenchError("the AUTH split needs the database")
+    lines = [
+        "import sys, time",
+        f"sys.path[:0] = {bench.launcher.paths!r}",
+        f"CONNINFO, USER, PASSWORD = {bench.auth.conninfo!r}, {AUTH_USER!r}, "
+        f"{AUTH_PASSWORD.encode()!r}",
+        "marks = [time.process_time()]",
+    ]
+    for step in SPLIT_STEPS:
+        lines += [step.code, "marks.append(time.process_time())"]
+    lines += ["database.close()",
+              "print(ok, [(b - a) * 1000.0 for a, b in zip(marks, marks[1:])])"]
+    argv = bench.python("-c", "\n".join(lines))
+    samples: dict[Step, list[float]] = {step: [] for step in SPLIT_STEPS}
+    for _ in range(runs):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              timeout=CLIENT_TIMEOUT)
+        ok, times = (proc.stdout.split(" ", 1) + [""])[:2]
+        if proc.returncode != 0 or ok != "True":
+            raise BenchError(f"AUTH split run failed ({proc.returncode}): "
+                             f"{(proc.stdout + proc.stderr)[-600:]}")
+        for step, ms in zip(SPLIT_STEPS, ast.literal_eval(times), strict=True):
+            samples[step].append(ms)
+    return SplitSamples(samples)
