@@ -170,7 +170,7 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
 
 # The split of an AUTH session: the server's own code paths, one step at a
 # time, in a fresh interpreter started like the launcher; CPU per step.
-AUTH_MODULES = ("from qmail_esmtpd.auth import accounts, authenticator, db, limit, passwords, "
+AUTH_MODULES = ("from qmail_esmtpd.auth import accounts, db, limit, passwords, "
                 "postgres, sasl")
 
 

@@ -18,7 +18,7 @@ from .server import serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .auth.authenticator import Authenticator
+    from .auth import Authenticator
 
 QMAIL_HOME = b"/var/qmail"
 
@@ -38,7 +38,7 @@ def main() -> int:
         return 1
     auth: "Authenticator | None" = None
     if backend is not None:
-        from .auth.authenticator import Authenticator
+        from .auth import Authenticator
 
         auth = Authenticator(*backend, controls, env, settings.remoteip)
     # qmail-smtpd dies when it cannot chdir to the qmail home; we go on.  Our

@@ -23,8 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .auth import Limit
-    from .auth.authenticator import Authenticator
+    from .auth import Authenticator, Limit
     from .auth.sasl import Exchange
 
 # What the caller does after writing the reply.

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FAKE_CHECKPASSWORD as FAKE_CHECKPASSWORD  # re-exported, like ROOT:
+
 from support import FAKE_QUEUE, SERVER, Cluster, TcpServer, write_program
-from support import ROOT as ROOT  # some test files still import helpers from conftest
 
 
 class Queue:

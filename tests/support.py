@@ -51,6 +51,20 @@ def wait_listening(port: int, proc: subprocess.Popen, what: str, timeout: float 
             time.sleep(0.02)
 
 
+RELAY_LOCALHOST = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'  # tcprules: we may relay
+
+
+def talk(port: int, data: bytes, timeout: float = 20) -> bytes:
+    """Send everything, then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def write_program(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT, Database
 
 from qmail_esmtpd.auth import passwords
+
+from support import ROOT, Database
 
 SCRIPT = ROOT / ".venv" / "bin" / "qmail-esmtpd-user"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "qmail_esmtpd.admin"]

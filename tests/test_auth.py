@@ -8,9 +8,10 @@ import threading
 import time
 
 import pytest
-from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, Cluster, Database, write_program
 
 from qmail_esmtpd.auth.passwords import context
+
+from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, Cluster, Database, write_program
 
 ALICE, ALICE_PW = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"

@@ -3,8 +3,7 @@
 import base64
 
 from qmail_esmtpd import auth, protocol, replies
-from qmail_esmtpd.auth import Verdict, sasl
-from qmail_esmtpd.auth.authenticator import Authenticator
+from qmail_esmtpd.auth import Authenticator, Verdict, sasl
 from qmail_esmtpd.config import MAX_SECONDS, Controls, auth_backend
 from qmail_esmtpd.protocol import Peer, Session
 
@@ -272,5 +271,5 @@ def test_the_account_check_needs_nothing_from_smtp():
                          check=True).stdout.split()
     assert "qmail_esmtpd.auth.accounts" in out
     smtp = {"replies", "protocol", "server", "lineio", "queue", "cli", "auth.sasl",
-            "auth.authenticator", "auth.postgres", "rcpthosts", "received"}
+            "auth.postgres", "rcpthosts", "received"}
     assert not {f"qmail_esmtpd.{name}" for name in smtp} & set(out), out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_CHECKPASSWORD, FAKE_QUEUE, ROOT, write_program
+from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, ROOT, write_program
 
 KIT = ROOT / "tests" / "conformance"
 SCENARIO = KIT / "scenarios" / "001-greeting-default.scn"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cdblib
 import pytest
+
 from support import ROOT, SERVER
 
 

@@ -9,9 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, write_program
+from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, RELAY_LOCALHOST, SERVER, talk, write_program
 
-RELAY_LOCALHOST = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
 HUGE = b"9" * 5000
 
 
@@ -64,16 +63,6 @@ def _send_until_refused(s: socket.socket, data: bytes) -> None:
         s.sendall(data)
     except OSError:
         pass
-
-
-def talk(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_huge_numbers_get_replies_and_the_session_goes_on(tcpserver, control, tmp_path):

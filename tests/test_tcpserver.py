@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import SERVER, write_program
 
-RELAY_LOCALHOST = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
+from support import RELAY_LOCALHOST, SERVER, talk, write_program
+
 REPLY_LINE = re.compile(rb"^\d{3}[ -]")
 
 
@@ -135,17 +135,6 @@ def test_client_dropping_mid_data_queues_nothing(tcpserver, queue):
     assert len(runs) == 1, "qmail-queue should have run and seen no envelope"
     assert not runs[0]["envelope_complete"] and runs[0]["exit"] != 0
     assert queue.queued() == []
-
-
-def talk(port: int, data: bytes, timeout: float = 20) -> bytes:
-    """Send everything, then read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 ABUSE = [

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from support import ROOT, Database
 
 from qmail_esmtpd.auth import passwords
 from qmail_esmtpd.auth.accounts import USER_QUERY
 from qmail_esmtpd.auth.db import Database as ServerDatabase
 from qmail_esmtpd.auth.limit import CHARGE, REFUND, TODAY
+
+from support import ROOT, Database
 
 UPGRADE = ROOT / "sql" / "upgrade-2002.sql"
 GRANTS = ROOT / "sql" / "grants.sql"
