@@ -90,11 +90,13 @@ def clamp_seconds(seconds: int) -> int:
     return min(seconds, MAX_SECONDS)
 
 
-def number_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes) -> int | None:
+def number_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes,
+                   default: int) -> int:
     """control/NAME as a number, unless $NAME (upper case) is set: then its
-    leading digits, so a non-numeric variable means None even over the file."""
+    leading digits, so a non-numeric variable means `default` even over the file."""
     value = env.get(name.upper())
-    return controls.number(name) if value is None else leading_number(value)
+    found = controls.number(name) if value is None else leading_number(value)
+    return default if found is None else found
 
 
 class Settings:
@@ -118,7 +120,7 @@ class Settings:
             self.morercpthosts = controls.path(b"morercpthosts.cdb")
         bmf = controls.lines(b"badmailfrom") or []
         self.badmailfrom = frozenset(entry.lower() for entry in bmf)
-        databytes = number_setting(controls, env, b"databytes") or 0
+        databytes = number_setting(controls, env, b"databytes", 0)
         if databytes == 4294967295:  # qmail's databytes + 1 must not wrap to 0
             databytes -= 1
         self.databytes: int = databytes

@@ -89,14 +89,13 @@ class Authenticator:
 
     def _load(self) -> "Backend":
         if self.backend is None:
-            fail_delay = number_setting(self.controls, self.env, b"authfaildelay")
-            max_failures = number_setting(self.controls, self.env, b"authmaxfail")
+            controls, env = self.controls, self.env
+            fail_delay = number_setting(controls, env, b"authfaildelay", DEFAULT_FAIL_DELAY)
+            max_failures = number_setting(controls, env, b"authmaxfail", DEFAULT_MAX_FAILURES)
             module = __import__(f"{__name__}.{self.backend_name}", fromlist=["open_backend"])
-            self.backend = module.open_backend(self.setting, self.controls, self.env)
-            self.fail_delay = clamp_seconds(
-                DEFAULT_FAIL_DELAY if fail_delay is None else fail_delay)
-            self._max_failures = max(
-                DEFAULT_MAX_FAILURES if max_failures is None else max_failures, 1)
+            self.backend = module.open_backend(self.setting, controls, env)
+            self.fail_delay = clamp_seconds(fail_delay)
+            self._max_failures = max(max_failures, 1)
         return self.backend
 
     @property

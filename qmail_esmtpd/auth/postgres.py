@@ -22,13 +22,12 @@ DEFAULT_SEND_LIMIT = 50  # messages a day, the 2002 patch's figure
 
 
 def default_send_limit(controls: "Controls", env: "Mapping[bytes, bytes]") -> int:
-    found = number_setting(controls, env, b"sendlimit")
-    return DEFAULT_SEND_LIMIT if found is None else found
+    return number_setting(controls, env, b"sendlimit", DEFAULT_SEND_LIMIT)
 
 
 def open_backend(conninfo: str, controls: "Controls",
                  env: "Mapping[bytes, bytes]") -> "PostgresAuth":
-    plaintext = (number_setting(controls, env, b"authplaintext") or 0) != 0
+    plaintext = number_setting(controls, env, b"authplaintext", 0) != 0
     return PostgresAuth(Database(conninfo), default_send_limit(controls, env), plaintext)
 
 
