@@ -19,8 +19,10 @@ from .server import serve
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .auth import Authenticator
+    from .tls import ServerTLS
 
 QMAIL_HOME = b"/var/qmail"
+SERVERCERT = b"servercert.pem"  # the TLS patch's file: certificate chain and key
 
 
 def main() -> int:
@@ -60,15 +62,21 @@ def main() -> int:
         is_local_ip=is_local_ip,
         auth=auth,
         databytes=settings.databytes,
+        tls_offered=controls.exists(SERVERCERT),
     )
     program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
     def open_queue() -> QueueJob:
         return QueueJob(program, {**env, **session.child_environment()})
 
+    def open_tls() -> "ServerTLS":
+        from .tls import ServerTLS  # `ssl` loads only when TLS is asked for
+
+        return ServerTLS(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"))
+
     channel = Channel(settings.timeout)
     try:
-        return serve(session, channel, open_queue)
+        return serve(session, channel, open_queue, open_tls, smtps=b"SMTPS" in env)
     except Exception:  # a bug: tell the client plainly, keep the trace in the log
         import traceback
 

@@ -44,6 +44,10 @@ class Timeout(Exception):
     """The client sent nothing for timeoutsmtpd seconds."""
 
 
+class TLSUnavailable(Exception):
+    """TLS cannot start now (certificate or key unusable): 454, the session goes on."""
+
+
 class Gone(Exception):
     """The client closed the connection, took no replies for timeoutsmtpd
     seconds, or reading or writing failed."""
@@ -84,32 +88,40 @@ class Channel:
         """Write everything pending; a stuck client times out, a closed one is Gone."""
         if not self.outbuf:
             return
-        data = memoryview(b"".join(self.outbuf))
+        data = b"".join(self.outbuf)
         self.outbuf = []
-        while data:
+        self._send(data)
+
+    def _fill(self) -> None:
+        self.flush()
+        data = self._receive()
+        if not data:
+            raise Gone("end of input")
+        self.inbuf += data
+
+    # -- the bytes on the wire; a TLS channel puts its records here ----------
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
             self._wait(self.wfd, writing=True)
             try:
-                done = posix.write(self.wfd, data)
+                done = posix.write(self.wfd, view)
             except BlockingIOError:
                 continue
             except OSError as e:
                 raise Gone(str(e)) from None
-            data = data[done:]
+            view = view[done:]
 
-    def _fill(self) -> None:
-        self.flush()
+    def _receive(self) -> bytes:
+        """The next read from the client (empty at end of input)."""
         while True:
             self._wait(self.rfd, writing=False)
             try:
-                data = posix.read(self.rfd, READ_SIZE)
-                break
+                return posix.read(self.rfd, READ_SIZE)
             except BlockingIOError:  # fd 0 may share fd 1's non-blocking mode
                 continue
             except OSError as e:
                 raise Gone(str(e)) from None
-        if not data:
-            raise Gone("end of input")
-        self.inbuf += data
 
     def readline(self) -> bytes:
         """One command line without its LF and without one CR before it."""

@@ -32,6 +32,7 @@ FLUSH = 1    # flush the reply now
 DATA = 2     # start qmail-queue, then call open_message()
 QUIT = 3     # flush and exit 0
 DROP = 4     # flush and exit 1
+STARTTLS = 5  # load the certificate, then call starttls_ready()
 
 MAX_HOPS = 100
 
@@ -60,7 +61,8 @@ class Session:
                  is_local_ip: "Callable[[str], bool]" = lambda ip: False,
                  clock: "Callable[[], float]" = time.time,
                  auth: "Authenticator | None" = None,
-                 databytes: int = 0) -> None:
+                 databytes: int = 0,
+                 tls_offered: bool = False) -> None:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient
@@ -71,6 +73,8 @@ class Session:
         self.clock = clock
         self.auth = auth
         self.databytes = databytes
+        self.tls_offered = tls_offered  # a certificate is configured
+        self.tls: bytes | None = None  # the cipher, once TLS is active
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.exchange: "Exchange | None" = None
@@ -91,6 +95,8 @@ class Session:
         }
         if auth is not None:
             self.verbs[b"auth"] = self.auth_
+        if tls_offered:
+            self.verbs[b"starttls"] = self.starttls
 
     # -- entry points -----------------------------------------------------
     def banner(self) -> bytes:
@@ -130,6 +136,8 @@ class Session:
     def ehlo_keywords(self) -> list[bytes]:
         """The extensions we offer, in the order qmail and the AUTH patch list them."""
         keywords = [b"PIPELINING", b"8BITMIME"]
+        if self.tls_offered and self.tls is None:
+            keywords.insert(0, b"STARTTLS")
         if self.auth is not None:
             keywords.append(b"SIZE %d" % self.databytes)
             keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
@@ -204,6 +212,24 @@ class Session:
     def help_(self, arg: bytes) -> tuple[bytes, int]:
         return replies.HELP, FLUSH
 
+    # -- STARTTLS (only offered when a certificate is configured) ---------
+    def starttls(self, arg: bytes) -> tuple[bytes, int]:
+        if self.tls is not None:
+            return replies.UNIMPLEMENTED, FLUSH
+        if arg:
+            return replies.STARTTLS_PARAMETERS, FLUSH
+        return b"", STARTTLS
+
+    def starttls_ready(self, loaded: bool) -> bytes:
+        """220 once the certificate loaded; else 454 and the session goes on in cleartext."""
+        return replies.STARTTLS_READY if loaded else replies.TLS_UNAVAILABLE
+
+    def tls_started(self, cipher: bytes) -> None:
+        """RFC 3207: after the handshake the session starts over, as if just connected."""
+        self.tls = cipher
+        self.helo = None
+        self.seen_mail = False
+
     def quit(self, arg: bytes) -> tuple[bytes, int]:
         return replies.greeting_line(b"221 ", self.greeting), QUIT
 
@@ -265,6 +291,11 @@ class Session:
                         peer.local, self.protocol(), self.clock())
 
     def protocol(self) -> bytes:
+        """The Received line's `with`, as the AUTH and TLS patches write it."""
+        if self.tls is not None:
+            if self.user is None:
+                return b"ESMTPS (" + self.tls + b" encrypted)"
+            return b"ESMTPSA (" + self.tls + b" encrypted, authenticated)"
         return b"SMTP" if self.user is None else b"ESMTPA"
 
     def finish_message(self) -> bytes | None:

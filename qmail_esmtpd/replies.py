@@ -91,6 +91,11 @@ def queue_failure(text: bytes) -> bytes:
 # our own: a bug must end the session with a clear temporary reply, never a traceback
 INTERNAL_ERROR = b"421 internal error, closing connection (#4.3.0)\r\n"
 
+# STARTTLS (the qmail TLS patch's texts; the 454's reason is ours, details go to the log)
+STARTTLS_READY = b"220 ready for tls\r\n"
+STARTTLS_PARAMETERS = b"501 Syntax error (no parameters allowed) (#5.5.4)\r\n"
+TLS_UNAVAILABLE = b"454 TLS certificate or key cannot be loaded (#4.3.0)\r\n"
+
 # SMTP AUTH (the qmail AUTH patch's texts; the 454 for the database is ours)
 AUTH_OK = b"235 ok, go ahead (#2.0.0)\r\n"
 AUTH_FAILED = b"535 authentication failed (#5.7.1)\r\n"

@@ -6,7 +6,7 @@ reply and what to queue; this moves the bytes.
 """
 
 from . import protocol, replies
-from .lineio import Gone, Timeout
+from .lineio import Channel, Gone, Timeout, TLSUnavailable
 from .protocol import BARE_LF, END
 from .queue import QueueJob
 
@@ -15,12 +15,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .lineio import Transport
+    from .tls import ServerTLS
 
 
-def serve(session: protocol.Session, channel: "Transport",
-          open_queue: "Callable[[], QueueJob]") -> int:
-    """Talk SMTP until QUIT (exit 0) or until the client goes away (exit 1)."""
+def serve(session: protocol.Session, channel: Channel,
+          open_queue: "Callable[[], QueueJob]",
+          open_tls: "Callable[[], ServerTLS] | None" = None, smtps: bool = False) -> int:
+    """Talk SMTP until QUIT (exit 0) or until the client goes away (exit 1).
+
+    The channel is replaced by a TLS one after STARTTLS.  With `smtps` TLS
+    starts before the greeting (port 465); a certificate that cannot be
+    loaded then ends the session, as there is no cleartext to fall back to.
+    """
     try:
+        if smtps and open_tls is not None:
+            channel = _start_tls(session, channel, open_tls())
         channel.write(session.banner())
         while True:
             reply, action = session.handle(channel.readline())
@@ -33,6 +42,8 @@ def serve(session: protocol.Session, channel: "Transport",
                 channel.flush()
             elif action == protocol.FLUSH:
                 channel.flush()
+            elif action == protocol.STARTTLS and open_tls is not None:
+                channel = starttls(session, channel, open_tls)
             elif action == protocol.QUIT:
                 channel.flush()
                 return 0
@@ -45,6 +56,38 @@ def serve(session: protocol.Session, channel: "Transport",
         return 1
     except Gone:
         return 1
+    except TLSUnavailable as e:  # SMTPS without a usable certificate
+        from .log import log
+
+        log(f"tls unavailable: {e}")
+        return 1
+
+
+def starttls(session: protocol.Session, channel: Channel,
+             open_tls: "Callable[[], ServerTLS]") -> Channel:
+    """220 and the handshake, or 454 and the same cleartext channel."""
+    try:
+        tls = open_tls()
+    except TLSUnavailable as e:
+        from .log import log
+
+        log(f"tls unavailable: {e}")
+        channel.write(session.starttls_ready(False))
+        channel.flush()
+        return channel
+    channel.write(session.starttls_ready(True))
+    return _start_tls(session, channel, tls)
+
+
+def _start_tls(session: protocol.Session, channel: Channel, tls: "ServerTLS") -> Channel:
+    """Nothing the client sent in cleartext may count inside TLS (CVE-2011-0411)."""
+    from .log import log
+
+    channel.flush()
+    channel.discard_input()
+    secure = tls.wrap(channel, log)
+    session.tls_started(secure.cipher)
+    return secure
 
 
 def receive_message(session: protocol.Session, channel: "Transport",

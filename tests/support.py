@@ -65,6 +65,19 @@ def talk(port: int, data: bytes, timeout: float = 20) -> bytes:
     return b"".join(chunks)
 
 
+def imported_modules(env: dict, session: bytes) -> set:
+    """Run one session on pipes the way the launcher does, with -X importtime."""
+    lines = SERVER.read_text().splitlines()
+    interpreter = lines[0][2:].split()[0]
+    code = "\n".join(lines[1:])
+    out = subprocess.run([interpreter, "-IS", "-X", "importtime", "-c", code], input=session,
+                         env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, timeout=60)
+    if not out.stdout.startswith(b"220 "):
+        raise AssertionError(f"no greeting: {out}")
+    return {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines()
+            if line.startswith("import time:")}
+
+
 def write_program(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)

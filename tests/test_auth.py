@@ -11,7 +11,15 @@ import pytest
 
 from qmail_esmtpd.auth.passwords import context
 
-from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER, Cluster, Database, write_program
+from support import (
+    FAKE_CHECKPASSWORD,
+    FAKE_QUEUE,
+    SERVER,
+    Cluster,
+    Database,
+    imported_modules,
+    write_program,
+)
 
 ALICE, ALICE_PW = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"
@@ -306,18 +314,6 @@ def test_database_down_means_454_and_the_session_goes_on(tcpserver, queue):
         assert "auth tempfail user=alice" in log and "database" in log
     finally:
         cluster.destroy()
-
-
-def imported_modules(env: dict, session: bytes) -> set:
-    """Run one session on pipes the way the launcher does, with -X importtime."""
-    lines = SERVER.read_text().splitlines()
-    interpreter = lines[0][2:].split()[0]
-    code = "\n".join(lines[1:])
-    out = subprocess.run([interpreter, "-IS", "-X", "importtime", "-c", code], input=session,
-                         env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, timeout=60)
-    assert out.stdout.startswith(b"220 "), out
-    return {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines()
-            if line.startswith("import time:")}
 
 
 def test_sessions_without_auth_never_load_the_database_or_hashing(db, control):

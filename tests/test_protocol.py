@@ -231,3 +231,21 @@ def test_received_helo_omitted_when_it_matches_remotehost():
     assert b"(HELO" not in s.received_header()
     s.handle(b"HELO")
     assert b"(HELO ) (198.51.100.7)" in s.received_header()
+
+
+def test_starttls_only_with_a_certificate_and_the_session_starts_over():
+    s = make_session(tls_offered=True, clock=lambda: 0)
+    assert s.handle(b"EHLO x")[0] == (b"250-mx.example.com\r\n250-STARTTLS\r\n"
+                                      b"250-PIPELINING\r\n250 8BITMIME\r\n")
+    assert s.handle(b"STARTTLS now") == (replies.STARTTLS_PARAMETERS, protocol.FLUSH)
+    s.handle(b"MAIL FROM:<a@x>")
+    assert s.handle(b"STARTTLS") == (b"", protocol.STARTTLS)
+    assert s.starttls_ready(False) == replies.TLS_UNAVAILABLE
+    assert s.starttls_ready(True) == replies.STARTTLS_READY
+    s.tls_started(b"TLS_AES_256_GCM_SHA384")
+    assert s.helo is None and s.handle(b"RCPT TO:<b@example.com>")[0] == replies.WANT_MAIL
+    assert b"STARTTLS" not in s.handle(b"EHLO x")[0]
+    assert s.handle(b"STARTTLS")[0] == replies.UNIMPLEMENTED
+    assert s.protocol() == b"ESMTPS (TLS_AES_256_GCM_SHA384 encrypted)"
+    s.user = b"alice"
+    assert s.protocol() == b"ESMTPSA (TLS_AES_256_GCM_SHA384 encrypted, authenticated)"

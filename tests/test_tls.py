@@ -1,0 +1,144 @@
+"""STARTTLS and SMTPS through real tcpserver, with smtplib, swaks and raw sockets."""
+
+import base64
+import smtplib
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import SERVER, imported_modules, talk
+
+RELAY = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> bytes:
+    """A self-signed chain and key in one PEM, as control/servercert.pem wants it."""
+    d = tmp_path_factory.mktemp("cert")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", str(d / "key.pem"),
+                    "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    return (d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes()
+
+
+@pytest.fixture
+def tls_control(control: Path, certificate: bytes) -> Path:
+    path = control / "servercert.pem"
+    path.write_bytes(certificate)
+    path.chmod(0o600)
+    return control
+
+
+def client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_starttls_then_mail_is_received_as_esmtps(tcpserver, tls_control, queue):
+    server = tcpserver(RELAY)
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30) as c:
+        code, text = c.ehlo()
+        assert text.split(b"\n")[1] == b"STARTTLS"  # right after the greeting line
+        assert c.starttls(context=client_context())[0] == 220
+        code, text = c.ehlo()
+        assert b"STARTTLS" not in text
+        assert c.docmd("STARTTLS") == (502, b"unimplemented (#5.5.1)")
+        c.sendmail("a@client.test", ["b@elsewhere.org"], b"Subject: tls\r\n\r\nsecret\r\n")
+    (run,) = queue.queued()
+    first, second = run["message"].split(b"\n")[:2]
+    assert first == b"Received: from unknown (HELO client.test) (127.0.0.1)"
+    assert second.startswith(b"  by localhost with ESMTPS (TLS_") and b" encrypted); " in second
+
+
+def test_smtps_starts_tls_before_the_greeting(tcpserver, tls_control, queue):
+    server = tcpserver(RELAY, env={"SMTPS": "1"})
+    with smtplib.SMTP_SSL("127.0.0.1", server.port, local_hostname="client.test",
+                          timeout=30, context=client_context()) as c:
+        c.sendmail("a@client.test", ["b@example.com"], b"Subject: smtps\r\n\r\nx\r\n")
+    (run,) = queue.queued()
+    assert b"with ESMTPS (" in run["message"]
+
+
+def test_cleartext_pipelined_after_starttls_is_discarded(tcpserver, tls_control):
+    server = tcpserver(RELAY)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        raw.sendall(b"STARTTLS\r\nRSET\r\n")  # one packet: the RSET must not count
+        assert f.readline() == b"220 ready for tls\r\n"
+        with client_context().wrap_socket(raw, server_hostname="localhost") as secure:
+            secure.sendall(b"NOOP\r\n")
+            assert secure.recv(100) == b"250 ok\r\n"  # not "250 flushed"
+    assert "Traceback" not in server.logpath.read_text()
+
+
+def test_swaks_tls(tcpserver, tls_control, queue):
+    server = tcpserver(RELAY)
+    out = subprocess.run(["swaks", "--server", f"127.0.0.1:{server.port}", "--tls",
+                          "--from", "a@client.test", "--to", "b@elsewhere.org"],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stdout.decode(errors="replace")
+    assert b"TLS started" in out.stdout and len(queue.queued()) == 1
+
+
+def test_garbage_instead_of_a_client_hello_ends_cleanly(tcpserver, tls_control, queue):
+    server = tcpserver(RELAY)
+    out = talk(server.port, b"STARTTLS\r\n" + b"this is not a ClientHello\r\n" * 10)
+    assert out.startswith(b"220 ") and b"\r\n220 ready for tls\r\n" in out
+    assert b"Traceback" not in out
+    log = server.wait_log("tls handshake failed")
+    assert "tls handshake failed" in log and "Traceback" not in log and queue.queued() == []
+
+
+def test_a_client_that_drops_mid_handshake(tcpserver, tls_control):
+    server = tcpserver(RELAY)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
+        f = raw.makefile("rb")
+        f.readline()
+        raw.sendall(b"STARTTLS\r\n")
+        assert f.readline() == b"220 ready for tls\r\n"
+        raw.sendall(b"\x16\x03\x01\x00")  # the start of a record, then gone
+        raw.shutdown(socket.SHUT_RDWR)  # the makefile() reference would keep it open
+    log = server.wait_log("tls handshake failed")
+    assert "tls handshake failed" in log and "Traceback" not in log
+    assert talk(server.port, b"QUIT\r\n").endswith(b"221 mx.example.com\r\n")  # still serving
+
+
+def test_an_unusable_certificate_is_454_and_the_session_goes_on(tcpserver, control):
+    (control / "servercert.pem").write_text("not a certificate\n")
+    server = tcpserver(RELAY)
+    out = talk(server.port, b"EHLO x\r\nSTARTTLS\r\nNOOP\r\nQUIT\r\n")
+    assert b"\r\n454 TLS certificate or key cannot be loaded (#4.3.0)\r\n250 ok\r\n221 " in out
+    assert "servercert.pem" in server.logpath.read_text()
+
+
+def test_no_certificate_means_no_starttls(tcpserver, control):
+    server = tcpserver(RELAY)
+    out = talk(server.port, b"EHLO x\r\nSTARTTLS\r\nQUIT\r\n")
+    assert b"STARTTLS" not in out.split(b"502 ")[0] and b"\r\n502 unimplemented (#5.5.1)\r\n" in out
+
+
+def test_auth_plain_inside_tls(tcpserver, tls_control, tmp_path):
+    import sys
+
+    from support import FAKE_CHECKPASSWORD, write_program
+    checker = write_program(tmp_path / "checkpassword",
+                            f"#!/bin/sh\nexec {sys.executable} {FAKE_CHECKPASSWORD} \"$@\"\n")
+    server = tcpserver(":allow\n", argv=[str(SERVER), str(checker), "/bin/true"])
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.starttls(context=client_context())
+        c.ehlo()
+        code, _ = c.docmd("AUTH PLAIN", base64.b64encode(b"\0alice\0wonderland").decode())
+        assert code == 235
+
+
+def test_a_session_without_starttls_never_loads_ssl(tls_control):
+    plain = imported_modules({"QMAIL_CONTROL": str(tls_control)}, b"EHLO x\r\nQUIT\r\n")
+    assert "ssl" not in plain and "_ssl" not in plain
+    tls = imported_modules({"QMAIL_CONTROL": str(tls_control)}, b"EHLO x\r\nSTARTTLS\r\n")
+    assert "ssl" in tls  # the check above can fail
