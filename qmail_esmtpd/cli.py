@@ -9,7 +9,7 @@ import posix
 import sys
 
 from . import replies
-from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend
+from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend, number_setting
 from .lineio import Channel
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
@@ -31,7 +31,11 @@ def main() -> int:
     try:
         settings = Settings(controls, env)
         argv = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
-        backend = auth_backend(argv, env, controls)
+        smtpauth = env.get(b"SMTPAUTH")  # the qmail-authentication patch's switch
+        backend = None if smtpauth == b"-" else auth_backend(argv, env, controls)
+        tls_offered = controls.exists(SERVERCERT)
+        auth_needs_tls = (tls_offered and backend is not None
+                          and number_setting(controls, env, b"authcleartext", 0) == 0)
     except ControlError as e:
         from .log import log  # loaded only when there is something to say
 
@@ -62,7 +66,10 @@ def main() -> int:
         is_local_ip=is_local_ip,
         auth=auth,
         databytes=settings.databytes,
-        tls_offered=controls.exists(SERVERCERT),
+        tls_offered=tls_offered,
+        auth_needs_tls=auth_needs_tls,
+        auth_required=smtpauth == b"!",
+        note=note,
     )
     program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
@@ -89,6 +96,13 @@ def main() -> int:
     finally:
         if auth is not None:
             auth.close()
+
+
+def note(text: str) -> None:
+    """The core's log lines; the log module loads only when there is one."""
+    from .log import log
+
+    log(text)
 
 
 def is_local_ip(ip: str) -> bool:

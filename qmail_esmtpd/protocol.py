@@ -62,7 +62,10 @@ class Session:
                  clock: "Callable[[], float]" = time.time,
                  auth: "Authenticator | None" = None,
                  databytes: int = 0,
-                 tls_offered: bool = False) -> None:
+                 tls_offered: bool = False,
+                 auth_needs_tls: bool = False,
+                 auth_required: bool = False,
+                 note: "Callable[[str], None]" = lambda text: None) -> None:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient
@@ -75,6 +78,9 @@ class Session:
         self.databytes = databytes
         self.tls_offered = tls_offered  # a certificate is configured
         self.tls: bytes | None = None  # the cipher, once TLS is active
+        self.auth_needs_tls = auth_needs_tls  # no AUTH in cleartext
+        self.auth_required = auth_required  # submission: no MAIL before AUTH
+        self.note = note  # one line for the log, for what an admin must be able to see
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.exchange: "Exchange | None" = None
@@ -140,7 +146,8 @@ class Session:
             keywords.insert(0, b"STARTTLS")
         if self.auth is not None:
             keywords.append(b"SIZE %d" % self.databytes)
-            keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
+            if self.tls is not None or not self.auth_needs_tls:
+                keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
         return keywords
 
     def _address(self, arg: bytes) -> bytes | None:
@@ -148,6 +155,8 @@ class Session:
         return None if len(addr) > MAX_ADDRESS else addr
 
     def mail(self, arg: bytes) -> tuple[bytes, int]:
+        if self.auth_required and self.user is None:
+            return replies.AUTH_REQUIRED, BUFFER
         addr = self._address(arg)
         if addr is None:
             return replies.SYNTAX, BUFFER
@@ -239,6 +248,10 @@ class Session:
             return replies.AUTH_ALREADY, FLUSH
         if self.seen_mail:
             return replies.AUTH_IN_TRANSACTION, FLUSH
+        if self.auth_needs_tls and self.tls is None:
+            ip = self.peer.remoteip.decode("ascii", "replace")
+            self.note(f"auth refused without tls ip={ip}")
+            return replies.AUTH_NEEDS_TLS, FLUSH
         from .auth.sasl import start  # only sessions that try AUTH load it
 
         exchange = start(arg)

@@ -249,3 +249,27 @@ def test_starttls_only_with_a_certificate_and_the_session_starts_over():
     assert s.protocol() == b"ESMTPS (TLS_AES_256_GCM_SHA384 encrypted)"
     s.user = b"alice"
     assert s.protocol() == b"ESMTPSA (TLS_AES_256_GCM_SHA384 encrypted, authenticated)"
+
+
+class Mechanisms:
+    mechanisms = (b"LOGIN", b"PLAIN")
+
+
+def test_auth_only_under_tls_when_a_certificate_is_configured():
+    notes: list[str] = []
+    s = make_session(tls_offered=True, auth=Mechanisms(), auth_needs_tls=True, note=notes.append)
+    assert s.handle(b"EHLO x")[0] == (b"250-mx.example.com\r\n250-STARTTLS\r\n250-PIPELINING\r\n"
+                                      b"250-8BITMIME\r\n250 SIZE 0\r\n")
+    assert s.handle(b"AUTH PLAIN") == (replies.AUTH_NEEDS_TLS, protocol.FLUSH)
+    assert notes == ["auth refused without tls ip=198.51.100.7"]
+    s.tls_started(b"TLS_AES_128_GCM_SHA256")
+    assert s.handle(b"EHLO x")[0].endswith(b"250 AUTH LOGIN PLAIN\r\n")
+    assert s.handle(b"AUTH PLAIN")[0] == replies.AUTH_PROMPT_PLAIN
+
+
+def test_submission_mode_wants_auth_before_mail():
+    s = make_session(auth=Mechanisms(), auth_required=True)
+    assert s.handle(b"MAIL FROM:<a@x>") == (replies.AUTH_REQUIRED, protocol.BUFFER)
+    assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.WANT_MAIL
+    s.user = b"alice"
+    assert s.handle(b"MAIL FROM:<a@x>")[0] == replies.OK

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import SERVER, imported_modules, talk
+from support import FAKE_CHECKPASSWORD, SERVER, imported_modules, talk, write_program
 
 RELAY = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
 
@@ -123,18 +123,52 @@ def test_no_certificate_means_no_starttls(tcpserver, control):
     assert b"STARTTLS" not in out.split(b"502 ")[0] and b"\r\n502 unimplemented (#5.5.1)\r\n" in out
 
 
-def test_auth_plain_inside_tls(tcpserver, tls_control, tmp_path):
+PLAIN = base64.b64encode(b"\0alice\0wonderland").decode()
+
+
+@pytest.fixture
+def with_checkpassword(tcpserver, tmp_path):
+    """Factory: the server with the AUTH patch's command line and `env`."""
     import sys
 
-    from support import FAKE_CHECKPASSWORD, write_program
     checker = write_program(tmp_path / "checkpassword",
                             f"#!/bin/sh\nexec {sys.executable} {FAKE_CHECKPASSWORD} \"$@\"\n")
-    server = tcpserver(":allow\n", argv=[str(SERVER), str(checker), "/bin/true"])
+    return lambda env=None: tcpserver(":allow\n", env={"AUTHFAILDELAY": "0", **(env or {})},
+                                      argv=[str(SERVER), str(checker), "/bin/true"])
+
+
+def test_auth_only_inside_tls(with_checkpassword, tls_control):
+    server = with_checkpassword()
     with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.ehlo()
+        assert "auth" not in c.esmtp_features and "starttls" in c.esmtp_features
+        assert c.docmd("AUTH PLAIN", PLAIN) == (538, b"auth not available without TLS (#5.3.3)")
         c.starttls(context=client_context())
         c.ehlo()
-        code, _ = c.docmd("AUTH PLAIN", base64.b64encode(b"\0alice\0wonderland").decode())
-        assert code == 235
+        assert c.esmtp_features["auth"].strip() == "LOGIN PLAIN"
+        assert c.docmd("AUTH PLAIN", PLAIN)[0] == 235
+    assert "auth refused without tls ip=127.0.0.1" in server.wait_log("auth refused")
+
+
+def test_cleartext_auth_when_the_site_asks_for_it(with_checkpassword, tls_control):
+    server = with_checkpassword({"AUTHCLEARTEXT": "1"})
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.ehlo()
+        assert "auth" in c.esmtp_features and c.docmd("AUTH PLAIN", PLAIN)[0] == 235
+
+
+def test_submission_mode_and_auth_switched_off(with_checkpassword, control, queue):
+    server = with_checkpassword({"SMTPAUTH": "!"})
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.ehlo()
+        assert c.mail("a@client.test") == (530, b"authentication required (#5.7.0)")
+        assert c.rcpt("b@example.com")[0] == 503
+        assert c.docmd("AUTH PLAIN", PLAIN)[0] == 235  # no certificate: cleartext as before
+        c.sendmail("alice@client.test", ["b@elsewhere.org"], b"Subject: 587\r\n\r\nx\r\n")
+    assert [r["recipients"] for r in queue.queued()] == [["b@elsewhere.org"]]
+    off = with_checkpassword({"SMTPAUTH": "-"})
+    out = talk(off.port, b"EHLO x\r\nAUTH PLAIN " + PLAIN.encode() + b"\r\nQUIT\r\n")
+    assert b"AUTH" not in out.split(b"502 ")[0] and b"\r\n502 unimplemented (#5.5.1)\r\n" in out
 
 
 def test_a_session_without_starttls_never_loads_ssl(tls_control):
