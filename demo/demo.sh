@@ -41,6 +41,26 @@ EOF
 fi
 tcprules "$DIR/tcp.smtp.cdb" "$DIR/tcp.smtp.tmp" <"$DIR/tcp.smtp"
 
+# STARTTLS: a self-signed certificate for the demo host, made once (delete
+# $DIR/control/servercert.pem to get a new one, or put your own there).
+HOST=$(head -n 1 "$DIR/control/me")
+CERT=$DIR/control/servercert.pem
+if [ ! -f "$CERT" ]; then
+    if command -v openssl >/dev/null 2>&1; then
+        (
+            umask 077
+            openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$HOST" \
+                -keyout "$DIR/key.pem.tmp" -out "$DIR/cert.pem.tmp" 2>/dev/null
+            cat "$DIR/cert.pem.tmp" "$DIR/key.pem.tmp" >"$CERT.tmp"
+            rm -f "$DIR/cert.pem.tmp" "$DIR/key.pem.tmp"
+            chmod 600 "$CERT.tmp"
+            mv "$CERT.tmp" "$CERT"
+        ) || echo "demo: could not make $CERT; going on without STARTTLS" >&2
+    else
+        echo "demo: no openssl to make $CERT with; going on without STARTTLS" >&2
+    fi
+fi
+
 QMAIL_CONTROL=$DIR/control
 if [ -n "${QMAILQUEUE:-}" ]; then
     where="messages go to $QMAILQUEUE (QMAILQUEUE was already set)"
@@ -62,6 +82,16 @@ qmail-esmtpd demo: listening on 127.0.0.1:$PORT (control files in $QMAIL_CONTROL
 
   send a message (127.0.0.1 may relay):
     swaks --server 127.0.0.1:$PORT --from you@demo.localhost --to someone@example.org --header 'Subject: hello'
+EOF
+if [ -f "$CERT" ]; then
+    cat <<EOF
+  the same inside TLS (STARTTLS, with the self-signed certificate in $CERT):
+    swaks --server 127.0.0.1:$PORT --tls --from you@demo.localhost --to someone@example.org --header 'Subject: hello over TLS'
+  or talk SMTP by hand inside TLS:
+    openssl s_client -starttls smtp -connect 127.0.0.1:$PORT -crlf -quiet
+EOF
+fi
+cat <<EOF
   see relaying refused (127.0.0.2 is not a relay client, example.org is not in rcpthosts):
     swaks --server 127.0.0.1:$PORT --local-interface 127.0.0.2 --to someone@example.org --quit-after RCPT
   or talk SMTP by hand:
