@@ -24,6 +24,12 @@ ADD = """INSERT INTO poppass (name, pw, active, sendlimit) VALUES (%s, %s, %s, %
 ON CONFLICT (name) DO NOTHING RETURNING id"""
 PASSWD = "UPDATE poppass SET pw = %s WHERE name = %s RETURNING id"
 DELETE = "DELETE FROM poppass WHERE name = %s RETURNING id"
+SENDAS_ADD = """INSERT INTO sendas (id, address) SELECT id, %s FROM poppass WHERE name = %s
+ON CONFLICT DO NOTHING RETURNING id"""
+SENDAS_DEL = """DELETE FROM sendas WHERE address = %s
+AND id = (SELECT id FROM poppass WHERE name = %s) RETURNING id"""
+SENDAS_LIST = """SELECT address FROM sendas WHERE id = (SELECT id FROM poppass WHERE name = %s)
+ORDER BY address"""
 SET_LIMIT = "UPDATE poppass SET sendlimit = %s WHERE name = %s RETURNING id"
 RESET = """UPDATE sendcounts SET count = 0
 WHERE id = (SELECT id FROM poppass WHERE name = %s) AND last_send = current_date"""
@@ -97,6 +103,15 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("list", help="all users: name, state, limit, today, total")
     c.set_defaults(run=cmd_list)
 
+    for command, run, text in (
+        ("sendas-add", cmd_sendas_add, "let a user send as ADDRESS (with control/senderbinding)"),
+        ("sendas-del", cmd_sendas_del, "take ADDRESS back from a user"),
+    ):
+        c = sub.add_parser(command, help=text)
+        c.add_argument("name", type=existing_name)
+        c.add_argument("address", type=address_arg)
+        c.set_defaults(run=run)
+
     c = sub.add_parser("limit", help="set a user's daily limit (N, 0: none, or default)")
     c.add_argument("name", type=existing_name)
     c.add_argument("limit", type=limit_or_default, metavar="N|default")
@@ -119,6 +134,14 @@ def name_arg(text: str, strict: bool) -> str:
     if "\0" in text:
         raise argparse.ArgumentTypeError("user name has a NUL")
     return text
+
+
+def address_arg(text: str) -> str:
+    """An envelope sender as the server compares it: lower case, no blanks."""
+    address = name_arg(text, strict=True).lower()
+    if " " in address or "@" not in address:
+        raise argparse.ArgumentTypeError("an address is local@domain, without blanks")
+    return address
 
 
 def new_name(text: str) -> str:
@@ -249,6 +272,8 @@ def cmd_show(db: Database, args: argparse.Namespace) -> int:
     say(f"today:   {today}")
     say(f"total:   {total}")
     say(f"hash:    {scheme(pw)}")
+    senders = [address for (address,) in db.query(SENDAS_LIST, (args.name,))]
+    say(f"sendas:  {' '.join(senders) if senders else '-'}")
     return 0
 
 
@@ -279,6 +304,23 @@ def cmd_limit(db: Database, args: argparse.Namespace) -> int:
         raise no_such_user(args.name)
     shown = "default" if args.limit is None else describe_limit(args.limit)
     say(f"limit for {args.name}: {shown}")
+    return 0
+
+
+def cmd_sendas_add(db: Database, args: argparse.Namespace) -> int:
+    if not exists(db, args.name):
+        raise no_such_user(args.name)
+    db.query(SENDAS_ADD, (args.address, args.name))
+    say(f"{args.name} may send as {args.address}")
+    return 0
+
+
+def cmd_sendas_del(db: Database, args: argparse.Namespace) -> int:
+    if not exists(db, args.name):
+        raise no_such_user(args.name)
+    if not db.query(SENDAS_DEL, (args.address, args.name)):
+        raise Failure(f"{args.name} has no address {args.address}")
+    say(f"{args.name} may no longer send as {args.address}")
     return 0
 
 

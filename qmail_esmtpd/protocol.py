@@ -83,6 +83,7 @@ class Session:
         self.note = note  # one line for the log, for what an admin must be able to see
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
+        self.senders: frozenset[bytes] | None = None  # the user's own senders; None: any
         self.exchange: "Exchange | None" = None
         self.auth_failures = 0
         self.decoder: DataDecoder | None = None  # the message being received
@@ -162,6 +163,8 @@ class Session:
             return replies.SYNTAX, BUFFER
         if self.auth is not None and self.databytes and size_parameter(arg) > self.databytes:
             return replies.SIZE_EXCEEDED, BUFFER
+        if self.senders is not None and addr and addr.lower() not in self.senders:
+            return replies.SENDER_NOT_YOURS, BUFFER  # the null sender impersonates nobody
         if self.limit is not None:
             allowed = self.limit.allows()
             if not allowed:
@@ -269,6 +272,7 @@ class Session:
         if verdict.ok:
             self.user = verdict.user or user
             self.limit = verdict.limit
+            self.senders = verdict.senders
             self.peer.remoteinfo = self.user
             self.relayclient = b""  # as the AUTH patch: relay like RELAYCLIENT=""
             return replies.AUTH_OK, FLUSH

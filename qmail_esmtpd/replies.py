@@ -108,6 +108,8 @@ AUTH_ALREADY = b"503 you're already authenticated (#5.5.0)\r\n"
 AUTH_IN_TRANSACTION = b"503 no auth during mail transaction (#5.5.0)\r\n"
 AUTH_MECHANISM = b"504 auth type unimplemented (#5.5.1)\r\n"
 AUTH_TOO_MANY = b"421 too many failed authentication attempts, closing connection (#4.7.0)\r\n"
+SENDER_NOT_YOURS = (b"553 sorry, that envelope sender does not belong to the authenticated "
+                    b"user (#5.7.1)\r\n")  # ours: control/senderbinding
 AUTH_NEEDS_TLS = b"538 auth not available without TLS (#5.3.3)\r\n"
 AUTH_REQUIRED = b"530 authentication required (#5.7.0)\r\n"  # ours: SMTPAUTH="!" (RFC 4954)
 AUTH_TEMP_DB = b"454 temporary authentication failure, try again later (#4.3.0)\r\n"

@@ -7,7 +7,10 @@
 --   poppass:    read the user's row at AUTH time
 --   sendcounts: read today's count at MAIL, charge (INSERT/UPDATE) per message,
 --               refund (UPDATE) when qmail-queue refuses a charged message
+--   sendas:     read the account's own sender addresses at AUTH time (used
+--               only with control/senderbinding = 1)
 GRANT SELECT ON poppass TO qmaild;
+GRANT SELECT ON sendas TO qmaild;
 GRANT SELECT, INSERT, UPDATE ON sendcounts TO qmaild;
 
 -- Optional: lets a successful login replace a deprecated hash (DES, MD5, SHA

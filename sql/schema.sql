@@ -23,3 +23,14 @@ CREATE TABLE IF NOT EXISTS sendcounts (
     count       integer NOT NULL DEFAULT 0 CHECK (count >= 0),  -- messages queued on last_send
     total_count bigint NOT NULL DEFAULT 0                        -- messages queued ever
 );
+
+-- Envelope senders an account may use besides its login name (when that is an
+-- address), checked only with control/senderbinding = 1.  Stored lower-case;
+-- compared case-insensitively.  Added after the first release: loading this
+-- file again on an existing database creates just this table (everything
+-- here is IF NOT EXISTS), then re-run grants.sql.
+CREATE TABLE IF NOT EXISTS sendas (
+    id      integer NOT NULL REFERENCES poppass (id) ON DELETE CASCADE,
+    address text NOT NULL CHECK (address = lower(address) AND address <> ''),
+    PRIMARY KEY (id, address)
+);

@@ -2,8 +2,10 @@
 -- tables (poppass and sendcounts without keys, constraints or NOT NULLs, pw a
 -- varchar(20)) to sql/schema.sql, in place, keeping every row.
 --
--- Run it as the owner of the tables, then apply the grants:
+-- Run it as the owner of the tables, then load schema.sql (it adds the tables
+-- that came later, such as sendas, and leaves the rest alone), then the grants:
 --     psql -v ON_ERROR_STOP=1 -1 -d mail -f sql/upgrade-2002.sql
+--     psql -v ON_ERROR_STOP=1 -d mail -f sql/schema.sql
 --     psql -v ON_ERROR_STOP=1 -d mail -f sql/grants.sql
 -- (after `CREATE ROLE qmaild LOGIN` if the role does not exist yet).
 --

@@ -199,7 +199,7 @@ def test_show(admin: Admin) -> None:
     make_accounts(admin)
     alice = fields(admin("show", "alice").stdout)
     assert alice == {"name": "alice", "active": "yes", "limit": "50 (default)",
-                     "today": "3", "total": "10", "hash": "argon2"}
+                     "today": "3", "total": "10", "hash": "argon2", "sendas": "-"}
     bob = fields(admin("show", "bob").stdout)
     assert (bob["limit"], bob["today"], bob["total"]) == ("unlimited", "0", "7")
     carol = fields(admin("show", "carol").stdout)
@@ -358,3 +358,16 @@ def test_usage_errors() -> None:
                               stdin=subprocess.DEVNULL, timeout=60)
         assert proc.returncode == 2, argv
         assert "usage:" in proc.stderr
+
+
+def test_sendas_addresses(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    assert admin("sendas-add", "alice", "Alice@Example.ORG").returncode == 0
+    assert admin("sendas-add", "alice", "alias@example.org").returncode == 0
+    assert admin("sendas-add", "alice", "alias@example.org").returncode == 0  # idempotent
+    assert fields(admin("show", "alice").stdout)["sendas"] == "alias@example.org alice@example.org"
+    assert admin("sendas-del", "alice", "alias@example.org").returncode == 0
+    one_line_error(admin("sendas-del", "alice", "alias@example.org"), "has no address")
+    one_line_error(admin("sendas-add", "nobody", "x@example.org"), "no such user")
+    assert admin("sendas-add", "alice", "not an address").returncode == 2
+    assert fields(admin("show", "alice").stdout)["sendas"] == "alice@example.org"

@@ -403,3 +403,25 @@ def test_database_trouble_is_a_454(pg, db, tcpserver, trouble):
         if trouble == "statement timeout":
             db.database.conn.rollback()
     assert "auth database:" in server.logpath.read_text()
+
+
+def test_sender_bound_to_the_login(db, tcpserver, queue):
+    uid = db.add("alice@example.org", ALICE_PW)
+    db.sql("INSERT INTO sendas (id, address) VALUES (%s, 'alias@example.org')", (uid,))
+    db.add("bob", "bob-pw")
+    server = tcpserver(":allow\n", env=db.env(SENDERBINDING="1"))
+    with smtp(server) as c:
+        login(c, "alice@example.org", ALICE_PW)
+        for sender in ("Alice@Example.ORG", "alias@example.org", ""):
+            assert c.mail(sender)[0] == 250, sender
+            c.rset()
+        code, text = c.mail("boss@example.org")
+        assert code == 553 and b"does not belong to the authenticated user" in text
+        c.sendmail("alias@example.org", [ELSEWHERE], b"Subject: mine\r\n\r\nx\r\n")
+    with smtp(server) as c:
+        login(c, "bob", "bob-pw")  # not an address, and nothing listed: no sender at all
+        assert c.mail("bob@example.org")[0] == 553 and c.mail("")[0] == 250
+    with smtp(server) as c:  # unauthenticated clients are not bound
+        c.ehlo()
+        assert c.mail("boss@example.org")[0] == 250
+    assert [r["sender"] for r in queue.queued()] == ["alias@example.org"]

@@ -273,3 +273,15 @@ def test_the_account_check_needs_nothing_from_smtp():
     smtp = {"replies", "protocol", "server", "lineio", "queue", "cli", "auth.sasl",
             "auth.postgres", "rcpthosts", "received"}
     assert not {f"qmail_esmtpd.{name}" for name in smtp} & set(out), out
+
+
+def test_senders_are_the_login_when_binding_is_on(tmp_path):
+    from support import FAKE_CHECKPASSWORD
+
+    checker = [str(FAKE_CHECKPASSWORD).encode(), b"/bin/true"]
+    bound, _ = authenticator(tmp_path, {b"SENDERBINDING": b"1"}, checker)
+    assert bound.check(b"bob@example.com", b"s3cret", b"PLAIN").senders == frozenset(
+        {b"bob@example.com"})
+    assert bound.check(b"alice", b"wonderland", b"PLAIN").senders == frozenset()
+    free, _ = authenticator(tmp_path, {}, checker)
+    assert free.check(b"alice", b"wonderland", b"PLAIN").senders is None

@@ -273,3 +273,11 @@ def test_submission_mode_wants_auth_before_mail():
     assert s.handle(b"RCPT TO:<b@example.com>")[0] == replies.WANT_MAIL
     s.user = b"alice"
     assert s.handle(b"MAIL FROM:<a@x>")[0] == replies.OK
+
+
+def test_sender_binding_at_mail():
+    s = make_session()
+    s.user, s.senders = b"alice", frozenset({b"alice@example.org"})
+    assert s.handle(b"MAIL FROM:<Alice@Example.org>")[0] == replies.OK
+    assert s.handle(b"MAIL FROM:<>")[0] == replies.OK
+    assert s.handle(b"MAIL FROM:<boss@example.org>") == (replies.SENDER_NOT_YOURS, protocol.BUFFER)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     class Backend(Protocol):
         def verify(self, user: bytes, password: bytes) -> "Verdict": ...
+        def addresses(self) -> frozenset[bytes]: ...  # the verified account's senders
         def close(self) -> None: ...
 
 
@@ -52,10 +53,11 @@ CHILD_TROUBLE = "child"
 class Verdict:
     """A backend's answer: `ok`, or a failure (535), or `tempfail` (a reason, 454).
 
-    `limit` is the user's sending limit when the backend keeps one.
+    `limit` is the user's sending limit when the backend keeps one; `senders`
+    the envelope senders the user may give (lower case), None: any.
     """
 
-    __slots__ = ("ok", "user", "tempfail", "limit")
+    __slots__ = ("ok", "user", "tempfail", "limit", "senders")
 
     def __init__(self, ok: bool, user: bytes = b"", tempfail: str | None = None,
                  limit: "Limit | None" = None) -> None:
@@ -63,6 +65,7 @@ class Verdict:
         self.user = user
         self.tempfail = tempfail
         self.limit = limit
+        self.senders: frozenset[bytes] | None = None
 
 
 DEFAULT_FAIL_DELAY = 3  # seconds before each 535
@@ -86,6 +89,7 @@ class Authenticator:
         self.backend: "Backend | None" = None
         self.fail_delay = 0
         self._max_failures = 0
+        self.bind_senders = False
 
     def _load(self) -> "Backend":
         if self.backend is None:
@@ -96,6 +100,7 @@ class Authenticator:
             self.backend = module.open_backend(self.setting, controls, env)
             self.fail_delay = clamp_seconds(fail_delay)
             self._max_failures = max(max_failures, 1)
+            self.bind_senders = number_setting(controls, env, b"senderbinding", 0) != 0
         return self.backend
 
     @property
@@ -107,7 +112,10 @@ class Authenticator:
         from ..log import log, printable  # here, not at start-up: AUTH sessions only
 
         try:
-            verdict = self._load().verify(user, password)
+            backend = self._load()
+            verdict = backend.verify(user, password)
+            if verdict.ok and self.bind_senders:
+                verdict.senders = self._senders(verdict.user or user, backend)
         except Exception as e:  # the client gets a 454, the log gets the reason
             log(f"auth error: {type(e).__name__}: {e}")
             verdict = Verdict(False, tempfail=DATABASE)
@@ -117,6 +125,13 @@ class Authenticator:
         log(f"auth {result} user={printable(user)} ip={printable(self.remoteip)} "
             f"mech={mechanism.decode()}")
         return verdict
+
+    @staticmethod
+    def _senders(user: bytes, backend: "Backend") -> frozenset[bytes]:
+        """With control/senderbinding: the login name when it is an address,
+        and whatever the backend lists for the account."""
+        own = frozenset([user.lower()]) if b"@" in user else frozenset()
+        return own | backend.addresses()
 
     def close(self) -> None:
         """End of session: hang up on the database, if the backend has one."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from passlib.context import CryptContext
 
 USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
+ADDRESSES = "SELECT address FROM sendas WHERE id = %s"
 REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s"
 
 
@@ -75,6 +76,15 @@ def verify(db: Database, name: bytes, password: bytes,
     if new_hash:
         _rehash(db, new_hash, user_id, stored)
     return Account(user_id, text, sendlimit)
+
+
+def addresses(db: Database, account: Account) -> frozenset[bytes]:
+    """The envelope senders listed for the account in `sendas` (lower case)."""
+    try:
+        rows = db.query(ADDRESSES, (account.id,))
+    except DatabaseError as e:
+        raise Unavailable(str(e)) from None
+    return frozenset(address.encode("utf-8") for (address,) in rows)
 
 
 def _decoded(name: bytes) -> str | None:

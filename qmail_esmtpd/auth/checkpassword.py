@@ -65,5 +65,9 @@ class Checkpassword:
             return Verdict(False, tempfail=CHILD_TROUBLE)
         return Verdict(posix.WEXITSTATUS(status) == 0, user=user)
 
+    def addresses(self) -> frozenset[bytes]:
+        """No account table: only the login name itself, when it is an address."""
+        return frozenset()
+
     def close(self) -> None:
         """Nothing held between checks."""

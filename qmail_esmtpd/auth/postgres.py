@@ -8,7 +8,7 @@ temporary failure, and a verified account brings its DailyLimit (its own
 from ..config import number_setting
 from ..log import log
 from . import DATABASE, Verdict
-from .accounts import Unavailable, verify
+from .accounts import Account, Unavailable, addresses, verify
 from .db import Database
 from .limit import DailyLimit
 
@@ -36,6 +36,7 @@ class PostgresAuth:
         self.db = db
         self.default_limit = default_limit
         self.plaintext = plaintext
+        self.account: Account | None = None  # the last one verified
 
     def verify(self, user: bytes, password: bytes) -> Verdict:
         try:
@@ -43,10 +44,15 @@ class PostgresAuth:
         except Unavailable as e:
             log(f"auth database: {e}")
             return Verdict(False, tempfail=DATABASE)
+        self.account = account
         if account is None:
             return Verdict(False)
         limit = self.default_limit if account.sendlimit is None else account.sendlimit
         return Verdict(True, user=user, limit=DailyLimit(self.db, account.id, limit))
+
+    def addresses(self) -> frozenset[bytes]:
+        """The verified account's own sender addresses; Unavailable on trouble."""
+        return frozenset() if self.account is None else addresses(self.db, self.account)
 
     def close(self) -> None:
         self.db.close()
