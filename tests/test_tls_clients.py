@@ -115,7 +115,10 @@ def test_swaks_starttls_then_auth(with_checkpassword, tls_control, queue):
 
 
 def test_swaks_tls_on_connect_to_smtps(with_checkpassword, tls_control, queue):
-    server = with_checkpassword({"SMTPS": "1"})
+    """Port 465 as service/run-smtps runs it: SMTPS, and SMTPAUTH="!"."""
+    server = with_checkpassword({"SMTPS": "1", "SMTPAUTH": "!"})
+    refused = swaks(server.port, "--tls-on-connect")  # no AUTH, no mail
+    assert refused.returncode != 0 and "530 authentication required" in said(refused)
     out = swaks(server.port, "--tls-on-connect", *AUTH)
     assert out.returncode == 0, said(out)
     text = said(out)
