@@ -9,8 +9,12 @@ the repository root, prints in one run:
    offered, never used), interleaved with a bare `python -I -S -c pass`, an
    import-only start, the qmail-queue sink alone and, less often, a session
    that authenticates with AUTH PLAIN against PostgreSQL; then where the CPU
-   of an AUTH session goes (imports, argon2id, database);
-2. which heavy modules a plain session imports, and what our imports cost;
+   of an AUTH session goes (imports, argon2id, database); a plain session
+   with control/servercert.pem configured but no STARTTLS; STARTTLS
+   sessions (the handshake alone, and AUTH PLAIN inside TLS), the server on
+   pipes and the TLS client an `ssl.SSLObject` in the bench process;
+2. which heavy modules a plain session imports (also with servercert.pem),
+   and what our imports cost;
 3. sessions per second through real tcpserver at concurrency 1, 4 and 16,
    and for AUTH sessions at concurrency 4;
 4. connect-to-banner latency through tcpserver.
@@ -20,11 +24,12 @@ error only when the server misbehaves (so a broken server cannot look fast).
 The report goes to stdout as each figure is measured, progress to stderr.
 The AUTH figures start a throwaway PostgreSQL cluster (tests/support.py) and
 need the virtualenv's psycopg2 and passlib; `--no-auth` leaves them out and
-needs the standard library only.
+needs the standard library only.  The STARTTLS figures make a self-signed
+certificate with openssl(1).
 
 __main__.py lists the figures; figures.py prints each one; session.py is the
-SMTP session they run, setup.py what it runs against, and pipes.py,
-imports.py, tcp.py and database.py measure.
+SMTP session they run, setup.py what it runs against, starttls.py the TLS
+client on pipes, and pipes.py, imports.py, tcp.py and database.py measure.
 """
 
 import sys

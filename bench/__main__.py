@@ -23,7 +23,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--auth-iterations", type=int, default=60,
                         help="of those, runs with an AUTH session (default 60)")
     parser.add_argument("--split-runs", type=int, default=20,
-                        help="runs of the step-by-step AUTH split (default 20)")
+                        help="runs of the step-by-step AUTH and TLS splits (default 20)")
     parser.add_argument("--sessions", type=int, default=300,
                         help="sessions per tcpserver concurrency level (default 300)")
     parser.add_argument("--auth-sessions", type=int, default=100,
@@ -49,13 +49,18 @@ def main() -> int:
         figures.plain_session_cpu(pipes)
         if auth:
             figures.authdb_session_cpu(pipes)
+        figures.cert_session_cpu(pipes)
         if "auth" in pipes:
             figures.auth_session_cpu(pipes)
             figures.auth_session_split(bench, pipes, max(args.split_runs, 1))
             figures.auth_imports(bench)
+        figures.starttls_cpu(bench, pipes, max(args.split_runs, 1))
+        if "tls_auth" in pipes:
+            figures.tls_auth_session_cpu(pipes)
         plain = figures.plain_session_imports(bench)
         if auth:
             figures.authdb_session_imports(bench, plain)
+        figures.cert_session_imports(bench, plain)
         figures.throughput(bench, args.sessions)
         if auth and args.auth_sessions > 0:
             figures.auth_throughput(bench, args.auth_sessions)

@@ -22,16 +22,20 @@ from .pipes import (
     PSYCOPG2,
     SELECT,
     SPLIT_STEPS,
+    TLS_CONTEXT,
+    TLS_IMPORT,
     VERIFY,
     VERIFY_AGAIN,
     PipeSamples,
     measure_auth_split,
+    measure_tls_split,
 )
 from .session import AUTH_COMMANDS, MESSAGE_SIZE
-from .setup import Bench
+from .setup import CERTIFICATE, Bench
 from .tcp import banner_latencies, run_clients, tcpserver
 
 TARGET_RATIO = 1.25  # a plain session's CPU over a bare interpreter start
+TARGET_CERT_RATIO = 1.00  # servercert.pem configured, STARTTLS never used: `ssl` not loaded
 TARGET_BANNER_MS = 15.0
 CONCURRENCY_LEVELS = (1, 4, 16)
 AUTH_CONCURRENCY = 4
@@ -107,6 +111,17 @@ def authdb_session_cpu(pipes: PipeSamples) -> None:
           f"(medians {authdb:.2f} / {session:.2f} ms; paired difference {paired:+.2f} ms)")
 
 
+def cert_session_cpu(pipes: PipeSamples) -> None:
+    """The plain session with control/servercert.pem present, never saying STARTTLS."""
+    cert, session = pipes.median("cert"), pipes.median("session")
+    paired = statistics.median(a - b for a, b in zip(pipes.samples["cert"],
+                                                     pipes.samples["session"], strict=True))
+    print("   with control/servercert.pem (STARTTLS offered in EHLO, never used), interleaved:")
+    print(f"   with / without certificate {cert / session:6.2f}   "
+          f"(medians {cert:.2f} / {session:.2f} ms; paired difference {paired:+.2f} ms)"
+          f"   target ~{TARGET_CERT_RATIO:.2f}")
+
+
 def auth_session_cpu(pipes: PipeSamples) -> None:
     """An AUTH PLAIN session's CPU, and its PostgreSQL backend's beside it."""
     auth = pipes.median("auth")
@@ -152,6 +167,51 @@ def auth_imports(bench: Bench) -> None:
             + "; ".join(heavy_auth_imports(bench)))
 
 
+def starttls_cpu(bench: Bench, pipes: PipeSamples, runs: int) -> None:
+    """What TLS itself costs: a session that only shakes hands, beside EHLO and QUIT."""
+    progress(f"the STARTTLS set-up step by step, {runs} runs ...")
+    split = measure_tls_split(bench, runs)
+    section("1c. CPU per STARTTLS session on pipes, interleaved with the above, ms")
+    wrapped("the server on pipes as above; the TLS client is an ssl.SSLObject over memory "
+            "BIOs in the bench process (CERT_NONE; its CPU is not counted); EHLO and "
+            "STARTTLS in cleartext, one round trip each, the rest sent at once after the "
+            f"handshake; certificate {CERTIFICATE}; negotiated "
+            f"{', '.join(pipes.tls_negotiated) or '?'}")
+    handshake, ehlo = pipes.median("handshake"), pipes.median("ehlo")
+    bare, session, sink = pipes.median("bare"), pipes.median("session"), pipes.median("sink")
+    print(f"   {'':44} {'median':>8} {'mean':>8}")
+    print(f"   {'STARTTLS handshake alone':44} {handshake:8.2f} {pipes.mean('handshake'):8.2f}")
+    print("     (EHLO, STARTTLS, handshake, QUIT inside TLS; no message, no sink)")
+    print(f"   {'EHLO, QUIT in cleartext (same certificate)':44} {ehlo:8.2f} "
+          f"{pipes.mean('ehlo'):8.2f}")
+    tls = handshake - ehlo
+    ssl_import, context = split.median(TLS_IMPORT), split.median(TLS_CONTEXT)
+    rest = tls - ssl_import - context
+    print(f"   {'what STARTTLS adds (the difference)':44} {tls:+8.2f}")
+    print(f"   of which, medians of {split.runs()} runs step by step (time.process_time):")
+    for label, value in ((TLS_IMPORT.label, ssl_import), (TLS_CONTEXT.label, context),
+                         ("rest: handshake, records, STARTTLS", rest)):
+        print(f"     {label:42} {value:+8.2f}  {value * 100.0 / tls:3.0f}%")
+    print(f"   ratio handshake alone / bare {handshake / bare:5.2f};  "
+          f"/ plain session (excl. sink) {handshake / (session - sink):5.2f}")
+
+
+def tls_auth_session_cpu(pipes: PipeSamples) -> None:
+    """The AUTH PLAIN session inside STARTTLS, beside the cleartext one."""
+    tls_auth, auth = pipes.median("tls_auth"), pipes.median("auth")
+    print(f"   AUTH over STARTTLS, {pipes.runs('tls_auth')} runs interleaved like the AUTH "
+          "session: EHLO, STARTTLS,")
+    print(f"   handshake, EHLO, AUTH PLAIN, MAIL, RCPT, DATA {MESSAGE_SIZE} B, QUIT; the same "
+          "database")
+    print(f"   {'':44} {'median':>8} {'mean':>8}")
+    print(f"   {'AUTH over STARTTLS session (incl. sink)':44} {tls_auth:8.2f} "
+          f"{pipes.mean('tls_auth'):8.2f}")
+    print(f"   {'over the AUTH session in cleartext (1b)':44} {tls_auth - auth:+8.2f}")
+    print(f"   ratio AUTH over STARTTLS / AUTH in cleartext {tls_auth / auth:5.2f};  "
+          f"/ bare {tls_auth / pipes.median('bare'):5.2f}")
+    print("   (psycopg2 imports ssl in both: here it is loaded already at STARTTLS)")
+
+
 # --- 2. imports -----------------------------------------------------------------
 
 
@@ -168,6 +228,16 @@ def plain_session_imports(bench: Bench) -> ImportReport:
     extra = ", ".join(f"{name} {ms:.2f}" for name, ms in report.extra_stdlib) or "none"
     wrapped(f"beyond a bare start (ms self): {extra}")
     return report
+
+
+def cert_session_imports(bench: Bench, plain: ImportReport) -> None:
+    """With servercert.pem configured, a session that never says STARTTLS loads no `ssl`."""
+    report = measure_imports(bench, tls=True)
+    added = ", ".join(f"{name} {ms:.2f}" for name, ms in report.self_ms.items()
+                      if name not in plain.self_ms) or "none"
+    forbidden = ", ".join(report.forbidden) or "none"
+    print(f"   with servercert.pem, no STARTTLS: forbidden modules imported: {forbidden}")
+    wrapped(f"modules beyond the plain session (ms self): {added}", "     ", "       ")
 
 
 def authdb_session_imports(bench: Bench, plain: ImportReport) -> None:

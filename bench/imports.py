@@ -35,19 +35,21 @@ class ImportReport:
     self_ms: dict[str, float]  # every module imported: self ms
 
 
-def measure_imports(bench: Bench, authdb: bool = False) -> ImportReport:
+def measure_imports(bench: Bench, authdb: bool = False, tls: bool = False) -> ImportReport:
     """Run the launcher's code under -X importtime (-I would ignore the env var).
 
-    `authdb`: $AUTHDB is set, so AUTH is offered, and must not cost imports.
+    `authdb`: $AUTHDB is set, so AUTH is offered, and must not cost imports;
+    `tls`: control/servercert.pem is there, STARTTLS offered and never used,
+    which must not import `ssl`.
     """
-    env = bench.env(authdb)
+    env = bench.env(authdb, tls)
     code = (f"import sys; sys.path[:0] = {bench.launcher.paths!r}; "
             "from qmail_esmtpd.cli import main; sys.exit(main())")
     proc = subprocess.run(bench.python("-X", "importtime", "-c", code),
                           input=SESSION_INPUT, capture_output=True, env=env, check=False,
                           timeout=CLIENT_TIMEOUT)
     check_session_output(proc.stdout, proc.returncode, "qmail-esmtpd under -X importtime",
-                         auth_offered=authdb)
+                         auth_offered=authdb and not tls, starttls=tls)
     rows = parse_importtime(proc.stderr.decode("utf-8", "replace"))
     bare = subprocess.run(bench.python("-X", "importtime", "-c", "pass"),
                           capture_output=True, env=env, check=False, timeout=CLIENT_TIMEOUT)

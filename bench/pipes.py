@@ -13,12 +13,16 @@ from .session import (
     AUTH_PASSWORD,
     AUTH_SESSION_INPUT,
     AUTH_USER,
+    EHLO_QUIT_INPUT,
     ENVELOPE,
+    HANDSHAKE_ONLY_INPUT,
     MESSAGE,
     SESSION_INPUT,
+    TLS_AUTH_INPUT,
     check_session_output,
 )
 from .setup import Bench
+from .starttls import starttls_session
 
 CLIENT_TIMEOUT = 30.0
 
@@ -78,14 +82,18 @@ def run_sink_alone(bench: Bench) -> float:
 class PipeSamples:
     """CPU ms per run of each variant, measured interleaved.
 
-    Variants: "session" (plain), "authdb" (plain, $AUTHDB set), "bare"
-    (`python -I -S -c pass`), "import" (start + import cli), "sink", "auth"
-    (an AUTH PLAIN session).  `backend_ms`: PostgreSQL backend CPU per AUTH
-    session, None if unknown or not measured.
+    Variants: "session" (plain), "authdb" (plain, $AUTHDB set), "cert"
+    (plain, control/servercert.pem present), "bare" (`python -I -S -c pass`),
+    "import" (start + import cli), "sink", "ehlo" (EHLO, QUIT; certificate
+    present), "handshake" (EHLO, STARTTLS, handshake, QUIT inside TLS),
+    "auth" (an AUTH PLAIN session) and "tls_auth" (the same inside STARTTLS).  `backend_ms`:
+    PostgreSQL backend CPU per AUTH session (with or without TLS: the same
+    queries), None if unknown or not measured.
     """
 
     samples: dict[str, list[float]]
     backend_ms: float | None
+    tls_negotiated: list[str]  # "protocol cipher" of the STARTTLS sessions
 
     def __contains__(self, variant: str) -> bool:
         return variant in self.samples
@@ -104,20 +112,40 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
     """Interleave the variants so drift and noise hit them all alike.
 
     With the database, a plain session with $AUTHDB set joins every iteration
-    and the AUTH session, ten times dearer, `auth_iterations` of them spread
-    evenly.  Only AUTH sessions connect to PostgreSQL meanwhile, so the
-    backends' CPU over the run is theirs.
+    and the AUTH sessions (in cleartext and inside STARTTLS), ten times
+    dearer, `auth_iterations` of each spread evenly.  Only AUTH sessions
+    connect to PostgreSQL meanwhile, so the backends' CPU over the run is
+    theirs.  The plain variants take turns at running first.
     """
     import_only = f"import sys; sys.path[:0] = {bench.launcher.paths!r}; import qmail_esmtpd.cli"
     launcher = [str(bench.launcher.path)]
 
-    def session(stdin: bytes, authdb: bool, what: str, auth_used: bool = False
-                ) -> Callable[[], float]:
-        env = bench.env(authdb)
+    def session(stdin: bytes, authdb: bool, what: str, auth_used: bool = False,
+                tls: bool = False) -> Callable[[], float]:
+        env = bench.env(authdb, tls)
 
         def run() -> float:
             cpu, status, out = run_measured(launcher, stdin, env)
-            check_session_output(out, status, what, authdb, auth_used)
+            check_session_output(out, status, what, authdb and not tls, auth_used, tls)
+            return cpu
+        return run
+
+    tls_negotiated: set[str] = set()
+
+    def tls_session(inside: bytes, authdb: bool, what: str) -> Callable[[], float]:
+        env = bench.env(authdb, tls=True)
+
+        def run() -> float:
+            before = children_cpu()
+            status, clear, plain, negotiated = starttls_session(launcher, env, inside, what,
+                                                                CLIENT_TIMEOUT)
+            cpu = children_cpu() - before
+            tls_negotiated.add(negotiated)
+            if authdb:
+                check_session_output(clear + plain, status, what, auth_offered=True,
+                                     auth_used=True, starttls=True)
+            elif status != 0 or not plain.startswith(b"221 "):
+                raise BenchError(f"{what}: exit status {status}, inside TLS {plain[-300:]!r}")
             return cpu
         return run
 
@@ -136,16 +164,32 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
     }
     if bench.auth is not None:
         variants["authdb"] = session(SESSION_INPUT, True, "qmail-esmtpd on pipes, AUTHDB set")
+    variants["cert"] = session(SESSION_INPUT, False, "qmail-esmtpd on pipes, servercert.pem",
+                               tls=True)
+    ehlo_env = bench.env(tls=True)
+
+    def ehlo_quit() -> float:
+        cpu, status, out = run_measured(launcher, EHLO_QUIT_INPUT, ehlo_env)
+        if status != 0 or not out.startswith(b"220 ") or b"\r\n221 " not in out:
+            raise BenchError(f"EHLO, QUIT on pipes: exit status {status}, output {out[-300:]!r}")
+        return cpu
+
     variants.update({
         "bare": python("pass", "bare interpreter"),
         "import": python(import_only, "import-only start"),
         "sink": lambda: run_sink_alone(bench),
+        "ehlo": ehlo_quit,
+        "handshake": tls_session(HANDSHAKE_ONLY_INPUT, False, "STARTTLS handshake on pipes"),
     })
     sparse = 0
     if bench.auth is not None and auth_iterations > 0:
         variants["auth"] = session(AUTH_SESSION_INPUT, True, "AUTH session on pipes",
                                    auth_used=True)
+        variants["tls_auth"] = tls_session(TLS_AUTH_INPUT, True,
+                                           "AUTH over STARTTLS session on pipes")
         sparse = min(auth_iterations, iterations)
+    plain = [name for name in ("session", "authdb", "cert") if name in variants]
+    rest = [name for name in variants if name not in plain]
     for run in variants.values():  # warm the page cache and __pycache__
         for _ in range(3):
             run()
@@ -153,19 +197,20 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
     backend_before = backends.settled_cpu() if backends else None
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(iterations):
-        order = list(variants)
-        if i % 2 and "authdb" in variants:  # neither plain variant always runs first
-            order[0], order[1] = order[1], order[0]
+        turn = i % len(plain)  # no plain variant always runs first
+        order = plain[turn:] + plain[:turn] + rest
+        sparse_turn = (i + 1) * sparse // iterations != i * sparse // iterations
         for name in order:
-            if name == "auth" and (i + 1) * sparse // iterations == i * sparse // iterations:
+            if name in ("auth", "tls_auth") and not sparse_turn:
                 continue
             samples[name].append(variants[name]() * 1000.0)
     backend_ms = None
     if backends is not None and backend_before is not None:
         backend_after = backends.settled_cpu()
         if backend_after is not None:
-            backend_ms = (backend_after - backend_before) * 1000.0 / len(samples["auth"])
-    return PipeSamples(samples, backend_ms)
+            sessions = len(samples["auth"]) + len(samples["tls_auth"])
+            backend_ms = (backend_after - backend_before) * 1000.0 / sessions
+    return PipeSamples(samples, backend_ms, sorted(tls_negotiated))
 
 
 # The split of an AUTH session: the server's own code paths, one step at a
@@ -201,6 +246,14 @@ SPLIT_STEPS = (PLAIN_IMPORTS, AUTH_IMPORTS, PSYCOPG2, SELECT, PASSLIB, HANDLERS,
                CHARGE, VERIFY_AGAIN)
 
 
+# The split of a STARTTLS session's set-up, the same way: `ssl` (through our
+# module) and the server's context with control/servercert.pem loaded.
+TLS_IMPORT = Step("import qmail_esmtpd.tls (ssl)", "from qmail_esmtpd.tls import ServerTLS")
+TLS_CONTEXT = Step("ServerTLS(): context, servercert.pem",
+                   "tls = ServerTLS(CERT, None)")
+TLS_STEPS = (PLAIN_IMPORTS, TLS_IMPORT, TLS_CONTEXT)
+
+
 @dataclass
 class SplitSamples:
     """CPU ms of each step, per run."""
@@ -214,30 +267,45 @@ class SplitSamples:
         return len(self.samples[PLAIN_IMPORTS])
 
 
-def measure_auth_split(bench: Bench, runs: int) -> SplitSamples:
-    """CPU ms of each SPLIT_STEPS step (time.process_time), `runs` times."""
-    if bench.auth is None:
-        raise BenchError("the AUTH split needs the database")
+def measure_steps(bench: Bench, steps: tuple[Step, ...], prelude: list[str], done: str,
+                  runs: int, what: str) -> SplitSamples:
+    """CPU ms of each of `steps` (time.process_time), `runs` times, in a fresh
+    interpreter started like the launcher after `prelude`; `done` runs last
+    and must leave `ok` true."""
     lines = [
         "import sys, time",
         f"sys.path[:0] = {bench.launcher.paths!r}",
-        f"CONNINFO, USER, PASSWORD = {bench.auth.conninfo!r}, {AUTH_USER!r}, "
-        f"{AUTH_PASSWORD.encode()!r}",
+        *prelude,
         "marks = [time.process_time()]",
     ]
-    for step in SPLIT_STEPS:
+    for step in steps:
         lines += [step.code, "marks.append(time.process_time())"]
-    lines += ["database.close()",
-              "print(ok, [(b - a) * 1000.0 for a, b in zip(marks, marks[1:])])"]
+    lines += [done, "print(ok, [(b - a) * 1000.0 for a, b in zip(marks, marks[1:])])"]
     argv = bench.python("-c", "\n".join(lines))
-    samples: dict[Step, list[float]] = {step: [] for step in SPLIT_STEPS}
+    samples: dict[Step, list[float]] = {step: [] for step in steps}
     for _ in range(runs):
         proc = subprocess.run(argv, capture_output=True, text=True, check=False,
                               timeout=CLIENT_TIMEOUT)
         ok, times = (proc.stdout.split(" ", 1) + [""])[:2]
         if proc.returncode != 0 or ok != "True":
-            raise BenchError(f"AUTH split run failed ({proc.returncode}): "
+            raise BenchError(f"{what} split run failed ({proc.returncode}): "
                              f"{(proc.stdout + proc.stderr)[-600:]}")
-        for step, ms in zip(SPLIT_STEPS, ast.literal_eval(times), strict=True):
+        for step, ms in zip(steps, ast.literal_eval(times), strict=True):
             samples[step].append(ms)
     return SplitSamples(samples)
+
+
+def measure_auth_split(bench: Bench, runs: int) -> SplitSamples:
+    """CPU ms of each SPLIT_STEPS step, `runs` times."""
+    if bench.auth is None:
+        raise BenchError("the AUTH split needs the database")
+    prelude = [f"CONNINFO, USER, PASSWORD = {bench.auth.conninfo!r}, {AUTH_USER!r}, "
+               f"{AUTH_PASSWORD.encode()!r}"]
+    return measure_steps(bench, SPLIT_STEPS, prelude, "database.close()", runs, "AUTH")
+
+
+def measure_tls_split(bench: Bench, runs: int) -> SplitSamples:
+    """CPU ms of each TLS_STEPS step, `runs` times."""
+    cert = str(bench.tls_control / "servercert.pem").encode()
+    return measure_steps(bench, TLS_STEPS, [f"CERT = {cert!r}"],
+                         "ok = tls.context is not None", runs, "TLS")

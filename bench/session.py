@@ -50,12 +50,23 @@ AUTH_COMMANDS = (
 AUTH_SESSION_INPUT = b"".join(c for c, _ in AUTH_COMMANDS) + MESSAGE + DATA_END + QUIT
 AUTH_EHLO = b"250 AUTH LOGIN PLAIN"
 
+# With control/servercert.pem: EHLO offers STARTTLS first (and AUTH only
+# inside TLS).  The TLS sessions say EHLO and STARTTLS in cleartext, one
+# round trip each, shake hands, then send what follows inside TLS at once.
+STARTTLS_EHLO = b"250-STARTTLS"
+STARTTLS = (b"STARTTLS\r\n", b"220 ready for tls")
+TLS_CLEARTEXT = (EHLO, STARTTLS)
+HANDSHAKE_ONLY_INPUT = QUIT  # EHLO, STARTTLS, handshake, QUIT
+EHLO_QUIT_INPUT = EHLO[0] + QUIT  # the same without STARTTLS: what TLS adds is the difference
+TLS_AUTH_INPUT = AUTH_SESSION_INPUT  # EHLO again, AUTH PLAIN, MAIL, RCPT, DATA, QUIT
+
 
 def check_session_output(out: bytes, status: int, what: str, auth_offered: bool = False,
-                         auth_used: bool = False) -> None:
+                         auth_used: bool = False, starttls: bool = False) -> None:
     """Refuse to count a session that did not greet, queue and say goodbye.
 
-    `auth_offered`: EHLO must advertise AUTH; `auth_used`: AUTH must succeed.
+    `auth_offered`: EHLO must advertise AUTH; `auth_used`: AUTH must succeed;
+    `starttls`: EHLO must advertise STARTTLS (a certificate is configured).
     """
     lines = out.split(b"\r\n")
     if lines and lines[-1] == b"":
@@ -70,6 +81,10 @@ def check_session_output(out: bytes, status: int, what: str, auth_offered: bool 
         problems.append("EHLO does not offer AUTH")
     if not auth_offered and AUTH_EHLO in lines:
         problems.append("EHLO offers AUTH")
+    if starttls and STARTTLS_EHLO not in lines:
+        problems.append("EHLO does not offer STARTTLS")
+    if not starttls and STARTTLS_EHLO in lines:
+        problems.append("EHLO offers STARTTLS")
     if auth_used and b"235 " not in codes:
         problems.append("AUTH PLAIN failed (no 235)")
     if b"354 " not in codes:

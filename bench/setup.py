@@ -2,6 +2,7 @@
 qmail-queue sink and, for AUTH, the database."""
 
 import ast
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -61,6 +62,33 @@ def write_fixture(directory: Path) -> tuple[Path, Path]:
     return control, sink
 
 
+# The certificate of the STARTTLS figures: what README tells an admin to make.
+CERTIFICATE = "self-signed RSA 2048 (openssl req -x509 -newkey rsa:2048)"
+
+
+def write_tls_control(directory: Path, control: Path) -> Path:
+    """A second control directory: the same files and control/servercert.pem.
+
+    The plain figures keep theirs without a certificate: with one, EHLO
+    offers STARTTLS and AUTH only inside TLS.
+    """
+    tls_control = directory / "control-tls"
+    tls_control.mkdir()
+    for name in ("me", "rcpthosts"):
+        (tls_control / name).write_bytes((control / name).read_bytes())
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BenchError(f"openssl cannot make the STARTTLS figures' certificate: {e}") from None
+    pem = tls_control / "servercert.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    pem.chmod(0o600)
+    return tls_control
+
+
 @dataclass
 class Bench:
     """Everything a figure needs to run sessions."""
@@ -68,17 +96,19 @@ class Bench:
     launcher: Launcher
     workdir: Path
     control: Path
+    tls_control: Path  # control with servercert.pem
     sink: Path
     auth: AuthDB | None  # None: --no-auth
 
-    def env(self, authdb: bool = False) -> dict[str, str]:
+    def env(self, authdb: bool = False, tls: bool = False) -> dict[str, str]:
         """What tcpserver would give a plain, non-relaying client on localhost.
 
-        `authdb`: on a server configured for AUTH against the cluster.
+        `authdb`: on a server configured for AUTH against the cluster;
+        `tls`: with control/servercert.pem (STARTTLS offered, AUTH only in TLS).
         """
         env = {
             "PATH": "/usr/bin:/bin",
-            "QMAIL_CONTROL": str(self.control),
+            "QMAIL_CONTROL": str(self.tls_control if tls else self.control),
             "QMAILQUEUE": str(self.sink),
             "PROTO": "TCP",
             "TCPLOCALIP": "127.0.0.1",
@@ -105,8 +135,9 @@ def prepared(with_auth: bool) -> Iterator[Bench]:
         workdir = Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="qmail-esmtpd-bench.")))
         control, sink = write_fixture(workdir)
+        tls_control = write_tls_control(workdir, control)
         auth = None
         if with_auth:
             progress("throwaway PostgreSQL cluster for AUTH ...")
             auth = stack.enter_context(auth_database())
-        yield Bench(read_launcher(), workdir, control, sink, auth)
+        yield Bench(read_launcher(), workdir, control, tls_control, sink, auth)
