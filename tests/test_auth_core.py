@@ -222,11 +222,14 @@ def authenticator(tmp_path, env: dict, argv: list[bytes]) -> tuple[Authenticator
 
 
 def test_authenticator_delays_failures_only(tmp_path, capfd):
+    from support import FAKE_CHECKPASSWORD
+
+    checker = [str(FAKE_CHECKPASSWORD).encode()]  # reads fd 3, as a real one does
     (tmp_path / "authfaildelay").write_text("7\n")
-    ok, sleep = authenticator(tmp_path, {}, [b"/bin/true"])
-    assert ok.check(b"alice", b"pw", b"PLAIN").ok and sleep.sleeps == []
+    ok, sleep = authenticator(tmp_path, {}, checker)
+    assert ok.check(b"alice", b"wonderland", b"PLAIN").ok and sleep.sleeps == []
     bad, sleep = authenticator(tmp_path, {b"AUTHFAILDELAY": b"99999999999999999999999"},
-                               [b"/bin/false"])
+                               checker)
     verdict = bad.check(b"mallory", b"pw", b"LOGIN")
     assert not verdict.ok and verdict.tempfail is None
     assert sleep.sleeps == [MAX_SECONDS]  # a huge delay is clamped, not an OverflowError
