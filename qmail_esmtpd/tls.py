@@ -20,6 +20,7 @@ class ServerTLS:
     def __init__(self, certfile: bytes, ciphers: bytes | None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_RENEGOTIATION  # a client may not restart the handshake
         try:
             context.load_cert_chain(certfile.decode("utf-8", "surrogateescape"))
             if ciphers:

@@ -176,3 +176,9 @@ def test_a_session_without_starttls_never_loads_ssl(tls_control):
     assert "ssl" not in plain and "_ssl" not in plain
     tls = imported_modules({"QMAIL_CONTROL": str(tls_control)}, b"EHLO x\r\nSTARTTLS\r\n")
     assert "ssl" in tls  # the check above can fail
+
+
+def test_smtps_without_a_usable_certificate_ends_without_a_word(tcpserver, control):
+    server = tcpserver(RELAY, env={"SMTPS": ""})
+    assert talk(server.port, b"") == b""  # no cleartext greeting on a TLS port
+    assert "tls unavailable: " in server.wait_log("tls unavailable")
