@@ -192,6 +192,8 @@ def starttls_cpu(bench: Bench, pipes: PipeSamples, runs: int) -> None:
     for label, value in ((TLS_IMPORT.label, ssl_import), (TLS_CONTEXT.label, context),
                          ("rest: handshake, records, STARTTLS", rest)):
         print(f"     {label:42} {value:+8.2f}  {value * 100.0 / tls:3.0f}%")
+    print("     (the split runs apart from the interleaved sessions: on a busy machine the rest,")
+    print("     a difference, can come out negative; the handshake itself is within its noise)")
     print(f"   ratio handshake alone / bare {handshake / bare:5.2f};  "
           f"/ plain session (excl. sink) {handshake / (session - sink):5.2f}")
 
