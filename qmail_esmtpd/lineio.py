@@ -39,6 +39,9 @@ if TYPE_CHECKING:
         def flush(self) -> None:
             """Send what is queued, bounded by the timeout."""
 
+        def close(self) -> None:
+            """Say goodbye at the transport's level (TLS: close_notify) after QUIT."""
+
 
 class Timeout(Exception):
     """The client sent nothing for timeoutsmtpd seconds."""
@@ -156,3 +159,6 @@ class Channel:
     def discard_input(self) -> None:
         self.inbuf.clear()
         self.pos = 0
+
+    def close(self) -> None:
+        """Nothing to say in cleartext: the process exit closes the fds."""

@@ -46,6 +46,7 @@ def serve(session: protocol.Session, channel: Channel,
                 channel = starttls(session, channel, open_tls)
             elif action == protocol.QUIT:
                 channel.flush()
+                channel.close()
                 return 0
             elif action == protocol.DROP:
                 channel.flush()

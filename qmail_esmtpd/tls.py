@@ -67,6 +67,14 @@ class TLSChannel(Channel):
                 raise Gone(str(e)) from None
         self._send_records()
 
+    def close(self) -> None:
+        """Our close_notify, without waiting for the client's (RFC 8446 6.1 allows it)."""
+        try:
+            self.tls.unwrap()
+        except ssl.SSLError:  # SSLWantReadError: the client's close_notify, not awaited
+            pass
+        self._send_records()
+
     def _pump(self) -> None:
         """Records out, then the next bytes from the client in."""
         self._send_records()

@@ -20,6 +20,7 @@ class FakeChannel:
         self.sent = b""
         self.pending = b""
         self.flushes = 0
+        self.closed = False
 
     def _more(self) -> None:
         self.flush()  # as the real channel: replies go out before we wait for input
@@ -44,6 +45,9 @@ class FakeChannel:
 
     def discard_input(self) -> None:
         self.buffer = b""
+
+    def close(self) -> None:
+        self.closed = True
 
     def write(self, data: bytes) -> None:
         self.pending += data
