@@ -33,6 +33,8 @@ def main() -> int:
         argv = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
         smtpauth = env.get(b"SMTPAUTH")  # the qmail-authentication patch's switch
         backend = None if smtpauth == b"-" else auth_backend(argv, env, controls)
+        if smtpauth == b"!" and backend is None:
+            note("SMTPAUTH=! but no AUTH is configured: every MAIL gets 530")
         tls_offered = controls.exists(SERVERCERT)
         auth_needs_tls = (tls_offered and backend is not None
                           and number_setting(controls, env, b"authcleartext", 0) == 0)

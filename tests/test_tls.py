@@ -182,3 +182,30 @@ def test_smtps_without_a_usable_certificate_ends_without_a_word(tcpserver, contr
     server = tcpserver(RELAY, env={"SMTPS": ""})
     assert talk(server.port, b"") == b""  # no cleartext greeting on a TLS port
     assert "tls unavailable: " in server.wait_log("tls unavailable")
+
+
+def test_tlsserverciphers_chooses_the_tls12_cipher(tcpserver, tls_control, queue):
+    (tls_control / "tlsserverciphers").write_text("ECDHE-RSA-AES128-GCM-SHA256\n")
+    server = tcpserver(RELAY)
+    context = client_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.starttls(context=context)
+        c.sendmail("a@client.test", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    (run,) = queue.queued()
+    assert b"with ESMTPS (ECDHE-RSA-AES128-GCM-SHA256 encrypted); " in run["message"]
+
+
+def test_a_certificate_without_its_key_is_454(tcpserver, control, certificate):
+    chain_only = certificate.split(b"-----BEGIN PRIVATE KEY-----")[0]
+    (control / "servercert.pem").write_bytes(chain_only)
+    server = tcpserver(RELAY)
+    out = talk(server.port, b"STARTTLS\r\nNOOP\r\nQUIT\r\n")
+    assert b"\r\n454 TLS certificate or key cannot be loaded (#4.3.0)\r\n250 ok\r\n" in out
+    assert "servercert.pem" in server.wait_log("tls unavailable")
+
+
+def test_submission_mode_without_any_auth_says_so_in_the_log(tcpserver, control):
+    server = tcpserver(RELAY, env={"SMTPAUTH": "!"})
+    assert b"\r\n530 authentication required" in talk(server.port, b"MAIL FROM:<a@b>\r\n")
+    assert "SMTPAUTH=! but no AUTH is configured" in server.wait_log("SMTPAUTH=!")
