@@ -59,8 +59,8 @@ def main() -> int:
             figures.tls_auth_session_cpu(pipes)
         plain = figures.plain_session_imports(bench)
         if auth:
-            figures.authdb_session_imports(bench, plain)
-        figures.cert_session_imports(bench, plain)
+            figures.variant_imports(bench, plain, "with AUTHDB set", authdb=True)
+        figures.variant_imports(bench, plain, "with servercert.pem, no STARTTLS", tls=True)
         figures.throughput(bench, args.sessions)
         if auth and args.auth_sessions > 0:
             figures.auth_throughput(bench, args.auth_sessions)

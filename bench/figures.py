@@ -232,23 +232,14 @@ def plain_session_imports(bench: Bench) -> ImportReport:
     return report
 
 
-def cert_session_imports(bench: Bench, plain: ImportReport) -> None:
-    """With servercert.pem configured, a session that never says STARTTLS loads no `ssl`."""
-    report = measure_imports(bench, tls=True)
+def variant_imports(bench: Bench, plain: ImportReport, label: str, **setting: bool) -> None:
+    """A session with `setting` (tls: servercert.pem, authdb: $AUTHDB) that never
+    uses it imports nothing heavy: what it loads beyond the plain session."""
+    report = measure_imports(bench, **setting)
     added = ", ".join(f"{name} {ms:.2f}" for name, ms in report.self_ms.items()
                       if name not in plain.self_ms) or "none"
     forbidden = ", ".join(report.forbidden) or "none"
-    print(f"   with servercert.pem, no STARTTLS: forbidden modules imported: {forbidden}")
-    wrapped(f"modules beyond the plain session (ms self): {added}", "     ", "       ")
-
-
-def authdb_session_imports(bench: Bench, plain: ImportReport) -> None:
-    """With $AUTHDB set, a session that never says AUTH imports nothing heavy either."""
-    report = measure_imports(bench, authdb=True)
-    added = ", ".join(f"{name} {ms:.2f}" for name, ms in report.self_ms.items()
-                      if name not in plain.self_ms) or "none"
-    forbidden = ", ".join(report.forbidden) or "none"
-    print(f"   with AUTHDB set: forbidden modules imported: {forbidden}")
+    print(f"   {label}: forbidden modules imported: {forbidden}")
     wrapped(f"modules beyond the plain session (ms self): {added}", "     ", "       ")
 
 

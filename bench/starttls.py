@@ -109,7 +109,10 @@ def starttls_session(argv: list[str], env: dict[str, str], inside: bytes, what: 
         plain = []
         while True:
             try:
-                plain.append(tls.read(CHUNK))
+                chunk = tls.read(CHUNK)
+                if not chunk:  # the server's close_notify after 221
+                    break
+                plain.append(chunk)
             except ssl.SSLWantReadError:
                 data = client.receive()
                 if data:
@@ -117,7 +120,7 @@ def starttls_session(argv: list[str], env: dict[str, str], inside: bytes, what: 
                 else:
                     incoming.write_eof()
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                break  # the server exits after 221 without close_notify
+                break  # the server went away without close_notify
             except ssl.SSLError as e:
                 raise BenchError(f"{what}: TLS error after the handshake: {e}") from None
         status = proc.wait(timeout=timeout)
