@@ -4,8 +4,17 @@ import pytest
 
 from qmail_esmtpd import protocol, replies
 from qmail_esmtpd.address import bracketed_ipv4, parse, rewrite_localiphost
-from qmail_esmtpd.protocol import BARE_LF, END, MORE, DataDecoder, Peer, Session
-from qmail_esmtpd.received import date822, received, safe
+from qmail_esmtpd.protocol import (
+    BARE_LF,
+    END,
+    MORE,
+    DataDecoder,
+    Peer,
+    Session,
+    date822,
+    received,
+    safe,
+)
 
 
 def make_session(**kw) -> Session:
