@@ -68,6 +68,7 @@ class Session:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient
+        self.told = (relayclient, peer.remoteinfo)  # as tcpserver said, before any AUTH
         self.rcpt_allowed = rcpt_allowed
         self.badmailfrom = badmailfrom
         self.localiphost = localiphost
@@ -236,10 +237,13 @@ class Session:
         return replies.STARTTLS_READY if loaded else replies.TLS_UNAVAILABLE
 
     def tls_started(self, cipher: bytes) -> None:
-        """RFC 3207: after the handshake the session starts over, as if just connected."""
+        """RFC 3207: after the handshake the session starts over, as if just connected:
+        what the client told us before (HELO, a transaction, an AUTH) is forgotten."""
         self.tls = cipher
         self.helo = None
         self.seen_mail = False
+        self.user = self.limit = self.senders = None
+        self.relayclient, self.peer.remoteinfo = self.told
 
     def quit(self, arg: bytes) -> tuple[bytes, int]:
         return replies.greeting_line(b"221 ", self.greeting), QUIT

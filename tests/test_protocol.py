@@ -290,3 +290,14 @@ def test_sender_binding_at_mail():
     assert s.handle(b"MAIL FROM:<Alice@Example.org>")[0] == replies.OK
     assert s.handle(b"MAIL FROM:<>")[0] == replies.OK
     assert s.handle(b"MAIL FROM:<boss@example.org>") == (replies.SENDER_NOT_YOURS, protocol.BUFFER)
+
+
+def test_starttls_after_auth_forgets_the_login():
+    s = make_session(tls_offered=True, auth=Mechanisms(), relayclient=None)
+    s.user, s.relayclient, s.peer.remoteinfo = b"alice", b"", b"alice"
+    s.senders = frozenset({b"alice@example.org"})
+    s.tls_started(b"TLS_AES_128_GCM_SHA256")
+    assert (s.user, s.limit, s.senders, s.relayclient, s.peer.remoteinfo) == (
+        None, None, None, None, None)
+    s.handle(b"MAIL FROM:<a@x>")
+    assert s.handle(b"RCPT TO:<b@elsewhere.org>")[0] == replies.NO_GATEWAY
