@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from support import FAKE_CHECKPASSWORD, SERVER, imported_modules, talk, write_program
-
-RELAY = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'
+from support import (
+    FAKE_CHECKPASSWORD,
+    RELAY_LOCALHOST,
+    SERVER,
+    imported_modules,
+    talk,
+    write_program,
+)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +45,7 @@ def client_context() -> ssl.SSLContext:
 
 
 def test_starttls_then_mail_is_received_as_esmtps(tcpserver, tls_control, queue):
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30) as c:
         code, text = c.ehlo()
         assert text.split(b"\n")[1] == b"STARTTLS"  # right after the greeting line
@@ -56,7 +61,7 @@ def test_starttls_then_mail_is_received_as_esmtps(tcpserver, tls_control, queue)
 
 
 def test_smtps_starts_tls_before_the_greeting(tcpserver, tls_control, queue):
-    server = tcpserver(RELAY, env={"SMTPS": "1"})
+    server = tcpserver(RELAY_LOCALHOST, env={"SMTPS": "1"})
     with smtplib.SMTP_SSL("127.0.0.1", server.port, local_hostname="client.test",
                           timeout=30, context=client_context()) as c:
         c.sendmail("a@client.test", ["b@example.com"], b"Subject: smtps\r\n\r\nx\r\n")
@@ -65,7 +70,7 @@ def test_smtps_starts_tls_before_the_greeting(tcpserver, tls_control, queue):
 
 
 def test_cleartext_pipelined_after_starttls_is_discarded(tcpserver, tls_control):
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
         f = raw.makefile("rb")
         assert f.readline().startswith(b"220 ")
@@ -78,7 +83,7 @@ def test_cleartext_pipelined_after_starttls_is_discarded(tcpserver, tls_control)
 
 
 def test_swaks_tls(tcpserver, tls_control, queue):
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     out = subprocess.run(["swaks", "--server", f"127.0.0.1:{server.port}", "--tls",
                           "--from", "a@client.test", "--to", "b@elsewhere.org"],
                          capture_output=True, timeout=60)
@@ -87,7 +92,7 @@ def test_swaks_tls(tcpserver, tls_control, queue):
 
 
 def test_garbage_instead_of_a_client_hello_ends_cleanly(tcpserver, tls_control, queue):
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     out = talk(server.port, b"STARTTLS\r\n" + b"this is not a ClientHello\r\n" * 10)
     assert out.startswith(b"220 ") and b"\r\n220 ready for tls\r\n" in out
     assert b"Traceback" not in out
@@ -96,7 +101,7 @@ def test_garbage_instead_of_a_client_hello_ends_cleanly(tcpserver, tls_control, 
 
 
 def test_a_client_that_drops_mid_handshake(tcpserver, tls_control):
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
         f = raw.makefile("rb")
         f.readline()
@@ -111,14 +116,14 @@ def test_a_client_that_drops_mid_handshake(tcpserver, tls_control):
 
 def test_an_unusable_certificate_is_454_and_the_session_goes_on(tcpserver, control):
     (control / "servercert.pem").write_text("not a certificate\n")
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     out = talk(server.port, b"EHLO x\r\nSTARTTLS\r\nNOOP\r\nQUIT\r\n")
     assert b"\r\n454 TLS certificate or key cannot be loaded (#4.3.0)\r\n250 ok\r\n221 " in out
     assert "servercert.pem" in server.logpath.read_text()
 
 
 def test_no_certificate_means_no_starttls(tcpserver, control):
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     out = talk(server.port, b"EHLO x\r\nSTARTTLS\r\nQUIT\r\n")
     assert b"STARTTLS" not in out.split(b"502 ")[0] and b"\r\n502 unimplemented (#5.5.1)\r\n" in out
 
@@ -179,14 +184,14 @@ def test_a_session_without_starttls_never_loads_ssl(tls_control):
 
 
 def test_smtps_without_a_usable_certificate_ends_without_a_word(tcpserver, control):
-    server = tcpserver(RELAY, env={"SMTPS": ""})
+    server = tcpserver(RELAY_LOCALHOST, env={"SMTPS": ""})
     assert talk(server.port, b"") == b""  # no cleartext greeting on a TLS port
     assert "tls unavailable: " in server.wait_log("tls unavailable")
 
 
 def test_tlsserverciphers_chooses_the_tls12_cipher(tcpserver, tls_control, queue):
     (tls_control / "tlsserverciphers").write_text("ECDHE-RSA-AES128-GCM-SHA256\n")
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     context = client_context()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
@@ -199,13 +204,13 @@ def test_tlsserverciphers_chooses_the_tls12_cipher(tcpserver, tls_control, queue
 def test_a_certificate_without_its_key_is_454(tcpserver, control, certificate):
     chain_only = certificate.split(b"-----BEGIN PRIVATE KEY-----")[0]
     (control / "servercert.pem").write_bytes(chain_only)
-    server = tcpserver(RELAY)
+    server = tcpserver(RELAY_LOCALHOST)
     out = talk(server.port, b"STARTTLS\r\nNOOP\r\nQUIT\r\n")
     assert b"\r\n454 TLS certificate or key cannot be loaded (#4.3.0)\r\n250 ok\r\n" in out
     assert "servercert.pem" in server.wait_log("tls unavailable")
 
 
 def test_submission_mode_without_any_auth_says_so_in_the_log(tcpserver, control):
-    server = tcpserver(RELAY, env={"SMTPAUTH": "!"})
+    server = tcpserver(RELAY_LOCALHOST, env={"SMTPAUTH": "!"})
     assert b"\r\n530 authentication required" in talk(server.port, b"MAIL FROM:<a@b>\r\n")
     assert "SMTPAUTH=! but no AUTH is configured" in server.wait_log("SMTPAUTH=!")
