@@ -39,9 +39,7 @@ def main() -> int:
         auth_needs_tls = (tls_offered and backend is not None
                           and number_setting(controls, env, b"authcleartext", 0) == 0)
     except ControlError as e:
-        from .log import log  # loaded only when there is something to say
-
-        log(f"fatal: {e}")
+        note(f"fatal: {e}")
         _say(replies.CONTROLS)
         return 1
     auth: "Authenticator | None" = None
@@ -89,10 +87,8 @@ def main() -> int:
     except Exception:  # a bug: tell the client plainly, keep the trace in the log
         import traceback
 
-        from .log import log
-
         for line in traceback.format_exc().splitlines():
-            log(f"internal error: {line}")
+            note(f"internal error: {line}")
         _say(replies.INTERNAL_ERROR)
         return 1
     finally:
@@ -101,7 +97,7 @@ def main() -> int:
 
 
 def note(text: str) -> None:
-    """The core's log lines; the log module loads only when there is one."""
+    """One log line; the log module loads only when there is one to write."""
     from .log import log
 
     log(text)

@@ -48,7 +48,8 @@ class Timeout(Exception):
 
 
 class TLSUnavailable(Exception):
-    """TLS cannot start now (certificate or key unusable): 454, the session goes on."""
+    """TLS cannot start now (certificate or key unusable, already logged): 454,
+    and the session goes on."""
 
 
 class Gone(Exception):

@@ -57,10 +57,7 @@ def serve(session: protocol.Session, channel: Channel,
         return 1
     except Gone:
         return 1
-    except TLSUnavailable as e:  # SMTPS without a usable certificate
-        from .log import log
-
-        log(f"tls unavailable: {e}")
+    except TLSUnavailable:  # SMTPS without a usable certificate (tls.py logged it)
         return 1
 
 
@@ -69,10 +66,7 @@ def starttls(session: protocol.Session, channel: Channel,
     """220 and the handshake, or 454 and the same cleartext channel."""
     try:
         tls = open_tls()
-    except TLSUnavailable as e:
-        from .log import log
-
-        log(f"tls unavailable: {e}")
+    except TLSUnavailable:  # logged where the file is known
         channel.write(session.starttls_ready(False))
         channel.flush()
         return channel
@@ -82,11 +76,9 @@ def starttls(session: protocol.Session, channel: Channel,
 
 def _start_tls(session: protocol.Session, channel: Channel, tls: "ServerTLS") -> Channel:
     """Nothing the client sent in cleartext may count inside TLS (CVE-2011-0411)."""
-    from .log import log
-
     channel.flush()
     channel.discard_input()
-    secure = tls.wrap(channel, log)
+    secure = tls.wrap(channel)
     session.tls_started(secure.cipher)
     return secure
 

@@ -8,14 +8,14 @@ never asks for TLS never loads `ssl`.
 import ssl
 
 from .lineio import READ_SIZE, Channel, Gone, TLSUnavailable
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .log import log
 
 
 class ServerTLS:
-    """control/servercert.pem (chain and key) and control/tlsserverciphers, loaded."""
+    """control/servercert.pem (chain and key) and control/tlsserverciphers, loaded.
+
+    Every failure is logged here, where the file is known, then raised.
+    """
 
     def __init__(self, certfile: bytes, ciphers: bytes | None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -26,11 +26,11 @@ class ServerTLS:
             if ciphers:
                 context.set_ciphers(ciphers.decode("ascii", "replace"))
         except (OSError, ssl.SSLError) as e:
-            name = certfile.decode("utf-8", "replace")
-            raise TLSUnavailable(f"{name}: {e}") from None
+            log(f"tls unavailable: {certfile.decode('utf-8', 'replace')}: {e}")
+            raise TLSUnavailable() from None
         self.context = context
 
-    def wrap(self, plain: Channel, log: "Callable[[str], None]") -> "TLSChannel":
+    def wrap(self, plain: Channel) -> "TLSChannel":
         """Shake hands over the plain channel's fds; Gone (logged) if that fails."""
         channel = TLSChannel(plain, self.context)
         try:
