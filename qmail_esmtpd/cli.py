@@ -9,7 +9,7 @@ import posix
 import sys
 
 from . import replies
-from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend, number_setting
+from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend, flag_setting
 from .lineio import Channel
 from .protocol import Peer, Session
 from .queue import DEFAULT_QUEUE, QueueJob
@@ -37,7 +37,7 @@ def main() -> int:
             note("SMTPAUTH=! but no AUTH is configured: every MAIL gets 530")
         tls_offered = controls.exists(SERVERCERT)
         auth_needs_tls = (tls_offered and backend is not None
-                          and number_setting(controls, env, b"authcleartext", 0) == 0)
+                          and not flag_setting(controls, env, b"authcleartext"))
     except ControlError as e:
         note(f"fatal: {e}")
         _say(replies.CONTROLS)

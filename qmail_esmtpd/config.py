@@ -99,6 +99,11 @@ def number_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes
     return default if found is None else found
 
 
+def flag_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes) -> bool:
+    """A switch like control/authplaintext: on when its number is not 0 (default off)."""
+    return number_setting(controls, env, name, 0) != 0
+
+
 class Settings:
     """Everything the session needs from control files and the environment."""
 

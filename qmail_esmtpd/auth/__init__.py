@@ -18,7 +18,7 @@ command: a session that never says AUTH must not pay for psycopg2 or passlib.
 
 import time
 
-from ..config import Controls, clamp_seconds, number_setting
+from ..config import Controls, clamp_seconds, flag_setting, number_setting
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Authenticator:
             self.backend = module.open_backend(self.setting, controls, env)
             self.fail_delay = clamp_seconds(fail_delay)
             self._max_failures = max(max_failures, 1)
-            self.bind_senders = number_setting(controls, env, b"senderbinding", 0) != 0
+            self.bind_senders = flag_setting(controls, env, b"senderbinding")
         return self.backend
 
     @property

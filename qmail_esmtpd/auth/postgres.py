@@ -5,7 +5,7 @@ temporary failure, and a verified account brings its DailyLimit (its own
 `sendlimit` column, else control/sendlimit or $SENDLIMIT, else 50).
 """
 
-from ..config import number_setting
+from ..config import flag_setting, number_setting
 from ..log import log
 from . import DATABASE, Verdict
 from .accounts import Account, Unavailable, addresses, verify
@@ -27,7 +27,7 @@ def default_send_limit(controls: "Controls", env: "Mapping[bytes, bytes]") -> in
 
 def open_backend(conninfo: str, controls: "Controls",
                  env: "Mapping[bytes, bytes]") -> "PostgresAuth":
-    plaintext = number_setting(controls, env, b"authplaintext", 0) != 0
+    plaintext = flag_setting(controls, env, b"authplaintext")
     return PostgresAuth(Database(conninfo), default_send_limit(controls, env), plaintext)
 
 
