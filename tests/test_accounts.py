@@ -3,7 +3,7 @@ what a POP3 checkpassword program (or any other) gets from the auth package."""
 
 import pytest
 
-from qmail_esmtpd.auth.accounts import Account, Unavailable, verify
+from qmail_esmtpd.auth.accounts import Account, Unavailable, canonical_name, verify
 from qmail_esmtpd.auth.db import Database
 from qmail_esmtpd.auth.limit import DailyLimit
 from qmail_esmtpd.auth.passwords import context
@@ -60,5 +60,25 @@ def test_the_limit_keeps_its_own_charge(mail):
         assert limit.allows() is False and limit.charge() is False
         limit.refund()  # the refused charge gave nothing to refund
         assert count() == 2
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("raw, stored", [
+    ("alice", "alice"), ("Alice", "Alice"), ("a b", "a b"), ("名前", "名前"),
+    ("e\u0301", "\u00e9"),  # NFD is stored as NFC
+    ("", None), (" alice", None), ("alice ", None), ("a\tb", None), ("a\u00a0b", None),
+    ("a\u200bb", None), ("a\u0085", None), ("a\u2028b", None), ("a\u202eb", None),
+])
+def test_canonical_name_stores_nfc_and_refuses_invisible_characters(raw, stored):
+    assert canonical_name(raw) == stored
+
+
+def test_a_name_in_nfd_finds_its_nfc_row(mail):
+    hashed = context().hash
+    mail.sql("INSERT INTO poppass (name, pw) VALUES (%s, %s)", ("\u00e9mile", hashed("pw")))
+    server = Database(mail.dsn("qmaild"))
+    try:
+        assert verify(server, "e\u0301mile".encode(), b"pw").name == "\u00e9mile"
     finally:
         server.close()

@@ -87,13 +87,48 @@ def addresses(db: Database, account: Account) -> frozenset[bytes]:
     return frozenset(address.encode("utf-8") for (address,) in rows)
 
 
+def nfc(text: str) -> str:
+    """Unicode NFC, the one form names are stored and looked up in."""
+    if text.isascii():  # already NFC; spares loading unicodedata on the usual path
+        return text
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
+
+
+# Unicode categories a name may not contain: controls (incl. U+0085), format
+# characters (zero-width space and joiners, bidi marks), surrogates, private
+# use, unassigned, line and paragraph separators.  Spaces other than U+0020
+# are refused too, and so are spaces at either end.
+_INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+
+
+def canonical_name(text: str) -> str | None:
+    """The form a new account name is stored in (NFC), or None when the name
+    is empty or holds characters that print as nothing or as something else,
+    so that no two names in `list` look alike but differ."""
+    text = nfc(text)
+    if not text or text != text.strip(" "):
+        return None
+    if text.isascii():
+        return text if text.isprintable() else None
+    import unicodedata
+
+    for char in text:
+        category = unicodedata.category(char)
+        if category in _INVISIBLE or (category == "Zs" and char != " "):
+            return None
+    return text
+
+
 def _decoded(name: bytes) -> str | None:
-    """Names are UTF-8 text without NUL; anything else cannot be in the table."""
+    """Names are UTF-8 text without NUL, looked up in NFC (as canonical_name
+    stores them); anything else cannot be in the table."""
     try:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return None if "\0" in text else text
+    return None if "\0" in text else nfc(text)
 
 
 def _rehash(db: Database, new_hash: str, user_id: int, stored: str) -> None:
