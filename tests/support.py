@@ -36,12 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_listening(port: int, proc: subprocess.Popen, what: str, timeout: float = 10) -> None:
-    """Poll until something accepts on 127.0.0.1:`port`; StartError if `proc` dies first."""
+def wait_listening(port: int, proc: subprocess.Popen, what: str, timeout: float = 10,
+                   host: str = "127.0.0.1") -> None:
+    """Poll until something accepts on `host`:`port`; StartError if `proc` dies first."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return
         except OSError:
             if proc.poll() is not None:
@@ -87,13 +88,15 @@ def write_program(path: Path, text: str) -> Path:
 class TcpServer:
     """`argv` (qmail-esmtpd) under real tcpserver, with `rules` compiled by real tcprules.
 
-    Listens on 127.0.0.1:`port` once constructed; tcpserver runs in its own
+    Listens on `host`:`port` once constructed (any 127.x.y.z works on Linux's
+    loopback, so two frontends can run side by side); tcpserver runs in its own
     process group, which stop() ends.  `verbose` adds tcpserver's -v lines to
     the log, beside the server's own stderr.
     """
 
     def __init__(self, workdir: Path, rules: str, env: dict, argv: list,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = free_port()
         cdb = workdir / f"tcp.smtp-{self.port}.cdb"
         try:
@@ -107,13 +110,13 @@ class TcpServer:
             try:
                 self.proc = subprocess.Popen(
                     ["tcpserver", *flags, "-R", "-H", "-l", "localhost", "-c", "100",
-                     "-x", str(cdb), "127.0.0.1", str(self.port), *map(str, argv)],
+                     "-x", str(cdb), host, str(self.port), *map(str, argv)],
                     env={"PATH": os.environ["PATH"], **env}, stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
             except OSError as e:
                 raise StartError(f"tcpserver: {e}") from None
         try:
-            wait_listening(self.port, self.proc, "tcpserver")
+            wait_listening(self.port, self.proc, "tcpserver", host=host)
         except StartError as e:
             self.stop()
             raise StartError(f"{e}: {self.log()[-600:]}") from None
@@ -166,9 +169,11 @@ class Cluster:
 
     Each test gets a fresh database loaded from sql/, with the least-privilege
     role `qmaild` the server connects as.  destroy() stops it and removes it.
+    With `primary`, it is that cluster's streaming standby instead
+    (pg_basebackup -R): read-only until promote().
     """
 
-    def __init__(self) -> None:
+    def __init__(self, primary: "Cluster | None" = None) -> None:
         self.user = _service_user()
         self.base = Path(tempfile.mkdtemp(prefix="qmail-esmtpd-pg-"))
         self.data = self.base / "data"
@@ -179,8 +184,12 @@ class Cluster:
                 entry = pwd.getpwnam(self.user)
                 for path in (self.base, self.sock):
                     os.chown(path, entry.pw_uid, entry.pw_gid)
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                      "--no-sync", "-E", "UTF8", "--locale=C")
+            if primary is None:
+                self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                          "--no-sync", "-E", "UTF8", "--locale=C")
+            else:  # initdb's pg_hba.conf lets local connections replicate
+                self._run("pg_basebackup", "-D", str(self.data), "-R", "-h", str(primary.sock),
+                          "-U", "postgres", "--checkpoint=fast", "--no-sync")
             self.start()
         except BaseException:
             self.destroy()
@@ -205,6 +214,10 @@ class Cluster:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def promote(self) -> None:
+        """A standby becomes a primary (returns once it accepts writes)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
 
     def destroy(self) -> None:
         try:
@@ -286,3 +299,114 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- pgbouncer ----------------------------------------------------------------
+
+PGBOUNCER_INI = ROOT / "service" / "pgbouncer.ini"
+
+
+def pgbouncer_program() -> str:
+    """Debian puts pgbouncer in /usr/sbin, which a normal user's PATH lacks."""
+    return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+class Pgbouncer:
+    """pgbouncer in front of `cluster`, with service/pgbouncer.ini's settings.
+
+    Only the site-specific values change: its own temp dir for the socket, log
+    and pid file, the cluster's socket as the server, `settings` on top (the
+    benchmark's pool size).  It listens on a unix socket only, runs as the
+    cluster's unprivileged user in the foreground in its own process group,
+    and stop() ends it.  dsn() is what a frontend's AUTHDB names.
+    """
+
+    def __init__(self, cluster: Cluster, **settings: str) -> None:
+        import configparser
+
+        self.cluster = cluster
+        self.base = Path(tempfile.mkdtemp(prefix="qmail-esmtpd-pgbouncer-"))
+        self.port = 6432
+        ini = configparser.RawConfigParser(delimiters=("=",), comment_prefixes=(";",))
+        ini.optionxform = str  # type: ignore[assignment, method-assign]  # names keep case
+        ini.read(PGBOUNCER_INI)
+        ini["databases"] = {"*": f"host={cluster.sock} port=5432"}
+        ini["pgbouncer"].update({
+            "listen_addr": "", "listen_port": str(self.port), "unix_socket_dir": str(self.base),
+            "auth_file": str(self.base / "userlist.txt"),
+            "logfile": str(self.base / "pgbouncer.log"), "pidfile": "",
+            "admin_users": "postgres", **settings})
+        with (self.base / "pgbouncer.ini").open("w") as out:
+            ini.write(out)
+        (self.base / "userlist.txt").write_text('"qmaild" ""\n"postgres" ""\n')
+        if cluster.user:
+            entry = pwd.getpwnam(cluster.user)
+            for path in (self.base, *self.base.iterdir()):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        cmd = [pgbouncer_program(), str(self.base / "pgbouncer.ini")]
+        if cluster.user:
+            cmd = ["runuser", "-u", cluster.user, "--", *cmd]
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
+        except OSError as e:
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise StartError(f"pgbouncer: {e} (tools/install-deps installs it)") from None
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_listening(self, timeout: float = 10) -> None:
+        path = str(self.base / f".s.PGSQL.{self.port}")
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(path)
+                    return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                raise StartError(f"pgbouncer exited {self.proc.returncode}: {self.log()[-600:]}")
+            if time.monotonic() > deadline:
+                raise StartError(f"pgbouncer not listening after {timeout:g} s")
+            time.sleep(0.02)
+
+    def dsn(self, dbname: str, user: str = "qmaild") -> str:
+        return f"host={self.base} port={self.port} dbname={dbname} user={user}"
+
+    def log(self) -> str:
+        try:
+            return (self.base / "pgbouncer.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def show(self, what: str) -> list[dict]:
+        """`SHOW <what>` on pgbouncer's admin console (POOLS, STATS, ...) as dicts."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn("pgbouncer", "postgres"))
+        try:
+            conn.autocommit = True  # the console knows no transactions
+            with conn.cursor() as cur:
+                cur.execute(f"SHOW {what}")
+                names = [column.name for column in cur.description or ()]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """End pgbouncer (its server connections close with it) and remove its files."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
