@@ -105,14 +105,14 @@ def foreign_imports(node: ImportNode) -> list[ImportNode]:
 def heavy_auth_imports(bench: Bench) -> list[str]:
     """What the AUTH path imports beyond a plain session, heaviest first (wall ms).
 
-    One `-X importtime` run of the imports the AUTH split makes, context()
-    included (it imports the handlers); each top-level import is shown with
+    One `-X importtime` run of the imports the AUTH split makes (an argon2id
+    row: no passlib); each top-level import is shown with
     the heaviest modules from other packages that it pulls in.
     """
     marker = "-- plain session above --"
     code = (f"import sys; sys.path[:0] = {bench.launcher.paths!r}; import qmail_esmtpd.cli; "
             f"sys.stderr.write({marker!r} + '\\n'); {AUTH_MODULES}; "
-            "import psycopg2, psycopg2.extensions, passlib.context; passwords.context()")
+            "import psycopg2, psycopg2.extensions, _argon2_cffi_bindings")
     proc = subprocess.run(bench.python("-X", "importtime", "-c", code),
                           capture_output=True, text=True, check=False, timeout=CLIENT_TIMEOUT)
     if proc.returncode != 0 or marker not in proc.stderr:

@@ -216,7 +216,7 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
 # The split of an AUTH session: the server's own code paths, one step at a
 # time, in a fresh interpreter started like the launcher; CPU per step.
 AUTH_MODULES = ("from qmail_esmtpd.auth import accounts, db, limit, passwords, "
-                "postgres, sasl")
+                "postgres, sasl, throttle")
 
 
 @dataclass(frozen=True)
@@ -233,16 +233,17 @@ PSYCOPG2 = Step("import psycopg2", "import psycopg2, psycopg2.extensions")
 SELECT = Step("connect + SELECT poppass (client side)",
               "database = db.Database(CONNINFO); "
               "row = database.query(accounts.USER_QUERY, (USER,))[0]")
-PASSLIB = Step("import passlib.context", "import passlib.context")
-HANDLERS = Step("passwords.context(): loads the handlers", "ctx = passwords.context()")
-VERIFY = Step("first verify_and_update (argon2id)",
-              "ok, _ = ctx.verify_and_update(PASSWORD, row[1])")
-CHARGE = Step("sendcounts: today's count + charge",
-              "sent = limit.DailyLimit(database, row[0], row[3]); "
-              "ok = ok and sent.allows() and bool(sent.charge())")
+THROTTLE = Step("throttle: recent failures (one SELECT)",
+                "throttle.Throttle(database, '127.0.0.1').check(USER)")
+ARGON2 = Step("import _argon2_cffi_bindings", "import _argon2_cffi_bindings")
+VERIFY = Step("first passwords.check (argon2id)",
+              "ok, _ = passwords.check(PASSWORD, row[1])")
+CHARGE = Step("sendcounts: what is left + charge",
+              "sent = limit.DailyLimit(database, row[0], 50); "
+              "ok = ok and sent.remaining() and bool(sent.charge(1))")
 VERIFY_AGAIN = Step("argon2id verify alone (a second call)",
-                    "ctx.verify_and_update(PASSWORD, row[1])")
-SPLIT_STEPS = (PLAIN_IMPORTS, AUTH_IMPORTS, PSYCOPG2, SELECT, PASSLIB, HANDLERS, VERIFY,
+                    "passwords.check(PASSWORD, row[1])")
+SPLIT_STEPS = (PLAIN_IMPORTS, AUTH_IMPORTS, PSYCOPG2, SELECT, THROTTLE, ARGON2, VERIFY,
                CHARGE, VERIFY_AGAIN)
 
 

@@ -5,8 +5,9 @@ what the caller must do next.  The DATA transaction is decided here too:
 `open_message()` gives the 354 (and the decoder for the stream),
 `finish_message()` the envelope or nothing, `queued()` the final reply;
 `DataDecoder` turns the raw DATA stream into the bytes qmail-queue gets.
-The daily limit is asked at MAIL and charged at `finish_message()`, and
-given back in `queued()` when qmail-queue refused the message.
+The daily limit (auth/limit.py has its rules) is asked at MAIL, bounds
+the recipients at RCPT, is charged at `finish_message()`, and given back
+in `queued()` when qmail-queue refused the message.
 Nothing here touches a file descriptor, the environment, a file or a
 database: the adapters (server.py and cli.py) hand in plain values and
 small lookup callables.
@@ -94,6 +95,8 @@ class Session:
         self.sender_barred = False
         self.sender = b""
         self.recipients: list[bytes] = []
+        self.left = 0  # recipients the limit allows in this transaction
+        self.limit_noted = False  # this transaction's refusal is in the log
         self.verbs = {
             b"helo": self.helo_, b"ehlo": self.ehlo, b"mail": self.mail,
             b"rcpt": self.rcpt, b"data": self.data, b"rset": self.rset,
@@ -166,10 +169,14 @@ class Session:
         if self.senders is not None and addr and addr.lower() not in self.senders:
             return replies.SENDER_NOT_YOURS, BUFFER  # the null sender impersonates nobody
         if self.limit is not None:
-            allowed = self.limit.allows()
-            if not allowed:
-                return (replies.LIMIT_UNAVAILABLE if allowed is None
-                        else replies.LIMIT_REACHED), BUFFER
+            left = self.limit.remaining()
+            if left is None:
+                return replies.LIMIT_UNAVAILABLE, BUFFER
+            if left == 0:
+                self._limit_note("MAIL")
+                return replies.LIMIT_REACHED, BUFFER
+            self.left = left
+            self.limit_noted = False
         self.sender_barred = self.in_badmailfrom(addr)
         self.seen_mail = True
         self.sender = addr
@@ -192,6 +199,10 @@ class Session:
             return replies.SYNTAX, BUFFER
         if self.sender_barred:
             return replies.BADMAILFROM, BUFFER
+        if self.limit is not None and len(self.recipients) >= self.left:
+            if not self.limit_noted:  # one log line a transaction, not one per address
+                self._limit_note("RCPT")
+            return replies.LIMIT_RECIPIENTS, BUFFER
         if self.relayclient is not None:
             addr += self.relayclient
         else:
@@ -271,7 +282,7 @@ class Session:
         if exchange.credentials is None or self.auth is None:
             return exchange.reply, FLUSH
         user, password = exchange.credentials
-        verdict = self.auth.check(user, password, exchange.mechanism)
+        verdict = self.auth.check(user, password, exchange.mechanism, exchange.authzid)
         if verdict.ok:
             self.user = verdict.user or user
             self.limit = verdict.limit
@@ -285,6 +296,17 @@ class Session:
         if self.auth_failures >= self.auth.max_failures:
             return replies.AUTH_TOO_MANY, DROP
         return replies.AUTH_FAILED, FLUSH
+
+    def _limit_note(self, where: str) -> None:
+        """The one log line for each refusal by the daily limit: a compromised
+        account shows first here."""
+        from .log import printable  # AUTH sessions only
+
+        self.limit_noted = True
+        why = self.limit.why if self.limit is not None else ""
+        self.note(f"sendlimit refused user={printable(self.user or b'')} "
+                  f"ip={printable(self.peer.remoteip)} at={where} "
+                  f"recipients={len(self.recipients)} ({why})")
 
     def child_environment(self) -> dict[bytes, bytes]:
         """What qmail-queue learns beyond our own environment: who authenticated."""
@@ -329,8 +351,10 @@ class Session:
         if decoder is None or not decoder.acceptable:
             return None
         if self.limit is not None:
-            charged = self.limit.charge()
+            charged = self.limit.charge(len(self.recipients))
             if not charged:
+                if charged is not None:
+                    self._limit_note("DATA")
                 self.refusal = (replies.LIMIT_UNAVAILABLE if charged is None
                                 else replies.LIMIT_REACHED)
                 return None

@@ -117,6 +117,8 @@ AUTH_TEMP_PIPE = b"454 oops, unable to open pipe and I can't auth (#4.3.0)\r\n"
 AUTH_TEMP_START = b"454 oops, child won't start and I can't auth (#4.3.0)\r\n"
 AUTH_TEMP_WRITE = b"454 oops, unable to write pipe and I can't auth (#4.3.0)\r\n"
 AUTH_TEMP_CHILD = b"454 oops, problem with child and I can't auth (#4.3.0)\r\n"
+AUTH_THROTTLED = (b"454 too many failed logins from your network, "
+                  b"try again later (#4.7.0)\r\n")  # ours: auth/throttle.py
 # auth.Verdict.tempfail -> its 454 (keys are the reasons named in auth/__init__.py)
 AUTH_TEMPORARY = {
     "database": AUTH_TEMP_DB,
@@ -124,11 +126,14 @@ AUTH_TEMPORARY = {
     "start": AUTH_TEMP_START,
     "write": AUTH_TEMP_WRITE,
     "child": AUTH_TEMP_CHILD,
+    "throttled": AUTH_THROTTLED,
 }
 SIZE_EXCEEDED = TOO_BIG  # MAIL ... SIZE=n over databytes: the same words at MAIL time
 
 # the daily sending limit (ours)
 LIMIT_REACHED = (b"451 daily sending limit reached for this account, "
                  b"try again tomorrow (#4.7.1)\r\n")
+LIMIT_RECIPIENTS = (b"452 too many recipients: daily sending limit reached for this "
+                    b"account (#4.5.3)\r\n")  # RFC 5321 4.5.3.1.10: send to those accepted
 LIMIT_UNAVAILABLE = (b"451 temporary failure checking the sending limit, "
                      b"try again later (#4.3.0)\r\n")

@@ -9,9 +9,13 @@
 --               refund (UPDATE) when qmail-queue refuses a charged message
 --   sendas:     read the account's own sender addresses at AUTH time (used
 --               only with control/senderbinding = 1)
+--   authfailures: count recent failures (SELECT), record one (INSERT, or
+--               UPDATE of its time when the same attempt comes again), and
+--               expire rows older than a day (DELETE)
 GRANT SELECT ON poppass TO qmaild;
 GRANT SELECT ON sendas TO qmaild;
 GRANT SELECT, INSERT, UPDATE ON sendcounts TO qmaild;
+GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmaild;
 
 -- Optional: lets a successful login replace a deprecated hash (DES, MD5, SHA
 -- crypt, bcrypt, plaintext) by the current default.  Without it the old hash

@@ -106,7 +106,7 @@ BEGIN
     INTO n, vals FROM poppass WHERE pw IS NULL;
     IF n > 0 THEN
         problems := problems || format(
-            'poppass: %s user(s) with a NULL pw: %s%s (set a hash, or ''*'' to lock the account)',
+            'poppass: %s user(s) with a NULL pw: %s%s (set a hash, or ''*'' and active = false to lock the account)',
             n, vals, CASE WHEN n > 20 THEN ', ...' END);
     END IF;
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from support import FAKE_QUEUE, SERVER, Cluster, TcpServer, write_program
+from qmail_esmtpd.auth.passwords import context
+
+from support import FAKE_QUEUE, SERVER, Cluster, Database, TcpServer, write_program
 
 
 class Queue:
@@ -83,3 +85,33 @@ def pg():
     cluster = Cluster()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture
+def db(pg):
+    """A fresh database with sql/ loaded; returns a helper bound to it."""
+    return Accounts(pg.new_database())
+
+
+class Accounts:
+    """The users of one database, and the server's environment to check them."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.sql = database.sql
+        self.hash = context().hash
+
+    def add(self, name: str, password: str, **columns) -> int:
+        columns.setdefault("pw", self.hash(password))
+        keys = ", ".join(["name", *columns])
+        marks = ", ".join(["%s"] * (len(columns) + 1))
+        return self.sql(f"INSERT INTO poppass ({keys}) VALUES ({marks}) RETURNING id",
+                        (name, *columns.values()))[0][0]
+
+    def counts(self, name: str) -> tuple:
+        rows = self.sql("SELECT s.count, s.total_count FROM sendcounts s JOIN poppass p"
+                        " USING (id) WHERE p.name = %s", (name,))
+        return rows[0] if rows else (0, 0)
+
+    def env(self, **extra) -> dict:
+        return {"AUTHDB": self.database.dsn("qmaild"), "AUTHFAILDELAY": "0", **extra}

@@ -46,20 +46,48 @@ def test_database_trouble_is_one_exception(pg, mail, trouble):
 def test_the_limit_keeps_its_own_charge(mail):
     server = Database(mail.dsn("qmaild"))
     bob = verify(server, b"bob", b"bob-pw")
-    limit = DailyLimit(server, bob.id, bob.sendlimit)
+    limit = DailyLimit(server, bob.id, 50)  # bob's own sendlimit (2) wins over the default
 
     def count() -> int:
         return mail.sql("SELECT count FROM sendcounts WHERE id = %s", (bob.id,))[0][0]
 
     try:
-        assert limit.allows() and limit.charge() is True and count() == 1
+        assert limit.remaining() == 2 and limit.charge(1) is True and count() == 1
         limit.refund()
         limit.refund()  # only the last charge, and only once
         assert count() == 0
-        assert limit.charge() and limit.charge() and count() == 2
-        assert limit.allows() is False and limit.charge() is False
+        assert limit.charge(3) is False and count() == 0  # never more than the limit
+        assert limit.charge(2) and count() == 2
+        assert limit.remaining() == 0 and limit.charge(1) is False
         limit.refund()  # the refused charge gave nothing to refund
         assert count() == 2
+    finally:
+        server.close()
+
+
+def test_the_limit_reads_the_account_as_it_is_now(mail):
+    server = Database(mail.dsn("qmaild"))
+    alice = verify(server, b"alice", b"alice-pw")
+    limit = DailyLimit(server, alice.id, 50)
+    try:
+        assert limit.charge(10) and limit.remaining() == 40
+        mail.sql("UPDATE poppass SET sendlimit = 12 WHERE id = %s", (alice.id,))
+        assert limit.remaining() == 2 and limit.charge(3) is False and limit.charge(2)
+        mail.sql("UPDATE poppass SET sendlimit = NULL, active = false WHERE id = %s",
+                 (alice.id,))
+        assert limit.remaining() == 0 and limit.charge(1) is False
+        assert limit.why == "account disabled" or "disabled" in limit.why
+    finally:
+        server.close()
+
+
+def test_messages_per_day_when_asked(mail):
+    server = Database(mail.dsn("qmaild"))
+    bob = verify(server, b"bob", b"bob-pw")
+    limit = DailyLimit(server, bob.id, 50, per_message=True)
+    try:
+        assert limit.charge(100) and limit.charge(100) and limit.charge(1) is False
+        assert mail.sql("SELECT count, total_count FROM sendcounts")[0] == (2, 2)
     finally:
         server.close()
 

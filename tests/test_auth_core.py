@@ -9,30 +9,32 @@ from qmail_esmtpd.protocol import Peer, Session
 
 
 class FakeLimit:
-    """alice's sending limit: 2 a day."""
+    """alice's sending limit: 2 recipients a day."""
 
-    def __init__(self, used: int = 0, broken: bool = False) -> None:
-        self.used, self.broken, self.refunds, self.limit = used, broken, 0, 2
-        self.charged = False
+    why = "2 of 2 used today"
 
-    def allows(self):
-        return None if self.broken else self.used < self.limit
+    def __init__(self, used: int = 0, broken: bool = False, limit: int = 2) -> None:
+        self.used, self.broken, self.refunds, self.limit = used, broken, 0, limit
+        self.charged = 0
 
-    def charge(self):
-        self.charged = False
+    def remaining(self):
+        return None if self.broken else max(self.limit - self.used, 0)
+
+    def charge(self, recipients):
+        self.charged = 0
         if self.broken:
             return None
-        if self.used >= self.limit:
+        if self.used + recipients > self.limit:
             return False
-        self.used += 1
-        self.charged = True
+        self.used += recipients
+        self.charged = recipients
         return True
 
     def refund(self):
         if self.charged:
-            self.used -= 1
+            self.used -= self.charged
             self.refunds += 1
-        self.charged = False
+        self.charged = 0
 
 
 class FakeAuth:
@@ -43,7 +45,8 @@ class FakeAuth:
         self.calls, self.tempfail, self.limit = [], tempfail, limit
         self.max_failures = max_failures
 
-    def check(self, user: bytes, password: bytes, mechanism: bytes) -> Verdict:
+    def check(self, user: bytes, password: bytes, mechanism: bytes,
+              authzid: bytes = b"") -> Verdict:
         self.calls.append((user, password, mechanism))
         if self.tempfail:
             return Verdict(False, tempfail=self.tempfail)
@@ -185,6 +188,38 @@ def test_daily_limit_at_mail_and_at_data_end():
     assert s.queued(replies.QQ_READ_ERROR, 1) == replies.LIMIT_UNAVAILABLE
 
 
+def test_recipients_beyond_what_is_left_get_452_and_the_rest_are_charged():
+    limit = FakeLimit(used=1, limit=4)
+    notes = []
+    s = session(limits=limit, clock=lambda: 5, note=notes.append)
+    s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))
+    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.OK
+    answers = [s.handle(b"RCPT TO:<r%d@example.com>" % i)[0] for i in range(5)]
+    assert answers == [replies.OK] * 3 + [replies.LIMIT_RECIPIENTS] * 2
+    assert len(notes) == 1 and "user=alice ip=198.51.100.7 at=RCPT" in notes[0]
+    s.handle(b"DATA")
+    s.open_message(True)
+    s.decoder.feed(b"x\r\n.\r\n")
+    assert s.finish_message().count(b"T") == 3
+    assert s.queued(b"", 1) == b"250 ok 5 qp 1\r\n" and limit.used == 4
+    assert s.handle(b"MAIL FROM:<a@b>")[0] == replies.LIMIT_REACHED and len(notes) == 2
+
+
+def test_a_message_the_rest_of_the_day_cannot_hold_is_refused_whole():
+    limit = FakeLimit(limit=3)
+    s = session(limits=limit, note=lambda text: None)
+    s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))
+    s.handle(b"MAIL FROM:<a@b>")
+    s.handle(b"RCPT TO:<r1@example.com>")
+    s.handle(b"RCPT TO:<r2@example.com>")
+    limit.used = 2  # a parallel session used two of the three meanwhile
+    s.handle(b"DATA")
+    s.open_message(True)
+    s.decoder.feed(b"x\r\n.\r\n")
+    assert s.finish_message() is None
+    assert s.queued(replies.QQ_READ_ERROR, 1) == replies.LIMIT_REACHED and limit.used == 2
+
+
 def test_oversized_message_is_never_charged():
     limit = FakeLimit()
     s = session(limits=limit, databytes=3)
@@ -259,7 +294,8 @@ def test_sasl_decoding_is_strict():
     assert sasl.decode(b"YWxpY2U=") == b"alice"
     for bad in (b"YWxpY2U", b"YWx pY2U=", b"YWxpY2U=junk", b"!!!!"):
         assert sasl.decode(bad) is None
-    assert sasl.split_plain(b"\0u\0p\0q") == (b"u", b"p\0q")
+    assert sasl.split_plain(b"\0u\0p\0q") == (b"", b"u", b"p\0q")
+    assert sasl.split_plain(b"bob\0alice\0pw") == (b"bob", b"alice", b"pw")
 
 
 def test_the_account_check_needs_nothing_from_smtp():

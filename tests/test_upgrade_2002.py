@@ -11,7 +11,7 @@ import pytest
 from qmail_esmtpd.auth import passwords
 from qmail_esmtpd.auth.accounts import USER_QUERY
 from qmail_esmtpd.auth.db import Database as ServerDatabase
-from qmail_esmtpd.auth.limit import CHARGE, REFUND, TODAY
+from qmail_esmtpd.auth.limit import CHARGE, REFUND, REMAINING
 
 from support import ROOT, Database
 
@@ -123,12 +123,13 @@ def test_upgraded_database_serves_auth_and_limits(pg) -> None:
         ctx = passwords.context()
         assert ctx.verify("secret", stored) and ctx.needs_update(stored)
         # the daily limit: an old day's row restarts, a NULL-filled row counts on
-        assert server.query(CHARGE, {"id": 1, "limit": 50}) == [(datetime.date.today(),)]
-        assert server.query(TODAY, (1,)) == [(1,)]
-        assert server.query(CHARGE, {"id": 2, "limit": 1}) == [(datetime.date.today(),)]
-        assert server.query(CHARGE, {"id": 2, "limit": 1}) == []  # at the limit
-        assert server.query(CHARGE, {"id": 5, "limit": 50}) == [(datetime.date.today(),)]
-        server.query(REFUND, (5, datetime.date.today()))
+        today = datetime.date.today()
+        assert server.query(CHARGE, {"id": 1, "default": 50, "n": 1}) == [(today,)]
+        assert server.query(REMAINING, {"id": 1, "default": 50}) == [(True, 50, 1)]
+        assert server.query(CHARGE, {"id": 2, "default": 1, "n": 1}) == [(today,)]
+        assert server.query(CHARGE, {"id": 2, "default": 1, "n": 1}) == []  # at the limit
+        assert server.query(CHARGE, {"id": 5, "default": 50, "n": 1}) == [(today,)]
+        server.query(REFUND, {"id": 5, "day": today, "n": 1})
     finally:
         server.close()
     assert db.sql("SELECT id, count, total_count FROM sendcounts ORDER BY id") == [

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     class Limit(Protocol):
         """An authenticated user's daily sending limit (limit.DailyLimit)."""
 
-        def allows(self) -> bool | None: ...
-        def charge(self) -> bool | None: ...
+        why: str  # the last refusal's reason, for the log
+
+        def remaining(self) -> int | None: ...
+        def charge(self, recipients: int) -> bool | None: ...
         def refund(self) -> None: ...
 
     class Backend(Protocol):
@@ -48,6 +50,7 @@ NO_PIPE = "pipe"
 NO_START = "start"
 NO_WRITE = "write"
 CHILD_TROUBLE = "child"
+THROTTLED = "throttled"  # too many failures from the client's network lately (throttle.py)
 
 
 class Verdict:
@@ -55,17 +58,22 @@ class Verdict:
 
     `limit` is the user's sending limit when the backend keeps one; `senders`
     the envelope senders the user may give (lower case), None: any.
+    `slowed`: the name is under attack, so even a right answer waits.
+    `detail` ends the log line (why throttled or slowed).
     """
 
-    __slots__ = ("ok", "user", "tempfail", "limit", "senders")
+    __slots__ = ("ok", "user", "tempfail", "limit", "senders", "slowed", "detail")
 
     def __init__(self, ok: bool, user: bytes = b"", tempfail: str | None = None,
-                 limit: "Limit | None" = None) -> None:
+                 limit: "Limit | None" = None, slowed: bool = False,
+                 detail: str = "") -> None:
         self.ok = ok
         self.user = user
         self.tempfail = tempfail
         self.limit = limit
         self.senders: frozenset[bytes] | None = None
+        self.slowed = slowed
+        self.detail = detail
 
 
 DEFAULT_FAIL_DELAY = 3  # seconds before each 535
@@ -108,22 +116,34 @@ class Authenticator:
         """Failed AUTHs allowed in one session (read once a check has loaded them)."""
         return self._max_failures or DEFAULT_MAX_FAILURES
 
-    def check(self, user: bytes, password: bytes, mechanism: bytes) -> Verdict:
+    def check(self, user: bytes, password: bytes, mechanism: bytes,
+              authzid: bytes = b"") -> Verdict:
+        """One login, answered after the delay; `authzid` (PLAIN's first
+        field) must be empty or the login name itself (RFC 4616)."""
         from ..log import log, printable  # here, not at start-up: AUTH sessions only
 
+        backend = None
         try:
             backend = self._load()
-            verdict = backend.verify(user, password)
+            if authzid and authzid != user:
+                verdict = Verdict(False)  # we let nobody act for another user
+                log(f"auth refused authzid={printable(authzid)}: not the login name")
+            else:
+                verdict = backend.verify(user, password)
             if verdict.ok and self.bind_senders:
                 verdict.senders = self._senders(verdict.user or user, backend)
         except Exception as e:  # the client gets a 454, the log gets the reason
             log(f"auth error: {type(e).__name__}: {e}")
             verdict = Verdict(False, tempfail=DATABASE)
-        result = "ok" if verdict.ok else "tempfail" if verdict.tempfail else "fail"
-        if result == "fail":
+        finally:
+            if backend is not None:
+                backend.close()  # no database connection while the client thinks
+        result = ("ok" if verdict.ok else verdict.tempfail if verdict.tempfail == THROTTLED
+                  else "tempfail" if verdict.tempfail else "fail")
+        if result in ("fail", THROTTLED) or verdict.slowed:
             self.sleep(self.fail_delay)
         log(f"auth {result} user={printable(user)} ip={printable(self.remoteip)} "
-            f"mech={mechanism.decode()}")
+            f"mech={mechanism.decode()}{verdict.detail}")
         return verdict
 
     @staticmethod
@@ -134,6 +154,7 @@ class Authenticator:
         return own | backend.addresses()
 
     def close(self) -> None:
-        """End of session: hang up on the database, if the backend has one."""
+        """End of session: hang up on the database, if the backend has one
+        (check() already did after each login; the limit after each use)."""
         if self.backend is not None:
             self.backend.close()

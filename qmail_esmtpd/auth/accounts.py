@@ -3,20 +3,24 @@
 Independent of SMTP, so every program that logs users in from this table
 (SMTP AUTH, a POP3 checkpassword) asks the same question the same way:
 
-    account = verify(db, name, password)   # Account, or None; Unavailable on trouble
+    account, status = login(db, name, password, throttle)   # Unavailable on trouble
 
-One round trip per check.  An unknown, inactive or undecodable user costs
-the same hash work as a wrong password, so timing does not tell which names
+`login()` asks the throttle (throttle.py) first, refusing a client that
+failed too often without checking anything, then `verify()`s, and counts
+a failure before the caller delays or answers.  One round trip per check.
+An unknown, inactive or undecodable user costs the same hash work as a
+wrong password (passwords.check), so timing does not tell which names
 exist.  A deprecated hash is replaced on success when the role may UPDATE
 pw (the optional grant in sql/grants.sql); without it the login simply goes on.
 """
 
 from ..log import log
+from . import passwords
 from .db import NO_PRIVILEGE, Database, DatabaseError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from passlib.context import CryptContext
+    from .throttle import Status, Throttle
 
 USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
 ADDRESSES = "SELECT address FROM sendas WHERE id = %s"
@@ -38,43 +42,45 @@ class Account:
         self.sendlimit = sendlimit
 
 
-_contexts: "dict[bool, CryptContext]" = {}
+def login(db: Database, name: bytes, password: bytes, throttle: "Throttle | None",
+          plaintext: bool = False) -> "tuple[Account | None, Status | None]":
+    """verify() behind the throttle: (account or None, the throttle's status).
 
-
-def crypt_context(plaintext: bool) -> "CryptContext":
-    """Built at the first check, not at start-up: passlib is slow to import."""
-    if plaintext not in _contexts:
-        from .passwords import context
-
-        _contexts[plaintext] = context(plaintext)
-    return _contexts[plaintext]
+    A refused status means nothing was checked.  A failure is counted
+    before this returns.
+    """
+    if throttle is None:
+        return verify(db, name, password, plaintext), None
+    tried = _decoded(name) or name.decode("utf-8", "replace").replace("\0", "?")
+    try:
+        status = throttle.check(tried)
+        if status.refused:
+            return None, status
+        account = verify(db, name, password, plaintext)
+        if account is None:
+            throttle.failed(tried, password)
+    except DatabaseError as e:
+        raise Unavailable(str(e)) from None
+    return account, status
 
 
 def verify(db: Database, name: bytes, password: bytes,
            plaintext: bool = False) -> Account | None:
     """The account if `password` is right for an active `name`, else None."""
-    context = crypt_context(plaintext)
     text = _decoded(name)
     if text is None:
-        context.dummy_verify()
+        passwords.check(password, "")
         return None
     try:
         rows = db.query(USER_QUERY, (text,))
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
-    if not rows:
-        context.dummy_verify()
-        return None
-    user_id, stored, active, sendlimit = rows[0]
-    try:
-        ok, new_hash = context.verify_and_update(password, stored)
-    except (ValueError, TypeError):  # unknown hash format, NUL, >72 bytes for bcrypt...
-        context.dummy_verify()
-        return None
+    user_id, stored, active, sendlimit = rows[0] if rows else (0, "", False, None)
+    ok, stale = passwords.check(password, stored, plaintext)
     if not (ok and active):
         return None
-    if new_hash:
-        _rehash(db, new_hash, user_id, stored)
+    if stale:
+        _rehash(db, password, user_id, stored)
     return Account(user_id, text, sendlimit)
 
 
@@ -131,9 +137,9 @@ def _decoded(name: bytes) -> str | None:
     return None if "\0" in text else nfc(text)
 
 
-def _rehash(db: Database, new_hash: str, user_id: int, stored: str) -> None:
+def _rehash(db: Database, password: bytes, user_id: int, stored: str) -> None:
     try:
-        db.query(REHASH, (new_hash, user_id, stored))
+        db.query(REHASH, (passwords.new_hash(password), user_id, stored))
     except DatabaseError as e:
         if e.code != NO_PRIVILEGE:  # no UPDATE grant: keep the old hash, quietly
             log(f"auth rehash skipped: {e}")

@@ -2,20 +2,37 @@
 
 The connection string comes from config.authdb_conninfo() (`$AUTHDB`, else
 control/authdb; libpq's PG* variables and ~/.pgpass apply as libpq defines
-them).  Connections get a short connect timeout and a statement timeout
-unless the string sets its own, so a sick database costs a client a
-few seconds and a 4xx, never a hung session.  psycopg2 is imported on first
-use: a session that never authenticates never loads it.
+them).  psycopg2 is imported on first use: a session that never
+authenticates never loads it.
+
+Every call is bounded in time twice over:
+- on the server, each statement runs with `statement_timeout` set inside
+  its own transaction (set_config(..., true)), so a row lock or a slow plan
+  is cancelled there and nothing outlives the statement: this works through
+  pgbouncer in transaction pooling, where startup `options` and plain SET
+  do not;
+- on the client, libpq waits through our own poll loop (psycopg2's wait
+  callback) with a deadline, so a database host that stopped answering (a
+  stalled backend, a lost network) costs a few seconds, never a hung
+  session.  The connection is then dropped.
+Callers close() the connection whenever they go back to waiting for their
+client, so an idle session holds no database backend.
 """
+
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from psycopg2.extensions import connection
 
-CONNECT_TIMEOUT = 3  # seconds, libpq's connect_timeout
-STATEMENT_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT = 3  # seconds a connection may take, unless conninfo sets connect_timeout
+STATEMENT_TIMEOUT_MS = 5000  # the server cancels a statement after this
+ANSWER_GRACE = 1  # seconds the client waits beyond that before hanging up
 APPLICATION_NAME = "qmail-esmtpd"
 NO_PRIVILEGE = "42501"  # SQLSTATE insufficient_privilege
+
+# Prefixed to every statement: one simple-protocol query, one transaction.
+_BOUNDED = f"SELECT set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', true); "
 
 
 class DatabaseError(Exception):
@@ -29,6 +46,36 @@ class DatabaseError(Exception):
         self.code = code
 
 
+class NoAnswer(Exception):
+    """The client-side deadline passed (raised inside psycopg2's wait callback)."""
+
+
+_wait_seconds = float(CONNECT_TIMEOUT)  # the deadline of the call in progress
+
+
+def _wait(conn: "connection") -> None:
+    """psycopg2's wait callback: libpq's blocking waits, with a deadline."""
+    import select
+
+    from psycopg2.extensions import POLL_OK, POLL_READ, POLL_WRITE
+
+    deadline = time.monotonic() + _wait_seconds
+    while True:
+        state = conn.poll()
+        if state == POLL_OK:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoAnswer(f"no answer from the database in {_wait_seconds:g} s")
+        fd = conn.fileno()
+        if state == POLL_READ:
+            select.select([fd], [], [], left)
+        elif state == POLL_WRITE:
+            select.select([], [fd], [], left)
+        else:
+            raise NoAnswer(f"unexpected poll state {state}")
+
+
 class Database:
     """One lazily opened autocommit connection; each statement stands alone."""
 
@@ -37,17 +84,19 @@ class Database:
         self.conn: "connection | None" = None
 
     def _connect(self) -> "connection":
+        global _wait_seconds
         import psycopg2
         import psycopg2.extensions
 
+        psycopg2.extensions.set_wait_callback(_wait)
         params = psycopg2.extensions.parse_dsn(self.conninfo)
         extra: dict[str, str | int] = {}
-        if "connect_timeout" not in params:
-            extra["connect_timeout"] = CONNECT_TIMEOUT
-        if "options" not in params:
-            extra["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
         if "application_name" not in params:
             extra["application_name"] = APPLICATION_NAME
+        try:
+            _wait_seconds = float(params.get("connect_timeout", CONNECT_TIMEOUT))
+        except ValueError:
+            _wait_seconds = CONNECT_TIMEOUT
         conn = psycopg2.connect(psycopg2.extensions.make_dsn(self.conninfo, **extra))
         conn.autocommit = True
         return conn
@@ -58,20 +107,23 @@ class Database:
         Any failure raises DatabaseError with a one-line reason and drops the
         connection, so the next statement starts afresh.
         """
+        global _wait_seconds
         import psycopg2
 
         try:
             if self.conn is None:
                 self.conn = self._connect()
+            _wait_seconds = STATEMENT_TIMEOUT_MS / 1000 + ANSWER_GRACE
             with self.conn.cursor() as cur:
-                cur.execute(sql, params)
+                cur.execute(_BOUNDED + sql, params)
                 return cur.fetchall() if cur.description is not None else []
-        except psycopg2.Error as e:
+        except (psycopg2.Error, NoAnswer) as e:
             self.close()
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DatabaseError(reason, getattr(e, "pgcode", None)) from None
 
     def close(self) -> None:
+        """Hang up; the next query() connects again."""
         if self.conn is not None:
             try:
                 self.conn.close()

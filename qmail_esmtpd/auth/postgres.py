@@ -1,16 +1,19 @@
 """The PostgreSQL backend: accounts from `poppass`, each with a daily sending limit.
 
-Maps what accounts.verify() says onto SMTP's terms: database trouble is a
-temporary failure, and a verified account brings its DailyLimit (its own
-`sendlimit` column, else control/sendlimit or $SENDLIMIT, else 50).
+Maps what accounts.login() says onto SMTP's terms: database trouble and a
+throttled client are temporary failures, and a verified account brings its
+DailyLimit (its own `sendlimit` column, else control/sendlimit or
+$SENDLIMIT, else 50).  The throttle counts by $TCPREMOTEIP; a client that
+tcpserver gave RELAYCLIENT is trusted and not throttled.
 """
 
 from ..config import flag_setting, number_setting
 from ..log import log
-from . import DATABASE, Verdict
-from .accounts import Account, Unavailable, addresses, verify
+from . import DATABASE, THROTTLED, Verdict
+from .accounts import Account, Unavailable, addresses, login
 from .db import Database
 from .limit import DailyLimit
+from .throttle import Throttle, open_throttle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,31 +31,49 @@ def default_send_limit(controls: "Controls", env: "Mapping[bytes, bytes]") -> in
 def open_backend(conninfo: str, controls: "Controls",
                  env: "Mapping[bytes, bytes]") -> "PostgresAuth":
     plaintext = flag_setting(controls, env, b"authplaintext")
-    return PostgresAuth(Database(conninfo), default_send_limit(controls, env), plaintext)
+    per_message = flag_setting(controls, env, b"sendlimitmessages")
+    db = Database(conninfo)
+    remoteip = env.get(b"TCPREMOTEIP", b"").decode("ascii", "replace")
+    throttle = open_throttle(db, controls, env, remoteip, trusted=b"RELAYCLIENT" in env)
+    return PostgresAuth(db, default_send_limit(controls, env), plaintext, per_message, throttle)
 
 
 class PostgresAuth:
-    def __init__(self, db: Database, default_limit: int, plaintext: bool) -> None:
+    def __init__(self, db: Database, default_limit: int, plaintext: bool,
+                 per_message: bool = False, throttle: Throttle | None = None) -> None:
         self.db = db
+        self.throttle = throttle
         self.default_limit = default_limit
         self.plaintext = plaintext
+        self.per_message = per_message
         self.account: Account | None = None  # the last one verified
 
     def verify(self, user: bytes, password: bytes) -> Verdict:
         try:
-            account = verify(self.db, user, password, self.plaintext)
+            account, status = login(self.db, user, password, self.throttle, self.plaintext)
         except Unavailable as e:
             log(f"auth database: {e}")
             return Verdict(False, tempfail=DATABASE)
         self.account = account
+        if status is None or not (status.refused or status.slowed):
+            detail = ""
+        elif status.refused:
+            source = self.throttle.source if self.throttle else ""
+            detail = f" source={source} failures={status.failures}"
+        else:
+            detail = f" slowed: {status.failures} failures against this name lately"
+        if status is not None and status.refused:
+            return Verdict(False, tempfail=THROTTLED, detail=detail)
+        slowed = status is not None and status.slowed
         if account is None:
-            return Verdict(False)
-        limit = self.default_limit if account.sendlimit is None else account.sendlimit
-        return Verdict(True, user=user, limit=DailyLimit(self.db, account.id, limit))
+            return Verdict(False, slowed=slowed, detail=detail)
+        limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message)
+        return Verdict(True, user=user, limit=limit, slowed=slowed, detail=detail)
 
     def addresses(self) -> frozenset[bytes]:
         """The verified account's own sender addresses; Unavailable on trouble."""
         return frozenset() if self.account is None else addresses(self.db, self.account)
 
     def close(self) -> None:
+        """Hang up; used again, the database is dialled anew."""
         self.db.close()

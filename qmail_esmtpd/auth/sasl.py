@@ -19,12 +19,12 @@ def decode(line: bytes) -> bytes | None:
         return None
 
 
-def split_plain(message: bytes) -> tuple[bytes, bytes] | None:
-    """`authzid NUL user NUL password` -> (user, password); authzid is ignored."""
+def split_plain(message: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """`authzid NUL user NUL password` -> (authzid, user, password)."""
     parts = message.split(b"\0", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
         return None
-    return parts[1], parts[2]
+    return parts[0], parts[1], parts[2]
 
 
 class Exchange:
@@ -35,6 +35,7 @@ class Exchange:
         self.mechanism = mechanism
         self.user: bytes | None = None
         self.credentials: tuple[bytes, bytes] | None = None
+        self.authzid = b""  # PLAIN's "act as": Authenticator.check() decides
         self.done = False
         if initial is None:
             self.reply = (replies.AUTH_PROMPT_USER if mechanism == b"LOGIN"
@@ -51,10 +52,11 @@ class Exchange:
         if not data:
             return self._end(replies.AUTH_MALFORMED)
         if self.mechanism == b"PLAIN":
-            pair = split_plain(data)
-            if pair is None:
+            fields = split_plain(data)
+            if fields is None:
                 return self._end(replies.AUTH_MALFORMED)
-            self.credentials = pair
+            self.authzid, *pair = fields
+            self.credentials = (pair[0], pair[1])
             return self._end(b"")
         if self.user is None:
             self.user = data
