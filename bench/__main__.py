@@ -29,6 +29,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--auth-sessions", type=int, default=100,
                         help=f"AUTH sessions through tcpserver at concurrency "
                              f"{figures.AUTH_CONCURRENCY} (default 100, 0: none)")
+    parser.add_argument("--frontend-sessions", type=int, default=160,
+                        help="AUTH sessions over two frontends through pgbouncer, and direct "
+                             "(default 160, 0: none)")
     parser.add_argument("--connections", type=int, default=200,
                         help="sequential connections for banner latency (default 200)")
     parser.add_argument("--no-auth", action="store_true",
@@ -65,6 +68,8 @@ def main() -> int:
         if auth and args.auth_sessions > 0:
             figures.auth_throughput(bench, args.auth_sessions)
         figures.banner_latency(bench, args.connections)
+        if auth and args.frontend_sessions > 0:
+            figures.frontends(bench, args.frontend_sessions)
         print(figures.RULE)
         for note in launcher_notes(bench.launcher):
             print(f"note: {note}")

@@ -71,6 +71,8 @@ class AuthDB:
 
     conninfo: str  # what $AUTHDB gets: the least-privilege role qmaild
     backends: Backends
+    cluster: Cluster  # for figures that put pgbouncer in front of it
+    dbname: str
 
 
 @contextmanager
@@ -96,6 +98,6 @@ def auth_database() -> Iterator[AuthDB]:
             # Autovacuum workers would be counted as backend CPU.
             db.sql("ALTER SYSTEM SET autovacuum = off")
             db.sql("SELECT pg_reload_conf()")
-        yield AuthDB(db.dsn("qmaild"), Backends(cluster.postmaster()))
+        yield AuthDB(db.dsn("qmaild"), Backends(cluster.postmaster()), cluster, db.name)
     finally:
         cluster.destroy()

@@ -11,7 +11,8 @@ import statistics
 import subprocess
 import textwrap
 
-from . import progress
+from . import BenchError, progress
+from .frontends import FRONTEND_CONCURRENCY, FRONTEND_HOSTS, measure_frontends
 from .imports import FORBIDDEN, ImportReport, heavy_auth_imports, measure_imports
 from .pipes import (
     ARGON2,
@@ -283,6 +284,27 @@ def auth_throughput(bench: Bench, sessions: int) -> None:
     print("   AUTH: + PostgreSQL backend CPU per session (mean, not in server CPU): "
           + (f"{backend:.2f} ms" if backend is not None else "n/a"))
     print("   (for AUTH the CPUs are shared with PostgreSQL too)")
+
+
+def frontends(bench: Bench, sessions: int) -> None:
+    """Two frontends on one database, through pgbouncer and direct: rate, backends, exactness."""
+    progress(f"two frontends, {sessions} AUTH sessions through pgbouncer, then direct ...")
+    runs, pool_mode = measure_frontends(bench, sessions)
+    section(f"5. two frontends ({' and '.join(FRONTEND_HOSTS)}), concurrency "
+            f"{FRONTEND_CONCURRENCY} each, one user")
+    wrapped(f"{runs[0].sessions} AUTH sessions, half on each frontend, all of one user whose "
+            f"limit is exactly that; pgbouncer in {pool_mode} pool mode "
+            "(service/pgbouncer.ini); backends = qmaild's rows in pg_stat_activity, "
+            "sampled every 5 ms")
+    print(f"   {'':28} {'sessions/s':>10} {'peak backends':>14} {'errors':>7} {'final count':>12}")
+    for run in runs:
+        print(f"   {run.label:28} {run.rate:>10.1f} {run.peak_backends:>14} {len(run.errors):>7}"
+              f" {f'{run.count}/{run.sessions}':>12}")
+    problems = [f"{run.label}: {error}" for run in runs for error in run.errors]
+    problems += [f"{run.label}: sendcounts says {run.count}, {run.sessions} sessions queued"
+                 for run in runs if run.count != run.sessions]
+    if problems:
+        raise BenchError("; ".join(problems))
 
 
 def p90(values: list[float]) -> float:

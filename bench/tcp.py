@@ -47,18 +47,18 @@ class Reader:
         return line
 
 
-def connect(port: int) -> socket.socket:
+def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
     """A plain blocking client socket, Nagle off (we wait for each reply anyway)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(CLIENT_TIMEOUT)
-    sock.connect(("127.0.0.1", port))
+    sock.connect((host, port))
     return sock
 
 
-def tcp_session(port: int, commands: Commands = COMMANDS) -> None:
+def tcp_session(port: int, commands: Commands = COMMANDS, host: str = "127.0.0.1") -> None:
     """The same session as on pipes, one command at a time."""
-    with connect(port) as sock:
+    with connect(port, host) as sock:
         reader = Reader(sock)
         reader.reply(b"220 ")
         for command, code in commands:
@@ -71,15 +71,20 @@ def tcp_session(port: int, commands: Commands = COMMANDS) -> None:
 
 
 @contextmanager
-def tcpserver(bench: Bench, authdb: bool = False) -> Iterator[tuple[int, Callable[[], float]]]:
-    """qmail-esmtpd under tcpserver (support.TcpServer, `:allow` rules, no -v).
+def tcpserver(bench: Bench, authdb: bool = False, host: str = "127.0.0.1",
+              conninfo: str | None = None) -> Iterator[tuple[int, Callable[[], float]]]:
+    """qmail-esmtpd under tcpserver (support.TcpServer, `:allow` rules, no -v) on `host`.
 
     Yields the port and a function giving server-side CPU (tcpserver and
     everything it ran); that is only known once tcpserver has been reaped,
     so it is read after the block ends.  The start-up probe's session counts.
+    `conninfo` (with `authdb`) replaces the cluster's own AUTHDB (pgbouncer's).
     """
     env = {k: v for k, v in bench.env(authdb).items() if not k.startswith("TCP")}
-    server = TcpServer(bench.workdir, ":allow\n", env, [bench.launcher.path], verbose=False)
+    if authdb and conninfo is not None:
+        env["AUTHDB"] = conninfo
+    server = TcpServer(bench.workdir, ":allow\n", env, [bench.launcher.path], verbose=False,
+                       host=host)
     before = children_cpu()
     cpu = [0.0]
     try:
@@ -100,8 +105,8 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_clients(port: int, concurrency: int, sessions: int,
-                commands: Commands = COMMANDS) -> tuple[float, float]:
+def run_clients(port: int, concurrency: int, sessions: int, commands: Commands = COMMANDS,
+                host: str = "127.0.0.1") -> tuple[float, float]:
     """`sessions` sessions by `concurrency` threads: (sessions/s, client CPU ms/session)."""
     remaining = [sessions]
     lock = threading.Lock()
@@ -114,7 +119,7 @@ def run_clients(port: int, concurrency: int, sessions: int,
                     return
                 remaining[0] -= 1
             try:
-                tcp_session(port, commands)
+                tcp_session(port, commands, host)
             except BaseException as e:  # reported below, after all threads stop
                 with lock:
                     errors.append(e)

@@ -318,7 +318,8 @@ class Pgbouncer:
     and pid file, the cluster's socket as the server, `settings` on top (the
     benchmark's pool size).  It listens on a unix socket only, runs as the
     cluster's unprivileged user in the foreground in its own process group,
-    and stop() ends it.  dsn() is what a frontend's AUTHDB names.
+    and stop() ends it.  dsn() is what a frontend's AUTHDB names; point_at()
+    moves it to another cluster (a promoted standby), as an admin would.
     """
 
     def __init__(self, cluster: Cluster, **settings: str) -> None:
@@ -327,17 +328,15 @@ class Pgbouncer:
         self.cluster = cluster
         self.base = Path(tempfile.mkdtemp(prefix="qmail-esmtpd-pgbouncer-"))
         self.port = 6432
-        ini = configparser.RawConfigParser(delimiters=("=",), comment_prefixes=(";",))
-        ini.optionxform = str  # type: ignore[assignment, method-assign]  # names keep case
-        ini.read(PGBOUNCER_INI)
-        ini["databases"] = {"*": f"host={cluster.sock} port=5432"}
-        ini["pgbouncer"].update({
+        self.ini = configparser.RawConfigParser(delimiters=("=",), comment_prefixes=(";",))
+        self.ini.optionxform = str  # type: ignore[assignment, method-assign]  # names keep case
+        self.ini.read(PGBOUNCER_INI)
+        self.ini["pgbouncer"].update({
             "listen_addr": "", "listen_port": str(self.port), "unix_socket_dir": str(self.base),
             "auth_file": str(self.base / "userlist.txt"),
             "logfile": str(self.base / "pgbouncer.log"), "pidfile": "",
             "admin_users": "postgres", **settings})
-        with (self.base / "pgbouncer.ini").open("w") as out:
-            ini.write(out)
+        self._write_ini()
         (self.base / "userlist.txt").write_text('"qmaild" ""\n"postgres" ""\n')
         if cluster.user:
             entry = pwd.getpwnam(cluster.user)
@@ -358,6 +357,19 @@ class Pgbouncer:
         except BaseException:
             self.stop()
             raise
+
+    def _write_ini(self) -> None:
+        """pgbouncer.ini with [databases] on the cluster's socket (world-readable)."""
+        self.ini["databases"] = {"*": f"host={self.cluster.sock} port=5432"}
+        with (self.base / "pgbouncer.ini").open("w") as out:
+            self.ini.write(out)
+
+    def point_at(self, cluster: Cluster) -> None:
+        """Send new server connections to `cluster`: edit [databases], RELOAD, RECONNECT."""
+        self.cluster = cluster
+        self._write_ini()
+        self.console("RELOAD")
+        self.console("RECONNECT")  # close the old server's connections, if any are left
 
     def _wait_listening(self, timeout: float = 10) -> None:
         path = str(self.base / f".s.PGSQL.{self.port}")
@@ -384,19 +396,24 @@ class Pgbouncer:
         except OSError:
             return ""
 
-    def show(self, what: str) -> list[dict]:
-        """`SHOW <what>` on pgbouncer's admin console (POOLS, STATS, ...) as dicts."""
+    def console(self, command: str) -> list[dict]:
+        """One command on pgbouncer's admin console (SHOW POOLS, RELOAD, ...); rows as dicts."""
         import psycopg2
 
         conn = psycopg2.connect(self.dsn("pgbouncer", "postgres"))
         try:
             conn.autocommit = True  # the console knows no transactions
             with conn.cursor() as cur:
-                cur.execute(f"SHOW {what}")
+                cur.execute(command)
                 names = [column.name for column in cur.description or ()]
-                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()] \
+                    if names else []
         finally:
             conn.close()
+
+    def show(self, what: str) -> list[dict]:
+        """`SHOW <what>` (POOLS, STATS, CONFIG, ...) as dicts."""
+        return self.console(f"SHOW {what}")
 
     def stop(self) -> None:
         """End pgbouncer (its server connections close with it) and remove its files."""

@@ -1,7 +1,9 @@
 """Failover: a primary and its streaming standby (pg_basebackup -R), both
-throwaway clusters on unix sockets; the frontend's AUTHDB names both with
-target_session_attrs=read-write and never changes.  The primary stops, the
-standby is promoted, and the frontend finds it by itself."""
+throwaway clusters on unix sockets.  The primary stops, the standby is
+promoted, and the frontend's AUTHDB never changes: either it names both
+servers with target_session_attrs=read-write and finds the new primary by
+itself ("direct"), or it names a pgbouncer that the admin points at the new
+primary ("pgbouncer"; pgbouncer 1.18 cannot choose the primary itself)."""
 
 import smtplib
 import time
@@ -10,7 +12,7 @@ import pytest
 
 from qmail_esmtpd.auth.passwords import context
 
-from support import SERVER, Cluster, TcpServer
+from support import SERVER, Cluster, Pgbouncer, TcpServer
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"
@@ -39,15 +41,20 @@ def timed(what: str, call, *args):
     return result
 
 
-def test_frontend_follows_the_promoted_standby(primary, tmp_path, control, queue):
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+def test_frontend_follows_the_promoted_standby(primary, tmp_path, control, queue, route):
     db = primary.new_database()
     db.sql("INSERT INTO poppass (name, pw, sendlimit) VALUES (%s, %s, 3)",
            (USER, context().hash(PASSWORD)))
     db.close()
     standby = Cluster(primary=primary)
+    bouncer = Pgbouncer(primary) if route == "pgbouncer" else None
     try:
-        authdb = (f"host={primary.sock},{standby.sock} dbname={db.name} user=qmaild"
-                  " target_session_attrs=read-write")
+        if bouncer is None:
+            authdb = (f"host={primary.sock},{standby.sock} dbname={db.name} user=qmaild"
+                      " target_session_attrs=read-write")
+        else:
+            authdb = bouncer.dsn(db.name)
         server = TcpServer(tmp_path, ":allow\n", {
             "QMAIL_CONTROL": str(control), **queue.env, "AUTHDB": authdb,
             "AUTHFAILDELAY": "0"}, [SERVER])
@@ -72,6 +79,8 @@ def test_frontend_follows_the_promoted_standby(primary, tmp_path, control, queue
                 assert len(queue.queued()) == 1
 
                 standby.promote()  # nothing changes on the frontend
+                if bouncer is not None:
+                    bouncer.point_at(standby)
                 early.rset()
                 send(early, 2)  # the session from before the outage goes on
                 with smtp(server) as after:
@@ -89,6 +98,8 @@ def test_frontend_follows_the_promoted_standby(primary, tmp_path, control, queue
         log = server.log()
         assert "auth tempfail user=alice" in log and "sendlimit database:" in log
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         standby.destroy()
 
 
