@@ -17,19 +17,23 @@ the repository root, prints in one run:
    and what our imports cost;
 3. sessions per second through real tcpserver at concurrency 1, 4 and 16,
    and for AUTH sessions at concurrency 4;
-4. connect-to-banner latency through tcpserver.
+4. connect-to-banner latency through tcpserver;
+5. two frontends (tcpserver on 127.0.0.1 and 127.0.0.2) at concurrency 8
+   each, AUTH sessions of one user through pgbouncer and then straight to
+   PostgreSQL: sessions/s, peak backends, errors and the exact final count.
 
 It prints figures with their targets and asserts nothing; it stops with an
 error only when the server misbehaves (so a broken server cannot look fast).
 The report goes to stdout as each figure is measured, progress to stderr.
 The AUTH figures start a throwaway PostgreSQL cluster (tests/support.py) and
-need the virtualenv's psycopg2 and passlib; `--no-auth` leaves them out and
-needs the standard library only.  The STARTTLS figures make a self-signed
-certificate with openssl(1).
+need the virtualenv's psycopg2 and passlib (figure 5 pgbouncer too);
+`--no-auth` leaves them out and needs the standard library only.  The
+STARTTLS figures make a self-signed certificate with openssl(1).
 
 __main__.py lists the figures; figures.py prints each one; session.py is the
 SMTP session they run, setup.py what it runs against, starttls.py the TLS
-client on pipes, and pipes.py, imports.py, tcp.py and database.py measure.
+client on pipes, and pipes.py, imports.py, tcp.py, database.py and
+frontends.py measure.
 """
 
 import sys
