@@ -110,3 +110,19 @@ def test_a_name_in_nfd_finds_its_nfc_row(mail):
         assert verify(server, "e\u0301mile".encode(), b"pw").name == "\u00e9mile"
     finally:
         server.close()
+
+
+def test_the_database_client_does_not_load_python_ssl(mail):
+    """psycopg2 imports `ssl` (15 ms) only for OpenSSL < 1.1; db.py declines it."""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    code = ("import sys\n"
+            "from qmail_esmtpd.auth.db import Database\n"
+            f"assert Database({mail.dsn('qmaild')!r}).query('SELECT 1') == [(1,)]\n"
+            "print('ssl' in sys.modules, 'psycopg2' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.split() == ["False", "True"]

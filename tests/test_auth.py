@@ -295,7 +295,8 @@ def test_sessions_without_auth_never_load_the_database_or_hashing(db, control):
     with_auth = imported_modules(env, b"EHLO x\r\nAUTH PLAIN " + auth + b"\r\nQUIT\r\n")
     assert {"psycopg2", "_argon2_cffi_bindings"} <= with_auth  # the check above can fail
     # an argon2id row needs neither passlib nor argon2-cffi's Python layer
-    assert not {"passlib", "argon2", "importlib.metadata"} & with_auth
+    unwanted = {"passlib", "argon2", "importlib.metadata"} & with_auth
+    assert not unwanted, unwanted
 
 
 HASHERS = {

@@ -19,8 +19,6 @@ fixed argon2id hash with the current parameters, so it costs what a wrong
 password costs on an up-to-date row.
 """
 
-import hmac
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -79,6 +77,8 @@ def check(password: bytes, stored: str, plaintext: bool = False) -> tuple[bool, 
             return _dummy(password)
         return ok, ok
     if plaintext and not stored.startswith("$"):
+        import hmac  # (3 ms: hashlib and OpenSSL, so only here)
+
         _dummy(password)  # a plaintext row costs what a hashed one does
         ok = hmac.compare_digest(password, stored.encode("utf-8"))
         return ok, ok

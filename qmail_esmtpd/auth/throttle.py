@@ -20,8 +20,6 @@ delays or answers, so hanging up early does not escape the count.
 Rows older than a day are deleted as new failures arrive.
 """
 
-import hashlib
-
 from ..config import number_setting
 from .db import Database
 
@@ -56,7 +54,12 @@ ON CONFLICT (source, name, attempt) DO UPDATE SET at = now()
 def source_of(remoteip: str) -> str | None:
     """The network a client answers for: its IPv4 address, or its IPv6 /64
     (an IPv4-mapped IPv6 address is the IPv4 one).  None when not an address."""
-    import ipaddress
+    parts = remoteip.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        return ".".join(str(int(p)) for p in parts)  # the usual case, without ipaddress
+    if ":" not in remoteip:
+        return None
+    import ipaddress  # (13 ms: IPv6 clients only)
 
     try:
         address = ipaddress.ip_address(remoteip.strip())
@@ -114,6 +117,8 @@ class Throttle:
         """Count one failed attempt.  Raises DatabaseError."""
         if not self.active:
             return
+        import hashlib  # only on failure: OpenSSL's libcrypto is not free to load
+
         name = name[:MAX_NAME]
         seed = f"{self.source}\0{name}\0".encode("utf-8", "surrogateescape")
         attempt = int.from_bytes(hashlib.sha256(seed + password).digest()[:2], "big")
