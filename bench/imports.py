@@ -112,7 +112,7 @@ def heavy_auth_imports(bench: Bench) -> list[str]:
     marker = "-- plain session above --"
     code = (f"import sys; sys.path[:0] = {bench.launcher.paths!r}; import qmail_esmtpd.cli; "
             f"sys.stderr.write({marker!r} + '\\n'); {AUTH_MODULES}; "
-            "import psycopg2, psycopg2.extensions, _argon2_cffi_bindings")
+            "db._import_psycopg2(); import psycopg2.extensions, _argon2_cffi_bindings")
     proc = subprocess.run(bench.python("-X", "importtime", "-c", code),
                           capture_output=True, text=True, check=False, timeout=CLIENT_TIMEOUT)
     if proc.returncode != 0 or marker not in proc.stderr:

@@ -229,7 +229,8 @@ class Step:
 
 PLAIN_IMPORTS = Step("qmail_esmtpd imports of a plain session", "import qmail_esmtpd.cli")
 AUTH_IMPORTS = Step("+ qmail_esmtpd.auth.* modules", AUTH_MODULES)
-PSYCOPG2 = Step("import psycopg2", "import psycopg2, psycopg2.extensions")
+PSYCOPG2 = Step("import psycopg2 (no ssl, as db.py)",
+                "db._import_psycopg2(); import psycopg2.extensions")
 SELECT = Step("connect + SELECT poppass (client side)",
               "database = db.Database(CONNINFO); "
               "row = database.query(accounts.USER_QUERY, (USER,))[0]")
