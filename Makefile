@@ -10,7 +10,7 @@ BINDIR  := $(PREFIX)/bin
 LIBDIR  := $(PREFIX)/lib/qmail-esmtpd
 CONFORMANCE := $(VPY) tests/conformance/dialog.py
 
-.PHONY: deps deps-demo venv test lint conformance unit cdb install demo bench clean
+.PHONY: deps deps-demo venv test lint conformance unit cdb install wheels demo bench clean
 
 # The Debian packages the tests (or just the demo) need: installed as root,
 # otherwise the apt-get command to run is printed.
@@ -54,15 +54,21 @@ tcp.smtp.cdb: tcp.smtp.example
 	tcprules tcp.smtp.cdb tcp.smtp.tmp < tcp.smtp.example
 
 # Installs beside qmail, never over qmail-smtpd: the run script chooses.
+# tools/install.py says how (interpreter qmaild can run, explicit modes, nothing
+# written into the checkout, defaults that follow PREFIX, a trial run as qmaild).
+# PYTHON=... names the interpreter the launchers use (default /usr/bin/python3);
+# WHEELS=DIR installs with no network from a folder `make wheels` filled.
+INSTALL_PYTHON = $(if $(filter-out default file,$(origin PYTHON)),--python '$(PYTHON)')
+WHEELS  ?=
+
 install:
-	mkdir -p $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)
-	$(REALPY) -m pip install -q --upgrade --no-compile --target $(DESTDIR)$(LIBDIR) .
-	$(REALPY) -m compileall -q $(DESTDIR)$(LIBDIR)
-	$(REALPY) tools/mklauncher.py $(DESTDIR)$(BINDIR)/qmail-esmtpd $(REALPY) \
-	    qmail_esmtpd.cli:run $(LIBDIR)
-	$(REALPY) tools/mklauncher.py $(DESTDIR)$(BINDIR)/qmail-esmtpd-user $(REALPY) \
-	    qmail_esmtpd.admin:main $(LIBDIR)
-	@echo "installed $(DESTDIR)$(BINDIR)/qmail-esmtpd and qmail-esmtpd-user (qmail-smtpd untouched)"
+	$(PYTHON) tools/install.py install --prefix '$(PREFIX)' --destdir '$(DESTDIR)' \
+	    $(INSTALL_PYTHON) $(if $(WHEELS),--wheels '$(WHEELS)')
+
+# On a connected machine: every dependency as a wheel in one folder (default
+# wheels/) to copy to an offline mail host and `make install WHEELS=...` there.
+wheels:
+	$(PYTHON) tools/install.py wheels '$(or $(WHEELS),wheels)' $(INSTALL_PYTHON)
 
 demo: deps-demo venv
 	sh demo/demo.sh
@@ -71,4 +77,4 @@ bench: venv
 	$(VPY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo/run tcp.smtp.cdb tcp.smtp.tmp
+	rm -rf $(VENV) build *.egg-info demo/run wheels tcp.smtp.cdb tcp.smtp.tmp

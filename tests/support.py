@@ -7,6 +7,7 @@ Standard library only at import time: psycopg2 loads at the first connection,
 so the benchmark's `--no-auth` runs without it.  Nothing here imports pytest.
 """
 
+import atexit
 import itertools
 import os
 import pwd
@@ -427,3 +428,144 @@ class Pgbouncer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# --- installs and softlimit (test_install, test_softlimit, tools/softlimit.py) ------
+
+_wheels: dict[str, Path] = {}
+
+
+def wheel_folder() -> Path:
+    """`make wheels` once per process (this needs the network), into a temp folder."""
+    if "dir" not in _wheels:
+        folder = Path(tempfile.mkdtemp(prefix="qmail-esmtpd-wheels-"))
+        atexit.register(shutil.rmtree, folder, True)
+        run_make("wheels", f"WHEELS={folder}")
+        _wheels["dir"] = folder
+    return _wheels["dir"]
+
+
+def run_make(*args: str, cwd: Path = ROOT, umask: int | None = None,
+             env: dict | None = None) -> str:
+    """`make ARGS` with a bounded wait; its output, or StartError with the tail of it."""
+    def set_umask() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    try:
+        out = subprocess.run(["make", "-s", *args], cwd=cwd, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=600, preexec_fn=set_umask,
+                             env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        raise StartError(f"make {' '.join(args)}: no end after 600 s") from None
+    text = out.stdout.decode(errors="replace")
+    if out.returncode != 0:
+        raise StartError(f"make {' '.join(args)} exited {out.returncode}: {text[-1500:]}")
+    return text
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """A temp folder the service user (nobody) can enter: mkdtemp makes 0700 ones."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+_installs: dict[str, Path] = {}
+
+
+def installed_prefix() -> Path:
+    """`make install` from the wheel folder into a temp PREFIX, once per process."""
+    if "prefix" not in _installs:
+        prefix = world_readable_dir("qmail-esmtpd-prefix-")
+        atexit.register(shutil.rmtree, prefix, True)
+        run_make("install", f"PREFIX={prefix}", f"WHEELS={wheel_folder()}")
+        _installs["prefix"] = prefix
+    return _installs["prefix"]
+
+
+def self_signed_pem(path: Path, host: str = "localhost") -> Path:
+    """A self-signed certificate and its key in one PEM file, as servercert.pem wants."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={host}", "-keyout", f"{tmp}/key.pem",
+                        "-out", f"{tmp}/cert.pem"], check=True, capture_output=True, timeout=60)
+        path.write_bytes(Path(f"{tmp}/cert.pem").read_bytes() + Path(f"{tmp}/key.pem").read_bytes())
+    return path
+
+
+# The kinds of session the README's softlimit table has a row for.
+SESSION_KINDS = ("plain", "starttls", "auth", "auth-starttls", "auth-argon2-cffi-default")
+SOFTLIMIT_STACK = 2097152  # -s of service/run: thread stacks are as large as this limit
+
+
+class LimitedService:
+    """The installed qmail-esmtpd as the service user under `softlimit -m`, via tcpserver.
+
+    `workdir` must be reachable by that user (see world_readable_dir()).
+
+    As service/run starts it, except that setuidgid does what tcpserver's -u/-g
+    do there.  Everything it reads is readable by that user: the control files
+    (with servercert.pem), a qmail-queue stand-in in sh, and (for AUTH) a
+    database of `cluster` with user alice, password PASSWORD, in our hash and
+    in argon2-cffi's defaults (64 MiB, 4 threads), as imported tables have.
+    """
+
+    PASSWORD = "softlimit-Pa55"
+
+    def __init__(self, workdir: Path, prefix: Path, cluster: "Cluster | None",
+                 user: str = "nobody", env: dict | None = None) -> None:
+        self.workdir, self.prefix, self.user = workdir, prefix, user
+        self.env = env or {}  # what the run script exports besides (MALLOC_ARENA_MAX)
+        os.chmod(workdir, 0o755)
+        self.control = workdir / "control"
+        self.control.mkdir()
+        (self.control / "me").write_text("mx.example.com\n")
+        self_signed_pem(self.control / "servercert.pem").chmod(0o644)
+        self.queue = write_program(workdir / "qmail-queue",
+                                   "#!/bin/sh\ncat >/dev/null && cat <&1 >/dev/null\n")
+        self.authdb = None
+        if cluster is not None:
+            from qmail_esmtpd.auth.passwords import context
+
+            os.chmod(cluster.base, 0o711)  # let the service user reach the socket
+            self.db = cluster.new_database()
+            self.authdb = self.db.dsn("qmaild")
+            import argon2
+
+            for name, hashed in (("alice", context().hash(self.PASSWORD)),
+                                 ("bob", argon2.PasswordHasher().hash(self.PASSWORD))):
+                self.db.sql("INSERT INTO poppass (name, pw) VALUES (%s, %s)", (name, hashed))
+
+    def session(self, kind: str, memory: int, stack: int = SOFTLIMIT_STACK) -> str:
+        """One session of `kind` under `softlimit -m memory -s stack`: "ok" or what failed."""
+        import smtplib
+        import ssl
+
+        env = {"QMAIL_CONTROL": str(self.control), "QMAILQUEUE": str(self.queue), **self.env}
+        if kind.startswith("auth"):
+            env["AUTHDB"] = str(self.authdb)
+            if kind != "auth-starttls":
+                env["AUTHCLEARTEXT"] = "1"
+        argv = ["softlimit", "-m", str(memory), "-s", str(stack), "setuidgid", self.user,
+                self.prefix / "bin" / "qmail-esmtpd"]
+        server = TcpServer(self.workdir, ":allow\n", env, argv)
+        try:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+                client.ehlo("client.test")
+                if "starttls" in kind:
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    client.starttls(context=context)
+                    client.ehlo("client.test")
+                if kind.startswith("auth"):
+                    client.login("bob" if "argon2-cffi" in kind else "alice", self.PASSWORD)
+                client.sendmail("a@example.com", ["b@example.org"], b"Subject: x\r\n\r\n" +
+                                b"0123456789abcde\r\n" * 256)
+            return "ok"
+        except (OSError, smtplib.SMTPException) as e:
+            log = server.log().strip().splitlines()
+            return f"{type(e).__name__}: {e}; log: {' | '.join(log[-3:])}"
+        finally:
+            server.stop()

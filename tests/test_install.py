@@ -1,32 +1,127 @@
-"""`make install` beside qmail: never over qmail-smtpd, a real-interpreter launcher, .pyc ready."""
+"""`make install` as a mail host needs it: offline from `make wheels`, under a strict
+umask, from a checkout it leaves clean, runnable by an unprivileged user, with
+defaults that follow PREFIX; never over qmail-smtpd."""
 
 import os
+import shutil
+import stat
 import subprocess
 from pathlib import Path
 
-from support import ROOT
+import pytest
+
+from support import ROOT, StartError, run_make, wheel_folder, world_readable_dir
+
+UNREACHABLE_INDEX = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # any download would fail
 
 
-def test_make_install_into_a_prefix(tmp_path: Path, control: Path):
-    prefix = tmp_path / "qmail"
-    (prefix / "bin").mkdir(parents=True)
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """The project's tracked files, as a fresh clone of this tree has them."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, check=True,
+                           timeout=60).stdout.decode().split("\0")
+    copy = tmp_path / "checkout"
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    return copy
+
+
+@pytest.fixture
+def prefix() -> Path:
+    path = world_readable_dir("qmail-esmtpd-test-prefix-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def listing(top: Path) -> dict:
+    return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(top.rglob("*"))}
+
+
+def as_nobody(argv: list, data: bytes = b"", env: dict | None = None):
+    return subprocess.run([str(a) for a in argv], input=data, capture_output=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd="/",
+                          user="nobody", group="nogroup", extra_groups=[])
+
+
+def test_offline_install_under_umask_077_runs_as_nobody_from_prefix(checkout: Path,
+                                                                   prefix: Path):
+    (prefix / "bin").mkdir()
     original = prefix / "bin" / "qmail-smtpd"
     original.write_bytes(b"#!/bin/sh\necho the real one\n")
-    subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
+    (prefix / "control").mkdir()
+    (prefix / "control" / "me").write_text("prefix.example.com\n")
+    spool = prefix / "spool"
+    spool.mkdir(mode=0o777)
+    spool.chmod(0o777)
+    queue = prefix / "bin" / "qmail-queue"  # the default QMAILQUEUE must be this one
+    queue.write_text(f"#!/bin/sh\ncat > {spool}/message && cat <&1 > {spool}/envelope\n")
+    queue.chmod(0o755)
+    before = listing(checkout)
+
+    said = run_make("install", f"PREFIX={prefix}", f"WHEELS={wheel_folder()}", cwd=checkout,
+                    umask=0o077, env=UNREACHABLE_INDEX)
+
+    assert "tried as nobody" in said, said
+    assert listing(checkout) == before  # no build/, no *.egg-info, no __pycache__
     assert original.read_bytes() == b"#!/bin/sh\necho the real one\n"
+    lib = prefix / "lib" / "qmail-esmtpd"
+    for path in [lib, *lib.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_dir():
+            assert mode == 0o755, path
+        elif not path.is_symlink():
+            assert mode in (0o644, 0o755), (path, oct(mode))
+    assert any((lib / "qmail_esmtpd" / "__pycache__").glob("cli.*.pyc"))
     launcher = prefix / "bin" / "qmail-esmtpd"
+    assert stat.S_IMODE(launcher.stat().st_mode) == 0o755
     shebang = launcher.read_text().splitlines()[0]
     interpreter = shebang[2:].split()[0]
-    assert shebang.endswith(" -IS") and Path(interpreter).resolve() == Path(interpreter)
-    assert "shims" not in interpreter
-    package = prefix / "lib" / "qmail-esmtpd" / "qmail_esmtpd"
-    assert (package / "__pycache__").is_dir() and any((package / "__pycache__").glob("cli.*.pyc"))
-    out = subprocess.run([str(launcher)], input=b"HELO x\r\nQUIT\r\n", capture_output=True,
-                         env={"QMAIL_CONTROL": str(control), "PATH": os.environ["PATH"]},
-                         timeout=30)
-    assert out.stdout == b"220 mx.example.com ESMTP\r\n250 mx.example.com\r\n221 mx.example.com\r\n"
+    assert shebang.endswith(" -IS") and os.path.realpath(interpreter) == interpreter
+
+    # No QMAIL_CONTROL, no QMAILQUEUE: PREFIX/control/me and PREFIX/bin/qmail-queue.
+    out = as_nobody([launcher], b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+                                b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    assert out.stdout.startswith(b"220 prefix.example.com ESMTP\r\n"), out
+    assert b"250 ok " in out.stdout and out.stdout.endswith(b"221 prefix.example.com\r\n")
     assert out.returncode == 0
-    admin = subprocess.run([str(prefix / "bin" / "qmail-esmtpd-user"), "--help"],
-                           capture_output=True, timeout=30)
-    assert admin.returncode == 0 and b"poppass" in admin.stdout
+    assert (spool / "message").read_bytes().endswith(b"Subject: hi\n\nbody\n")
+    # the variables still override
+    other = world_readable_dir("qmail-esmtpd-test-control-")
+    try:
+        (other / "me").write_text("other.example.com\n")
+        (other / "me").chmod(0o644)
+        out = as_nobody([launcher], b"QUIT\r\n", {"QMAIL_CONTROL": str(other)})
+        assert out.stdout.startswith(b"220 other.example.com ESMTP\r\n"), out
+    finally:
+        shutil.rmtree(other)
+    admin = as_nobody([prefix / "bin" / "qmail-esmtpd-user", "--help"])
+    assert admin.returncode == 0 and b"poppass" in admin.stdout, admin
+
+
+def test_an_interpreter_nobody_cannot_run_fails_the_install(checkout: Path, prefix: Path,
+                                                            tmp_path: Path):
+    private = tmp_path / "home"  # like root's 0700 home with pyenv in it
+    private.mkdir(mode=0o700)
+    python = private / "python3"
+    shutil.copy2(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"), python)
+    with pytest.raises(StartError) as failed:
+        run_make("install", f"PREFIX={prefix}", f"WHEELS={wheel_folder()}", f"PYTHON={python}",
+                 cwd=checkout, env=UNREACHABLE_INDEX)
+    message = str(failed.value)
+    assert "does not work as user nobody" in message and "PYTHON=" in message, message
+    assert "Traceback" not in message
+
+
+def test_destdir_stages_for_prefix(checkout: Path, tmp_path: Path):
+    stage = tmp_path / "stage"
+    said = run_make("install", "PREFIX=/opt/qmail", f"DESTDIR={stage}",
+                    f"WHEELS={wheel_folder()}", cwd=checkout, env=UNREACHABLE_INDEX)
+    assert "not tried" in said
+    text = (stage / "opt" / "qmail" / "bin" / "qmail-esmtpd").read_text()
+    assert "'/opt/qmail/lib/qmail-esmtpd'" in text and "b'/opt/qmail/control'" in text
+    assert "b'/opt/qmail/bin/qmail-queue'" in text and str(stage) not in text
+    assert (stage / "opt" / "qmail" / "lib" / "qmail-esmtpd" / "qmail_esmtpd" / "cli.py").exists()

@@ -1,0 +1,291 @@
+"""`make install` and `make wheels`: install beside qmail so that qmaild can run it.
+
+    install.py install --prefix PREFIX [--destdir DIR] [--python PY] [--wheels DIR] [--user NAME]
+    install.py wheels DIR [--python PY]
+
+install: the package and its dependencies go to PREFIX/lib/qmail-esmtpd, the
+launchers to PREFIX/bin (qmail-esmtpd, qmail-esmtpd-user), never over
+qmail-smtpd.  What went wrong on real mail hosts decides how:
+
+- The interpreter is one the service user can run: PY (make's PYTHON=), else
+  /usr/bin/python3 when it is new enough, else the python3 on PATH, always by
+  its real path (a pyenv shim or a venv under root's 0700 home is not).
+- Modes are set, not inherited: directories 0755, files 0644, programs 0755,
+  whatever the umask (qmail's own install does the same).
+- The checkout is left as it was: the package is built from a copy in a
+  temporary folder, so no build/ or *.egg-info appears in it.
+- --wheels DIR installs with no network at all (pip --no-index) from a folder
+  `make wheels` filled on a connected machine.
+- The launchers' defaults follow PREFIX: QMAIL_CONTROL=PREFIX/control and
+  QMAILQUEUE=PREFIX/bin/qmail-queue unless the environment sets them.
+- Before saying "installed", it runs the launcher once as the service user
+  (qmaild, else nobody), and the AUTH imports (psycopg2, argon2) too, and
+  fails with what to do if that does not work.  Not with --destdir (the
+  files are not where they will run yet).
+
+wheels: every dependency as a wheel, and the build backend, in DIR: copy DIR
+to the mail host and `make install WHEELS=DIR`.  Run it with the same Python
+version and architecture as the mail host uses.
+"""
+
+import argparse
+import configparser
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from mklauncher import launcher_text, write_launcher
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "qmail_esmtpd")
+LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
+             ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"))
+SERVICE_USERS = ("qmaild", "nobody")
+# What the first AUTH command loads, and one hash: proves the compiled parts
+# (libpq, argon2, bcrypt) load for the service user.
+AUTH_CHECK = ("import psycopg2, psycopg2.extensions, cdblib, bcrypt\n"
+              "from qmail_esmtpd.auth.passwords import context\n"
+              "context().hash(b'install check')\n")
+
+
+class InstallError(Exception):
+    """What went wrong, and what to do: printed as one message, exit 1."""
+
+
+def main() -> int:
+    args = parser().parse_args()
+    os.umask(0o022)  # pip and compileall create files too; the walk below checks anyway
+    try:
+        if args.command == "wheels":
+            collect_wheels(Path(args.dir), interpreter(args.python))
+        else:
+            install(args)
+    except InstallError as e:
+        print(f"install: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="install.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("install")
+    i.add_argument("--prefix", required=True)
+    i.add_argument("--destdir", default="")
+    i.add_argument("--python", default="")
+    i.add_argument("--wheels", default="")
+    i.add_argument("--user", default="", help="check as this user (default: qmaild, else nobody)")
+    w = sub.add_parser("wheels")
+    w.add_argument("dir")
+    w.add_argument("--python", default="")
+    return p
+
+
+def required_version() -> tuple[int, int]:
+    """setup.cfg's python_requires (>=3.11): the one place that says it."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    spec = cfg["options"]["python_requires"].strip().removeprefix(">=").strip()
+    major, minor = spec.split(".")[:2]
+    return int(major), int(minor)
+
+
+def version_of(python: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    if out.returncode != 0:
+        return None
+    major, minor = out.stdout.split()
+    return int(major), int(minor)
+
+
+def interpreter(chosen: str) -> str:
+    """The real path of the interpreter the launchers will name."""
+    need = required_version()
+    wanted = "{}.{}".format(*need)
+    if chosen:
+        found = shutil.which(chosen) or chosen
+        version = version_of(found)
+        if version is None:
+            raise InstallError(f"PYTHON={chosen}: cannot run it")
+        if version < need:
+            raise InstallError(f"PYTHON={chosen} is Python {version[0]}.{version[1]}; "
+                               f"{wanted} or later is needed")
+        return os.path.realpath(found)
+    version = version_of(SYSTEM_PYTHON)
+    if version is not None and version >= need:
+        return os.path.realpath(SYSTEM_PYTHON)
+    if version_of(sys.executable) and sys.version_info[:2] >= need:
+        return os.path.realpath(sys.executable)
+    raise InstallError(f"no Python {wanted} or later at {SYSTEM_PYTHON} or as python3; "
+                       "name one with PYTHON=/path/to/python3")
+
+
+def source_copy(tmp: Path) -> Path:
+    """The files pip builds from, copied so that the build writes nowhere in the checkout."""
+    src = tmp / "src"
+    src.mkdir()
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, src / name)
+    return src
+
+
+def pip(python: str, *args: str) -> None:
+    cmd = [python, "-m", "pip", "--disable-pip-version-check", *args]
+    try:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise InstallError("pip took more than 30 minutes; is the network (or --wheels) there?")\
+            from None
+    if out.returncode != 0:
+        tail = "\n".join(out.stdout.strip().splitlines()[-15:])
+        hint = ""
+        if "No module named pip" in out.stdout:
+            hint = (f"\n{python} has no pip: install python3-pip (Debian) or name another "
+                    "interpreter with PYTHON=")
+        raise InstallError(f"{' '.join(cmd[:3])} {args[0]} failed:\n{tail}{hint}")
+
+
+def collect_wheels(folder: Path, python: str) -> None:
+    """Dependencies and the build backend as wheels, for an install with no network."""
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-wheels-") as tmp:
+        pip(python, "wheel", "--quiet", "--wheel-dir", str(folder), str(source_copy(Path(tmp))),
+            *backend)
+    for own in folder.glob("qmail_esmtpd-*.whl"):  # built from the checkout at install time
+        own.unlink()
+    fix_modes(folder)
+    count = len(list(folder.glob("*.whl")))
+    major, minor = version_of(python) or (0, 0)
+    print(f"{count} wheels in {folder} for Python {major}.{minor} ({python}); on the mail host: "
+          f"make install WHEELS={folder}")
+
+
+def fix_modes(top: Path) -> None:
+    """0755 for directories and programs, 0644 for the rest, as qmail installs."""
+    os.chmod(top, 0o755)
+    for base, dirs, files in os.walk(top):
+        for name in dirs:
+            os.chmod(os.path.join(base, name), 0o755)
+        for name in files:
+            path = os.path.join(base, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, 0o755 if executable else 0o644)
+
+
+def make_dirs(path: Path) -> None:
+    """Create missing directories 0755 (existing ones, qmail's, are left alone)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+        os.chmod(directory, 0o755)
+
+
+def install(args: argparse.Namespace) -> None:
+    python = interpreter(args.python)
+    prefix = os.path.abspath(args.prefix)
+    dest = args.destdir.rstrip("/")
+    libdir = f"{prefix}/lib/qmail-esmtpd"
+    bindir = f"{prefix}/bin"
+    target = Path(dest + libdir)
+    stage = target.with_name(target.name + ".new")
+    make_dirs(target.parent)
+    make_dirs(Path(dest + bindir))
+    shutil.rmtree(stage, ignore_errors=True)
+    offline = ["--no-index", "--find-links", os.path.abspath(args.wheels)] if args.wheels else []
+    with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-install-") as tmp:
+        pip(python, "install", "--quiet", "--no-compile", "--no-warn-script-location",
+            *offline, "--target", str(stage), str(source_copy(Path(tmp))))
+    shutil.rmtree(stage / "bin", ignore_errors=True)  # pip's console scripts: ours are below
+    compiled = subprocess.run([python, "-m", "compileall", "-q", "-s", str(stage), "-p", libdir,
+                               str(stage)], capture_output=True, text=True, timeout=600)
+    if compiled.returncode != 0:
+        raise InstallError(f"compileall failed: {compiled.stdout}{compiled.stderr}")
+    fix_modes(stage)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    stage.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    defaults = {"QMAIL_CONTROL": f"{prefix}/control", "QMAILQUEUE": f"{prefix}/bin/qmail-queue"}
+    for name, entry in LAUNCHERS:
+        write_launcher(f"{dest}{bindir}/{name}", launcher_text(python, entry, [libdir], defaults))
+    where = f"{dest}{bindir}"
+    if dest:
+        print(f"installed {where}/qmail-esmtpd and qmail-esmtpd-user for {python} "
+              f"(qmail-smtpd untouched; not tried: the files run from {bindir})")
+        return
+    user = check(bindir, libdir, python, args.user)
+    print(f"installed {where}/qmail-esmtpd and qmail-esmtpd-user for {python} "
+          f"(qmail-smtpd untouched; tried as {user}: it starts, and AUTH's libraries load)")
+
+
+def service_user(name: str) -> pwd.struct_passwd | None:
+    """The user sessions run as; None when we cannot switch (not root): then ourselves."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in ([name] if name else SERVICE_USERS):
+        try:
+            return pwd.getpwnam(candidate)
+        except KeyError:
+            continue
+    raise InstallError(f"no user {' or '.join([name] if name else SERVICE_USERS)} "
+                       "to try the install as; name one with --user")
+
+
+def check(bindir: str, libdir: str, python: str, username: str) -> str:
+    """Run the installed launcher as the service user: a session and the AUTH imports."""
+    user = service_user(username)
+    who = user.pw_name if user else pwd.getpwuid(os.geteuid()).pw_name
+    ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-check-") as tmp:
+        control = Path(tmp)
+        os.chmod(control, 0o755)
+        (control / "me").write_text("install-check\n")
+        os.chmod(control / "me", 0o644)
+        env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control)}
+        runs = (([f"{bindir}/qmail-esmtpd"], b"QUIT\r\n", b"220 install-check"),
+                ([python, "-IS", "-c", f"import sys; sys.path[:0] = [{libdir!r}]\n{AUTH_CHECK}"],
+                 b"", b""))
+        for argv, data, expect in runs:
+            try:
+                out = subprocess.run(argv, input=data, capture_output=True, env=env, cwd="/",
+                                     timeout=120, **ids)  # type: ignore[arg-type]
+            except OSError as e:
+                out = subprocess.CompletedProcess(argv, 126, b"", str(e).encode())
+            if out.returncode == 0 and out.stdout.startswith(expect):
+                continue
+            said = (out.stderr or out.stdout).decode(errors="replace").strip().splitlines()[-3:]
+            raise InstallError(
+                f"the installed {argv[0] if data else 'AUTH code'} does not work as user {who}:\n"
+                f"    {' / '.join(said) or f'exit {out.returncode}'}\n"
+                f"{who} must be able to run {python} (every folder above it must be "
+                f"searchable by {who}: not under a 0700 home such as pyenv's) and read "
+                f"{libdir}; choose another interpreter with PYTHON=/usr/bin/python3.x, "
+                f"or another user with --user.")
+    return who
+
+
+if __name__ == "__main__":
+    sys.exit(main())
