@@ -4,20 +4,29 @@ It works on the same tables and the same password policy as the server, so
 an account made here is exactly what AUTH checks.  Passwords never come from
 the command line (other users can read it in ps): a terminal is asked twice,
 anything else gives one line on stdin.  Hashes are never printed, only
-their scheme.  It connects like the server (`$AUTHDB`, else control/authdb)
-unless `--db` says otherwise, but needs a role that may write `poppass`:
-the server's own role (see sql/grants.sql) only reads it.
+their scheme.
+
+It has its own connection setting (--db, else $QMAIL_ESMTPD_ADMINDB, else
+control/admindb, else libpq's PG* defaults), never the server's: the server's
+role (qmaild, sql/grants.sql) may only read `poppass`, and this tool writes it.
 """
 
 import argparse
 import getpass
 import os
+import signal
 import sys
 
+from .auth.accounts import canonical_name, nfc
 from .auth.db import NO_PRIVILEGE, Database, DatabaseError
-from .config import DEFAULT_CONTROL, ControlError, Controls, authdb_conninfo
+from .config import DEFAULT_CONTROL, ControlError, Controls
 
 PROG = "qmail-esmtpd-user"
+ADMINDB_VARIABLE = b"QMAIL_ESMTPD_ADMINDB"
+ADMINDB_FILE = b"admindb"
+UNDEFINED_TABLE = "42P01"  # SQLSTATE: no table poppass in that database
+EXAMPLE_DB = "'host=/var/run/postgresql dbname=mail'"
+WHERE = "--db, $QMAIL_ESMTPD_ADMINDB or control/admindb"
 
 FIND = "SELECT id FROM poppass WHERE name = %s"
 ADD = """INSERT INTO poppass (name, pw, active, sendlimit) VALUES (%s, %s, %s, %s)
@@ -31,15 +40,21 @@ AND id = (SELECT id FROM poppass WHERE name = %s) RETURNING id"""
 SENDAS_LIST = """SELECT address FROM sendas WHERE id = (SELECT id FROM poppass WHERE name = %s)
 ORDER BY address"""
 SET_LIMIT = "UPDATE poppass SET sendlimit = %s WHERE name = %s RETURNING id"
+NAMES = "SELECT name FROM poppass"
+# the POP3 columns `set` may change (column names come only from this tuple)
+POP_COLUMNS = ("sysuser", "dir", "hostname", "ip")
 RESET = """UPDATE sendcounts SET count = 0
 WHERE id = (SELECT id FROM poppass WHERE name = %s) AND last_send = current_date"""
 # today's count is the stored one only while last_send is today (see limit.py)
-ACCOUNTS = """SELECT p.name, p.active, p.sendlimit,
-       CASE WHEN s.last_send = current_date THEN s.count ELSE 0 END,
-       coalesce(s.total_count, 0), p.pw
+TODAY = "CASE WHEN s.last_send = current_date THEN s.count ELSE 0 END"
+ACCOUNTS = f"""SELECT p.name, p.active, p.sendlimit, {TODAY}, coalesce(s.total_count, 0), p.pw,
+       p.sysuser, p.dir, p.hostname, p.ip
 FROM poppass p LEFT JOIN sendcounts s ON s.id = p.id"""
 LIST = ACCOUNTS + " ORDER BY p.name"
 SHOW = ACCOUNTS + " WHERE p.name = %s"
+TOP = f"""SELECT p.name, {TODAY} AS today, s.last_send, s.total_count, p.sendlimit
+FROM sendcounts s JOIN poppass p ON p.id = s.id
+ORDER BY today DESC, s.total_count DESC, p.name LIMIT %s"""
 
 
 class Failure(Exception):
@@ -52,6 +67,8 @@ class Failure(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     """The program; returns the exit status (0 ok, 1 refused, 2 usage or database)."""
+    # `show alice | head -1`: end quietly, as C tools do, when the reader has gone
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = parser().parse_args(argv)
     db = None
     try:
@@ -60,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as e:
         return fail(str(e), e.status)
     except DatabaseError as e:
-        hint = ""
-        if e.code == NO_PRIVILEGE:
-            hint = " (connect as the tables' owner, e.g. --db 'dbname=mail user=postgres')"
-        return fail(f"database: {e}{hint}", 2)
+        hint = what_to_do(e)
+        return fail(f"database: {e}" + (f"\n  {hint}" if hint else ""), 2)
     except ControlError as e:
         return fail(f"unable to read controls: {e}", 2)
     except KeyboardInterrupt:
@@ -73,14 +88,58 @@ def main(argv: list[str] | None = None) -> int:
             db.close()
 
 
+def what_to_do(e: DatabaseError) -> str:
+    """The next step for the errors people meet first (README, database set-up)."""
+    text = str(e)
+    if e.code == NO_PRIVILEGE:
+        return ("this role may not change the tables (the server's role qmaild only reads "
+                "poppass): connect as the tables' owner, e.g. run it as the postgres user "
+                f"with {EXAMPLE_DB} in {WHERE}")
+    if e.code == UNDEFINED_TABLE:
+        return ("no poppass table in this database: load sql/schema.sql into it, or name "
+                f"the right database (dbname=) in {WHERE}")
+    if "Peer authentication failed" in text:
+        return ("peer authentication lets a system user in only as the role of the same "
+                "name: run the tool as that user (e.g. runuser -u postgres -- "
+                f"{PROG} ...), or drop user= from {WHERE}")
+    if "role" in text and "does not exist" in text:
+        return ("no database role of that name (without user=, libpq uses your login "
+                "name): run the tool as the tables' owner, e.g. runuser -u postgres -- "
+                f"{PROG} ..., with {EXAMPLE_DB} in {WHERE}")
+    if "database" in text and "does not exist" in text:
+        return f"create it (README, database set-up) or name another with dbname= in {WHERE}"
+    if "password authentication failed" in text or "no password supplied" in text:
+        return ("the server wants a password: put it in ~/.pgpass (mode 600) of the user "
+                "running the tool, never in the connection string")
+    if "No such file or directory" in text or "Connection refused" in text:
+        return f"is PostgreSQL running there? host= (socket folder or name) in {WHERE}"
+    return ""
+
+
+HELP = """\
+Connection: --db, else $QMAIL_ESMTPD_ADMINDB, else control/admindb (in
+$QMAIL_CONTROL), else libpq's PG* defaults.  Never the server's authdb: its
+role only reads poppass.  Use a role that owns the tables, e.g. as root:
+    runuser -u postgres -- qmail-esmtpd-user --db 'dbname=mail' list
+
+Names are stored in Unicode NFC and compared exactly, case included (as in
+the 2002 patch and as AUTH looks them up): `add` refuses a name that equals an
+existing one ignoring case, and names with control or invisible characters.
+
+Passwords are read from the terminal (twice), or as one line from stdin (its
+LF or CRLF removed); empty passwords and NUL bytes are refused.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Manage qmail-esmtpd AUTH users (table poppass) and daily limits.",
-        epilog="Passwords are read from the terminal (twice), or as one line from stdin.")
+        epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", metavar="CONNINFO",
-                   help="libpq connection string (default: $AUTHDB, else control/authdb, "
-                        "else libpq's PG* defaults)")
+                   help="libpq connection string of a role that may change the tables "
+                        "(default: $QMAIL_ESMTPD_ADMINDB, else control/admindb, else "
+                        "libpq's PG* defaults)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("add", help="create a user (password from tty or stdin)")
@@ -116,24 +175,40 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("name", type=existing_name)
     c.add_argument("limit", type=limit_or_default, metavar="N|default")
     c.set_defaults(run=cmd_limit)
+
+    c = sub.add_parser("set", help="set POP3 columns: sysuser=, dir=, hostname=, ip= "
+                                   "(any of them; empty: NULL)")
+    c.add_argument("name", type=existing_name)
+    c.add_argument("values", type=column_value, nargs="+", metavar="COLUMN=VALUE")
+    c.set_defaults(run=cmd_set)
+
+    c = sub.add_parser("top", help="today's heaviest senders: name, today, last send, "
+                                   "total, limit")
+    c.add_argument("count", type=limit_arg, nargs="?", default=10, metavar="N",
+                   help="how many (default 10)")
+    c.set_defaults(run=cmd_top)
     return p
 
 
 def name_arg(text: str, strict: bool) -> str:
-    """A user name as AUTH sees it: UTF-8 (the server decodes it so).
+    """A user name as AUTH looks it up: UTF-8, in NFC.
 
-    New names are also refused when empty or holding control characters:
-    no client can send those usefully, and they would garble `list`.
+    New names must also pass accounts.canonical_name (no control or invisible
+    characters, not empty), so that no two names in `list` look alike.
     """
     try:
         text.encode("utf-8")  # argv's undecodable bytes arrive as lone surrogates
     except UnicodeEncodeError:
         raise argparse.ArgumentTypeError("user name is not UTF-8") from None
-    if strict and (not text or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)):
-        raise argparse.ArgumentTypeError("user name is empty or has control characters")
     if "\0" in text:
         raise argparse.ArgumentTypeError("user name has a NUL")
-    return text
+    if not strict:
+        return nfc(text)
+    name = canonical_name(text)
+    if name is None:
+        raise argparse.ArgumentTypeError(
+            "user name is empty, has spaces at an end, or control or invisible characters")
+    return name
 
 
 def address_arg(text: str) -> str:
@@ -165,13 +240,27 @@ def limit_or_default(text: str) -> int | None:
     return None if text == "default" else limit_arg(text)
 
 
+def column_value(text: str) -> tuple[str, str | None]:
+    """COLUMN=VALUE for `set`: one of POP_COLUMNS; an empty VALUE means NULL."""
+    column, sep, value = text.partition("=")
+    if not sep or column not in POP_COLUMNS:
+        raise argparse.ArgumentTypeError(
+            f"not COLUMN=VALUE with COLUMN one of {', '.join(POP_COLUMNS)}: {text!r}")
+    if "\0" in value:
+        raise argparse.ArgumentTypeError(f"{column} has a NUL")
+    return column, value or None
+
+
 def conninfo(option: str | None) -> str:
-    """--db, else the server's own setting, else "" (libpq's PG* variables, .pgpass)."""
+    """--db, else $QMAIL_ESMTPD_ADMINDB, else control/admindb, else "" (libpq's
+    PG* variables and .pgpass).  Never $AUTHDB: that role may not write."""
     if option is not None:
         return option
     env = os.environb
-    found = authdb_conninfo(env, Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)))
-    return found if found is not None else ""
+    value = env.get(ADMINDB_VARIABLE)
+    if value is None:
+        value = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)).line(ADMINDB_FILE)
+    return "" if value is None else value.decode("utf-8", "replace")
 
 
 def default_limit() -> int:
@@ -183,7 +272,7 @@ def default_limit() -> int:
 
 
 def read_password() -> bytes:
-    """A tty asks twice and compares; otherwise one line, minus its newline.
+    """A tty asks twice and compares; otherwise one line, minus its LF or CRLF.
 
     Bytes, because the server checks the bytes the client sent: a UTF-8
     password hashed here matches the same password typed into a mail client.
@@ -198,10 +287,13 @@ def read_password() -> bytes:
             raise Failure("passwords do not match")
         password = first.encode("utf-8", "surrogateescape")
     else:
-        line = sys.stdin.buffer.readline()
-        password = line[:-1] if line.endswith(b"\n") else line
+        password = sys.stdin.buffer.readline()
+        if password.endswith(b"\n"):  # one rule for a pipe from any system: LF or CRLF ends it
+            password = password[:-2] if password.endswith(b"\r\n") else password[:-1]
     if not password:
         raise Failure("empty password")
+    if b"\0" in password:
+        raise Failure("the password has a NUL byte, which AUTH cannot carry")
     return password
 
 
@@ -222,6 +314,11 @@ def cmd_add(db: Database, args: argparse.Namespace) -> int:
     # Ask before prompting, so a typo'd name does not cost a password entry.
     if exists(db, args.name):
         raise Failure(f"user exists: {args.name}")
+    folded = args.name.casefold()
+    for (other,) in db.query(NAMES):
+        if other.casefold() == folded:
+            raise Failure(f"user {other} exists: names that differ only in case are refused "
+                          "(AUTH compares names exactly)")
     db.close()  # no connection idles while someone types
     pw = hash_password(read_password())
     if not db.query(ADD, (args.name, pw, not args.inactive, args.limit)):
@@ -250,7 +347,7 @@ def cmd_del(db: Database, args: argparse.Namespace) -> int:
 
 def cmd_list(db: Database, args: argparse.Namespace) -> int:
     """Tab-separated, one user a line, for people and for cut/awk alike."""
-    for name, active, limit, today, total, _pw in db.query(LIST):
+    for name, active, limit, today, total, *_ in db.query(LIST):
         state = "active" if active else "inactive"
         shown = "default" if limit is None else str(limit)
         say(f"{name}\t{state}\t{shown}\t{today}\t{total}")
@@ -261,20 +358,45 @@ def cmd_show(db: Database, args: argparse.Namespace) -> int:
     rows = db.query(SHOW, (args.name,))
     if not rows:
         raise no_such_user(args.name)
-    name, active, limit, today, total, pw = rows[0]
-    if limit is None:
-        effective = describe_limit(default_limit()) + " (default)"
-    else:
-        effective = describe_limit(limit)
-    say(f"name:    {name}")
-    say(f"active:  {'yes' if active else 'no (AUTH fails)'}")
-    say(f"limit:   {effective}")
-    say(f"today:   {today}")
-    say(f"total:   {total}")
-    say(f"hash:    {scheme(pw)}")
+    name, active, limit, today, total, pw, *pop = rows[0]
+    say(f"name:     {name}")
+    say(f"active:   {'yes' if active else 'no (AUTH fails)'}")
+    say(f"limit:    {effective_limit(limit)}")
+    say(f"today:    {today}")
+    say(f"total:    {total}")
+    say(f"hash:     {scheme(pw)}")
     senders = [address for (address,) in db.query(SENDAS_LIST, (args.name,))]
-    say(f"sendas:  {' '.join(senders) if senders else '-'}")
+    say(f"sendas:   {' '.join(senders) if senders else '-'}")
+    for column, value in zip(POP_COLUMNS, pop, strict=True):
+        say(f"{column + ':':9} {'-' if value is None else value}")
     return 0
+
+
+def cmd_top(db: Database, args: argparse.Namespace) -> int:
+    """Tab-separated like `list`: name, today, last send, total, limit."""
+    rows = db.query(TOP, (args.count,))
+    default = default_limit() if any(row[4] is None for row in rows) else 0
+    for name, today, last_send, total, limit in rows:
+        say(f"{name}\t{today}\t{last_send}\t{total}\t{effective_limit(limit, default)}")
+    return 0
+
+
+def cmd_set(db: Database, args: argparse.Namespace) -> int:
+    values = dict(args.values)  # the last of a repeated column wins
+    assignments = ", ".join(f"{column} = %s" for column in values)  # names from POP_COLUMNS
+    sql = f"UPDATE poppass SET {assignments} WHERE name = %s RETURNING id"
+    if not db.query(sql, (*values.values(), args.name)):
+        raise no_such_user(args.name)
+    say(f"{args.name}: " + ", ".join(f"{column} {'NULL' if value is None else value}"
+                                     for column, value in values.items()))
+    return 0
+
+
+def effective_limit(limit: int | None, default: int | None = None) -> str:
+    """The account's limit, or the site's default (read once) marked as such."""
+    if limit is not None:
+        return describe_limit(limit)
+    return describe_limit(default_limit() if default is None else default) + " (default)"
 
 
 def describe_limit(limit: int) -> str:

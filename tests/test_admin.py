@@ -27,8 +27,8 @@ class Admin:
         self.outputs: list[str] = []
 
     def env(self, extra: dict | None = None) -> dict:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("PG") and k not in ("AUTHDB", "SENDLIMIT")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")
+               and k not in ("AUTHDB", "SENDLIMIT", "QMAIL_ESMTPD_ADMINDB")}
         env["QMAIL_CONTROL"] = str(self.control)
         env.update(extra or {})
         return env
@@ -55,8 +55,9 @@ def admin(pg, tmp_path: Path) -> Admin:
 
 
 def one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
+    """One line of error, and at most one indented line of what to do."""
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("  ")), proc.stderr
     assert lines[0].startswith("qmail-esmtpd-user: ")
     assert text in lines[0]
     assert "Traceback" not in proc.stderr
@@ -199,7 +200,8 @@ def test_show(admin: Admin) -> None:
     make_accounts(admin)
     alice = fields(admin("show", "alice").stdout)
     assert alice == {"name": "alice", "active": "yes", "limit": "50 (default)",
-                     "today": "3", "total": "10", "hash": "argon2", "sendas": "-"}
+                     "today": "3", "total": "10", "hash": "argon2", "sendas": "-",
+                     "sysuser": "-", "dir": "-", "hostname": "-", "ip": "-"}
     bob = fields(admin("show", "bob").stdout)
     assert (bob["limit"], bob["today"], bob["total"]) == ("unlimited", "0", "7")
     carol = fields(admin("show", "carol").stdout)
@@ -289,28 +291,40 @@ def test_database_unreachable(admin: Admin, tmp_path: Path) -> None:
 def test_missing_table_is_a_database_error(admin: Admin, pg) -> None:
     proc = admin("--db", pg.dsn("postgres"), "list", db=False)
     assert proc.returncode == 2
-    one_line_error(proc, "poppass")
+    assert "poppass" in proc.stderr and "sql/schema.sql" in proc.stderr
 
 
 def test_read_only_role_gets_a_hint(admin: Admin, pg) -> None:
     proc = admin("--db", admin.db.dsn("qmaild"), "add", "alice", stdin="pw\n", db=False)
     assert proc.returncode == 2
-    one_line_error(proc, "permission denied")
-    assert "owner" in proc.stderr
+    first, hint = proc.stderr.splitlines()
+    assert first.startswith("qmail-esmtpd-user: database: permission denied for table poppass")
+    assert "owner" in hint and "control/admindb" in hint and "postgres" in hint
 
 
-def test_connection_from_authdb_then_control(admin: Admin, pg) -> None:
-    proc = admin("add", "alice", stdin="pw\n", db=False, env={"AUTHDB": admin.db.dsn()})
+def test_unknown_role_says_which_role_to_use(admin: Admin, pg) -> None:
+    proc = admin("--db", admin.db.dsn("root"), "list", db=False)
+    assert proc.returncode == 2
+    first, hint = proc.stderr.splitlines()
+    assert 'role "root" does not exist' in first
+    assert "runuser -u postgres -- qmail-esmtpd-user" in hint and "Traceback" not in hint
+
+
+def test_the_connection_setting_is_its_own(admin: Admin, pg) -> None:
+    """--db, else $QMAIL_ESMTPD_ADMINDB, else control/admindb; never the server's AUTHDB."""
+    unusable = "host=/nonexistent dbname=mail"
+    proc = admin("add", "alice", stdin="pw\n", db=False,
+                 env={"QMAIL_ESMTPD_ADMINDB": admin.db.dsn(), "AUTHDB": unusable})
     assert proc.returncode == 0, proc.stderr
-    (admin.control / "authdb").write_text(admin.db.dsn() + "\n")
+    (admin.control / "admindb").write_text(admin.db.dsn() + "\n")
+    (admin.control / "authdb").write_text(unusable + "\n")
     proc = admin("list", db=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("alice\t")
-    # $AUTHDB wins over control/authdb, and --db over both
-    proc = admin("list", db=False, env={"AUTHDB": "host=/nonexistent"})
-    assert proc.returncode == 2
+    proc = admin("list", db=False, env={"QMAIL_ESMTPD_ADMINDB": unusable})
+    assert proc.returncode == 2 and "is PostgreSQL running there?" in proc.stderr
     proc = admin("--db", admin.db.dsn(), "list", db=False,
-                 env={"AUTHDB": "host=/nonexistent"})
+                 env={"QMAIL_ESMTPD_ADMINDB": unusable})
     assert proc.returncode == 0, proc.stderr
 
 
@@ -371,3 +385,87 @@ def test_sendas_addresses(admin: Admin) -> None:
     one_line_error(admin("sendas-add", "nobody", "x@example.org"), "no such user")
     assert admin("sendas-add", "alice", "not an address").returncode == 2
     assert fields(admin("show", "alice").stdout)["sendas"] == "alice@example.org"
+
+
+def test_a_closed_pipe_ends_quietly(admin: Admin) -> None:
+    for name in ("alice", "bob", "carol", "dave"):
+        assert admin("add", name, stdin="pw\n").returncode == 0
+    command = " ".join(f"'{arg}'" for arg in [*COMMAND, "--db", admin.db.dsn()])
+    proc = subprocess.run(f"{command} show alice | head -1; {command} list | head -c 1",
+                          shell=True, capture_output=True, text=True, env=admin.env(),
+                          timeout=60)
+    assert proc.stdout == "name:     alice\na"
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("stdin", [b"pw\r\n", b"pw\n", b"pw", b"pw\r\nnext\r\n"])
+def test_line_endings_one_rule(admin: Admin, stdin: bytes) -> None:
+    proc = subprocess.run([*COMMAND, "--db", admin.db.dsn(), "add", "alice"], input=stdin,
+                          capture_output=True, env=admin.env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    stored = admin.user("alice")[1]
+    assert passwords.context().verify("pw", stored)
+
+
+def test_a_nul_in_the_password_is_refused(admin: Admin) -> None:
+    proc = admin("add", "alice", stdin="p\0w\n")
+    assert proc.returncode == 1
+    one_line_error(proc, "NUL")
+    assert admin.user("alice") is None
+
+
+@pytest.mark.parametrize("name", ["zero\u200bwidth", "next\u0085line", "bidi\u202eabc", " alice",
+                                  "nbsp\u00a0name"])
+def test_names_with_invisible_characters_are_refused(admin: Admin, name: str) -> None:
+    proc = admin("add", name, stdin="pw\n")
+    assert proc.returncode == 2 and "invisible" in proc.stderr
+    assert admin.sql("SELECT count(*) FROM poppass") == [(0,)]
+
+
+def test_names_are_stored_nfc_and_found_in_any_form(admin: Admin) -> None:
+    nfd, nfc = "jose\u0301", "jos\u00e9"
+    assert admin("add", nfd, stdin="pw\n").returncode == 0
+    assert admin.sql("SELECT name FROM poppass") == [(nfc,)]
+    assert fields(admin("show", nfd).stdout)["name"] == nfc
+    one_line_error(admin("add", nfc, stdin="pw\n"), "user exists")
+
+
+def test_a_name_differing_only_in_case_is_refused(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("add", "Alice", stdin="pw\n")
+    assert proc.returncode == 1
+    one_line_error(proc, "user alice exists")
+    assert admin.user("Alice") is None
+    assert "case" in admin("--help").stdout
+
+
+def test_set_pop3_columns_and_show_them(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("set", "alice", "sysuser=vpopmail", "dir=/home/vmail/alice", "ip=192.0.2.1")
+    assert proc.returncode == 0, proc.stderr
+    shown = fields(admin("show", "alice").stdout)
+    assert (shown["sysuser"], shown["dir"], shown["hostname"], shown["ip"]) == (
+        "vpopmail", "/home/vmail/alice", "-", "192.0.2.1")
+    assert admin("set", "alice", "ip=", "hostname=pop.example.org").returncode == 0
+    assert admin.sql("SELECT sysuser, dir, hostname, ip FROM poppass") == [
+        ("vpopmail", "/home/vmail/alice", "pop.example.org", None)]
+    for bad in (["alice", "pw=x"], ["alice", "sysuser"], ["alice"]):
+        assert admin("set", *bad).returncode == 2, bad
+    one_line_error(admin("set", "nobody", "dir=/x"), "no such user")
+
+
+def test_top_lists_todays_heaviest_senders(admin: Admin) -> None:
+    make_accounts(admin)
+    assert admin("add", "dave", "--limit", "9", stdin="pw\n").returncode == 0
+    admin.sql("INSERT INTO sendcounts (id, last_send, count, total_count) "
+              "SELECT id, current_date, 8, 8 FROM poppass WHERE name = 'dave'")
+    today = str(admin.sql("SELECT current_date")[0][0])
+    yesterday = str(admin.sql("SELECT current_date - 1")[0][0])
+    proc = admin("top")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"dave\t8\t{today}\t8\t9",
+        f"alice\t3\t{today}\t10\t50 (default)",
+        f"bob\t0\t{yesterday}\t7\tunlimited",
+    ]
+    assert admin("top", "1").stdout.splitlines() == [f"dave\t8\t{today}\t8\t9"]
