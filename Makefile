@@ -71,7 +71,7 @@ wheels:
 	$(PYTHON) tools/install.py wheels '$(or $(WHEELS),wheels)' $(INSTALL_PYTHON)
 
 demo: deps-demo venv
-	sh demo/demo.sh
+	$(VPY) demo/demo.py
 
 bench: venv
 	$(VPY) -m bench

@@ -1,31 +1,78 @@
-"""`make demo`'s script for real: tcpserver, swaks, and the Maildir it fills."""
+"""`make demo`'s script for real: tcpserver, PostgreSQL, the swaks commands it prints
+(plain relaying, AUTH, the daily limit), the Maildir it fills, and Ctrl-C."""
 
 import os
+import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from support import ROOT, free_port, wait_listening
 
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
-def test_demo_delivers_a_swaks_message_into_its_maildir(tmp_path: Path):
+
+def swaks(command: str) -> subprocess.CompletedProcess:
+    """A command the banner printed, run as the user would paste it (sh)."""
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120)
+
+
+def printed(banner: str, after: str) -> str:
+    """The command on the line after the one containing `after`."""
+    lines = banner.splitlines()
+    index = next(i for i, line in enumerate(lines) if after in line)
+    return lines[index + 1].strip()
+
+
+def read_banner(demo: subprocess.Popen, timeout: float = 60) -> str:
+    """The demo's output up to the Ctrl-C line (it comes before tcpserver starts)."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while "Ctrl-C stops" not in text:
+        assert time.monotonic() < deadline and demo.poll() is None, text
+        text += demo.stdout.readline()
+    return text
+
+
+def test_demo_with_auth_relays_hits_the_limit_and_stops_on_ctrl_c(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "DEMO_PORT": str(port), "DEMO_DIR": str(tmp_path / "run")}
     env.pop("QMAILQUEUE", None)
-    demo = subprocess.Popen(["sh", str(ROOT / "demo" / "demo.sh")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    demo = subprocess.Popen([str(VENV_PYTHON), str(ROOT / "demo" / "demo.py")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
+        banner = read_banner(demo)
         wait_listening(port, demo, "demo", timeout=20)
-        sent = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--from",
-                               "you@demo.localhost", "--to", "someone@example.org",
-                               "--header", "Subject: demo test"], capture_output=True, timeout=60)
-        assert sent.returncode == 0, sent.stdout.decode(errors="replace")
-        (message,) = (tmp_path / "run" / "Maildir" / "new").iterdir()
-        text = message.read_text()
-        assert "Subject: demo test" in text and "X-Envelope-To: <someone@example.org>" in text
-        assert "Received: from unknown (HELO " in text
+        new = tmp_path / "run" / "Maildir" / "new"
+
+        plain = swaks(printed(banner, "send a message"))
+        assert plain.returncode == 0, plain.stdout
+        refused = swaks(printed(banner, "see relaying refused"))
+        assert "553 sorry, that domain isn't in my list of allowed rcpthosts" in refused.stdout
+
+        login = swaks(printed(banner, "authenticate:"))
+        assert login.returncode == 0 and "235 ok, go ahead" in login.stdout, login.stdout
+        relay = swaks(printed(banner, "authenticate and relay:"))
+        assert relay.returncode == 0, relay.stdout
+        limit = swaks(printed(banner, "hit the limit"))
+        assert limit.stdout.count("451 daily sending limit reached") == 2, limit.stdout
+
+        messages = [path.read_text() for path in new.iterdir()]
+        assert len(messages) == 4  # one plain, then three with AUTH: the limit is 3
+        assert sum("ESMTPSA" in text and "(demo@127.0.0.2)" in text for text in messages) == 3
+        show = swaks(printed(banner, "the account's count"))
+        assert re.search(r"^today:\s+3$", show.stdout, re.M), show.stdout
+        cluster = re.search(r"host=(\S+)/sock ", banner)
+        assert cluster, banner
     finally:
-        os.killpg(demo.pid, signal.SIGTERM)
-        banner = demo.communicate(timeout=10)[0].decode(errors="replace")
-    assert "swaks" in banner and str(port) in banner
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+        rest = demo.communicate(timeout=60)[0]
+    assert demo.returncode == 0, rest
+    assert "Traceback" not in banner + rest
+    # nothing left running: tcpserver and its sessions, PostgreSQL and its files
+    assert not Path(cluster[1]).exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(port) not in ps and cluster[1] not in ps, ps
+
