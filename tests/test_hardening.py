@@ -71,7 +71,7 @@ def test_unknown_and_wrong_cost_the_same(db, tcpserver):
     db.add(ALICE, ALICE_PW)
     server = tcpserver(":allow\n", env=db.env(AUTHFAILLIMIT="100000", AUTHNAMELIMIT="0"))
     times: dict[bytes, list[float]] = {b"nobody": [], ALICE.encode(): []}
-    for _ in range(30):  # interleaved, so machine load drifts alike for both
+    for _ in range(40):  # interleaved, so machine load drifts alike for both
         for user in times:
             with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
                 f = s.makefile("rb")
