@@ -335,7 +335,8 @@ class Pgbouncer:
         self.ini["pgbouncer"].update({
             "listen_addr": "", "listen_port": str(self.port), "unix_socket_dir": str(self.base),
             "auth_file": str(self.base / "userlist.txt"),
-            "logfile": str(self.base / "pgbouncer.log"), "pidfile": "",
+            "logfile": str(self.base / "pgbouncer.log"),
+            "pidfile": str(self.base / "pgbouncer.pid"),
             "admin_users": "postgres", **settings})
         self._write_ini()
         (self.base / "userlist.txt").write_text('"qmaild" ""\n"postgres" ""\n')
@@ -417,11 +418,18 @@ class Pgbouncer:
         return self.console(f"SHOW {what}")
 
     def stop(self) -> None:
-        """End pgbouncer (its server connections close with it) and remove its files."""
+        """End pgbouncer (its server connections close with it) and remove its files.
+
+        SIGTERM goes to pgbouncer itself: runuser, given one, would wait 2 s
+        before passing on a SIGKILL.
+        """
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+            os.kill(int((self.base / "pgbouncer.pid").read_text().split()[0]), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):  # no pid file yet: the whole group
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
