@@ -141,10 +141,6 @@ def test_frontend_follows_the_promoted_standby(pair, frontend, queue, route):
     assert "auth tempfail user=alice" in log and "sendlimit database:" in log
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="auth/db.py's client-side deadline covers the whole multi-host "
-                   "connect (libpq ignores connect_timeout when polled), so a first host "
-                   "that never answers is never passed over")
 def test_a_hung_old_primary_is_passed_over(pair, frontend, tmp_path):
     """The old primary's host still accepts connections but never answers (a
     hung machine, not a refused port): after the promotion, the frontend must

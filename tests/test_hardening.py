@@ -301,3 +301,18 @@ def test_long_bcrypt_passwords_verify_as_they_were_made_and_are_rehashed(db, tcp
     assert stored.startswith(passwords.CURRENT)
     assert answer(server.port, plain(b"legacy", long_password)).startswith(b"235")
     assert answer(server.port, plain(b"legacy", long_password[:72])).startswith(b"535")
+
+
+@pytest.mark.parametrize("params, hosts", [
+    ({"host": "/run/a,/run/b", "port": "5432"},
+     [{"host": "/run/a", "port": "5432"}, {"host": "/run/b", "port": "5432"}]),
+    ({"host": "db1,db2", "port": "5432,6432"},
+     [{"host": "db1", "port": "5432"}, {"host": "db2", "port": "6432"}]),
+    ({"host": "db1"}, [{}]),
+    ({}, [{}]),
+    ({"host": "a,b", "port": "1,2,3"}, [{}]),  # libpq refuses it, and says why
+])
+def test_each_host_of_a_list_gets_its_own_attempt(params, hosts):
+    from qmail_esmtpd.auth.db import each_host
+
+    assert each_host(params) == hosts

@@ -97,6 +97,31 @@ def _import_psycopg2() -> None:
         del sys.modules["ssl"]
 
 
+def each_host(params: "dict[str, str]") -> "list[dict[str, str]]":
+    """libpq's host lists (`host=a,b port=5432,6432`), one override per host.
+
+    libpq tries the hosts of a list in turn and moves on after connect_timeout,
+    but not when it is polled (as here, for our own deadline): then a first
+    host that accepts and never answers would use up the deadline and the
+    next one would never be tried.  So each host gets its own connection
+    attempt and its own deadline; target_session_attrs still applies to each.
+    A single host, or lists libpq itself would refuse, come back as [{}].
+    """
+    lists = {key: params[key].split(",") for key in ("host", "hostaddr", "port")
+             if key in params}
+    count = max((len(values) for values in lists.values()), default=1)
+    if count == 1 or any(len(values) not in (1, count) for values in lists.values()):
+        return [{}]
+    return [{key: values[i] if len(values) > 1 else values[0]
+             for key, values in lists.items()} for i in range(count)]
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one log-safe line (libpq's can span several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines)[:500] or type(error).__name__
+
+
 class Database:
     """One lazily opened autocommit connection; each statement stands alone."""
 
@@ -111,16 +136,30 @@ class Database:
 
         psycopg2.extensions.set_wait_callback(_wait)
         params = psycopg2.extensions.parse_dsn(self.conninfo)
-        extra: dict[str, str | int] = {}
+        extra: dict[str, str] = {}
         if "application_name" not in params:
             extra["application_name"] = APPLICATION_NAME
         try:
-            _wait_seconds = float(params.get("connect_timeout", CONNECT_TIMEOUT))
+            timeout = float(params.get("connect_timeout", CONNECT_TIMEOUT))
         except ValueError:
-            _wait_seconds = CONNECT_TIMEOUT
-        conn = psycopg2.connect(psycopg2.extensions.make_dsn(self.conninfo, **extra))
-        conn.autocommit = True
-        return conn
+            timeout = CONNECT_TIMEOUT
+        hosts = each_host(params)
+        reasons = []
+        for host in hosts:
+            _wait_seconds = timeout
+            try:
+                conn = psycopg2.connect(psycopg2.extensions.make_dsn(
+                    self.conninfo, **extra, **host))
+            except (psycopg2.Error, NoAnswer) as e:
+                if len(hosts) == 1:
+                    raise
+                where = host.get("host") or host.get("hostaddr") or "default"
+                reasons.append(f"{where}{':' + host['port'] if 'port' in host else ''}: "
+                               f"{one_line(e)}")
+                continue
+            conn.autocommit = True
+            return conn
+        raise psycopg2.OperationalError("; ".join(reasons))
 
     def query(self, sql: str, params: "tuple | dict" = ()) -> list:
         """Run one parameterised statement and return its rows (empty if none).
@@ -141,8 +180,7 @@ class Database:
                 return cur.fetchall() if cur.description is not None else []
         except (psycopg2.Error, NoAnswer) as e:
             self.close()
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise DatabaseError(reason, getattr(e, "pgcode", None)) from None
+            raise DatabaseError(one_line(e), getattr(e, "pgcode", None)) from None
 
     def close(self) -> None:
         """Hang up; the next query() connects again."""
