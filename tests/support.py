@@ -136,15 +136,22 @@ class TcpServer:
 
     def stop(self) -> None:
         """End tcpserver and every session it runs; returns once tcpserver is reaped."""
+        end_group(self.proc)
+
+
+def end_group(proc: subprocess.Popen, signalled: bool = False) -> None:
+    """SIGTERM to `proc`'s process group (unless the caller signalled it
+    already), SIGKILL if it has not ended 5 s later; returns once reaped."""
+    if not signalled:
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 # --- PostgreSQL ---------------------------------------------------------------
@@ -425,16 +432,10 @@ class Pgbouncer:
         """
         try:
             os.kill(int((self.base / "pgbouncer.pid").read_text().split()[0]), signal.SIGTERM)
+            signalled = True
         except (OSError, ValueError, IndexError):  # no pid file yet: the whole group
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            signalled = False
+        end_group(self.proc, signalled)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
