@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support import Cluster, StartError, self_signed_pem  # noqa: E402
+from tests.support import Cluster, StartError, end_group, self_signed_pem  # noqa: E402
 
 SERVER = REPO / ".venv" / "bin" / "qmail-esmtpd"
 ADMIN = REPO / ".venv" / "bin" / "qmail-esmtpd-user"
@@ -72,7 +72,7 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
         if tcpserver is not None:
-            stop(tcpserver)
+            end_group(tcpserver)
         if cluster is not None:
             try:
                 cluster.destroy()
@@ -194,19 +194,6 @@ def banner(port: int, folder: Path, control: Path, dsn: str, password: str, env:
                   "   QMAILQUEUE=/var/qmail/bin/qmail-queue make demo would use it)"]
     lines += ["  Ctrl-C stops the demo and its PostgreSQL.", ""]
     print("\n".join(lines), flush=True)
-
-
-def stop(tcpserver: subprocess.Popen) -> None:
-    """End tcpserver and the sessions it runs (its own process group)."""
-    try:
-        os.killpg(tcpserver.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        tcpserver.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(tcpserver.pid, signal.SIGKILL)
-        tcpserver.wait()
 
 
 if __name__ == "__main__":
