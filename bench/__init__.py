@@ -12,7 +12,9 @@ the repository root, prints in one run:
    of an AUTH session goes (imports, argon2id, database); a plain session
    with control/servercert.pem configured but no STARTTLS; STARTTLS
    sessions (the handshake alone, and AUTH PLAIN inside TLS), the server on
-   pipes and the TLS client an `ssl.SSLObject` in the bench process;
+   pipes and the TLS client an `ssl.SSLObject` in the bench process; and,
+   beside the AUTH session, CPU per POP3 login (qmail-esmtpd-checkpassword
+   on fd 3, as qmail-popup runs it: bench/pop3.py);
 2. which heavy modules a plain session imports (also with servercert.pem),
    and what our imports cost;
 3. sessions per second through real tcpserver at concurrency 1, 4 and 16,

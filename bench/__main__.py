@@ -12,6 +12,7 @@ from tests.support import StartError
 from . import BenchError, figures, progress
 from . import __doc__ as OVERVIEW
 from .pipes import measure_pipes
+from .pop3 import pop3_login_cpu
 from .setup import Launcher, prepared
 
 
@@ -57,6 +58,7 @@ def main() -> int:
             figures.auth_session_cpu(pipes)
             figures.auth_session_split(bench, pipes, max(args.split_runs, 1))
             figures.auth_imports(bench)
+            pop3_login_cpu(bench, max(auth_runs, 1), pipes.median("auth"), pipes.median("bare"))
         figures.starttls_cpu(bench, pipes, max(args.split_runs, 1))
         if "tls_auth" in pipes:
             figures.tls_auth_session_cpu(pipes)

@@ -65,6 +65,14 @@ class Backends:
         return self.cpu()
 
 
+def pop3_sysuser() -> str:
+    """Who the POP3 figure's logins become: nobody as root, else ourselves
+    (qmail-esmtpd-checkpassword can only switch users as root)."""
+    import pwd
+
+    return "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
+
+
 @dataclass
 class AuthDB:
     """A running throwaway cluster holding one AUTH user."""
@@ -93,8 +101,9 @@ def auth_database() -> Iterator[AuthDB]:
                          "(--no-auth skips the AUTH figures)") from None
     try:
         with cluster.new_database() as db:  # closed: an open client would look busy
-            db.sql("INSERT INTO poppass (name, pw, sendlimit) VALUES (%s, %s, %s)",
-                   (AUTH_USER, context().hash(AUTH_PASSWORD), AUTH_SENDLIMIT))
+            db.sql("INSERT INTO poppass (name, pw, sendlimit, sysuser, dir)"
+                   " VALUES (%s, %s, %s, %s, '/')",
+                   (AUTH_USER, context().hash(AUTH_PASSWORD), AUTH_SENDLIMIT, pop3_sysuser()))
             # Autovacuum workers would be counted as backend CPU.
             db.sql("ALTER SYSTEM SET autovacuum = off")
             db.sql("SELECT pg_reload_conf()")

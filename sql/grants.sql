@@ -21,3 +21,15 @@ GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmaild;
 -- crypt, bcrypt, plaintext) by the current default.  Without it the old hash
 -- stays and logins still work.
 -- GRANT UPDATE (pw) ON poppass TO qmaild;
+
+-- POP3 --------------------------------------------------------------------
+-- qmail-esmtpd-checkpassword (POP3 under qmail-popup, or Dovecot) may connect
+-- as qmaild: the grants above cover it.  Under qmail-popup it runs as root
+-- (peer authentication would map it to the role `root`), under Dovecot as
+-- Dovecot's auth user; to give it a role of its own, with only what it reads
+-- and the failure counts, uncomment these (and GRANT UPDATE (pw) as above to
+-- let POP3 logins replace deprecated hashes too):
+-- CREATE ROLE qmailpop LOGIN;
+-- GRANT SELECT (id, name, pw, active, sendlimit, sysuser, dir, hostname, ip) ON poppass TO qmailpop;
+-- GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmailpop;
+-- GRANT UPDATE (pw) ON poppass TO qmailpop;

@@ -80,6 +80,38 @@ def imported_modules(env: dict, session: bytes) -> set:
             if line.startswith("import time:")}
 
 
+def write_launcher(output: Path, entry: str) -> Path:
+    """A launcher for another console script of setup.cfg (MODULE:FUNCTION),
+    made as `make venv` makes .venv/bin/qmail-esmtpd: tools/mklauncher.py,
+    the venv's real interpreter with -IS, this checkout and the venv's
+    packages on sys.path.  For programs started once per login, where pip's
+    wrapper would cost more than the work."""
+    python = str(ROOT / ".venv" / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout.strip()
+    subprocess.run([python, str(ROOT / "tools" / "mklauncher.py"), str(output), python, entry,
+                    str(ROOT), purelib], check=True, timeout=60)
+    return output
+
+
+def run_with_fd3(argv: list, data: bytes, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run() with `data` readable on fd 3, as qmail-popup and Dovecot
+    give a checkpassword program its input (`data` fits a pipe's buffer)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+
+    def give_fd3() -> None:
+        os.dup2(read_end, 3)
+        os.set_inheritable(3, True)  # dup2 onto itself (read_end == 3) leaves close-on-exec
+
+    try:
+        return subprocess.run(argv, close_fds=False, preexec_fn=give_fd3, **kwargs)
+    finally:
+        os.close(read_end)
+
+
 def write_program(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)

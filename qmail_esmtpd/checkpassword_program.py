@@ -1,0 +1,339 @@
+"""`qmail-esmtpd-checkpassword`: POP3 (and IMAP) logins from the `poppass` table.
+
+The checkpassword interface (cr.yp.to/checkpwd/interface.html), as
+qmail-popup and Dovecot's `checkpassword` passdb call it:
+
+    qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...]   3< user NUL password NUL timestamp NUL
+
+The password is checked exactly as SMTP AUTH checks it (accounts.login():
+the same hashes, dummy work for unknown names, hash upgrade, the per-IP
+throttle on $TCPREMOTEIP), then the verified row says who the session
+runs as: `sysuser` (a system user, never uid 0) and `dir` (else that
+user's home).  Exit status, as the interface defines it: 1 bad login, 2
+misuse, 111 temporary trouble; on success the subprogram is exec'd.
+
+Two ways to hand the session over, chosen by who called:
+- qmail-popup (run as root by tcpserver): switch to the sysuser (groups,
+  gid, uid), chdir to `dir`, set USER, HOME and SHELL, exec the subprogram.
+- Dovecot (it sets ORIG_UID, and runs us as its unprivileged auth user):
+  no switch; the uid, gid and home go back as `userdb_uid`, `userdb_gid`
+  and HOME (listed in EXTRA) for Dovecot's prefetch userdb, and the
+  subprogram is Dovecot's checkpassword-reply.  AUTHORIZED=1 asks for a
+  lookup without a password (checkpassword as userdb): answered with
+  AUTHORIZED=2, or exit 3 for an unknown name.
+
+One log line on stderr per outcome; never a password.  Nothing from the
+SMTP server (protocol, server, lineio, queue, ...) is imported.
+"""
+
+import _signal  # the C module behind `signal`, already loaded
+import posix
+import sys
+
+from . import log as logging
+from .config import DEFAULT_CONTROL, ControlError, Controls, clamp_seconds, number_setting
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .auth.db import Database
+
+PROGRAM = "qmail-esmtpd-checkpassword"
+MAX_INPUT = 512  # bytes of user NUL password NUL timestamp NUL, as the interface allows
+INPUT_TIMEOUT = 10  # seconds the caller has to write fd 3 and close it
+
+# Python ignores these for itself; an ignored signal stays ignored across exec
+RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+BAD_LOGIN = 1
+MISUSE = 2
+UNKNOWN = 3  # Dovecot: "user does not exist", in a lookup
+TEMPORARY = 111
+
+POP_QUERY = "SELECT name, sysuser, dir, hostname, ip FROM poppass WHERE id = %s"
+LOOKUP_QUERY = ("SELECT id, name, sysuser, dir, hostname, ip FROM poppass "
+                "WHERE name = %s AND active")
+
+
+class Refused(Exception):
+    """The login cannot go on: the exit status, and why (for the log)."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+class Login:
+    """Who the session runs as, from the verified row and the system's user database."""
+
+    __slots__ = ("name", "uid", "gid", "sysuser", "home", "shell")
+
+    def __init__(self, name: str, uid: int, gid: int, sysuser: str, home: str,
+                 shell: str) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.sysuser = sysuser
+        self.home = home
+        self.shell = shell
+
+
+def main() -> int:
+    """The console script: exec's the subprogram on success, else the exit status."""
+    logging.PROGRAM = PROGRAM
+    argv = sys.argv[1:]
+    if not argv:
+        logging.log("usage: qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...] 3< input")
+        return MISUSE
+    env = dict(posix.environ)
+    remoteip = env.get(b"TCPREMOTEIP", b"")
+    where = f" ip={logging.printable(remoteip)}" if remoteip else ""
+    user = b""
+    try:
+        user, password = read_input()
+        login, note = check(user, password, env, remoteip.decode("ascii", "replace"))
+        prepare(login, env)
+    except Refused as e:
+        logging.log(f"login {OUTCOMES[e.status]} user={logging.printable(user)}{where}: {e}")
+        return e.status
+    except Exception as e:  # a bug must not become a traceback: a temporary failure
+        logging.log(f"login tempfail user={logging.printable(user)}{where}: "
+                    f"{type(e).__name__}: {e}")
+        return TEMPORARY
+    logging.log(f"login ok user={logging.printable(user)}{where} "
+                f"sysuser={logging.printable(login.sysuser.encode(), 256)} "
+                f"dir={logging.printable(login.home.encode(), 256)}{note}")
+    return execute(argv, env)
+
+
+OUTCOMES = {BAD_LOGIN: "fail", MISUSE: "misuse", UNKNOWN: "unknown", TEMPORARY: "tempfail"}
+
+
+def read_input(fd: int = 3) -> tuple[bytes, bytes]:
+    """(user, password) from fd 3; Refused(2) when missing, malformed or oversize."""
+    import select
+    import time
+
+    data = b""
+    deadline = time.monotonic() + INPUT_TIMEOUT
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise Refused(TEMPORARY, f"no input on fd 3 within {INPUT_TIMEOUT} s")
+            chunk = posix.read(fd, MAX_INPUT + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_INPUT:
+                raise Refused(MISUSE, f"input on fd 3 longer than {MAX_INPUT} bytes")
+    except OSError as e:
+        if e.errno == 9:  # EBADF: nobody gave us an fd 3
+            raise Refused(MISUSE, "fd 3 is not open") from None
+        raise Refused(TEMPORARY, f"reading fd 3: {e.strerror}") from None
+    finally:
+        try:
+            posix.close(fd)
+        except OSError:
+            pass
+    fields = data.split(b"\0", 2)
+    if len(fields) < 3:  # both the name and the password end with a NUL
+        raise Refused(MISUSE, "malformed input on fd 3 (want user NUL password NUL)")
+    return fields[0], fields[1]
+
+
+def check(user: bytes, password: bytes, env: "dict[bytes, bytes]",
+          remoteip: str) -> "tuple[Login, str]":
+    """The login this password opens (and a note for the log line), or Refused."""
+    from .auth import DEFAULT_FAIL_DELAY, accounts
+    from .auth.db import Database
+    from .config import authdb_conninfo, flag_setting
+
+    controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
+    try:
+        conninfo = authdb_conninfo(env, controls)
+        delay = clamp_seconds(number_setting(controls, env, b"authfaildelay", DEFAULT_FAIL_DELAY))
+        plaintext = flag_setting(controls, env, b"authplaintext")
+        this_host = host_settings(controls, env)
+    except ControlError as e:
+        raise Refused(TEMPORARY, f"unable to read controls: {e}") from None
+    if conninfo is None:
+        raise Refused(TEMPORARY, "no database: set $AUTHDB or control/authdb")
+    dovecot = b"ORIG_UID" in env
+    db = Database(conninfo)
+    try:
+        if dovecot and env.get(b"AUTHORIZED") == b"1":
+            return lookup(db, user, env, this_host), " (lookup)"
+        from .auth.throttle import open_throttle
+
+        throttle = open_throttle(db, controls, env, remoteip)
+        try:
+            account, status = accounts.login(db, user, password, throttle, plaintext)
+        except accounts.Unavailable as e:
+            raise Refused(TEMPORARY, f"database: {e}") from None
+        if status is not None and status.refused:
+            _sleep(delay)  # as SMTP AUTH waits before its 454
+            raise Refused(TEMPORARY, f"throttled: source={throttle.source} "
+                                     f"failures={status.failures}")
+        slowed = status is not None and status.slowed
+        if account is None:
+            _sleep(delay)
+            note = f" (slowed: {status.failures} failures against this name lately)" \
+                if slowed and status is not None else ""
+            raise Refused(BAD_LOGIN, "wrong password, or no such active user" + note)
+        rows = _query(db, POP_QUERY, (account.id,))
+        if not rows:  # deleted between the two statements
+            raise Refused(BAD_LOGIN, "account deleted during the login")
+        login = session_for(rows[0], this_host)
+        if slowed:
+            _sleep(delay)
+            return login, " slowed"
+        return login, ""
+    finally:
+        db.close()  # the subprogram must not inherit the connection
+
+
+def lookup(db: "Database", user: bytes, env: "Mapping[bytes, bytes]",
+           this_host: "tuple[str | None, str | None]") -> Login:
+    """Dovecot's AUTHORIZED=1: the account without its password (userdb lookup).
+
+    Never for a credentials lookup: hashes do not leave the database."""
+    from .auth.accounts import nfc
+
+    if b"CREDENTIALS_LOOKUP" in env:
+        raise Refused(BAD_LOGIN, "credentials lookup: only plaintext mechanisms are served")
+    try:
+        name = nfc(user.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Refused(UNKNOWN, "no such active user") from None
+    rows = _query(db, LOOKUP_QUERY, (name,)) if "\0" not in name else []
+    if not rows:
+        raise Refused(UNKNOWN, "no such active user")
+    return session_for(rows[0][1:], this_host)
+
+
+def _query(db: "Database", sql: str, params: tuple) -> list:
+    from .auth.db import DatabaseError
+
+    try:
+        return db.query(sql, params)
+    except DatabaseError as e:
+        raise Refused(TEMPORARY, f"database: {e}") from None
+
+
+def host_settings(controls: Controls, env: "Mapping[bytes, bytes]"
+                  ) -> "tuple[str | None, str | None]":
+    """This host's name and IP for the rows' `hostname`/`ip` columns: $POPHOST
+    (else control/pophost) and $POPIP (else control/popip); None: not checked."""
+    found = []
+    for name in (b"pophost", b"popip"):
+        value = env.get(name.upper())
+        if value is None:
+            value = controls.line(name)
+        text = value.decode("utf-8", "replace").strip() if value is not None else ""
+        found.append(text or None)
+    return found[0], found[1]
+
+
+def session_for(row: tuple, this_host: "tuple[str | None, str | None]") -> Login:
+    """The row's (name, sysuser, dir, hostname, ip) as a Login, or Refused:
+    another host's account, no sysuser, root, a sysuser the system lacks (111)."""
+    import pwd
+
+    name, sysuser, directory, hostname, ip = row
+    my_name, my_ip = this_host
+    if my_name and hostname and hostname.strip().lower() != my_name.lower():
+        raise Refused(BAD_LOGIN, f"the account lives on host {hostname.strip()}")
+    if my_ip and ip and ip.strip() != my_ip:
+        raise Refused(BAD_LOGIN, f"the account lives on IP {ip.strip()}")
+    if not sysuser:
+        raise Refused(BAD_LOGIN, "no sysuser for this account")
+    try:
+        entry = pwd.getpwnam(sysuser)
+    except KeyError:
+        raise Refused(TEMPORARY, f"sysuser {sysuser} is not a user of this system") from None
+    if entry.pw_uid == 0 or sysuser == "root":
+        raise Refused(BAD_LOGIN, f"sysuser {sysuser} is root: refused")
+    return Login(name, entry.pw_uid, entry.pw_gid, sysuser, directory or entry.pw_dir,
+                 entry.pw_shell)
+
+
+def prepare(login: Login, env: "dict[bytes, bytes]") -> None:
+    """Make the process the login's: as its user in its dir (qmail-popup), or
+    with the user in the environment for Dovecot; Refused when it cannot."""
+    env[b"USER"] = login.name.encode()
+    env[b"HOME"] = login.home.encode()
+    env[b"SHELL"] = login.shell.encode()
+    if b"ORIG_UID" in env:  # Dovecot: its prefetch userdb takes these
+        _require_directory(login.home)
+        env[b"userdb_uid"] = str(login.uid).encode()
+        env[b"userdb_gid"] = str(login.gid).encode()
+        extra = env.get(b"EXTRA", b"").split()
+        env[b"EXTRA"] = b" ".join(extra + [b"userdb_uid", b"userdb_gid"])
+        if env.get(b"AUTHORIZED") == b"1":
+            env[b"AUTHORIZED"] = b"2"
+    else:
+        become(login)
+        try:
+            posix.chdir(login.home)
+        except OSError as e:
+            raise Refused(TEMPORARY, f"dir {login.home}: {e.strerror}") from None
+
+
+def execute(argv: list[str], env: "dict[bytes, bytes]") -> int:
+    """Exec the subprogram, searched in $PATH as checkpassword's pathexec does;
+    returns 111 only when that fails.  Imports nothing: after the switch to the
+    sysuser, the interpreter's own files may be out of reach."""
+    program = argv[0].encode("utf-8", "surrogateescape")
+    if b"/" in program:
+        candidates = [program]
+    else:
+        path = env.get(b"PATH", b"/bin:/usr/bin")
+        candidates = [(entry or b".") + b"/" + program for entry in path.split(b":")]
+    for signal in RESET_SIGNALS:  # ignored by Python, not by the subprogram
+        _signal.signal(signal, _signal.SIG_DFL)
+    error = "not found"
+    for candidate in candidates:
+        try:
+            posix.execve(candidate, argv, env)
+        except OSError as e:
+            if e.errno != 2 or error == "not found":  # keep the first reason but ENOENT
+                error = e.strerror or "cannot run"
+    logging.log(f"login tempfail: cannot run {argv[0]}: {error}")
+    return TEMPORARY
+
+
+def become(login: Login) -> None:
+    """Drop to the sysuser: supplementary groups, gid, uid (as checkpassword's
+    prot_gid/prot_uid); running as that user already is fine, anything else 111."""
+    if posix.geteuid() == 0:
+        try:
+            posix.setgroups(posix.getgrouplist(login.sysuser, login.gid))
+            posix.setgid(login.gid)
+            posix.setuid(login.uid)
+        except OSError as e:
+            raise Refused(TEMPORARY, f"cannot become {login.sysuser}: {e.strerror}") from None
+    if posix.getuid() != login.uid or posix.geteuid() != login.uid or posix.getuid() == 0:
+        raise Refused(TEMPORARY, f"cannot become {login.sysuser}: not started as root")
+
+
+def _require_directory(path: str) -> None:
+    """A missing dir is 111 here too; one Dovecot's auth user may not search
+    is left to Dovecot, which opens it as the user."""
+    import stat
+
+    try:
+        mode = posix.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise Refused(TEMPORARY, f"dir {path}: {e.strerror}") from None
+    except OSError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise Refused(TEMPORARY, f"dir {path}: not a directory")
+
+
+def _sleep(seconds: int) -> None:
+    import time
+
+    time.sleep(seconds)

@@ -1,0 +1,358 @@
+"""`qmail-esmtpd-checkpassword` on its fd-3 interface, as qmail-popup calls it:
+
+    qmail-esmtpd-checkpassword SUBPROGRAM ARGS...   3< user NUL password NUL timestamp NUL
+
+against a real PostgreSQL, run through a launcher made like the installed
+one.  The subprogram is a shell that reports who and where it runs.
+Switching users needs root (CI runs as root); those tests are skipped otherwise.
+"""
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import ROOT, run_with_fd3, world_readable_dir, write_launcher
+
+ENTRY = "qmail_esmtpd.checkpassword_program:main"
+PASSWORD = "correct horse battery staple"
+SYSUSER = "nobody"
+# Who and where the subprogram runs, and with what environment.
+REPORT = ["/bin/sh", "-c", 'echo "$(id -u) $(id -g) $(id -G) $(pwd)"; '
+          'echo "$USER|$HOME|$SHELL|$userdb_uid|$userdb_gid|$EXTRA|$AUTHORIZED"']
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+@pytest.fixture(scope="session")
+def program(tmp_path_factory) -> Path:
+    return write_launcher(tmp_path_factory.mktemp("bin") / "qmail-esmtpd-checkpassword", ENTRY)
+
+
+def new_home() -> Path:
+    """A home the sysuser can enter, with an empty Maildir: under a world-searchable
+    temp dir (pytest's own tmp_path is root's alone), owned by the sysuser.
+    Remove its parent when done."""
+    home = world_readable_dir("qmail-esmtpd-pop3-") / "home"
+    for sub in ("", "Maildir", "Maildir/cur", "Maildir/new", "Maildir/tmp"):
+        (home / sub).mkdir()
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(SYSUSER)
+            os.chown(home / sub, entry.pw_uid, entry.pw_gid)
+    return home
+
+
+@pytest.fixture
+def maildir_home():
+    home = new_home()
+    yield home
+    shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def run(program: Path, data: bytes | None, env: dict, argv: list | None = None
+        ) -> subprocess.CompletedProcess:
+    """The program with `data` on fd 3 (None: no fd 3)."""
+    return with_fd3([str(program), *(REPORT if argv is None else argv)], data, env)
+
+
+def with_fd3(argv: list, data: bytes | None, env: dict) -> subprocess.CompletedProcess:
+    """`argv` with `data` on fd 3 (None: no fd 3), its output as text."""
+    options = {"env": {"PATH": "/usr/bin:/bin", **env}, "capture_output": True, "text": True,
+               "timeout": 60}
+    if data is None:
+        return subprocess.run(argv, **options)
+    return run_with_fd3(argv, data, **options)
+
+
+def login(name: str, password: str, timestamp: str = "<1.2@pop.example.com>") -> bytes:
+    """What qmail-popup writes on fd 3."""
+    return f"{name}\0{password}\0{timestamp}\0".encode()
+
+
+@pytest.fixture
+def pop(db, control: Path, maildir_home: Path):
+    """The database with alice (sysuser nobody, dir her home), and the environment
+    tcpserver and qmail-popup would give the program."""
+    db.add("alice", PASSWORD, sysuser=SYSUSER, dir=str(maildir_home))
+    db.home = maildir_home
+    db.pop_env = {"QMAIL_CONTROL": str(control), "TCPREMOTEIP": "192.0.2.7",
+                  **db.env()}
+    return db
+
+
+def one_log_line(proc: subprocess.CompletedProcess, start: str) -> str:
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"qmail-esmtpd-checkpassword: {start}"), lines[0]
+    assert PASSWORD not in proc.stderr and "wrong-password" not in proc.stderr
+    return lines[0]
+
+
+@as_root
+def test_success_runs_the_subprogram_as_the_sysuser_in_the_dir(program, pop):
+    proc = run(program, login("alice", PASSWORD), pop.pop_env)
+    assert proc.returncode == 0, proc.stderr
+    nobody = pwd.getpwnam(SYSUSER)
+    who, environment = proc.stdout.splitlines()
+    uid, gid, *groups, cwd = who.split()
+    assert (int(uid), int(gid)) == (nobody.pw_uid, nobody.pw_gid)
+    assert {int(g) for g in groups} == set(os.getgrouplist(SYSUSER, nobody.pw_gid))
+    assert cwd == str(pop.home)
+    # USER is the account; HOME its dir; SHELL the sysuser's; no Dovecot fields
+    assert environment == f"alice|{pop.home}|{nobody.pw_shell}||||"
+    line = one_log_line(proc, "login ok user=alice ip=192.0.2.7")
+    assert f"sysuser={SYSUSER}" in line and f"dir={pop.home}" in line
+
+
+@as_root
+def test_dovecot_timestamp_free_input_and_a_subprogram_found_in_path(program, pop):
+    """Dovecot writes user NUL password NUL NUL; qmail-popup names qmail-pop3d by PATH."""
+    proc = run(program, f"alice\0{PASSWORD}\0\0".encode(), pop.pop_env,
+               argv=["env"])
+    assert proc.returncode == 0, proc.stderr
+    assert "USER=alice" in proc.stdout.splitlines()
+
+
+@as_root
+def test_a_subprogram_that_cannot_run_is_a_temporary_failure(program, pop):
+    for argv in (["/nonexistent/qmail-pop3d"], ["no-such-qmail-pop3d", "Maildir"]):
+        proc = run(program, login("alice", PASSWORD), pop.pop_env, argv=argv)
+        assert proc.returncode == 111
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2 and lines[0].startswith("qmail-esmtpd-checkpassword: login ok")
+        assert lines[1] == (f"qmail-esmtpd-checkpassword: login tempfail: cannot run {argv[0]}: "
+                            "No such file or directory")
+
+
+@pytest.mark.parametrize("name, password, columns", [
+    ("alice", "wrong-password", {}),
+    ("mallory", PASSWORD, {}),
+    ("alice", PASSWORD, {"active": False}),
+])
+def test_bad_logins_exit_1_without_the_subprogram(program, pop, name, password, columns):
+    for column, value in columns.items():
+        pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
+    proc = run(program, login(name, password), pop.pop_env)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    one_log_line(proc, f"login fail user={name} ip=192.0.2.7: ")
+    # counted by the throttle like an SMTP AUTH failure
+    assert pop.sql("SELECT host(source), name FROM authfailures") == [("192.0.2.7", name)]
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"alice", "malformed input"),
+    (b"alice\0" + PASSWORD.encode(), "malformed input"),
+    (b"", "malformed input"),
+    (b"alice\0" + b"x" * 600 + b"\0\0", "longer than 512 bytes"),
+    (None, "fd 3 is not open"),
+])
+def test_misuse_exits_2(program, pop, data, why):
+    proc = run(program, data, pop.pop_env)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert why in one_log_line(proc, "login misuse ")
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+
+
+def test_512_bytes_are_still_read(program, pop):
+    data = login("alice", "wrong-password")
+    data += b"t" * (512 - len(data) - 1) + b"\0"
+    assert len(data) == 512
+    assert run(program, data, pop.pop_env).returncode == 1
+
+
+def test_no_subprogram_exits_2(program, pop):
+    proc = run(program, login("alice", PASSWORD), pop.pop_env, argv=[])
+    assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_database_down_exits_111(program, pop, tmp_path):
+    env = {**pop.pop_env, "AUTHDB": f"host={tmp_path} dbname=mail user=qmaild"}
+    proc = run(program, login("alice", PASSWORD), env)
+    assert proc.returncode == 111
+    assert proc.stdout == ""
+    assert "database" in one_log_line(proc, "login tempfail user=alice ip=192.0.2.7: ")
+
+
+def test_no_database_configured_exits_111(program, pop):
+    env = {k: v for k, v in pop.pop_env.items() if k != "AUTHDB"}
+    proc = run(program, login("alice", PASSWORD), env)
+    assert proc.returncode == 111
+    assert "control/authdb" in one_log_line(proc, "login tempfail ")
+
+
+@pytest.mark.parametrize("column, value, status, why", [
+    ("sysuser", "no-such-user-here", 111, "not a user of this system"),
+    ("dir", "/nonexistent/alice", 111, "dir /nonexistent/alice"),
+    ("sysuser", "root", 1, "root: refused"),
+    ("sysuser", None, 1, "no sysuser"),
+])
+def test_rows_that_cannot_be_served(program, pop, column, value, status, why):
+    if column == "dir" and os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
+    proc = run(program, login("alice", PASSWORD), pop.pop_env)
+    assert proc.returncode == status
+    assert proc.stdout == ""
+    assert why in one_log_line(proc, "login ")
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]  # the password was right
+
+
+@as_root
+def test_dir_defaults_to_the_sysusers_home(program, pop):
+    pop.sql("UPDATE poppass SET dir = NULL WHERE name = 'alice'")
+    home = pwd.getpwnam(SYSUSER).pw_dir
+    proc = run(program, login("alice", PASSWORD), pop.pop_env)
+    if os.path.isdir(home):
+        assert proc.returncode == 0 and proc.stdout.split()[-1].endswith(home)
+    else:  # Debian's nobody lives in /nonexistent
+        assert proc.returncode == 111 and f"dir {home}" in proc.stderr
+
+
+@pytest.mark.parametrize("setting, columns, allowed", [
+    ({"POPHOST": "pop1.example.com"}, {"hostname": "pop2.example.com"}, False),
+    ({"POPHOST": "pop1.example.com"}, {"hostname": "POP1.example.com"}, True),
+    ({"POPHOST": "pop1.example.com"}, {"hostname": ""}, True),
+    ({"POPHOST": "pop1.example.com"}, {}, True),
+    ({}, {"hostname": "pop2.example.com", "ip": "192.0.2.99"}, True),
+    ({"POPIP": "192.0.2.1"}, {"ip": "192.0.2.99"}, False),
+    ({"POPIP": "192.0.2.1"}, {"ip": "192.0.2.1"}, True),
+])
+def test_rows_of_other_hosts_are_refused(program, pop, setting, columns, allowed):
+    for column, value in columns.items():
+        pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
+    proc = run(program, login("alice", PASSWORD), {**pop.pop_env, **setting},
+               argv=["/bin/true"])
+    if os.geteuid() != 0 and allowed:
+        assert proc.returncode == 111  # could not switch users, but got that far
+    else:
+        assert proc.returncode == (0 if allowed else 1), proc.stderr
+    if not allowed:
+        assert "the account lives on" in proc.stderr
+
+
+def test_the_host_comes_from_a_control_file_too(program, pop, control):
+    pop.sql("UPDATE poppass SET hostname = 'pop2.example.com' WHERE name = 'alice'")
+    (control / "pophost").write_text("pop1.example.com\n")
+    proc = run(program, login("alice", PASSWORD), pop.pop_env, argv=["/bin/true"])
+    assert proc.returncode == 1
+    assert "the account lives on host pop2.example.com" in proc.stderr
+
+
+def test_a_throttled_network_is_a_temporary_failure(program, pop):
+    env = {**pop.pop_env, "AUTHFAILLIMIT": "2"}
+    for attempt in ("wrong-password", "wrong-password2"):
+        assert run(program, login("alice", attempt), env).returncode == 1
+    proc = run(program, login("alice", PASSWORD), env)  # even the right one: no oracle
+    assert proc.returncode == 111
+    assert "throttled: source=192.0.2.7 failures=2" in one_log_line(
+        proc, "login tempfail user=alice ip=192.0.2.7: ")
+    # another network is not affected
+    proc = run(program, login("alice", PASSWORD), {**env, "TCPREMOTEIP": "198.51.100.1"},
+               argv=["/bin/true"])
+    assert proc.returncode == (0 if os.geteuid() == 0 else 111)
+
+
+def test_a_login_without_tcpremoteip_counts_as_0_0_0_0(program, pop):
+    env = {k: v for k, v in pop.pop_env.items() if k != "TCPREMOTEIP"}
+    proc = run(program, login("alice", "wrong-password"), env)
+    assert proc.returncode == 1
+    assert pop.sql("SELECT host(source) FROM authfailures") == [("0.0.0.0",)]
+    one_log_line(proc, "login fail user=alice: ")
+
+
+def test_a_deprecated_hash_is_replaced_where_granted(program, pop):
+    from passlib.hash import sha512_crypt
+
+    pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (sha512_crypt.hash(PASSWORD),))
+    pop.sql("GRANT UPDATE (pw) ON poppass TO qmaild")
+    run(program, login("alice", PASSWORD), pop.pop_env, argv=["/bin/true"])
+    assert pop.sql("SELECT pw FROM poppass WHERE name = 'alice'")[0][0].startswith("$argon2id$")
+
+
+# --- Dovecot's conventions ----------------------------------------------------
+
+def dovecot_env(pop, **extra: str) -> dict:
+    """What Dovecot's auth process sets (see tests/test_dovecot.py for the real one)."""
+    return {**pop.pop_env, "ORIG_UID": str(os.getuid()), "SERVICE": "pop3",
+            "TCPLOCALIP": "127.0.0.1", **extra}
+
+
+def test_dovecot_gets_the_user_in_its_fields_without_a_switch(program, pop):
+    nobody = pwd.getpwnam(SYSUSER)
+    proc = run(program, login("alice", PASSWORD), dovecot_env(pop))
+    assert proc.returncode == 0, proc.stderr
+    who, environment = proc.stdout.splitlines()
+    assert who.split()[0] == str(os.getuid())  # checkpassword-reply runs as Dovecot ran us
+    assert environment == (f"alice|{pop.home}|{nobody.pw_shell}|{nobody.pw_uid}|"
+                           f"{nobody.pw_gid}|userdb_uid userdb_gid|")
+
+
+def test_dovecot_root_and_missing_dirs_are_refused_too(program, pop):
+    pop.sql("UPDATE poppass SET dir = '/nonexistent/alice' WHERE name = 'alice'")
+    assert run(program, login("alice", PASSWORD), dovecot_env(pop)).returncode == 111
+    pop.sql("UPDATE poppass SET dir = NULL, sysuser = 'root' WHERE name = 'alice'")
+    assert run(program, login("alice", PASSWORD), dovecot_env(pop)).returncode == 1
+
+
+def test_dovecot_userdb_lookup_answers_authorized_2(program, pop):
+    """AUTHORIZED=1: a lookup without password (checkpassword as userdb)."""
+    proc = run(program, b"alice\0\0", dovecot_env(pop, AUTHORIZED="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].endswith("|userdb_uid userdb_gid|2")
+    unknown = run(program, b"mallory\0\0", dovecot_env(pop, AUTHORIZED="1"))
+    assert unknown.returncode == 3 and unknown.stdout == ""
+    pop.sql("UPDATE poppass SET active = false WHERE name = 'alice'")
+    assert run(program, b"alice\0\0", dovecot_env(pop, AUTHORIZED="1")).returncode == 3
+    credentials = run(program, b"alice\0\0",
+                      dovecot_env(pop, AUTHORIZED="1", CREDENTIALS_LOOKUP="1", SCHEME="PLAIN"))
+    assert credentials.returncode == 1 and credentials.stdout == ""
+
+
+def test_authorized_means_nothing_outside_dovecot(program, pop):
+    """Without Dovecot's ORIG_UID, AUTHORIZED=1 does not skip the password."""
+    proc = run(program, b"alice\0\0", {**pop.pop_env, "AUTHORIZED": "1"})
+    assert proc.returncode == 1 and proc.stdout == ""
+
+
+# --- start-up -------------------------------------------------------------------
+
+def test_it_imports_nothing_of_the_smtp_server(program, pop):
+    """One process per login: the launcher's code under -X importtime."""
+    lines = program.read_text().splitlines()
+    interpreter = lines[0][2:].split()[0]
+    code = "\n".join(lines[1:])
+    proc = with_fd3([interpreter, "-IS", "-X", "importtime", "-c", code, "/bin/true"],
+                    login("alice", "wrong-password"), pop.pop_env)
+    assert proc.returncode == 1, proc.stderr
+    modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert "qmail_esmtpd.auth.accounts" in modules and "psycopg2" in modules
+    smtp = {"protocol", "server", "lineio", "replies", "queue", "cli", "rcpthosts", "tls",
+            "auth.sasl", "auth.postgres", "auth.checkpassword", "admin"}
+    assert not {f"qmail_esmtpd.{name}" for name in smtp} & modules
+    assert "passlib" not in modules and "passlib.context" not in modules
+
+
+# --- grants ---------------------------------------------------------------------
+
+def test_the_pop3_role_of_grants_sql_is_enough(program, pop, pg):
+    """The commented POP3 block of sql/grants.sql, for a role of its own."""
+    text = (ROOT / "sql" / "grants.sql").read_text()
+    block = text[text.index("-- POP3"):]
+    statements = [line[3:] for line in block.splitlines()
+                  if line.startswith("-- ") and line[3:].startswith(("CREATE ROLE", "GRANT"))]
+    assert any("authfailures" in s for s in statements), statements
+    for statement in statements:
+        if statement.startswith("CREATE ROLE") and pop.sql(
+                "SELECT 1 FROM pg_roles WHERE rolname = 'qmailpop'"):
+            continue
+        pop.sql(statement)
+    env = {**pop.pop_env, "AUTHDB": pop.database.dsn("qmailpop")}
+    assert run(program, login("alice", "wrong-password"), env).returncode == 1
+    proc = run(program, login("alice", PASSWORD), env, argv=["/bin/true"])
+    assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
+    assert "login ok" in proc.stderr or os.geteuid() != 0
