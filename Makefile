@@ -26,8 +26,11 @@ $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	$(REALPY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
-	$(VPY) tools/mklauncher.py $(VENV)/bin/qmail-esmtpd $(VPY) qmail_esmtpd.cli:run \
-	    $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+	for entry in qmail-esmtpd=qmail_esmtpd.cli:run \
+	        qmail-esmtpd-checkpassword=qmail_esmtpd.checkpassword_program:main; do \
+	    $(VPY) tools/mklauncher.py $(VENV)/bin/$${entry%%=*} $(VPY) $${entry#*=} \
+	        $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+	    || exit 1; done
 	touch $@
 
 test: deps venv lint conformance unit

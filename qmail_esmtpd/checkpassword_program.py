@@ -199,15 +199,12 @@ def lookup(db: "Database", user: bytes, env: "Mapping[bytes, bytes]",
     """Dovecot's AUTHORIZED=1: the account without its password (userdb lookup).
 
     Never for a credentials lookup: hashes do not leave the database."""
-    from .auth.accounts import nfc
+    from .auth.accounts import decoded_name
 
     if b"CREDENTIALS_LOOKUP" in env:
         raise Refused(BAD_LOGIN, "credentials lookup: only plaintext mechanisms are served")
-    try:
-        name = nfc(user.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise Refused(UNKNOWN, "no such active user") from None
-    rows = _query(db, LOOKUP_QUERY, (name,)) if "\0" not in name else []
+    name = decoded_name(user)
+    rows = _query(db, LOOKUP_QUERY, (name,)) if name is not None else []
     if not rows:
         raise Refused(UNKNOWN, "no such active user")
     return session_for(rows[0][1:], this_host)

@@ -100,6 +100,8 @@ def test_offline_install_under_umask_077_runs_as_nobody_from_prefix(checkout: Pa
         shutil.rmtree(other)
     admin = as_nobody([prefix / "bin" / "qmail-esmtpd-user", "--help"])
     assert admin.returncode == 0 and b"poppass" in admin.stdout, admin
+    pop = as_nobody([prefix / "bin" / "qmail-esmtpd-checkpassword"])  # no subprogram: misuse
+    assert pop.returncode == 2 and b"Traceback" not in pop.stderr, pop
 
 
 def test_an_interpreter_nobody_cannot_run_fails_the_install(checkout: Path, prefix: Path,

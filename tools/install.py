@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "qmail_esmtpd")
 LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
-             ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"))
+             ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"),
+             ("qmail-esmtpd-checkpassword", "qmail_esmtpd.checkpassword_program:main"))
 SERVICE_USERS = ("qmaild", "nobody")
 # What the first AUTH command loads, and one hash: proves the compiled parts
 # (libpq, argon2, bcrypt) load for the service user.

@@ -51,7 +51,7 @@ def login(db: Database, name: bytes, password: bytes, throttle: "Throttle | None
     """
     if throttle is None:
         return verify(db, name, password, plaintext), None
-    tried = _decoded(name) or name.decode("utf-8", "replace").replace("\0", "?")
+    tried = decoded_name(name) or name.decode("utf-8", "replace").replace("\0", "?")
     try:
         status = throttle.check(tried)
         if status.refused:
@@ -67,7 +67,7 @@ def login(db: Database, name: bytes, password: bytes, throttle: "Throttle | None
 def verify(db: Database, name: bytes, password: bytes,
            plaintext: bool = False) -> Account | None:
     """The account if `password` is right for an active `name`, else None."""
-    text = _decoded(name)
+    text = decoded_name(name)
     if text is None:
         passwords.check(password, "")
         return None
@@ -127,9 +127,10 @@ def canonical_name(text: str) -> str | None:
     return text
 
 
-def _decoded(name: bytes) -> str | None:
-    """Names are UTF-8 text without NUL, looked up in NFC (as canonical_name
-    stores them); anything else cannot be in the table."""
+def decoded_name(name: bytes) -> str | None:
+    """A name as the client sent it, in the form to look it up in: UTF-8
+    text without NUL, in NFC (as canonical_name stores names); None when it
+    cannot be in the table."""
     try:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
