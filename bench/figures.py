@@ -214,7 +214,7 @@ def tls_auth_session_cpu(pipes: PipeSamples) -> None:
     print(f"   {'over the AUTH session in cleartext (1b)':44} {tls_auth - auth:+8.2f}")
     print(f"   ratio AUTH over STARTTLS / AUTH in cleartext {tls_auth / auth:5.2f};  "
           f"/ bare {tls_auth / pipes.median('bare'):5.2f}")
-    print("   (psycopg2 imports ssl in both: here it is loaded already at STARTTLS)")
+    print("   (the difference includes `import ssl`: a cleartext AUTH session no longer loads it)")
 
 
 # --- 2. imports -----------------------------------------------------------------

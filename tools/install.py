@@ -4,8 +4,9 @@
     install.py wheels DIR [--python PY]
 
 install: the package and its dependencies go to PREFIX/lib/qmail-esmtpd, the
-launchers to PREFIX/bin (qmail-esmtpd, qmail-esmtpd-user), never over
-qmail-smtpd.  What went wrong on real mail hosts decides how:
+launchers to PREFIX/bin (qmail-esmtpd, qmail-esmtpd-user,
+qmail-esmtpd-checkpassword), never over qmail-smtpd.  What went wrong on
+real mail hosts decides how:
 
 - The interpreter is one the service user can run: PY (make's PYTHON=), else
   /usr/bin/python3 when it is new enough, else the python3 on PATH, always by
@@ -48,11 +49,12 @@ LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
              ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"),
              ("qmail-esmtpd-checkpassword", "qmail_esmtpd.checkpassword_program:main"))
 SERVICE_USERS = ("qmaild", "nobody")
-# What the first AUTH command loads, and one hash: proves the compiled parts
-# (libpq, argon2, bcrypt) load for the service user.
+# What the first AUTH command loads, and one hash made and checked the way the
+# server does it: proves the compiled parts (libpq, libargon2, bcrypt) load for
+# the service user.
 AUTH_CHECK = ("import psycopg2, psycopg2.extensions, cdblib, bcrypt\n"
-              "from qmail_esmtpd.auth.passwords import context\n"
-              "context().hash(b'install check')\n")
+              "from qmail_esmtpd.auth.passwords import check, new_hash\n"
+              "assert check(b'install check', new_hash(b'install check'))[0]\n")
 
 
 class InstallError(Exception):
@@ -234,11 +236,13 @@ def install(args: argparse.Namespace) -> None:
         write_launcher(f"{dest}{bindir}/{name}", launcher_text(python, entry, [libdir], defaults))
     where = f"{dest}{bindir}"
     if dest:
-        print(f"installed {where}/qmail-esmtpd and qmail-esmtpd-user for {python} "
+        print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
+              f"qmail-esmtpd-checkpassword for {python} "
               f"(qmail-smtpd untouched; not tried: the files run from {bindir})")
         return
     user = check(bindir, libdir, python, args.user)
-    print(f"installed {where}/qmail-esmtpd and qmail-esmtpd-user for {python} "
+    print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
+          f"qmail-esmtpd-checkpassword for {python} "
           f"(qmail-smtpd untouched; tried as {user}: it starts, and AUTH's libraries load)")
 
 
