@@ -140,11 +140,21 @@ def test_guessing_one_name_from_many_addresses_slows_it_without_locking_it(db, t
     assert "slowed: 5 failures against this name lately" in server.wait_log("auth ok")
 
 
-def test_old_failures_expire():
-    # the window is read as seconds; a day at most
+def test_old_failures_expire_and_the_window_is_at_most_a_day(db):
+    from qmail_esmtpd.auth.db import Database
     from qmail_esmtpd.auth.throttle import RETENTION, Throttle
 
-    assert Throttle(None, "192.0.2.1", window=10**30).window == RETENTION  # type: ignore[arg-type]
+    db.sql("INSERT INTO authfailures (source, name, attempt, at) VALUES"
+           " ('192.0.2.9', 'alice', 1, now() - interval '2 days'),"
+           " ('192.0.2.9', 'alice', 2, now() - interval '1 hour')")
+    server = Database(db.database.dsn("qmaild"))
+    try:
+        throttle = Throttle(server, "192.0.2.1", window=10**30)
+        assert throttle.window == RETENTION
+        throttle.failed("bob", b"guess")  # a new failure sweeps out what is over a day old
+    finally:
+        server.close()
+    assert db.sql("SELECT attempt FROM authfailures WHERE name = 'alice'") == [(2,)]
 
 
 @pytest.mark.parametrize("ip, source", [

@@ -126,7 +126,6 @@ class Throttle:
                                "retention": RETENTION})
 
 
-
 def open_throttle(db: Database, controls: "Controls", env: "Mapping[bytes, bytes]",
                   remoteip: str, trusted: bool = False) -> Throttle:
     """The throttle as control files and the environment set it (AUTHFAILLIMIT,
