@@ -10,7 +10,6 @@ the backends pgbouncer saves show beside each other.
 
 import base64
 import threading
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from tests.support import Pgbouncer
 from . import BenchError
 from .session import AUTH_COMMANDS, AUTH_PASSWORD
 from .setup import Bench
-from .tcp import Commands, run_clients, tcpserver
+from .tcp import Commands, run_clients, run_threads, tcpserver
 
 FRONTEND_HOSTS = ("127.0.0.1", "127.0.0.2")
 FRONTEND_CONCURRENCY = 8  # client threads per frontend
@@ -123,12 +122,7 @@ def run_frontends(bench: Bench, label: str, sessions: int, conninfo: str) -> Fro
         threads = [threading.Thread(target=drive, args=pair)
                    for pair in zip(FRONTEND_HOSTS, ports, strict=True)]
         with PeakBackends(bench) as backends:
-            start = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            elapsed = time.perf_counter() - start
+            elapsed = run_threads(threads)
     total = share * len(FRONTEND_HOSTS)
     return FrontendRun(label, total, total / elapsed, backends.peak, errors, sent_today(bench))
 

@@ -105,6 +105,16 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def run_threads(threads: "list[threading.Thread]") -> float:
+    """Start every thread, wait for all of them: the wall seconds that took."""
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def run_clients(port: int, concurrency: int, sessions: int, commands: Commands = COMMANDS,
                 host: str = "127.0.0.1") -> tuple[float, float]:
     """`sessions` sessions by `concurrency` threads: (sessions/s, client CPU ms/session)."""
@@ -127,12 +137,7 @@ def run_clients(port: int, concurrency: int, sessions: int, commands: Commands =
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     cpu_before = self_cpu()
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_threads(threads)
     client_cpu = self_cpu() - cpu_before
     if errors:
         raise BenchError(f"concurrency {concurrency}: {errors[0]!r}")
