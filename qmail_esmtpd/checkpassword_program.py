@@ -181,6 +181,8 @@ def check(user: bytes, password: bytes, env: "dict[bytes, bytes]",
             _sleep(delay)
             note = f" (slowed: {status.failures} failures against this name lately)" \
                 if slowed and status is not None else ""
+            if status is not None and status.unrecorded is not None:  # waited all the same
+                note += f" (failure not recorded: {status.unrecorded})"
             raise Refused(BAD_LOGIN, "wrong password, or no such active user" + note)
         rows = _query(db, POP_QUERY, (account.id,))
         if not rows:  # deleted between the two statements

@@ -37,16 +37,31 @@ CREATE TABLE IF NOT EXISTS sendas (
 
 -- Failed logins, counted across connections and frontends (auth/throttle.py):
 -- a source (IPv4 address or IPv6 /64) with too many distinct failed attempts
--- lately is refused for a while.  `attempt` is 16 bits of a digest of
--- (source, name, password): it tells a retried password from a new guess and
--- cannot give a password back.  Rows older than a day are deleted as new
--- failures arrive.  Added after the first release, like sendas.
+-- lately is refused for a while.  `attempt` is 63 bits of an HMAC-SHA256 of
+-- (source, name, password) keyed by control/authfailkey, a file this database
+-- never sees: it tells a retried password from a new guess, and without the
+-- key nobody can pick guesses that share a value or test a password against
+-- it.  Rows older than a day are deleted as new failures arrive.  Added after
+-- the first release, like sendas.
 CREATE TABLE IF NOT EXISTS authfailures (
     source  inet NOT NULL,
     name    text NOT NULL,
-    attempt integer NOT NULL,
+    attempt bigint NOT NULL,
     at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source, name, attempt)
 );
 CREATE INDEX IF NOT EXISTS authfailures_name ON authfailures (name, at);
 CREATE INDEX IF NOT EXISTS authfailures_at ON authfailures (at);
+
+-- Databases made before the keyed digest hold `attempt` as integer (16 bits
+-- were stored then): widen it, once.  Their rows keep counting until they
+-- age out; the grants on the table stay as they are.
+DO $$
+BEGIN
+    IF (SELECT data_type FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'authfailures'
+          AND column_name = 'attempt') = 'integer' THEN
+        ALTER TABLE authfailures ALTER COLUMN attempt TYPE bigint;
+    END IF;
+END
+$$;

@@ -4,6 +4,7 @@ use, shared with the benchmark, are in support.py."""
 
 import base64
 import json
+import secrets
 import shutil
 import sys
 import time
@@ -52,6 +53,7 @@ def control(tmp_path: Path) -> Path:
     d.mkdir()
     (d / "me").write_text("mx.example.com\n")
     (d / "rcpthosts").write_text("example.com\n")
+    (d / "authfailkey").write_text(secrets.token_hex(32) + "\n")  # as make install makes it
     return d
 
 

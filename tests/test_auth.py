@@ -195,7 +195,13 @@ def test_deprecated_hash_is_upgraded_on_login_where_granted(db, tcpserver, grant
         assert stored.startswith("$argon2id$") and context().verify(ALICE_PW, stored)
     else:
         assert stored == old
-    assert b"rehash" not in server.logpath.read_bytes()  # no grant: skipped quietly
+    log = server.wait_log("auth rehash")
+    if grant:
+        assert "auth rehash user=alice: md5_crypt -> argon2id m=19456,t=2,p=1" in log
+    else:
+        assert ("auth rehash skipped user=alice: md5_crypt kept, the database role lacks "
+                "GRANT UPDATE (pw) ON poppass") in log
+    assert log.count("auth rehash") == 1 and old not in log and "$argon2" not in log
 
 
 def test_repeated_failures_are_slow_then_421(db, tcpserver):

@@ -8,13 +8,18 @@ Independent of SMTP, so every program that logs users in from this table
 `login()` asks the throttle (throttle.py) first, refusing a client that
 failed too often without checking anything, then `verify()`s, and counts
 a failure before the caller delays or answers.  One round trip per check.
+A failure the database cannot store (read-only, full, gone) fails closed:
+it is still a failure for the caller (who delays and counts it), and every
+later try through the same throttle is refused unchecked, so a database
+that reads but cannot write gives no free guesses.
 An unknown, inactive or undecodable user costs the same hash work as a
 wrong password (passwords.check), so timing does not tell which names
 exist.  A deprecated hash is replaced on success when the role may UPDATE
-pw (the optional grant in sql/grants.sql); without it the login simply goes on.
+pw (the optional grant in sql/grants.sql); either way one log line says
+what happened to it.
 """
 
-from ..log import log
+from ..log import log, printable
 from . import passwords
 from .db import NO_PRIVILEGE, Database, DatabaseError
 
@@ -24,7 +29,7 @@ if TYPE_CHECKING:
 
 USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
 ADDRESSES = "SELECT address FROM sendas WHERE id = %s"
-REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s"
+REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s RETURNING id"
 
 
 class Unavailable(Exception):
@@ -47,20 +52,28 @@ def login(db: Database, name: bytes, password: bytes, throttle: "Throttle | None
     """verify() behind the throttle: (account or None, the throttle's status).
 
     A refused status means nothing was checked.  A failure is counted
-    before this returns.
+    before this returns; when it cannot be, the status says why
+    (`unrecorded`) and the throttle refuses every later try.
     """
     if throttle is None:
         return verify(db, name, password, plaintext), None
+    if throttle.unrecorded is not None:  # fail closed: no more checks this session
+        from .throttle import Status
+
+        return None, Status(refused=True, unrecorded=throttle.unrecorded)
     tried = decoded_name(name) or name.decode("utf-8", "replace").replace("\0", "?")
     try:
         status = throttle.check(tried)
         if status.refused:
             return None, status
         account = verify(db, name, password, plaintext)
-        if account is None:
-            throttle.failed(tried, password)
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
+    if account is None:
+        try:
+            throttle.failed(tried, password)
+        except DatabaseError as e:
+            throttle.unrecorded = status.unrecorded = str(e)
     return account, status
 
 
@@ -80,7 +93,7 @@ def verify(db: Database, name: bytes, password: bytes,
     if not (ok and active):
         return None
     if stale:
-        _rehash(db, password, user_id, stored)
+        _rehash(db, name, password, user_id, stored)
     return Account(user_id, text, sendlimit)
 
 
@@ -138,9 +151,17 @@ def decoded_name(name: bytes) -> str | None:
     return None if "\0" in text else nfc(text)
 
 
-def _rehash(db: Database, password: bytes, user_id: int, stored: str) -> None:
+def _rehash(db: Database, name: bytes, password: bytes, user_id: int, stored: str) -> None:
+    """Replace a deprecated hash; one log line either way (the schemes, never a hash)."""
+    old, who = passwords.scheme(stored), f"user={printable(name)}"
     try:
-        db.query(REHASH, (passwords.new_hash(password), user_id, stored))
+        done = db.query(REHASH, (passwords.new_hash(password), user_id, stored))
     except DatabaseError as e:
-        if e.code != NO_PRIVILEGE:  # no UPDATE grant: keep the old hash, quietly
-            log(f"auth rehash skipped: {e}")
+        if e.code == NO_PRIVILEGE:
+            log(f"auth rehash skipped {who}: {old} kept, the database role lacks "
+                "GRANT UPDATE (pw) ON poppass (see sql/grants.sql)")
+        else:
+            log(f"auth rehash skipped {who}: {old} kept: {e}")
+        return
+    if done:  # else the row changed meanwhile (a new password): nothing to say
+        log(f"auth rehash {who}: {old} -> {passwords.scheme(passwords.CURRENT)}")

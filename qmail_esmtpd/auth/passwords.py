@@ -134,6 +134,19 @@ def _legacy_handler(stored: str) -> "Any":
     return getattr(module, where[1])
 
 
+def scheme(stored: str) -> str:
+    """A stored hash's scheme for the log: `argon2id m=19456,t=2,p=1`,
+    `md5_crypt`, `plaintext`...; never any part of the hash itself."""
+    if stored.startswith("$argon2"):
+        fields = stored.split("$")
+        cost = next((f for f in fields if f.startswith("m=")), "")
+        return f"{fields[1]} {cost}".strip()
+    handler = _legacy_handler(stored)
+    if handler is not None:
+        return str(handler.name)
+    return "disabled" if is_disabled(stored) else "plaintext"
+
+
 VERIFIED_SCHEMES = ["argon2", "bcrypt", "sha512_crypt", "sha256_crypt", "md5_crypt", "des_crypt"]
 
 

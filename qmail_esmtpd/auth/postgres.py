@@ -4,7 +4,10 @@ Maps what accounts.login() says onto SMTP's terms: database trouble and a
 throttled client are temporary failures, and a verified account brings its
 DailyLimit (its own `sendlimit` column, else control/sendlimit or
 $SENDLIMIT, else 50).  The throttle counts by $TCPREMOTEIP; a client that
-tcpserver gave RELAYCLIENT is trusted and not throttled.
+tcpserver gave RELAYCLIENT is trusted and not throttled.  A failure the
+database could not record is still a 535 (after the delay, counted toward
+authmaxfail); every later AUTH of the session is a 454, after the delay,
+with no password checked.
 """
 
 from ..config import flag_setting, number_setting
@@ -57,15 +60,22 @@ class PostgresAuth:
         self.account = account
         if status is None or not (status.refused or status.slowed):
             detail = ""
+        elif status.unrecorded is not None:
+            detail = " refused: an earlier failure of this session could not be recorded"
         elif status.refused:
             source = self.throttle.source if self.throttle else ""
             detail = f" source={source} failures={status.failures}"
         else:
             detail = f" slowed: {status.failures} failures against this name lately"
         if status is not None and status.refused:
+            if status.unrecorded is not None:
+                return Verdict(False, tempfail=DATABASE, slowed=True, detail=detail)
             return Verdict(False, tempfail=THROTTLED, detail=detail)
         slowed = status is not None and status.slowed
         if account is None:
+            if status is not None and status.unrecorded is not None and self.throttle:
+                log(f"auth failure not recorded source={self.throttle.source}: "
+                    f"{status.unrecorded}; further AUTH in this session refused")
             return Verdict(False, slowed=slowed, detail=detail)
         limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message)
         return Verdict(True, user=user, limit=limit, slowed=slowed, detail=detail)

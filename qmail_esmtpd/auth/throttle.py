@@ -11,16 +11,23 @@ delays or answers, so hanging up early does not escape the count.
 - A name with `name_limit` distinct failures within the window (guessing
   spread over many addresses) is slowed, not locked: every answer for it,
   right or wrong, waits the failure delay, so the owner still gets in.
-- Attempts are distinct by a 16-bit digest of (source, name, password): a
+- Attempts are distinct by a keyed digest (HMAC-SHA256, 63 bits) of
+  (source, name, password) under the secret in control/authfailkey: a
   phone retrying one stale password counts once, a guesser counts each
-  guess.  16 bits tell retries from guesses but cannot give a password
-  back: every value is shared by one password in 65536.
+  guess, and nobody without the key can tell in advance which guesses
+  would share a value, or test a password against the stored one.  The key
+  is a file the database role never sees (`make install` creates it).
+  Without it (missing, unreadable, too short) nothing is guessable either:
+  every failure counts as a new attempt, and the session logs that once.
+- A failure that cannot be recorded (a read-only or full database) fails
+  closed: the caller refuses the rest of the session (accounts.login).
 - Trusted clients (RELAYCLIENT set by tcpserver, or AUTHTRUSTED in the
   environment, e.g. from tcprules) are neither counted nor refused.
 Rows older than a day are deleted as new failures arrive.
 """
 
-from ..config import number_setting
+from ..config import ControlError, number_setting
+from ..log import log
 from .db import Database
 
 TYPE_CHECKING = False
@@ -34,6 +41,8 @@ DEFAULT_WINDOW = 900  # ... within this many seconds
 DEFAULT_NAME_LIMIT = 30  # distinct failed attempts against one name, from anywhere
 RETENTION = 86400  # seconds a failure is kept; the window is at most this
 MAX_NAME = 256  # characters of a tried name kept (names are client-chosen)
+KEY_FILE = b"authfailkey"  # the digest's secret, in the control directory
+MIN_KEY = 16  # characters; a shorter key is treated as none
 
 COUNTS = """
 SELECT (SELECT count(*) FROM authfailures
@@ -73,27 +82,39 @@ def source_of(remoteip: str) -> str | None:
 
 
 class Status:
-    """What the counts say about one attempt, before the password is checked."""
+    """What the counts say about one attempt, before the password is checked;
+    `unrecorded`: why a failure of this session could not be stored."""
 
-    __slots__ = ("refused", "slowed", "failures")
+    __slots__ = ("refused", "slowed", "failures", "unrecorded")
 
-    def __init__(self, refused: bool = False, slowed: bool = False, failures: int = 0) -> None:
+    def __init__(self, refused: bool = False, slowed: bool = False, failures: int = 0,
+                 unrecorded: str | None = None) -> None:
         self.refused = refused
         self.slowed = slowed
         self.failures = failures
+        self.unrecorded = unrecorded
 
 
 class Throttle:
-    """One client's standing: `check(name)` before, `failed(name, password)` after."""
+    """One client's standing: `check(name)` before, `failed(name, password)` after.
+
+    `unrecorded` is why a failure of this session could not be stored
+    (None while every one was): the session is then refused further tries.
+    """
 
     def __init__(self, db: Database, remoteip: str, trusted: bool = False,
                  limit: int = DEFAULT_LIMIT, window: int = DEFAULT_WINDOW,
-                 name_limit: int = DEFAULT_NAME_LIMIT) -> None:
+                 name_limit: int = DEFAULT_NAME_LIMIT,
+                 controls: "Controls | None" = None) -> None:
         self.db = db
         self.source = None if trusted else source_of(remoteip) or "0.0.0.0"
         self.limit = limit
         self.window = min(window, RETENTION)
         self.name_limit = name_limit
+        self.controls = controls
+        self.unrecorded: str | None = None
+        self._key: bytes | None = None
+        self._key_read = False
 
     @property
     def active(self) -> bool:
@@ -117,21 +138,51 @@ class Throttle:
         """Count one failed attempt.  Raises DatabaseError."""
         if not self.active:
             return
-        import hashlib  # only on failure: OpenSSL's libcrypto is not free to load
-
         name = name[:MAX_NAME]
-        seed = f"{self.source}\0{name}\0".encode("utf-8", "surrogateescape")
-        attempt = int.from_bytes(hashlib.sha256(seed + password).digest()[:2], "big")
-        self.db.query(RECORD, {"source": self.source, "name": name, "attempt": attempt,
+        self.db.query(RECORD, {"source": self.source, "name": name,
+                               "attempt": self.attempt(name, password),
                                "retention": RETENTION})
+
+    def attempt(self, name: str, password: bytes) -> int:
+        """The stored value of one try: the same for a retry, unpredictable
+        without the key; a fresh random one for every try when there is no key."""
+        key = self.key()
+        if key is None:
+            import posix
+
+            return int.from_bytes(posix.urandom(8), "big") >> 1
+        import hmac  # only on failure: OpenSSL's libcrypto is not free to load
+
+        seed = f"{self.source}\0{name}\0".encode("utf-8", "surrogateescape")
+        return int.from_bytes(hmac.digest(key, seed + password, "sha256")[:8], "big") >> 1
+
+    def key(self) -> bytes | None:
+        """control/authfailkey's first line, read once; None (logged once) without it."""
+        if not self._key_read:
+            self._key_read = True
+            try:
+                key = self.controls.line(KEY_FILE) if self.controls is not None else None
+                why = "is missing"
+            except ControlError as e:
+                key, why = None, f"cannot be read ({e})"
+            if key is not None and len(key) < MIN_KEY:
+                key, why = None, f"is shorter than {MIN_KEY} characters"
+            if key is None:
+                log(f"auth throttle: control/authfailkey {why}: every failure counts "
+                    "as a new attempt, retries of one password too (make install creates it)")
+            self._key = key
+        return self._key
 
 
 def open_throttle(db: Database, controls: "Controls", env: "Mapping[bytes, bytes]",
                   remoteip: str, trusted: bool = False) -> Throttle:
     """The throttle as control files and the environment set it (AUTHFAILLIMIT,
-    AUTHFAILWINDOW, AUTHNAMELIMIT; AUTHTRUSTED trusts the client)."""
+    AUTHFAILWINDOW, AUTHNAMELIMIT; AUTHTRUSTED trusts the client); its key
+    comes only from control/authfailkey, never from the environment (which
+    qmail-queue and POP3 subprograms inherit)."""
     return Throttle(
         db, remoteip, trusted or b"AUTHTRUSTED" in env,
         limit=number_setting(controls, env, b"authfaillimit", DEFAULT_LIMIT),
         window=number_setting(controls, env, b"authfailwindow", DEFAULT_WINDOW),
-        name_limit=number_setting(controls, env, b"authnamelimit", DEFAULT_NAME_LIMIT))
+        name_limit=number_setting(controls, env, b"authnamelimit", DEFAULT_NAME_LIMIT),
+        controls=controls)
