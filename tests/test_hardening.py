@@ -1,9 +1,12 @@
 """AUTH hardening end to end (real PostgreSQL, real tcpserver): locked rows,
-timing, the cross-connection throttle, a limit that counts recipients and
-follows the account as it is now, no idle database connections, bounded
-database calls, the authorization identity, legacy bcrypt."""
+timing, the cross-connection throttle (keyed, so guesses cannot be chosen
+to share a count; failing closed when the database cannot record a
+failure), a limit that counts recipients and follows the account as it is
+now, no idle database connections, bounded database calls, the
+authorization identity, legacy bcrypt and the log line of a hash upgrade."""
 
 import base64
+import itertools
 import os
 import signal
 import smtplib
@@ -17,6 +20,8 @@ from test_auth import ALICE, ALICE_PW, ELSEWHERE, login, smtp
 
 from qmail_esmtpd.auth import passwords
 from qmail_esmtpd.auth.throttle import source_of
+
+from support import ROOT, run_with_fd3
 
 MESSAGE = b"Subject: x\r\n\r\nx\r\n"
 
@@ -155,6 +160,205 @@ def test_old_failures_expire_and_the_window_is_at_most_a_day(db):
     finally:
         server.close()
     assert db.sql("SELECT attempt FROM authfailures WHERE name = 'alice'") == [(2,)]
+
+
+def colliding_under_the_old_digest(count: int, values: int, source: str = "127.0.0.1",
+                                   name: str = "alice") -> list[bytes]:
+    """`count` passwords that the 16-bit unkeyed digest this throttle used to
+    store (sha256 of source NUL name NUL password, first 2 bytes) maps onto
+    only `values` values: what an attacker could compute offline."""
+    import hashlib
+
+    seed = hashlib.sha256(f"{source}\0{name}\0".encode())
+    found = []
+    for n in itertools.count():
+        guess = f"word{n}".encode()
+        digest = seed.copy()
+        digest.update(guess)
+        if int.from_bytes(digest.digest()[:2], "big") < values:
+            found.append(guess)
+            if len(found) == count:
+                return found
+    raise AssertionError("unreachable")
+
+
+def auth_replies(port: int, lines: list[bytes]) -> list[bytes]:
+    """Each AUTH line in one session, the first line of each reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        f = s.makefile("rb")
+        f.readline()
+        replies = []
+        for line in lines:
+            s.sendall(line)
+            replies.append(f.readline())
+        return replies
+
+
+def test_guesses_chosen_offline_cannot_share_a_count(db, tcpserver):
+    import hashlib
+
+    db.add(ALICE, ALICE_PW)
+    chosen = colliding_under_the_old_digest(50, 5)
+    old = {hashlib.sha256(b"127.0.0.1\0alice\0" + g).digest()[:2] for g in chosen}
+    assert len(old) == 5  # the old scheme stored these 50 guesses as 5 attempts
+    guesses = chosen + [f"dictionary{n}".encode() for n in range(50)]
+    server = tcpserver(":allow\n", env=db.env(AUTHFAILLIMIT="10", AUTHMAXFAIL="1000"))
+    replies = auth_replies(server.port, [plain(b"alice", g) for g in guesses]
+                           + [plain(b"alice", ALICE_PW.encode())])
+    assert replies[:10] == [b"535 authentication failed (#5.7.1)\r\n"] * 10
+    assert all(r.startswith(b"454 too many failed logins") for r in replies[10:]), replies
+    log = server.wait_log("auth throttled user=alice")
+    assert log.count("auth fail user=alice") == 10  # ten password checks, no more
+    assert log.count("auth throttled user=alice") == 91
+    assert db.sql("SELECT count(*) FROM authfailures") == [(10,)]
+
+
+def test_the_stored_attempt_needs_the_key(tmp_path):
+    from qmail_esmtpd.auth.throttle import Throttle
+    from qmail_esmtpd.config import Controls
+
+    def attempt(key: str, password: bytes, source: str = "192.0.2.1") -> int:
+        (tmp_path / "authfailkey").write_text(key + "\n")
+        throttle = Throttle(None, source, controls=Controls(str(tmp_path).encode()))  # type: ignore[arg-type]
+        return throttle.attempt("alice", password)
+
+    one, other = "a" * 64, "b" * 64
+    assert attempt(one, b"guess") == attempt(one, b"guess")  # a retry is one attempt
+    assert attempt(one, b"guess") != attempt(other, b"guess")
+    assert attempt(one, b"guess") != attempt(one, b"guess2")
+    assert attempt(one, b"guess") != attempt(one, b"guess", "192.0.2.2")
+    values = {attempt(one, f"w{n}".encode()) for n in range(1000)}
+    assert len(values) == 1000 and all(0 <= v < 2**63 for v in values)
+    assert max(values) > 2**40  # wide, not 16 bits
+
+
+@pytest.mark.parametrize("key", [None, "short"])
+def test_without_a_usable_key_every_failure_counts_and_it_is_logged_once(
+        db, tcpserver, control, key):
+    db.add(ALICE, ALICE_PW)
+    if key is None:
+        (control / "authfailkey").unlink()
+    else:
+        (control / "authfailkey").write_text(key + "\n")
+    server = tcpserver(":allow\n", env=db.env(AUTHFAILLIMIT="3", AUTHMAXFAIL="10"))
+    replies = auth_replies(server.port, [plain(b"alice", b"last month's")] * 4)
+    assert [r[:3] for r in replies] == [b"535", b"535", b"535", b"454"]
+    log = server.wait_log("auth throttled")
+    assert log.count("control/authfailkey") == 1, log
+    why = "is missing" if key is None else "is shorter than 16 characters"
+    assert f"auth throttle: control/authfailkey {why}: every failure counts" in log
+    assert db.sql("SELECT count(*) FROM authfailures") == [(3,)]
+
+
+def test_an_old_database_gets_the_wide_column_and_keeps_its_rows(pg):
+    database = pg.empty_database()
+    with database:
+        database.sql("CREATE TABLE authfailures (source inet NOT NULL, name text NOT NULL,"
+                     " attempt integer NOT NULL, at timestamptz NOT NULL DEFAULT now(),"
+                     " PRIMARY KEY (source, name, attempt))"
+                     ";INSERT INTO authfailures (source, name, attempt)"
+                     " VALUES ('192.0.2.1', 'alice', 65535)")
+        schema = (ROOT / "sql" / "schema.sql").read_text()
+        for _ in range(2):  # loaded again on each upgrade: idempotent
+            database.sql(schema)
+            database.sql((ROOT / "sql" / "grants.sql").read_text())
+        assert database.sql("SELECT data_type FROM information_schema.columns WHERE"
+                            " table_name = 'authfailures' AND column_name = 'attempt'"
+                            ) == [("bigint",)]
+        assert database.sql("SELECT attempt FROM authfailures") == [(65535,)]
+    from qmail_esmtpd.auth.db import Database
+
+    server = Database(database.dsn("qmaild"))
+    try:
+        server.query("INSERT INTO authfailures (source, name, attempt) VALUES"
+                     " ('192.0.2.1', 'alice', %s)", (2**63 - 1,))
+    finally:
+        server.close()
+
+
+# -- a database that reads but cannot write fails closed -----------------------
+READ_ONLY = {
+    "read-only role": "ALTER ROLE qmaild IN DATABASE {db} SET default_transaction_read_only = on",
+    "no INSERT": "REVOKE INSERT ON authfailures FROM qmaild",
+}
+
+
+def cannot_record(db, how: str) -> None:
+    db.sql(READ_ONLY[how].format(db=db.database.name))
+
+
+def timed(port: int, lines: list[bytes]) -> list[tuple[bytes, float]]:
+    """Each AUTH line in one session: its reply's first line and how long it took
+    (b"" once the server hung up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        f = s.makefile("rb")
+        f.readline()
+        out = []
+        for line in lines:
+            start = time.monotonic()
+            try:
+                s.sendall(line)
+                reply = f.readline()
+            except OSError:  # reset: it hung up
+                reply = b""
+            out.append((reply, time.monotonic() - start))
+        return out
+
+
+@pytest.mark.parametrize("how", READ_ONLY)
+def test_an_unrecordable_failure_waits_counts_and_closes_auth_for_the_session(
+        db, tcpserver, how):
+    db.add(ALICE, ALICE_PW)
+    cannot_record(db, how)
+    server = tcpserver(":allow\n", env=db.env(AUTHFAILDELAY="2"))
+    right = plain(b"alice", ALICE_PW.encode())
+    (failed, t1), (refused, t2), (again, t3) = timed(
+        server.port, [plain(b"alice", b"guess1"), right, right])
+    assert failed == b"535 authentication failed (#5.7.1)\r\n"
+    assert refused == again == b"454 temporary authentication failure, try again later (#4.3.0)\r\n"
+    assert min(t1, t2, t3) >= 1.9  # every answer waited authfaildelay
+    log = server.wait_log("auth tempfail", "refused: an earlier failure")
+    assert log.count("auth fail user=alice") == 1  # one password checked, no more
+    assert log.count("auth failure not recorded source=127.0.0.1: ") == 1
+    assert log.count("auth tempfail user=alice ip=127.0.0.1 mech=PLAIN refused: an earlier"
+                     " failure of this session could not be recorded") == 2
+    assert "Traceback" not in log
+    assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
+    # a new session with the right password still gets in: reading works
+    assert answer(server.port, right).startswith(b"235")
+
+
+def test_an_unrecordable_failure_counts_toward_authmaxfail(db, tcpserver):
+    db.add(ALICE, ALICE_PW)
+    cannot_record(db, "read-only role")
+    server = tcpserver(":allow\n", env=db.env(AUTHFAILDELAY="1", AUTHMAXFAIL="1"))
+    replies = timed(server.port, [plain(b"alice", b"guess1"), plain(b"alice", b"guess2")])
+    assert replies[0][0].startswith(b"421 too many failed authentication attempts")
+    assert replies[0][1] >= 0.9
+    assert replies[1][0] == b""  # hung up
+    assert server.wait_log("auth fail").count("auth fail user=alice") == 1
+
+
+@pytest.mark.parametrize("how", READ_ONLY)
+def test_pop3_waits_the_delay_when_a_failure_cannot_be_recorded(db, control, how):
+    from test_pop3 import ENTRY, login
+
+    from support import write_launcher
+
+    db.add(ALICE, ALICE_PW, sysuser="nobody")
+    cannot_record(db, how)
+    program = write_launcher(control.parent / "qmail-esmtpd-checkpassword", ENTRY)
+    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "TCPREMOTEIP": "192.0.2.7",
+           **db.env(AUTHFAILDELAY="2")}
+    start = time.monotonic()
+    proc = run_with_fd3([str(program), "/bin/true"], login(ALICE, "guess1"), env=env,
+                        capture_output=True, text=True, timeout=60)
+    waited = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert waited >= 1.9
+    assert "login fail user=alice ip=192.0.2.7: wrong password" in proc.stderr
+    assert "(failure not recorded: " in proc.stderr
+    assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
 
 
 @pytest.mark.parametrize("ip, source", [
@@ -316,6 +520,22 @@ def test_long_bcrypt_passwords_verify_as_they_were_made_and_are_rehashed(db, tcp
     assert stored.startswith(passwords.CURRENT)
     assert answer(server.port, plain(b"legacy", long_password)).startswith(b"235")
     assert answer(server.port, plain(b"legacy", long_password[:72])).startswith(b"535")
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda pw: bcrypt.hashpw(pw, bcrypt.gensalt(rounds=4)).decode(), "bcrypt"),
+    (lambda pw: "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+     "argon2id m=65536,t=3,p=4"),
+    (lambda pw: passwords.new_hash(pw), "argon2id m=19456,t=2,p=1"),
+    (lambda pw: pw.decode(), "plaintext"),
+    (lambda pw: "*", "disabled"),
+])
+def test_the_log_names_a_hash_by_its_scheme_only(make, name):
+    stored = make(b"a secret")
+    assert passwords.scheme(stored) == name
+    for part in stored.split("$"):
+        if len(part) > 8 and "=" not in part:  # salt, digest, the plaintext itself
+            assert part not in passwords.scheme(stored)
 
 
 @pytest.mark.parametrize("params, hosts", [
