@@ -11,15 +11,18 @@
 --               only with control/senderbinding = 1)
 --   authfailures: count recent failures (SELECT), record one (INSERT, or
 --               UPDATE of its time when the same attempt comes again), and
---               expire rows older than a day (DELETE)
+--               expire rows older than a day (DELETE).  The key the attempts
+--               are digested with is a file (control/authfailkey), never here.
 GRANT SELECT ON poppass TO qmaild;
 GRANT SELECT ON sendas TO qmaild;
 GRANT SELECT, INSERT, UPDATE ON sendcounts TO qmaild;
 GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmaild;
 
 -- Optional: lets a successful login replace a deprecated hash (DES, MD5, SHA
--- crypt, bcrypt, plaintext) by the current default.  Without it the old hash
--- stays and logins still work.
+-- crypt, bcrypt, plaintext) by the current default, with one log line
+-- (`auth rehash user=...: md5_crypt -> argon2id ...`).  Without it the old
+-- hash stays, logins still work, and each such login logs
+-- `auth rehash skipped ...` naming this grant.
 -- GRANT UPDATE (pw) ON poppass TO qmaild;
 
 -- POP3 --------------------------------------------------------------------

@@ -250,6 +250,29 @@ def test_without_a_usable_key_every_failure_counts_and_it_is_logged_once(
     assert db.sql("SELECT count(*) FROM authfailures") == [(3,)]
 
 
+def test_make_install_creates_the_key_once_and_keeps_it(tmp_path, monkeypatch):
+    import pwd
+    import stat
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from install import failure_key
+
+    user = pwd.getpwuid(os.getuid()) if os.getuid() == 0 else None
+    said = failure_key(tmp_path / "control", user)
+    key = tmp_path / "control" / "authfailkey"
+    assert said == f"{key}: created (0640, readable by " + (
+        f"root and {user.pw_name}'s group)" if user else "this user)")
+    text = key.read_text()
+    assert len(text) == 65 and int(text, 16) and text.endswith("\n")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640
+    if user is not None:
+        assert (key.stat().st_uid, key.stat().st_gid) == (0, user.pw_gid)
+    assert failure_key(tmp_path / "control", user) == f"{key}: kept as it is"
+    assert key.read_text() == text
+    assert failure_key(tmp_path / "other", user) != said  # a new one elsewhere
+    assert (tmp_path / "other" / "authfailkey").read_text() != text
+
+
 def test_an_old_database_gets_the_wide_column_and_keeps_its_rows(pg):
     database = pg.empty_database()
     with database:

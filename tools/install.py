@@ -33,6 +33,7 @@ import argparse
 import configparser
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
@@ -240,10 +241,28 @@ def install(args: argparse.Namespace) -> None:
               f"qmail-esmtpd-checkpassword for {python} "
               f"(qmail-smtpd untouched; not tried: the files run from {bindir})")
         return
+    print(failure_key(Path(prefix) / "control", service_user(args.user)))
     user = check(bindir, libdir, python, args.user)
     print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
           f"qmail-esmtpd-checkpassword for {python} "
           f"(qmail-smtpd untouched; tried as {user}: it starts, and AUTH's libraries load)")
+
+
+def failure_key(control: Path, user: pwd.struct_passwd | None) -> str:
+    """control/authfailkey, the secret that keys the failed-login throttle
+    (auth/throttle.py): 32 random bytes in hex, 0640 root and the service
+    user's group, so qmaild reads it and cannot change it.  Never replaced."""
+    path = control / "authfailkey"
+    if path.exists():
+        return f"{path}: kept as it is"
+    make_dirs(control)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    if user is not None:
+        os.chown(path, 0, user.pw_gid)
+    os.chmod(path, 0o640)
+    owner = f"root and {user.pw_name}'s group" if user else "this user"
+    return f"{path}: created (0640, readable by {owner})"
 
 
 def service_user(name: str) -> pwd.struct_passwd | None:
