@@ -162,6 +162,24 @@ def test_old_failures_expire_and_the_window_is_at_most_a_day(db):
     assert db.sql("SELECT attempt FROM authfailures WHERE name = 'alice'") == [(2,)]
 
 
+def timed(port: int, lines: list[bytes]) -> list[tuple[bytes, float]]:
+    """Each AUTH line in one session: its reply's first line and how long it took
+    (b"" once the server hung up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        f = s.makefile("rb")
+        f.readline()
+        out = []
+        for line in lines:
+            start = time.monotonic()
+            try:
+                s.sendall(line)
+                reply = f.readline()
+            except OSError:  # reset: it hung up
+                reply = b""
+            out.append((reply, time.monotonic() - start))
+        return out
+
+
 def colliding_under_the_old_digest(count: int, values: int, source: str = "127.0.0.1",
                                    name: str = "alice") -> list[bytes]:
     """`count` passwords that the 16-bit unkeyed digest this throttle used to
@@ -182,18 +200,6 @@ def colliding_under_the_old_digest(count: int, values: int, source: str = "127.0
     raise AssertionError("unreachable")
 
 
-def auth_replies(port: int, lines: list[bytes]) -> list[bytes]:
-    """Each AUTH line in one session, the first line of each reply."""
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        f = s.makefile("rb")
-        f.readline()
-        replies = []
-        for line in lines:
-            s.sendall(line)
-            replies.append(f.readline())
-        return replies
-
-
 def test_guesses_chosen_offline_cannot_share_a_count(db, tcpserver):
     import hashlib
 
@@ -203,8 +209,8 @@ def test_guesses_chosen_offline_cannot_share_a_count(db, tcpserver):
     assert len(old) == 5  # the old scheme stored these 50 guesses as 5 attempts
     guesses = chosen + [f"dictionary{n}".encode() for n in range(50)]
     server = tcpserver(":allow\n", env=db.env(AUTHFAILLIMIT="10", AUTHMAXFAIL="1000"))
-    replies = auth_replies(server.port, [plain(b"alice", g) for g in guesses]
-                           + [plain(b"alice", ALICE_PW.encode())])
+    replies = [reply for reply, _ in timed(
+        server.port, [plain(b"alice", g) for g in guesses] + [plain(b"alice", ALICE_PW.encode())])]
     assert replies[:10] == [b"535 authentication failed (#5.7.1)\r\n"] * 10
     assert all(r.startswith(b"454 too many failed logins") for r in replies[10:]), replies
     log = server.wait_log("auth throttled user=alice")
@@ -241,8 +247,8 @@ def test_without_a_usable_key_every_failure_counts_and_it_is_logged_once(
     else:
         (control / "authfailkey").write_text(key + "\n")
     server = tcpserver(":allow\n", env=db.env(AUTHFAILLIMIT="3", AUTHMAXFAIL="10"))
-    replies = auth_replies(server.port, [plain(b"alice", b"last month's")] * 4)
-    assert [r[:3] for r in replies] == [b"535", b"535", b"535", b"454"]
+    replies = timed(server.port, [plain(b"alice", b"last month's")] * 4)
+    assert [reply[:3] for reply, _ in replies] == [b"535", b"535", b"535", b"454"]
     log = server.wait_log("auth throttled")
     assert log.count("control/authfailkey") == 1, log
     why = "is missing" if key is None else "is shorter than 16 characters"
@@ -308,24 +314,6 @@ READ_ONLY = {
 
 def cannot_record(db, how: str) -> None:
     db.sql(READ_ONLY[how].format(db=db.database.name))
-
-
-def timed(port: int, lines: list[bytes]) -> list[tuple[bytes, float]]:
-    """Each AUTH line in one session: its reply's first line and how long it took
-    (b"" once the server hung up)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        f = s.makefile("rb")
-        f.readline()
-        out = []
-        for line in lines:
-            start = time.monotonic()
-            try:
-                s.sendall(line)
-                reply = f.readline()
-            except OSError:  # reset: it hung up
-                reply = b""
-            out.append((reply, time.monotonic() - start))
-        return out
 
 
 @pytest.mark.parametrize("how", READ_ONLY)
