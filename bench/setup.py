@@ -56,6 +56,7 @@ def write_fixture(directory: Path) -> tuple[Path, Path]:
     control.mkdir()
     (control / "me").write_text(ME + "\n")
     (control / "rcpthosts").write_text(RCPTHOSTS + "\n")
+    (control / "authfailkey").write_text("bench" * 13 + "\n")  # failures take the keyed path
     sink = directory / "qmail-queue-sink"
     sink.write_text(SINK_SCRIPT)
     sink.chmod(0o755)
