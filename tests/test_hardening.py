@@ -372,6 +372,36 @@ def test_pop3_waits_the_delay_when_a_failure_cannot_be_recorded(db, control, how
     assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
 
 
+QMAIL_POPUP = "/var/qmail/bin/qmail-popup"
+
+
+@pytest.mark.skipif(not os.path.exists(QMAIL_POPUP), reason="needs qmail's qmail-popup")
+def test_pop3_under_qmail_popup_answers_only_after_the_delay(db, control, tcpserver):
+    import poplib
+
+    from test_pop3 import ENTRY
+
+    from support import write_launcher
+
+    db.add(ALICE, ALICE_PW, sysuser="nobody")
+    cannot_record(db, "read-only role")
+    program = write_launcher(control.parent / "qmail-esmtpd-checkpassword", ENTRY)
+    server = tcpserver(":allow\n", env=db.env(AUTHFAILDELAY="2"), argv=[
+        QMAIL_POPUP, "pop.example.com", program, "/var/qmail/bin/qmail-pop3d", "Maildir"])
+    client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+    try:
+        client.user(ALICE)
+        start = time.monotonic()
+        with pytest.raises(poplib.error_proto):
+            client.pass_("guess1")
+        assert time.monotonic() - start >= 1.9
+    finally:
+        client.close()
+    log = server.wait_log("login fail")
+    assert "login fail user=alice ip=127.0.0.1: wrong password" in log
+    assert "(failure not recorded: " in log
+
+
 @pytest.mark.parametrize("ip, source", [
     ("192.0.2.7", "192.0.2.7"), ("::ffff:192.0.2.7", "192.0.2.7"),
     ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"), ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
