@@ -35,13 +35,16 @@ def open_backend(conninfo: str, controls: "Controls",
     db = Database(conninfo)
     remoteip = env.get(b"TCPREMOTEIP", b"").decode("ascii", "replace")
     throttle = open_throttle(db, controls, env, remoteip, trusted=b"RELAYCLIENT" in env)
-    return PostgresAuth(db, default_send_limit(controls, env), plaintext, per_message, throttle)
+    return PostgresAuth(db, default_send_limit(controls, env), plaintext, per_message, throttle,
+                        remoteip)
 
 
 class PostgresAuth:
     def __init__(self, db: Database, default_limit: int, plaintext: bool,
-                 per_message: bool = False, throttle: Throttle | None = None) -> None:
+                 per_message: bool = False, throttle: Throttle | None = None,
+                 remoteip: str = "unknown") -> None:
         self.db = db
+        self.remoteip = remoteip  # for the limit's log lines
         self.throttle = throttle
         self.default_limit = default_limit
         self.plaintext = plaintext
@@ -67,7 +70,8 @@ class PostgresAuth:
         slowed = status is not None and status.slowed
         if account is None:
             return Verdict(False, slowed=slowed, detail=detail)
-        limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message)
+        limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message,
+                           self.remoteip)
         return Verdict(True, user=user, limit=limit, slowed=slowed, detail=detail)
 
     def addresses(self) -> frozenset[bytes]:
