@@ -180,8 +180,10 @@ def test_recipients_beyond_the_limit_get_452_and_the_rest_are_sent(db, tcpserver
     assert len(queue.queued()[0]["recipients"]) == 3
     assert db.sql("SELECT count, total_count FROM sendcounts WHERE id = %s", (uid,)) == [(3, 3)]
     log = server.wait_log("at=MAIL")
-    assert "sendlimit refused user=alice ip=127.0.0.1 at=RCPT recipients=3" in log
-    assert "sendlimit refused user=alice ip=127.0.0.1 at=MAIL" in log
+    assert ("sendlimit refused user=alice ip=127.0.0.1 at=RCPT: 3 recipients accepted for this "
+            "message, the next would pass the limit; 0 of 3 recipients a day already sent") in log
+    assert ("sendlimit refused user=alice ip=127.0.0.1 at=MAIL: 3 of 3 recipients a day "
+            "already sent") in log
 
 
 def test_a_message_parallel_sessions_left_no_room_for_is_refused_whole(db, tcpserver, queue):

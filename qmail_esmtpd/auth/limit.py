@@ -117,8 +117,9 @@ class DailyLimit:
             self.db.close()
         if not rows:
             self.why = ("account disabled" if not self.daily else
-                        f"{units} {self.unit} would pass the limit of {self.daily} a day: "
-                        f"other sessions sent the rest meanwhile, or the account was disabled")
+                        f"{units} {self.unit} would pass the daily limit: other sessions "
+                        f"sent the rest meanwhile, or the limit was lowered or the account "
+                        f"disabled")
             return False
         self._charge = (rows[0][0], units)
         return True
