@@ -23,7 +23,7 @@ limit (like qmail's databytes); the count is still kept.  The connection is
 closed after each call: the session goes back to waiting for its client.
 """
 
-from ..log import log, printable
+from ..log import log
 from .db import Database, DatabaseError
 
 MAX_LIMIT = 2**31 - 1  # sendlimit is an integer column; bigger means "as many as fit"
@@ -63,7 +63,7 @@ WHERE id = %(id)s AND last_send = %(day)s AND count >= %(n)s
 class DailyLimit:
     """One authenticated account's limit: its poppass id, the site's default
     (for accounts whose `sendlimit` is NULL) and what one message costs;
-    `remoteip` names the client in the log lines."""
+    `remoteip` (printable, as the log takes it) names the client in its lines."""
 
     def __init__(self, db: Database, user_id: int, default: int,
                  per_message: bool = False, remoteip: str = "unknown") -> None:
@@ -71,7 +71,7 @@ class DailyLimit:
         self.user_id = user_id
         self.default = min(default, MAX_LIMIT)
         self.per_message = per_message
-        self.client = f"user id {user_id} ip={printable(remoteip.encode() or b'unknown')}"
+        self.client = f"user id {user_id} ip={remoteip}"
         self.unit = "messages" if per_message else "recipients"
         self.daily = 0  # the account's limit as remaining() last read it
         self.why = ""  # the last refusal's reason, for the log

@@ -8,7 +8,7 @@ tcpserver gave RELAYCLIENT is trusted and not throttled.
 """
 
 from ..config import flag_setting, number_setting
-from ..log import log
+from ..log import log, printable
 from . import DATABASE, THROTTLED, Verdict
 from .accounts import Account, Unavailable, addresses, login
 from .db import Database
@@ -44,7 +44,7 @@ class PostgresAuth:
                  per_message: bool = False, throttle: Throttle | None = None,
                  remoteip: str = "unknown") -> None:
         self.db = db
-        self.remoteip = remoteip  # for the limit's log lines
+        self.client_ip = printable(remoteip.encode()) or "unknown"  # for log lines
         self.throttle = throttle
         self.default_limit = default_limit
         self.plaintext = plaintext
@@ -55,7 +55,7 @@ class PostgresAuth:
         try:
             account, status = login(self.db, user, password, self.throttle, self.plaintext)
         except Unavailable as e:
-            log(f"auth database: {e}")
+            log(f"auth database: ip={self.client_ip}: {e}")
             return Verdict(False, tempfail=DATABASE)
         self.account = account
         if status is None or not (status.refused or status.slowed):
@@ -71,7 +71,7 @@ class PostgresAuth:
         if account is None:
             return Verdict(False, slowed=slowed, detail=detail)
         limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message,
-                           self.remoteip)
+                           self.client_ip)
         return Verdict(True, user=user, limit=limit, slowed=slowed, detail=detail)
 
     def addresses(self) -> frozenset[bytes]:
