@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from qmail_esmtpd.protocol import COMMAND_LINE
+
 from support import (
     FAKE_CHECKPASSWORD,
     RELAY_LOCALHOST,
@@ -333,3 +335,18 @@ def test_tlsserverciphers_still_overrides_the_default(tcpserver, tls_control):
     server = tcpserver(RELAY_LOCALHOST)
     said = s_client_tls12(server.port, "ECDHE-RSA-AES128-SHA256")
     assert "Cipher is ECDHE-RSA-AES128-SHA256" in said and "221 mx.example.com" in said, said
+
+
+def test_a_line_too_long_inside_tls_gets_its_500_inside_tls(tcpserver, tls_control):
+    server = tcpserver(RELAY_LOCALHOST)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
+        f = raw.makefile("rb")
+        f.readline()
+        raw.sendall(b"STARTTLS\r\n")
+        assert f.readline() == b"220 ready for tls\r\n"
+        with client_context().wrap_socket(raw, server_hostname="localhost") as secure:
+            fits = b"NOOP " + b"x" * (COMMAND_LINE - 6) + b"\r\n"  # CR included: the limit
+            secure.sendall(fits + fits.replace(b"NOOP ", b"NOOP  "))  # one byte more
+            replies = secure.makefile("rb").read()  # until the server closes
+    assert replies == b"250 ok\r\n500 line too long, closing connection (#5.5.2)\r\n"
+    assert "command line too long ip=127.0.0.1" in server.wait_log("too long")
