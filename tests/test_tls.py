@@ -6,6 +6,8 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,17 @@ def tls_control(control: Path, certificate: bytes) -> Path:
     path.write_bytes(certificate)
     path.chmod(0o600)
     return control
+
+
+@contextmanager
+def after_starttls(port: int) -> Iterator[socket.socket]:
+    """A raw connection that said STARTTLS and read the 220: the handshake is the test's."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with raw.makefile("rb") as f:
+            assert f.readline().startswith(b"220 ")
+            raw.sendall(b"STARTTLS\r\n")
+            assert f.readline() == b"220 ready for tls\r\n"
+        yield raw
 
 
 def client_context() -> ssl.SSLContext:
@@ -106,13 +119,8 @@ def test_garbage_instead_of_a_client_hello_ends_cleanly(tcpserver, tls_control, 
 
 def test_a_client_that_drops_mid_handshake(tcpserver, tls_control):
     server = tcpserver(RELAY_LOCALHOST)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
-        f = raw.makefile("rb")
-        f.readline()
-        raw.sendall(b"STARTTLS\r\n")
-        assert f.readline() == b"220 ready for tls\r\n"
+    with after_starttls(server.port) as raw:
         raw.sendall(b"\x16\x03\x01\x00")  # the start of a record, then gone
-        raw.shutdown(socket.SHUT_RDWR)  # the makefile() reference would keep it open
     log = server.wait_log("tls handshake failed")
     assert "tls handshake failed ip=127.0.0.1: " in log and "Traceback" not in log
     assert talk(server.port, b"QUIT\r\n").endswith(b"221 mx.example.com\r\n")  # still serving
@@ -265,12 +273,8 @@ def test_a_trickled_smtps_handshake_ends_at_timeoutsmtpd(tcpserver, tls_control)
 def test_a_trickled_starttls_handshake_ends_at_timeoutsmtpd(tcpserver, tls_control):
     (tls_control / "timeoutsmtpd").write_text("2\n")
     server = tcpserver(RELAY_LOCALHOST)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        f = s.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        s.sendall(b"STARTTLS\r\n")
-        assert f.readline() == b"220 ready for tls\r\n"
-        elapsed, received = trickle(s, client_hello(), pause=1)
+    with after_starttls(server.port) as raw:
+        elapsed, received = trickle(raw, client_hello(), pause=1)
     assert elapsed < 60, elapsed
     assert received == b""  # nothing in cleartext inside the handshake
     assert "tls handshake failed ip=127.0.0.1: no handshake within 2 s" in server.wait_log(
@@ -339,11 +343,7 @@ def test_tlsserverciphers_still_overrides_the_default(tcpserver, tls_control):
 
 def test_a_line_too_long_inside_tls_gets_its_500_inside_tls(tcpserver, tls_control):
     server = tcpserver(RELAY_LOCALHOST)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
-        f = raw.makefile("rb")
-        f.readline()
-        raw.sendall(b"STARTTLS\r\n")
-        assert f.readline() == b"220 ready for tls\r\n"
+    with after_starttls(server.port) as raw:
         with client_context().wrap_socket(raw, server_hostname="localhost") as secure:
             fits = b"NOOP " + b"x" * (COMMAND_LINE - 6) + b"\r\n"  # CR included: the limit
             secure.sendall(fits + fits.replace(b"NOOP ", b"NOOP  "))  # one byte more
