@@ -27,6 +27,7 @@ SERVERCERT = b"servercert.pem"  # the TLS patch's file: certificate chain and ke
 
 def main() -> int:
     env = posix.environ
+    client = env.get(b"TCPREMOTEIP", b"unknown").decode("ascii", "replace")  # for log lines
     controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
     try:
         settings = Settings(controls, env)
@@ -34,12 +35,12 @@ def main() -> int:
         smtpauth = env.get(b"SMTPAUTH")  # the qmail-authentication patch's switch
         backend = None if smtpauth == b"-" else auth_backend(argv, env, controls)
         if smtpauth == b"!" and backend is None:
-            note("SMTPAUTH=! but no AUTH is configured: every MAIL gets 530")
+            note(f"SMTPAUTH=! but no AUTH is configured ip={client}: every MAIL gets 530")
         tls_offered = controls.exists(SERVERCERT)
         auth_needs_tls = (tls_offered and backend is not None
                           and not flag_setting(controls, env, b"authcleartext"))
     except ControlError as e:
-        note(f"fatal: {e}")
+        note(f"fatal ip={client}: {e}")
         _say(replies.CONTROLS)
         return 1
     auth: "Authenticator | None" = None
@@ -79,7 +80,8 @@ def main() -> int:
     def open_tls() -> "ServerTLS":
         from .tls import ServerTLS  # `ssl` loads only when TLS is asked for
 
-        return ServerTLS(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"))
+        return ServerTLS(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"),
+                         settings.remoteip)
 
     channel = Channel(settings.timeout)
     try:
@@ -88,7 +90,7 @@ def main() -> int:
         import traceback
 
         for line in traceback.format_exc().splitlines():
-            note(f"internal error: {line}")
+            note(f"internal error ip={client}: {line}")
         _say(replies.INTERNAL_ERROR)
         return 1
     finally:

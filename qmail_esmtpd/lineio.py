@@ -6,6 +6,8 @@ what makes PIPELINING work without changing the bytes on the wire.
 `select` does the timeouts, so no signal handlers (and no `signal` import).
 The output fd is non-blocking, so a client that never reads its replies
 cannot hold a write for longer than the timeout: qmail's timeoutwrite.
+A line is read only up to the length its caller allows: a client that
+sends megabytes without a LF meets `LineTooLong`, not a growing buffer.
 
 The server loop uses a channel only through the `Transport` interface
 below, so another channel (TLS over the same fds) can take over mid-session.
@@ -21,8 +23,9 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     class Transport(Protocol):
-        def readline(self) -> bytes:
-            """One command line without its LF and one CR before it."""
+        def readline(self, limit: int) -> bytes:
+            """One command line without its LF and one CR before it;
+            LineTooLong when more than `limit` bytes come before the LF."""
 
         def read_chunk(self) -> bytes:
             """Buffered input, or the next read: the DATA stream."""
@@ -45,6 +48,12 @@ if TYPE_CHECKING:
 
 class Timeout(Exception):
     """The client sent nothing for timeoutsmtpd seconds."""
+
+
+class LineTooLong(Exception):
+    """More bytes than the caller allows came without a LF; the rest of the
+    line is left unread (the session ends: there is no telling where the
+    next command would start)."""
 
 
 class TLSUnavailable(Exception):
@@ -72,13 +81,18 @@ class Channel:
         except OSError:
             pass  # not ours to change (a closed fd fails at the first write anyway)
 
+    def _seconds(self) -> float:
+        """How long the next read or write may wait: timeoutsmtpd, each time, as qmail."""
+        return self.timeout
+
     def _wait(self, fd: int, writing: bool) -> None:
-        """Until `fd` is ready, at most timeoutsmtpd seconds."""
+        """Until `fd` is ready, at most `_seconds()`."""
+        seconds = self._seconds()
         try:
             if writing:
-                ready = select.select([], [fd], [], self.timeout)[1]
+                ready = select.select([], [fd], [], seconds)[1]
             else:
-                ready = select.select([fd], [], [], self.timeout)[0]
+                ready = select.select([fd], [], [], seconds)[0]
         except OSError as e:
             raise Gone(str(e)) from None
         if not ready:  # qmail: a read timeout says 451, a write timeout just exits
@@ -127,8 +141,12 @@ class Channel:
             except OSError as e:
                 raise Gone(str(e)) from None
 
-    def readline(self) -> bytes:
-        """One command line without its LF and without one CR before it."""
+    def readline(self, limit: int) -> bytes:
+        """One command line without its LF and without one CR before it.
+
+        At most `limit` bytes may come before the LF (a CR counts): beyond
+        that LineTooLong, having buffered no more than `limit` plus one read.
+        """
         scan = self.pos
         while True:
             nl = self.inbuf.find(b"\n", scan)
@@ -137,8 +155,12 @@ class Channel:
             if self.pos:  # only a partial line is left: drop what was consumed
                 del self.inbuf[:self.pos]
                 self.pos = 0
+            if len(self.inbuf) > limit:
+                raise LineTooLong()
             scan = len(self.inbuf)
             self._fill()
+        if nl - self.pos > limit:
+            raise LineTooLong()
         line = bytes(self.inbuf[self.pos:nl])
         self.pos = nl + 1
         return line[:-1] if line.endswith(b"\r") else line

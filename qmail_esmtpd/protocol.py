@@ -35,6 +35,11 @@ DROP = 4     # flush and exit 1
 STARTTLS = 5  # load the certificate, then call starttls_ready()
 
 MAX_HOPS = 100
+# The longest line read before DATA, bytes before the LF: qmail-smtpd had no
+# bound (lines of 100 000 bytes are recorded working); an answer inside AUTH
+# gets RFC 4954's 12288, the AUTH line itself too.  Longer ends the session.
+COMMAND_LINE = 128 * 1024
+SASL_LINE = 12288
 
 
 class Peer:
@@ -129,6 +134,19 @@ class Session:
         if handler is None:
             return replies.UNIMPLEMENTED, FLUSH
         return handler(arg)
+
+    def line_limit(self) -> int:
+        """How many bytes the next line may have before its LF."""
+        return SASL_LINE if self.exchange is not None else COMMAND_LINE
+
+    def line_too_long(self, auth: bool = False) -> bytes:
+        """The last reply of a session whose line passed line_limit() (or an
+        AUTH line SASL_LINE), and its log line."""
+        sasl, self.exchange = auth or self.exchange is not None, None
+        ip = self.peer.remoteip.decode("ascii", "replace")
+        self.note(f"{'auth' if sasl else 'command'} line too long ip={ip}: "
+                  f"over {SASL_LINE if sasl else COMMAND_LINE} bytes, session ended")
+        return replies.AUTH_LINE_TOO_LONG if sasl else replies.LINE_TOO_LONG
 
     # -- verbs -----------------------------------------------------------
     def _hello(self, arg: bytes) -> None:
@@ -269,6 +287,8 @@ class Session:
             ip = self.peer.remoteip.decode("ascii", "replace")
             self.note(f"auth refused without tls ip={ip}")
             return replies.AUTH_NEEDS_TLS, FLUSH
+        if len(arg) > SASL_LINE:  # RFC 4954's bound covers the initial response too
+            return self.line_too_long(auth=True), DROP
         from .auth.sasl import start  # only sessions that try AUTH load it
 
         exchange = start(arg)
@@ -304,9 +324,11 @@ class Session:
 
         self.limit_noted = True
         why = self.limit.why if self.limit is not None else ""
+        if where == "RCPT":  # what this message holds, beside what was sent before it
+            why = (f"{len(self.recipients)} recipients accepted for this message, "
+                   f"the next would pass the limit; {why}")
         self.note(f"sendlimit refused user={printable(self.user or b'')} "
-                  f"ip={printable(self.peer.remoteip)} at={where} "
-                  f"recipients={len(self.recipients)} ({why})")
+                  f"ip={printable(self.peer.remoteip)} at={where}: {why}")
 
     def child_environment(self) -> dict[bytes, bytes]:
         """What qmail-queue learns beyond our own environment: who authenticated."""

@@ -37,6 +37,9 @@ WANT_RCPT = b"503 RCPT first (#5.5.1)\r\n"
 BADMAILFROM = b"553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)\r\n"
 NO_GATEWAY = b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
 TIMEOUT = b"451 timeout (#4.4.2)\r\n"
+# ours: a line longer than protocol.COMMAND_LINE (qmail ran out of memory:
+# 421 out of memory); RFC 5321 4.5.3.1.4's "500 line too long", then the end
+LINE_TOO_LONG = b"500 line too long, closing connection (#5.5.2)\r\n"
 
 # DATA
 GO_AHEAD = b"354 go ahead\r\n"
@@ -107,6 +110,8 @@ AUTH_MALFORMED = b"501 malformed auth input (#5.5.4)\r\n"
 AUTH_ALREADY = b"503 you're already authenticated (#5.5.0)\r\n"
 AUTH_IN_TRANSACTION = b"503 no auth during mail transaction (#5.5.0)\r\n"
 AUTH_MECHANISM = b"504 auth type unimplemented (#5.5.1)\r\n"
+AUTH_LINE_TOO_LONG = (b"500 auth exchange line too long, closing connection "
+                      b"(#5.5.6)\r\n")  # ours: RFC 4954's 5.5.6, protocol.SASL_LINE
 AUTH_TOO_MANY = b"421 too many failed authentication attempts, closing connection (#4.7.0)\r\n"
 SENDER_NOT_YOURS = (b"553 sorry, that envelope sender does not belong to the authenticated "
                     b"user (#5.7.1)\r\n")  # ours: control/senderbinding

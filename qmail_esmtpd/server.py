@@ -6,7 +6,7 @@ reply and what to queue; this moves the bytes.
 """
 
 from . import protocol, replies
-from .lineio import Channel, Gone, Timeout, TLSUnavailable
+from .lineio import Channel, Gone, LineTooLong, Timeout, TLSUnavailable
 from .protocol import BARE_LF, END
 from .queue import QueueJob
 
@@ -26,13 +26,15 @@ def serve(session: protocol.Session, channel: Channel,
     The channel is replaced by a TLS one after STARTTLS.  With `smtps` TLS
     starts before the greeting (port 465); a certificate that cannot be
     loaded then ends the session, as there is no cleartext to fall back to.
+    A line longer than the session allows gets its 500 and ends the session
+    (exit 1), its rest unread.
     """
     try:
         if smtps and open_tls is not None:
             channel = _start_tls(session, channel, open_tls())
         channel.write(session.banner())
         while True:
-            reply, action = session.handle(channel.readline())
+            reply, action = session.handle(channel.readline(session.line_limit()))
             channel.write(reply)
             if action == protocol.DATA:
                 if not receive_message(session, channel, open_queue):
@@ -53,6 +55,10 @@ def serve(session: protocol.Session, channel: Channel,
                 return 1
     except Timeout:
         channel.write(replies.TIMEOUT)
+        _flush_quietly(channel)
+        return 1
+    except LineTooLong:
+        channel.write(session.line_too_long())
         _flush_quietly(channel)
         return 1
     except Gone:
@@ -78,7 +84,7 @@ def _start_tls(session: protocol.Session, channel: Channel, tls: "ServerTLS") ->
     """Nothing the client sent in cleartext may count inside TLS (CVE-2011-0411)."""
     channel.flush()
     channel.discard_input()
-    secure = tls.wrap(channel)
+    secure = tls.wrap(channel, session.peer.remoteip)
     session.tls_started(secure.cipher)
     return secure
 

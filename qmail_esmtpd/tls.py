@@ -2,41 +2,57 @@
 the `ssl` module's memory BIOs and the plain channel's bounded reads and writes.
 
 Imported at the first STARTTLS (or at start-up for SMTPS): a session that
-never asks for TLS never loads `ssl`.
+never asks for TLS never loads `ssl`.  The handshake as a whole must end
+within timeoutsmtpd: the per-read timeout alone would let a client that
+trickles a byte now and then hold it open for ever.
 """
 
 import ssl
+import time
 
-from .lineio import READ_SIZE, Channel, Gone, TLSUnavailable
-from .log import log
+from .lineio import READ_SIZE, Channel, Gone, Timeout, TLSUnavailable
+from .log import log, printable
+
+# Without control/tlsserverciphers, TLS 1.2 offers forward secrecy and AEAD
+# only (no static RSA, no CBC); TLS 1.3's suites are OpenSSL's, untouched.
+DEFAULT_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def client(remoteip: bytes | None) -> str:
+    """` ip=...` for a log line, when the caller said who the client is."""
+    return "" if remoteip is None else f" ip={printable(remoteip)}"
 
 
 class ServerTLS:
-    """control/servercert.pem (chain and key) and control/tlsserverciphers, loaded.
+    """control/servercert.pem (chain and key) and control/tlsserverciphers
+    (else DEFAULT_CIPHERS), loaded.
 
-    Every failure is logged here, where the file is known, then raised.
+    Every failure is logged here, where the file is known, then raised;
+    `remoteip`, when given, names the client in that line.
     """
 
-    def __init__(self, certfile: bytes, ciphers: bytes | None) -> None:
+    def __init__(self, certfile: bytes, ciphers: bytes | None,
+                 remoteip: bytes | None = None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_RENEGOTIATION  # a client may not restart the handshake
         try:
             context.load_cert_chain(certfile.decode("utf-8", "surrogateescape"))
-            if ciphers:
-                context.set_ciphers(ciphers.decode("ascii", "replace"))
+            context.set_ciphers((ciphers or DEFAULT_CIPHERS).decode("ascii", "replace"))
         except (OSError, ssl.SSLError) as e:
-            log(f"tls unavailable: {certfile.decode('utf-8', 'replace')}: {e}")
+            log(f"tls unavailable{client(remoteip)}: "
+                f"{certfile.decode('utf-8', 'replace')}: {e}")
             raise TLSUnavailable() from None
         self.context = context
 
-    def wrap(self, plain: Channel) -> "TLSChannel":
-        """Shake hands over the plain channel's fds; Gone (logged) if that fails."""
+    def wrap(self, plain: Channel, remoteip: bytes | None = None) -> "TLSChannel":
+        """Shake hands over the plain channel's fds, within its timeout in all;
+        Gone (logged, naming `remoteip` when given) if that fails."""
         channel = TLSChannel(plain, self.context)
         try:
             channel.handshake()
         except Gone as e:
-            log(f"tls handshake failed: {e}")
+            log(f"tls handshake failed{client(remoteip)}: {e}")
             raise
         return channel
 
@@ -49,6 +65,7 @@ class TLSChannel(Channel):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.deadline: float | None = None  # while shaking hands: when that must be over
 
     @property
     def cipher(self) -> bytes:
@@ -56,16 +73,29 @@ class TLSChannel(Channel):
         return (found[0] if found else "unknown").encode("ascii", "replace")
 
     def handshake(self) -> None:
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._pump()
-            except (ssl.SSLError, ValueError) as e:
-                self._send_records()  # the alert, if any
-                raise Gone(str(e)) from None
-        self._send_records()
+        """Within one timeoutsmtpd in all.  Running out of time is Gone, not
+        Timeout: a 451 in cleartext has no place inside a handshake."""
+        self.deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                try:
+                    self.tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._pump()
+                except (ssl.SSLError, ValueError) as e:
+                    self._send_records()  # the alert, if any
+                    raise Gone(str(e)) from None
+            self._send_records()
+        except Timeout:
+            raise Gone(f"no handshake within {self.timeout:g} s") from None
+        finally:
+            self.deadline = None
+
+    def _seconds(self) -> float:
+        if self.deadline is None:
+            return self.timeout
+        return min(self.timeout, max(self.deadline - time.monotonic(), 0.0))
 
     def close(self) -> None:
         """Our close_notify, without waiting for the client's (RFC 8446 6.1 allows it)."""

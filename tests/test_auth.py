@@ -380,7 +380,7 @@ def test_database_trouble_is_a_454(pg, db, tcpserver, trouble):
     finally:
         if trouble == "statement timeout":
             db.database.conn.rollback()
-    assert "auth database:" in server.logpath.read_text()
+    assert "auth database: ip=127.0.0.1: " in server.logpath.read_text()
 
 
 def test_sender_bound_to_the_login(db, tcpserver, queue):

@@ -11,7 +11,7 @@ from qmail_esmtpd.protocol import Peer, Session
 class FakeLimit:
     """alice's sending limit: 2 recipients a day."""
 
-    why = "2 of 2 used today"
+    why = "2 of 2 recipients a day already sent"
 
     def __init__(self, used: int = 0, broken: bool = False, limit: int = 2) -> None:
         self.used, self.broken, self.refunds, self.limit = used, broken, 0, limit

@@ -425,8 +425,10 @@ def test_recipients_beyond_the_limit_get_452_and_the_rest_are_sent(db, tcpserver
     assert len(queue.queued()[0]["recipients"]) == 3
     assert db.sql("SELECT count, total_count FROM sendcounts WHERE id = %s", (uid,)) == [(3, 3)]
     log = server.wait_log("at=MAIL")
-    assert "sendlimit refused user=alice ip=127.0.0.1 at=RCPT recipients=3" in log
-    assert "sendlimit refused user=alice ip=127.0.0.1 at=MAIL" in log
+    assert ("sendlimit refused user=alice ip=127.0.0.1 at=RCPT: 3 recipients accepted for this "
+            "message, the next would pass the limit; 0 of 3 recipients a day already sent") in log
+    assert ("sendlimit refused user=alice ip=127.0.0.1 at=MAIL: 3 of 3 recipients a day "
+            "already sent") in log
 
 
 def test_a_message_parallel_sessions_left_no_room_for_is_refused_whole(db, tcpserver, queue):
@@ -442,6 +444,9 @@ def test_a_message_parallel_sessions_left_no_room_for_is_refused_whole(db, tcpse
         code, text = b.data(MESSAGE)
         assert code == 451 and b"daily sending limit" in text
     assert len(queue.queued()) == 1 and db.counts(ALICE) == (2, 2)
+    assert ("sendlimit refused user=alice ip=127.0.0.1 at=DATA: 2 recipients would pass the "
+            "daily limit: other sessions sent the rest meanwhile, or the limit was lowered or "
+            "the account disabled") in server.wait_log("at=DATA")
 
 
 def test_limit_and_account_changes_reach_open_sessions(db, tcpserver, queue):
@@ -457,7 +462,8 @@ def test_limit_and_account_changes_reach_open_sessions(db, tcpserver, queue):
         db.sql("UPDATE poppass SET sendlimit = NULL, active = false WHERE id = %s", (uid,))
         assert c.mail("alice@client.test")[0] == 451
     assert len(queue.queued()) == 2
-    assert "(account disabled)" in server.wait_log("account disabled")
+    assert "sendlimit refused user=alice ip=127.0.0.1 at=MAIL: account disabled" in server.wait_log(
+        "account disabled")
 
 
 def test_messages_per_day_on_request(db, tcpserver, queue):

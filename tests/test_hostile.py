@@ -132,3 +132,76 @@ def test_children_start_with_default_sigpipe_and_sigxfsz(tcpserver, tmp_path):
     assert len(lines) == 2  # checkpassword, then qmail-queue
     for line in lines:
         assert not ignored(line) & {signal.SIGPIPE, signal.SIGXFSZ}, line
+
+
+# -- issue 15, item 7: lines are bounded; DATA is not a line ------------------
+PEAK_RSS = """#!{python}
+# runs qmail-esmtpd as its child and writes the child's peak RSS (KB) to a file
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "a") as f:
+    f.write(f"{{usage.ru_maxrss}}\\n")
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def send_and_read(port: int, data: bytes, timeout: float = 60) -> bytes:
+    """Send `data` from a thread (the server may stop reading it), read until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        sender = threading.Thread(target=_send_until_refused, args=(s, data), daemon=True)
+        sender.start()
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:  # our unread bytes made the server's close an RST
+            pass
+        sender.join(timeout)
+    return b"".join(chunks)
+
+
+def test_96_mb_without_lf_gets_500_and_the_session_stays_small(tcpserver, tmp_path):
+    peaks = tmp_path / "peak-rss"
+    wrapper = write_program(tmp_path / "peak-rss.py", PEAK_RSS.format(python=sys.executable))
+    server = tcpserver(":allow\n", argv=[str(wrapper), str(peaks), str(SERVER)])
+    out = send_and_read(server.port, b"EHLO x\r\nNOOP " + b"x" * (96 << 20))
+    assert out.endswith(b"\r\n500 line too long, closing connection (#5.5.2)\r\n"), out[-200:]
+    log = server.wait_log("command line too long")
+    assert f"command line too long ip=127.0.0.1: over {128 * 1024} bytes" in log
+    assert "Traceback" not in log and "MemoryError" not in log
+    deadline = time.monotonic() + 10  # a line each: tcpserver's start-up probe, then ours
+    while len(peaks.read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    peak_kb = max(map(int, peaks.read_text().split()))
+    assert peak_kb < 30 * 1024, f"peak RSS {peak_kb} KB"
+
+
+def test_an_auth_answer_over_12288_bytes_ends_the_session(tcpserver, tmp_path):
+    checker = write_program(tmp_path / "checkpassword",
+                            f"#!/bin/sh\nexec {sys.executable} {FAKE_CHECKPASSWORD} \"$@\"\n")
+    server = tcpserver(":allow\n", env={"AUTHFAILDELAY": "0"},
+                       argv=[str(SERVER), str(checker), "/bin/true"])
+    fits = base64.b64encode(b"alice").ljust(12288 - 2, b"=")  # not base64 any more: a 501
+    out = send_and_read(server.port, b"AUTH LOGIN\r\n" + fits + b"\r\n"
+                        b"AUTH LOGIN\r\n" + b"A" * 12289 + b"\r\nQUIT\r\n")
+    assert out.split(b"\r\n")[1:] == [
+        b"334 VXNlcm5hbWU6", b"501 malformed auth input (#5.5.4)", b"334 VXNlcm5hbWU6",
+        b"500 auth exchange line too long, closing connection (#5.5.6)", b""]
+    assert "auth line too long ip=127.0.0.1: over 12288 bytes" in server.wait_log("too long")
+
+
+def test_pipelined_commands_and_a_data_line_longer_than_any_command(tcpserver, queue):
+    """The bound is for commands: a message line of 1 MB (four times the
+    command bound) streams through as before, and pipelining is unchanged."""
+    server = tcpserver(RELAY_LOCALHOST)
+    long_line = b"y" * (1 << 20)
+    out = send_and_read(server.port, b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@example.com>\r\n"
+                        b"DATA\r\n" + long_line + b"\r\n.\r\nNOOP " + b"n" * 100_000 + b"\r\n"
+                        b"QUIT\r\n")
+    assert re.search(rb"\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n250 ok \d+ qp \d+\r\n"
+                     rb"250 ok\r\n221 mx.example.com\r\n$", out), out[-300:]
+    (run,) = queue.queued()
+    assert run["message"].endswith(b"\n" + long_line + b"\n")

@@ -5,7 +5,9 @@ import threading
 
 import pytest
 
-from qmail_esmtpd.lineio import Channel, Gone, Timeout
+from qmail_esmtpd.lineio import READ_SIZE, Channel, Gone, LineTooLong, Timeout
+
+LIMIT = 200_000  # bytes before the LF, for these tests
 
 
 def channel_with(data: bytes, timeout: float = 5) -> Channel:
@@ -22,37 +24,51 @@ def channel_with(data: bytes, timeout: float = 5) -> Channel:
 
 def test_lines_strip_one_cr_only():
     c = channel_with(b"HELO a\r\nHELO b\r\r\nbare\n\r\n")
-    assert [c.readline() for _ in range(4)] == [b"HELO a", b"HELO b\r", b"bare", b""]
+    assert [c.readline(LIMIT) for _ in range(4)] == [b"HELO a", b"HELO b\r", b"bare", b""]
     with pytest.raises(Gone):
-        c.readline()
+        c.readline(LIMIT)
 
 
-def test_a_long_line_across_many_reads():
-    c = channel_with(b"X" * 1_000_000 + b"\r\nNEXT\r\n")
-    assert c.readline() == b"X" * 1_000_000
-    assert c.readline() == b"NEXT"
+def test_a_line_of_the_limit_across_many_reads():
+    c = channel_with(b"X" * (LIMIT - 1) + b"\r\nNEXT\r\n")  # CR included: LIMIT bytes
+    assert c.readline(LIMIT) == b"X" * (LIMIT - 1)
+    assert c.readline(LIMIT) == b"NEXT"
+
+
+def test_one_byte_more_is_too_long_even_with_its_lf_in_the_same_read():
+    c = channel_with(b"NOOP\r\n" + b"X" * LIMIT + b"\r\n")
+    assert c.readline(LIMIT) == b"NOOP"
+    with pytest.raises(LineTooLong):
+        c.readline(LIMIT)
+
+
+def test_no_lf_at_all_stops_at_the_limit_not_at_the_end_of_input():
+    c = channel_with(b"NOOP " + b"x" * (20 * LIMIT))
+    with pytest.raises(LineTooLong):
+        c.readline(LIMIT)
+    assert len(c.inbuf) <= LIMIT + READ_SIZE  # what was buffered: the rest was never read
 
 
 def test_partial_line_at_eof_is_dropped():
     c = channel_with(b"QUIT")
     with pytest.raises(Gone):
-        c.readline()
+        c.readline(LIMIT)
 
 
 def test_chunks_and_unread_keep_order():
     c = channel_with(b"DATA\r\nbody\r\n.\r\nQUIT\r\n")
-    assert c.readline() == b"DATA"
+    assert c.readline(LIMIT) == b"DATA"
     chunk = c.read_chunk()
     end = chunk.index(b".\r\n") + 3
     c.unread(chunk[end:])
-    assert c.readline() == b"QUIT"
+    assert c.readline(LIMIT) == b"QUIT"
 
 
 def test_silence_is_a_timeout():
     r, w = os.pipe()
     c = Channel(0.2, rfd=r, wfd=os.pipe()[1])
     with pytest.raises(Timeout):
-        c.readline()
+        c.readline(LIMIT)
     os.close(w)
 
 
@@ -85,7 +101,7 @@ def test_a_reader_that_never_reads_cannot_hold_a_write():
 
 def test_discard_input_forgets_pipelined_lines():
     c = channel_with(b"STARTTLS\r\nRSET\r\n")
-    assert c.readline() == b"STARTTLS"
+    assert c.readline(LIMIT) == b"STARTTLS"
     c.discard_input()
     with pytest.raises(Gone):
-        c.readline()
+        c.readline(LIMIT)

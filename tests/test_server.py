@@ -5,8 +5,8 @@ including the cases that end a session (bare LF, timeout, client gone).
 """
 
 from qmail_esmtpd import replies
-from qmail_esmtpd.lineio import Gone, Timeout
-from qmail_esmtpd.protocol import Peer, Session
+from qmail_esmtpd.lineio import Gone, LineTooLong, Timeout
+from qmail_esmtpd.protocol import COMMAND_LINE, SASL_LINE, Peer, Session
 from qmail_esmtpd.server import serve
 
 
@@ -21,6 +21,7 @@ class FakeChannel:
         self.pending = b""
         self.flushes = 0
         self.closed = False
+        self.limits: list[int] = []  # what each readline() was allowed
 
     def _more(self) -> None:
         self.flush()  # as the real channel: replies go out before we wait for input
@@ -28,10 +29,15 @@ class FakeChannel:
             raise self.then()
         self.buffer += self.pieces.pop(0)
 
-    def readline(self) -> bytes:
+    def readline(self, limit: int) -> bytes:
+        self.limits.append(limit)
         while b"\n" not in self.buffer:
+            if len(self.buffer) > limit:
+                raise LineTooLong()
             self._more()
         line, self.buffer = self.buffer.split(b"\n", 1)
+        if len(line) > limit:
+            raise LineTooLong()
         return line[:-1] if line.endswith(b"\r") else line
 
     def read_chunk(self) -> bytes:
@@ -146,3 +152,43 @@ def test_queue_refusal_and_oversized_message():
 def test_quit_exits_0_and_eof_exits_1():
     assert run(b"QUIT\r\n")[0] == 0
     assert run(b"NOOP\r\n")[:2] == (1, b"220 mx.example.com ESMTP\r\n250 ok\r\n")
+
+
+def test_a_command_line_over_the_limit_gets_500_and_ends_the_session():
+    notes: list[str] = []
+    ok = b"NOOP " + b"n" * (COMMAND_LINE - 6) + b"\r\n"  # COMMAND_LINE bytes before the LF
+    status, sent, _ = run(ok, b"NOOP " + b"x" * COMMAND_LINE, b"\r\nQUIT\r\n", note=notes.append)
+    assert status == 1
+    assert sent == b"220 mx.example.com ESMTP\r\n250 ok\r\n" + replies.LINE_TOO_LONG
+    assert notes == [f"command line too long ip=198.51.100.7: over {COMMAND_LINE} bytes, "
+                     "session ended"]
+
+
+class NeverAsked:
+    """An authenticator the tests below never reach: the line is refused first."""
+
+    mechanisms = (b"LOGIN", b"PLAIN")
+
+
+def serve_auth(*pieces: bytes) -> tuple[int, FakeChannel, list[str]]:
+    notes: list[str] = []
+    session = Session(b"mx.example.com", Peer(b"198.51.100.7"), auth=NeverAsked(),  # type: ignore
+                      note=notes.append)
+    channel = FakeChannel(*pieces)
+    return serve(session, channel, lambda: FakeJob([], b"")), channel, notes
+
+
+SASL_NOTE = f"auth line too long ip=198.51.100.7: over {SASL_LINE} bytes, session ended"
+
+
+def test_inside_auth_the_line_limit_is_sasls():
+    status, channel, notes = serve_auth(b"AUTH LOGIN\r\n", b"d" * (SASL_LINE + 1) + b"\r\n")
+    assert status == 1 and channel.limits == [COMMAND_LINE, SASL_LINE]
+    assert channel.sent.endswith(b"334 VXNlcm5hbWU6\r\n" + replies.AUTH_LINE_TOO_LONG)
+    assert notes == [SASL_NOTE]
+
+
+def test_an_auth_line_over_the_sasl_limit_gets_the_same_end():
+    status, channel, notes = serve_auth(b"AUTH PLAIN " + b"A" * (SASL_LINE + 1) + b"\r\nNOOP\r\n")
+    assert status == 1 and notes == [SASL_NOTE]
+    assert channel.sent == b"220 mx.example.com ESMTP\r\n" + replies.AUTH_LINE_TOO_LONG

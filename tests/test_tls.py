@@ -5,9 +5,14 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from qmail_esmtpd.protocol import COMMAND_LINE
 
 from support import (
     FAKE_CHECKPASSWORD,
@@ -35,6 +40,17 @@ def tls_control(control: Path, certificate: bytes) -> Path:
     path.write_bytes(certificate)
     path.chmod(0o600)
     return control
+
+
+@contextmanager
+def after_starttls(port: int) -> Iterator[socket.socket]:
+    """A raw connection that said STARTTLS and read the 220: the handshake is the test's."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with raw.makefile("rb") as f:
+            assert f.readline().startswith(b"220 ")
+            raw.sendall(b"STARTTLS\r\n")
+            assert f.readline() == b"220 ready for tls\r\n"
+        yield raw
 
 
 def client_context() -> ssl.SSLContext:
@@ -97,20 +113,16 @@ def test_garbage_instead_of_a_client_hello_ends_cleanly(tcpserver, tls_control, 
     assert out.startswith(b"220 ") and b"\r\n220 ready for tls\r\n" in out
     assert b"Traceback" not in out
     log = server.wait_log("tls handshake failed")
-    assert "tls handshake failed" in log and "Traceback" not in log and queue.queued() == []
+    assert "tls handshake failed ip=127.0.0.1: " in log and "Traceback" not in log
+    assert queue.queued() == []
 
 
 def test_a_client_that_drops_mid_handshake(tcpserver, tls_control):
     server = tcpserver(RELAY_LOCALHOST)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
-        f = raw.makefile("rb")
-        f.readline()
-        raw.sendall(b"STARTTLS\r\n")
-        assert f.readline() == b"220 ready for tls\r\n"
+    with after_starttls(server.port) as raw:
         raw.sendall(b"\x16\x03\x01\x00")  # the start of a record, then gone
-        raw.shutdown(socket.SHUT_RDWR)  # the makefile() reference would keep it open
     log = server.wait_log("tls handshake failed")
-    assert "tls handshake failed" in log and "Traceback" not in log
+    assert "tls handshake failed ip=127.0.0.1: " in log and "Traceback" not in log
     assert talk(server.port, b"QUIT\r\n").endswith(b"221 mx.example.com\r\n")  # still serving
 
 
@@ -186,7 +198,7 @@ def test_a_session_without_starttls_never_loads_ssl(tls_control):
 def test_smtps_without_a_usable_certificate_ends_without_a_word(tcpserver, control):
     server = tcpserver(RELAY_LOCALHOST, env={"SMTPS": ""})
     assert talk(server.port, b"") == b""  # no cleartext greeting on a TLS port
-    assert "tls unavailable: " in server.wait_log("tls unavailable")
+    assert "tls unavailable ip=127.0.0.1: " in server.wait_log("tls unavailable")
 
 
 def test_tlsserverciphers_chooses_the_tls12_cipher(tcpserver, tls_control, queue):
@@ -214,3 +226,127 @@ def test_submission_mode_without_any_auth_says_so_in_the_log(tcpserver, control)
     server = tcpserver(RELAY_LOCALHOST, env={"SMTPAUTH": "!"})
     assert b"\r\n530 authentication required" in talk(server.port, b"MAIL FROM:<a@b>\r\n")
     assert "SMTPAUTH=! but no AUTH is configured" in server.wait_log("SMTPAUTH=!")
+
+
+# -- issue 15, item 8: the handshake has a deadline, and no cleartext inside it --
+def client_hello() -> bytes:
+    """The first flight of a real TLS client (Python's ssl, as smtplib sends it)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def trickle(s: socket.socket, data: bytes, pause: float) -> tuple[float, bytes]:
+    """One byte of `data` every `pause` seconds until the server closes:
+    (seconds until it did, or until all was sent; what the server sent)."""
+    start = time.monotonic()
+    received = b""
+    s.settimeout(pause)
+    for byte in data:
+        try:
+            s.send(bytes([byte]))
+            got = s.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:  # reset: the server is gone
+            break
+        if not got:
+            break
+        received += got
+    return time.monotonic() - start, received
+
+
+def test_a_trickled_smtps_handshake_ends_at_timeoutsmtpd(tcpserver, tls_control):
+    (tls_control / "timeoutsmtpd").write_text("2\n")
+    server = tcpserver(RELAY_LOCALHOST, env={"SMTPS": ""})
+    hello = client_hello()  # some 300 bytes: 5 minutes at a byte a second
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        elapsed, received = trickle(s, hello, pause=1)
+    assert elapsed < 60, elapsed  # per read, it would have run until the last byte
+    assert received == b""  # no 451 in cleartext on a TLS port
+    assert "tls handshake failed ip=127.0.0.1: no handshake within 2 s" in server.wait_log(
+        "tls handshake failed")
+
+
+def test_a_trickled_starttls_handshake_ends_at_timeoutsmtpd(tcpserver, tls_control):
+    (tls_control / "timeoutsmtpd").write_text("2\n")
+    server = tcpserver(RELAY_LOCALHOST)
+    with after_starttls(server.port) as raw:
+        elapsed, received = trickle(raw, client_hello(), pause=1)
+    assert elapsed < 60, elapsed
+    assert received == b""  # nothing in cleartext inside the handshake
+    assert "tls handshake failed ip=127.0.0.1: no handshake within 2 s" in server.wait_log(
+        "tls handshake failed")
+
+
+def test_a_silent_smtps_client_gets_no_cleartext_timeout(tcpserver, tls_control):
+    (tls_control / "timeoutsmtpd").write_text("1\n")
+    server = tcpserver(RELAY_LOCALHOST, env={"SMTPS": ""})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        assert s.recv(100) == b""  # the server closed without a word
+    assert "tls handshake failed ip=127.0.0.1: no handshake within 1 s" in server.wait_log(
+        "tls handshake failed")
+
+
+def test_the_command_phase_keeps_qmails_timeout_per_read(tcpserver, control):
+    """As qmail-smtpd: each read may take timeoutsmtpd, a line as long as it
+    likes; a client trickling a command is slow, not timed out."""
+    (control / "timeoutsmtpd").write_text("4\n")
+    server = tcpserver(RELAY_LOCALHOST)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        elapsed, received = trickle(s, b"NOOP slowly\r\n", pause=1)  # some 12 s in all
+        if not received:
+            received = f.readline()
+    assert received == b"250 ok\r\n" and elapsed > 4  # longer than one timeout in all
+
+
+# -- issue 15, item 9: forward secrecy and AEAD only, unless tlsserverciphers says otherwise --
+def s_client_tls12(port: int, cipher: str) -> str:
+    """`openssl s_client` over STARTTLS offering TLS 1.2 with one cipher only: what it said."""
+    out = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                          f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher, "-crlf",
+                          "-ign_eof", "-nocommands"],
+                         input=b"QUIT\n", capture_output=True, timeout=60)
+    return (out.stdout + out.stderr).decode(errors="replace")
+
+
+@pytest.mark.parametrize("cipher", [
+    "AES128-SHA",  # static RSA key exchange, CBC: Debian's Python offers it by default
+    "AES256-GCM-SHA384",  # AEAD, but static RSA: no forward secrecy
+    "ECDHE-RSA-AES128-SHA256",  # forward secrecy, but CBC: in Python's own default list
+])
+def test_default_ciphers_refuse_static_rsa_and_cbc(tcpserver, tls_control, cipher):
+    server = tcpserver(RELAY_LOCALHOST)
+    said = s_client_tls12(server.port, cipher)
+    assert "221 mx.example.com" not in said and "handshake failure" in said, said
+    assert "tls handshake failed ip=127.0.0.1: " in server.wait_log("tls handshake failed")
+
+
+@pytest.mark.parametrize("cipher", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+                                    "ECDHE-RSA-CHACHA20-POLY1305"])
+def test_default_ciphers_serve_ecdhe_with_aead(tcpserver, tls_control, cipher):
+    server = tcpserver(RELAY_LOCALHOST)
+    said = s_client_tls12(server.port, cipher)
+    assert f"Cipher is {cipher}" in said and "221 mx.example.com" in said, said
+
+
+def test_tlsserverciphers_still_overrides_the_default(tcpserver, tls_control):
+    (tls_control / "tlsserverciphers").write_text("ECDHE-RSA-AES128-SHA256\n")
+    server = tcpserver(RELAY_LOCALHOST)
+    said = s_client_tls12(server.port, "ECDHE-RSA-AES128-SHA256")
+    assert "Cipher is ECDHE-RSA-AES128-SHA256" in said and "221 mx.example.com" in said, said
+
+
+def test_a_line_too_long_inside_tls_gets_its_500_inside_tls(tcpserver, tls_control):
+    server = tcpserver(RELAY_LOCALHOST)
+    with after_starttls(server.port) as raw:
+        with client_context().wrap_socket(raw, server_hostname="localhost") as secure:
+            fits = b"NOOP " + b"x" * (COMMAND_LINE - 6) + b"\r\n"  # CR included: the limit
+            secure.sendall(fits + fits.replace(b"NOOP ", b"NOOP  "))  # one byte more
+            replies = secure.makefile("rb").read()  # until the server closes
+    assert replies == b"250 ok\r\n500 line too long, closing connection (#5.5.2)\r\n"
+    assert "command line too long ip=127.0.0.1" in server.wait_log("too long")

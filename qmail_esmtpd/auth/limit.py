@@ -62,14 +62,18 @@ WHERE id = %(id)s AND last_send = %(day)s AND count >= %(n)s
 
 class DailyLimit:
     """One authenticated account's limit: its poppass id, the site's default
-    (for accounts whose `sendlimit` is NULL) and what one message costs."""
+    (for accounts whose `sendlimit` is NULL) and what one message costs;
+    `remoteip` (printable, as the log takes it) names the client in its lines."""
 
     def __init__(self, db: Database, user_id: int, default: int,
-                 per_message: bool = False) -> None:
+                 per_message: bool = False, remoteip: str = "unknown") -> None:
         self.db = db
         self.user_id = user_id
         self.default = min(default, MAX_LIMIT)
         self.per_message = per_message
+        self.client = f"user id {user_id} ip={remoteip}"
+        self.unit = "messages" if per_message else "recipients"
+        self.daily = 0  # the account's limit as remaining() last read it
         self.why = ""  # the last refusal's reason, for the log
         self._charge: tuple[object, int] | None = None  # (day, units) of the last charge
 
@@ -79,7 +83,7 @@ class DailyLimit:
         try:
             rows = self.db.query(REMAINING, {"id": self.user_id, "default": self.default})
         except DatabaseError as e:
-            log(f"sendlimit database: {e}")
+            log(f"sendlimit database: {self.client}: {e}")
             return None
         finally:
             self.db.close()
@@ -87,9 +91,10 @@ class DailyLimit:
             self.why = "account disabled"
             return 0
         _, daily, count = rows[0]
+        self.daily = daily
         if daily == 0:
             return UNLIMITED
-        self.why = f"{count} of {daily} used today"
+        self.why = f"{count} of {daily} {self.unit} a day already sent"
         if self.per_message:
             return UNLIMITED if count < daily else 0
         return max(daily - count, 0)
@@ -106,12 +111,15 @@ class DailyLimit:
             rows = self.db.query(CHARGE, {"id": self.user_id, "default": self.default,
                                           "n": units})
         except DatabaseError as e:
-            log(f"sendlimit database: {e}")
+            log(f"sendlimit database: {self.client}: {e}")
             return None
         finally:
             self.db.close()
         if not rows:
-            self.why = f"{units} more would pass the limit, or the account is disabled"
+            self.why = ("account disabled" if not self.daily else
+                        f"{units} {self.unit} would pass the daily limit: other sessions "
+                        f"sent the rest meanwhile, or the limit was lowered or the account "
+                        f"disabled")
             return False
         self._charge = (rows[0][0], units)
         return True
@@ -125,6 +133,6 @@ class DailyLimit:
         try:
             self.db.query(REFUND, {"id": self.user_id, "day": day, "n": units})
         except DatabaseError as e:
-            log(f"sendlimit refund of {units} failed for user id {self.user_id}: {e}")
+            log(f"sendlimit refund of {units} {self.unit} failed: {self.client}: {e}")
         finally:
             self.db.close()

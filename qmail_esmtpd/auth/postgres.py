@@ -11,7 +11,7 @@ with no password checked.
 """
 
 from ..config import flag_setting, number_setting
-from ..log import log
+from ..log import log, printable
 from . import DATABASE, THROTTLED, Verdict
 from .accounts import Account, Unavailable, addresses, login
 from .db import Database
@@ -38,13 +38,16 @@ def open_backend(conninfo: str, controls: "Controls",
     db = Database(conninfo)
     remoteip = env.get(b"TCPREMOTEIP", b"").decode("ascii", "replace")
     throttle = open_throttle(db, controls, env, remoteip, trusted=b"RELAYCLIENT" in env)
-    return PostgresAuth(db, default_send_limit(controls, env), plaintext, per_message, throttle)
+    return PostgresAuth(db, default_send_limit(controls, env), plaintext, per_message, throttle,
+                        remoteip)
 
 
 class PostgresAuth:
     def __init__(self, db: Database, default_limit: int, plaintext: bool,
-                 per_message: bool = False, throttle: Throttle | None = None) -> None:
+                 per_message: bool = False, throttle: Throttle | None = None,
+                 remoteip: str = "unknown") -> None:
         self.db = db
+        self.client_ip = printable(remoteip.encode()) or "unknown"  # for log lines
         self.throttle = throttle
         self.default_limit = default_limit
         self.plaintext = plaintext
@@ -55,7 +58,7 @@ class PostgresAuth:
         try:
             account, status = login(self.db, user, password, self.throttle, self.plaintext)
         except Unavailable as e:
-            log(f"auth database: {e}")
+            log(f"auth database: ip={self.client_ip}: {e}")
             return Verdict(False, tempfail=DATABASE)
         self.account = account
         if status is None or not (status.refused or status.slowed):
@@ -77,7 +80,8 @@ class PostgresAuth:
                 log(f"auth failure not recorded source={self.throttle.source}: "
                     f"{status.unrecorded}; further AUTH in this session refused")
             return Verdict(False, slowed=slowed, detail=detail)
-        limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message)
+        limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message,
+                           self.client_ip)
         return Verdict(True, user=user, limit=limit, slowed=slowed, detail=detail)
 
     def addresses(self) -> frozenset[bytes]:
