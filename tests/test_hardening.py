@@ -552,7 +552,7 @@ def test_authzid_must_be_empty_or_the_login_name(db, tcpserver):
     pw = ALICE_PW.encode()
     assert answer(server.port, plain(b"alice", pw, authzid=b"bob")).startswith(b"535")
     assert answer(server.port, plain(b"alice", pw, authzid=b"alice")).startswith(b"235")
-    assert "authzid=bob: not the login name" in server.wait_log("authzid=bob")
+    assert "authzid=bob ip=127.0.0.1: not the login name" in server.wait_log("authzid=bob")
 
 
 # -- 9. legacy bcrypt beyond 72 bytes -----------------------------------------

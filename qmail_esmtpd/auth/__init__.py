@@ -127,13 +127,14 @@ class Authenticator:
             backend = self._load()
             if authzid and authzid != user:
                 verdict = Verdict(False)  # we let nobody act for another user
-                log(f"auth refused authzid={printable(authzid)}: not the login name")
+                log(f"auth refused authzid={printable(authzid)} ip={printable(self.remoteip)}: "
+                    "not the login name")
             else:
                 verdict = backend.verify(user, password)
             if verdict.ok and self.bind_senders:
                 verdict.senders = self._senders(verdict.user or user, backend)
         except Exception as e:  # the client gets a 454, the log gets the reason
-            log(f"auth error: {type(e).__name__}: {e}")
+            log(f"auth error ip={printable(self.remoteip)}: {type(e).__name__}: {e}")
             verdict = Verdict(False, tempfail=DATABASE)
         finally:
             if backend is not None:
