@@ -5,21 +5,28 @@
 against a real PostgreSQL, run through a launcher made like the installed
 one.  The subprogram is a shell that reports who and where it runs.
 Switching users needs root (CI runs as root); those tests are skipped otherwise.
+As root the program connects to the database as the service user (qmaild, or
+POPDBUSER: nobody where the system has no qmaild); the cluster's socket is
+opened to everyone for that, as /var/run/postgresql is.
 """
 
 import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, run_with_fd3, world_readable_dir, write_launcher
+from support import ROOT, installed_prefix, run_with_fd3, world_readable_dir, write_launcher
 
 ENTRY = "qmail_esmtpd.checkpassword_program:main"
 PASSWORD = "correct horse battery staple"
 SYSUSER = "nobody"
+# whose uid the program connects with when started as root
+SERVICE_USER = "qmaild" if any(entry.pw_name == "qmaild" for entry in pwd.getpwall()) \
+    else "nobody"
 # Who and where the subprogram runs, and with what environment.
 REPORT = ["/bin/sh", "-c", 'echo "$(id -u) $(id -g) $(id -G) $(pwd)"; '
           'echo "$USER|$HOME|$SHELL|$userdb_uid|$userdb_gid|$EXTRA|$AUTHORIZED"']
@@ -75,10 +82,13 @@ def login(name: str, password: str, timestamp: str = "<1.2@pop.example.com>") ->
 def pop(db, control: Path, maildir_home: Path):
     """The database with alice (sysuser nobody, dir her home), and the environment
     tcpserver and qmail-popup would give the program."""
+    os.chmod(db.database.cluster.base, 0o711)  # the service user reaches the socket
     db.add("alice", PASSWORD, sysuser=SYSUSER, dir=str(maildir_home))
     db.home = maildir_home
     db.pop_env = {"QMAIL_CONTROL": str(control), "TCPREMOTEIP": "192.0.2.7",
                   **db.env()}
+    if SERVICE_USER != "qmaild":
+        db.pop_env["POPDBUSER"] = SERVICE_USER
     return db
 
 
@@ -184,21 +194,69 @@ def test_no_database_configured_exits_111(program, pop):
     assert "control/authdb" in one_log_line(proc, "login tempfail ")
 
 
-@pytest.mark.parametrize("column, value, status, why", [
-    ("sysuser", "no-such-user-here", 111, "not a user of this system"),
-    ("dir", "/nonexistent/alice", 111, "dir /nonexistent/alice"),
-    ("sysuser", "root", 1, "root: refused"),
-    ("sysuser", None, 1, "no sysuser"),
-])
-def test_rows_that_cannot_be_served(program, pop, column, value, status, why):
+UNUSABLE_ROWS = [
+    ("sysuser", "no-such-user-here", "sysuser no-such-user-here is not a user of this system"),
+    ("dir", "/nonexistent/alice", "dir /nonexistent/alice: No such file or directory"),
+    ("sysuser", "root", "sysuser root is root: refused"),
+    ("sysuser", None, "no sysuser for this account"),
+    ("hostname", "pop2.example.com", "the account lives on host pop2.example.com"),
+]
+
+
+@pytest.mark.parametrize("column, value, why", UNUSABLE_ROWS)
+def test_rows_that_cannot_be_served(program, pop, column, value, why):
     if column == "dir" and os.geteuid() != 0:
         pytest.skip("switching users needs root")
     pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
-    proc = run(program, login("alice", PASSWORD), pop.pop_env)
-    assert proc.returncode == status
+    env = {**pop.pop_env, "POPHOST": "pop1.example.com"}
+    proc = run(program, login("alice", PASSWORD), env)
+    assert proc.returncode == 1
     assert proc.stdout == ""
-    assert why in one_log_line(proc, "login ")
+    assert one_log_line(proc, "login fail user=alice ip=192.0.2.7: ").endswith(why)
     assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]  # the password was right
+
+
+@pytest.mark.parametrize("column, value, why", [
+    *UNUSABLE_ROWS, ("pw", "not the password", "wrong password, or no such active user")])
+def test_every_refusal_waits_the_failure_delay(program, pop, column, value, why):
+    """A right password on a row that cannot be served is refused as a wrong one
+    is: after authfaildelay, with status 1 (qmail-popup and Dovecot show nothing
+    else), so the answer does not tell that the password was right."""
+    if column == "dir" and os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    if column == "pw":
+        value = pop.hash(value)
+    pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
+    env = {**pop.pop_env, "POPHOST": "pop1.example.com", "AUTHFAILDELAY": "1"}
+    started = time.monotonic()
+    proc = run(program, login("alice", PASSWORD), env)
+    assert time.monotonic() - started >= 1
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert one_log_line(proc, "login fail user=alice ip=192.0.2.7: ").endswith(why)
+
+
+@as_root
+def test_as_root_it_connects_as_the_service_user(program, pop):
+    """Started as root (tcpserver), the connect happens with the service user's
+    uid, which peer authentication reads: a socket only root can reach fails."""
+    base = pop.database.cluster.base
+    os.chmod(base, 0o700)
+    try:
+        proc = run(program, login("alice", PASSWORD), pop.pop_env)
+    finally:
+        os.chmod(base, 0o711)
+    assert proc.returncode == 111
+    assert "Permission denied" in one_log_line(proc, "login tempfail user=alice ip=192.0.2.7: "
+                                                     "database: ")
+
+
+@as_root
+def test_a_service_user_the_system_lacks_is_a_temporary_failure(program, pop):
+    proc = run(program, login("alice", PASSWORD), {**pop.pop_env, "POPDBUSER": "no-such-user"})
+    assert proc.returncode == 111 and proc.stdout == ""
+    assert one_log_line(proc, "login tempfail user=alice ip=192.0.2.7: ").endswith(
+        "no system user no-such-user to connect to the database as "
+        "(control/popdbuser names it)")
 
 
 @as_root
@@ -209,7 +267,7 @@ def test_dir_defaults_to_the_sysusers_home(program, pop):
     if os.path.isdir(home):
         assert proc.returncode == 0 and proc.stdout.split()[-1].endswith(home)
     else:  # Debian's nobody lives in /nonexistent
-        assert proc.returncode == 111 and f"dir {home}" in proc.stderr
+        assert proc.returncode == 1 and f"dir {home}" in proc.stderr
 
 
 @pytest.mark.parametrize("setting, columns, allowed", [
@@ -274,41 +332,97 @@ def test_a_deprecated_hash_is_replaced_where_granted(program, pop):
 
 
 # --- Dovecot's conventions ----------------------------------------------------
+# Dovecot runs the program as its auth service's user: `daemon` stands in for
+# that unprivileged user here, running the installed program (its interpreter
+# is one every user may run, unlike the venv's under /root).
+
+AUTH_USER = "daemon"
+
+
+@pytest.fixture(scope="session")
+def installed_program() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("running the program as another user needs root")
+    return installed_prefix() / "bin" / "qmail-esmtpd-checkpassword"
+
+
+@pytest.fixture
+def dovecot_pop(pop):
+    """pop, with a control directory the auth user may read."""
+    control = world_readable_dir("qmail-esmtpd-control-")
+    pop.dovecot_control = control
+    yield pop
+    shutil.rmtree(control, ignore_errors=True)
+
 
 def dovecot_env(pop, **extra: str) -> dict:
     """What Dovecot's auth process sets (see tests/test_dovecot.py for the real one)."""
-    return {**pop.pop_env, "ORIG_UID": str(os.getuid()), "SERVICE": "pop3",
+    return {**pop.pop_env, "QMAIL_CONTROL": str(pop.dovecot_control),
+            "ORIG_UID": str(pwd.getpwnam(AUTH_USER).pw_uid), "SERVICE": "pop3",
             "TCPLOCALIP": "127.0.0.1", **extra}
 
 
-def test_dovecot_gets_the_user_in_its_fields_without_a_switch(program, pop):
+def as_dovecot(program: Path, data: bytes, env: dict, argv: list | None = None
+               ) -> subprocess.CompletedProcess:
+    return with_fd3(["setuidgid", AUTH_USER, str(program), *(REPORT if argv is None else argv)],
+                    data, env)
+
+
+def test_dovecot_gets_the_user_in_its_fields_without_a_switch(installed_program, dovecot_pop):
+    pop = dovecot_pop
     nobody = pwd.getpwnam(SYSUSER)
-    proc = run(program, login("alice", PASSWORD), dovecot_env(pop))
+    proc = as_dovecot(installed_program, login("alice", PASSWORD), dovecot_env(pop))
     assert proc.returncode == 0, proc.stderr
     who, environment = proc.stdout.splitlines()
-    assert who.split()[0] == str(os.getuid())  # checkpassword-reply runs as Dovecot ran us
+    # checkpassword-reply runs as Dovecot ran us (it refuses to run as another uid)
+    assert who.split()[0] == str(pwd.getpwnam(AUTH_USER).pw_uid)
     assert environment == (f"alice|{pop.home}|{nobody.pw_shell}|{nobody.pw_uid}|"
                            f"{nobody.pw_gid}|userdb_uid userdb_gid|")
+    assert proc.stderr == ""  # Dovecot would log any line here as an error
 
 
-def test_dovecot_root_and_missing_dirs_are_refused_too(program, pop):
+def test_dovecot_refusals_log_one_line(installed_program, dovecot_pop):
+    proc = as_dovecot(installed_program, login("alice", "wrong-password"),
+                      dovecot_env(dovecot_pop))
+    assert proc.returncode == 1
+    one_log_line(proc, "login fail user=alice ip=192.0.2.7: wrong password")
+
+
+def test_dovecot_root_and_missing_dirs_are_refused_too(installed_program, dovecot_pop):
+    pop = dovecot_pop
     pop.sql("UPDATE poppass SET dir = '/nonexistent/alice' WHERE name = 'alice'")
-    assert run(program, login("alice", PASSWORD), dovecot_env(pop)).returncode == 111
+    proc = as_dovecot(installed_program, login("alice", PASSWORD), dovecot_env(pop))
+    assert proc.returncode == 1 and "dir /nonexistent/alice" in proc.stderr
     pop.sql("UPDATE poppass SET dir = NULL, sysuser = 'root' WHERE name = 'alice'")
-    assert run(program, login("alice", PASSWORD), dovecot_env(pop)).returncode == 1
+    proc = as_dovecot(installed_program, login("alice", PASSWORD), dovecot_env(pop))
+    assert proc.returncode == 1 and "is root: refused" in proc.stderr
 
 
-def test_dovecot_userdb_lookup_answers_authorized_2(program, pop):
+@as_root
+def test_dovecot_running_it_as_root_is_refused(program, pop):
+    """Dovecot's checkpassword-reply would run as root: no subprogram, 111."""
+    proc = run(program, login("alice", PASSWORD), {**pop.pop_env, "ORIG_UID": "0"})
+    assert proc.returncode == 111 and proc.stdout == ""
+    assert "Dovecot runs this program as root" in one_log_line(
+        proc, "login tempfail user=alice ip=192.0.2.7: ")
+
+
+def test_dovecot_userdb_lookup_answers_authorized_2(installed_program, dovecot_pop):
     """AUTHORIZED=1: a lookup without password (checkpassword as userdb)."""
-    proc = run(program, b"alice\0\0", dovecot_env(pop, AUTHORIZED="1"))
+    pop = dovecot_pop
+
+    def lookup(name: bytes, **extra: str) -> subprocess.CompletedProcess:
+        return as_dovecot(installed_program, name + b"\0\0",
+                          dovecot_env(pop, AUTHORIZED="1", **extra))
+
+    proc = lookup(b"alice")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1].endswith("|userdb_uid userdb_gid|2")
-    unknown = run(program, b"mallory\0\0", dovecot_env(pop, AUTHORIZED="1"))
+    unknown = lookup(b"mallory")
     assert unknown.returncode == 3 and unknown.stdout == ""
     pop.sql("UPDATE poppass SET active = false WHERE name = 'alice'")
-    assert run(program, b"alice\0\0", dovecot_env(pop, AUTHORIZED="1")).returncode == 3
-    credentials = run(program, b"alice\0\0",
-                      dovecot_env(pop, AUTHORIZED="1", CREDENTIALS_LOOKUP="1", SCHEME="PLAIN"))
+    assert lookup(b"alice").returncode == 3
+    credentials = lookup(b"alice", CREDENTIALS_LOOKUP="1", SCHEME="PLAIN")
     assert credentials.returncode == 1 and credentials.stdout == ""
 
 
@@ -316,6 +430,38 @@ def test_authorized_means_nothing_outside_dovecot(program, pop):
     """Without Dovecot's ORIG_UID, AUTHORIZED=1 does not skip the password."""
     proc = run(program, b"alice\0\0", {**pop.pop_env, "AUTHORIZED": "1"})
     assert proc.returncode == 1 and proc.stdout == ""
+
+
+# --- the subprogram's environment -------------------------------------------------
+
+DATABASE_ENV = {"PGPASSWORD": "secret-pg-password", "PGHOST": "/nonexistent",
+                "PGSERVICEFILE": "/nonexistent/pg_service.conf",
+                "QMAIL_ESMTPD_ADMINDB": "dbname=mail user=postgres"}
+
+
+def without_database_settings(stdout: str) -> None:
+    names = {line.split("=", 1)[0] for line in stdout.splitlines() if "=" in line}
+    assert "USER" in names, stdout
+    assert not {name for name in names if name.startswith("PG")}, stdout
+    assert not names & {"AUTHDB", "QMAIL_ESMTPD_ADMINDB", "POPDBUSER"}, stdout
+    assert "secret-pg-password" not in stdout
+
+
+@as_root
+def test_the_subprogram_gets_no_database_settings(program, pop):
+    # libpq reads PG* too: the connection string in AUTHDB overrides these
+    env = {**pop.pop_env, **DATABASE_ENV, "POPDBUSER": SERVICE_USER}
+    proc = run(program, login("alice", PASSWORD), env, argv=["env"])
+    assert proc.returncode == 0, proc.stderr
+    without_database_settings(proc.stdout)
+
+
+def test_dovecots_subprogram_gets_no_database_settings_either(installed_program,
+                                                              dovecot_pop):
+    proc = as_dovecot(installed_program, login("alice", PASSWORD),
+                      dovecot_env(dovecot_pop, **DATABASE_ENV), argv=["env"])
+    assert proc.returncode == 0, proc.stderr
+    without_database_settings(proc.stdout)
 
 
 # --- start-up -------------------------------------------------------------------
