@@ -485,20 +485,24 @@ def test_it_imports_nothing_of_the_smtp_server(program, pop):
 
 # --- grants ---------------------------------------------------------------------
 
-def test_the_pop3_role_of_grants_sql_is_enough(program, pop, pg):
-    """The commented POP3 block of sql/grants.sql, for a role of its own."""
-    text = (ROOT / "sql" / "grants.sql").read_text()
-    block = text[text.index("-- POP3"):]
-    statements = [line[3:] for line in block.splitlines()
-                  if line.startswith("-- ") and line[3:].startswith(("CREATE ROLE", "GRANT"))]
-    assert any("authfailures" in s for s in statements), statements
-    for statement in statements:
-        if statement.startswith("CREATE ROLE") and pop.sql(
-                "SELECT 1 FROM pg_roles WHERE rolname = 'qmailpop'"):
-            continue
-        pop.sql(statement)
-    env = {**pop.pop_env, "AUTHDB": pop.database.dsn("qmailpop")}
+def test_the_pop3_grants_of_grants_sql_are_enough_for_dovecots_role(program, pop):
+    """sql/grants.sql, run again once the role `dovecot` exists, gives it what
+    the program needs under Dovecot: it reads the row and counts failures."""
+    if not pop.sql("SELECT 1 FROM pg_roles WHERE rolname = 'dovecot'"):
+        pop.sql("CREATE ROLE dovecot LOGIN")
+    pop.sql((ROOT / "sql" / "grants.sql").read_text())
+    env = {**pop.pop_env, "AUTHDB": pop.database.dsn("dovecot")}
     assert run(program, login("alice", "wrong-password"), env).returncode == 1
+    assert pop.sql("SELECT name FROM authfailures") == [("alice",)]
     proc = run(program, login("alice", PASSWORD), env, argv=["/bin/true"])
     assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
     assert "login ok" in proc.stderr or os.geteuid() != 0
+    # and nothing more: not the other tables, not the password column's UPDATE
+    conn = pop.database.cluster.connect(pop.database.name, "dovecot")
+    try:
+        for statement in ("SELECT * FROM sendcounts", "SELECT * FROM sendas",
+                          "UPDATE poppass SET pw = 'x'"):
+            with pytest.raises(Exception, match="permission denied"), conn.cursor() as cur:
+                cur.execute(statement)
+    finally:
+        conn.close()

@@ -19,6 +19,7 @@ import pytest
 from support import (
     ROOT,
     Cluster,
+    Database,
     StartError,
     TcpServer,
     end_group,
@@ -105,8 +106,8 @@ def peer_authentication(cluster: Cluster) -> None:
     # without a system user qmaild, POPDBUSER names nobody, who may be role qmaild
     (cluster.data / "pg_ident.conf").write_text(
         "local /^(.*)$ \\1\n" + ("" if qmaild else "local nobody qmaild\n"))
-    with cluster.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_reload_conf()")
+    with Database(cluster, "postgres") as admin:
+        admin.sql("SELECT pg_reload_conf()")
 
 
 def pop3_login_through_the_run_script(cluster: Cluster, prefix) -> None:
@@ -119,9 +120,9 @@ def pop3_login_through_the_run_script(cluster: Cluster, prefix) -> None:
     for sub in ("", "Maildir", "Maildir/cur", "Maildir/new", "Maildir/tmp"):
         (home / sub).mkdir()
         os.chown(home / sub, nobody.pw_uid, nobody.pw_gid)
-    with cluster.connect("mail") as conn, conn.cursor() as cur:
-        cur.execute("UPDATE poppass SET sysuser = %s, dir = %s WHERE name = 'alice'",
-                    (SYSUSER, str(home)))
+    with Database(cluster, "mail") as mail:
+        mail.sql("UPDATE poppass SET sysuser = %s, dir = %s WHERE name = 'alice'",
+                 (SYSUSER, str(home)))
     for name, stand_in in (("qmail-popup", "QMAIL_POPUP"), ("qmail-pop3d", "QMAIL_POP3D")):
         shutil.copy(os.environ.get(stand_in) or STAND_INS / name, prefix / "bin" / name)
     envdir = prefix / "pop3d" / "env"
