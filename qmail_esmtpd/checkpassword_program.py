@@ -203,7 +203,7 @@ def read_input(fd: int = 3) -> tuple[bytes, bytes, bytes]:
 def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, bytes]",
           config: Configuration, remoteip: str) -> "tuple[Login, str]":
     """The login this password opens (and a note for the log line), or Refused."""
-    from .auth import accounts
+    from .auth import accounts, apop
     from .auth.db import Database, DatabaseError
 
     db = Database(config.conninfo or "")
@@ -220,8 +220,14 @@ def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, byte
         from .auth.throttle import open_throttle
 
         throttle = open_throttle(db, config.controls, env, remoteip)
+        checkable = True
         try:
-            account, status = accounts.login(db, user, password, throttle, config.plaintext)
+            if apop.looks_like_apop(password, timestamp):
+                account, status, checkable = apop.login(db, user, password, timestamp,
+                                                        throttle, config.plaintext)
+            else:
+                account, status = accounts.login(db, user, password, throttle,
+                                                 config.plaintext)
         except accounts.Unavailable as e:
             raise Refused(TEMPORARY, f"database: {e}") from None
         if status is not None and status.refused:
@@ -229,6 +235,9 @@ def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, byte
             raise Refused(TEMPORARY, f"throttled: source={throttle.source} "
                                      f"failures={status.failures}")
         slowed = status is not None and status.slowed
+        if not checkable:  # an APOP digest: no wait, not counted (auth/apop.py)
+            raise Refused(BAD_LOGIN, "apop: cannot be checked against a hashed password, "
+                                     "or no such active user (not counted)", at_once=True)
         if account is None:
             note = f" (slowed: {status.failures} failures against this name lately)" \
                 if slowed and status is not None else ""

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, installed_prefix, run_with_fd3, world_readable_dir, write_launcher
+from support import (
+    ROOT,
+    TcpServer,
+    installed_prefix,
+    run_with_fd3,
+    world_readable_dir,
+    write_launcher,
+)
 
 ENTRY = "qmail_esmtpd.checkpassword_program:main"
 PASSWORD = "correct horse battery staple"
@@ -506,3 +513,120 @@ def test_the_pop3_grants_of_grants_sql_are_enough_for_dovecots_role(program, pop
                 cur.execute(statement)
     finally:
         conn.close()
+
+
+# --- APOP -------------------------------------------------------------------------
+# qmail-popup passes `APOP name digest` as name NUL digest NUL <timestamp> NUL.
+
+TIMESTAMP = "<1.2@pop.example.com>"  # what login() sends
+
+
+def apop_digest(secret: str, timestamp: str = TIMESTAMP) -> str:
+    import hashlib
+
+    return hashlib.md5((timestamp + secret).encode()).hexdigest()
+
+
+def test_apop_against_a_hashed_row_is_refused_at_once_and_not_counted(program, pop):
+    env = {**pop.pop_env, "AUTHFAILDELAY": "30", "AUTHFAILLIMIT": "3"}
+    for n in range(5):  # a client polling with APOP first: a new digest each greeting
+        timestamp = f"<{4711 + n}.1767225600@pop.example.com>"
+        started = time.monotonic()
+        proc = run(program, login("alice", apop_digest(PASSWORD, timestamp), timestamp), env)
+        assert time.monotonic() - started < 30  # no failure delay
+        assert (proc.returncode, proc.stdout) == (1, "")
+        assert one_log_line(proc, "login fail user=alice ip=192.0.2.7: ").endswith(
+            "apop: cannot be checked against a hashed password, or no such active user "
+            "(not counted)")
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+    # the same client's USER/PASS still gets in: no lockout
+    assert run(program, login("alice", PASSWORD), env, argv=["/bin/true"]).returncode == \
+        (0 if os.geteuid() == 0 else 111)
+
+
+def test_apop_for_an_unknown_name_is_refused_the_same_way(program, pop):
+    proc = run(program, login("mallory", apop_digest(PASSWORD)), pop.pop_env)
+    assert proc.returncode == 1 and "apop: cannot be checked" in proc.stderr
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+
+
+def test_a_password_that_looks_like_a_digest_still_works_with_user_pass(program, pop):
+    hexpassword = "0123456789abcdef0123456789abcdef"
+    pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (pop.hash(hexpassword),))
+    proc = run(program, login("alice", hexpassword), pop.pop_env, argv=["/bin/true"])
+    assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
+    assert "login ok user=alice" in proc.stderr or os.geteuid() != 0
+
+
+def test_without_a_timestamp_a_digest_shaped_password_is_an_ordinary_one(program, pop):
+    """Dovecot sends no timestamp: a wrong 32-hex-digit password is a counted failure."""
+    proc = run(program, f"alice\0{apop_digest('guess')}\0\0".encode(), pop.pop_env)
+    assert proc.returncode == 1 and "wrong password" in proc.stderr
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(1,)]
+
+
+def test_apop_is_checked_where_the_row_keeps_its_password_readable(program, pop):
+    pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (PASSWORD,))
+    env = {**pop.pop_env, "AUTHPLAINTEXT": "1", "AUTHFAILDELAY": "1"}
+    proc = run(program, login("alice", apop_digest(PASSWORD)), env, argv=["/bin/true"])
+    assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
+    assert "login ok user=alice" in proc.stderr or os.geteuid() != 0
+    # a wrong digest is a wrong password: it waits and counts
+    started = time.monotonic()
+    proc = run(program, login("alice", apop_digest("not " + PASSWORD)), env)
+    assert time.monotonic() - started >= 1
+    assert proc.returncode == 1 and "wrong password" in proc.stderr
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(1,)]
+    # without authplaintext the row cannot be read, so APOP cannot be checked
+    proc = run(program, login("alice", apop_digest(PASSWORD)), pop.pop_env)
+    assert proc.returncode == 1 and "apop: cannot be checked" in proc.stderr
+
+
+def test_apop_from_a_throttled_source_is_throttled(program, pop):
+    env = {**pop.pop_env, "AUTHFAILLIMIT": "1"}
+    assert run(program, login("alice", "wrong-password"), env).returncode == 1
+    proc = run(program, login("alice", apop_digest(PASSWORD)), env)
+    assert proc.returncode == 111 and "throttled" in proc.stderr
+
+
+@as_root
+def test_poplib_apop_and_user_pass_through_qmail_popup(program, pop, tmp_path):
+    """Real poplib, qmail-popup (the stand-in, or $QMAIL_POPUP) under tcpserver,
+    the program as root, real PostgreSQL: APOP against a hashed row is refused
+    without a wait and not counted, USER/PASS gets in; with a plaintext row
+    and authplaintext, APOP gets in too."""
+    import poplib
+
+    popup = os.environ.get("QMAIL_POPUP") or str(ROOT / "tests" / "pop3" / "qmail-popup")
+    pop3d = str(ROOT / "tests" / "pop3" / "qmail-pop3d")
+    env = {**pop.pop_env, "AUTHFAILDELAY": "30"}
+    env.pop("TCPREMOTEIP")  # tcpserver sets it
+    server = TcpServer(tmp_path, ":allow\n", env,
+                       [popup, "pop.example.com", program, pop3d, "Maildir"])
+    try:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=20)
+        try:
+            with pytest.raises(poplib.error_proto, match="authorization failed"):
+                client.apop("alice", PASSWORD)
+        finally:
+            client.close()
+        client = poplib.POP3("127.0.0.1", server.port, timeout=20)
+        try:
+            client.user("alice")
+            assert client.pass_(PASSWORD).startswith(b"+OK")
+            assert client.quit().startswith(b"+OK")
+        finally:
+            client.close()
+        assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+        pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (PASSWORD,))
+        (Path(pop.pop_env["QMAIL_CONTROL"]) / "authplaintext").write_text("1\n")
+        client = poplib.POP3("127.0.0.1", server.port, timeout=20)
+        try:
+            assert client.apop("alice", PASSWORD).startswith(b"+OK")
+            assert client.quit().startswith(b"+OK")
+        finally:
+            client.close()
+        log = server.wait_log("login ok user=alice ip=127.0.0.1", "apop: cannot be checked")
+        assert log.count("login ok user=alice ip=127.0.0.1") == 2, log
+    finally:
+        server.stop()
