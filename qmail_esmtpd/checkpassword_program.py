@@ -78,7 +78,8 @@ class Refused(Exception):
     """The login cannot go on: the exit status, and why (for the log).
 
     A bad login (status 1) waits `authfaildelay` before the exit, whatever
-    the reason, unless `at_once` (a lookup without a password)."""
+    the reason, unless `at_once` (a lookup without a password, an APOP
+    digest that cannot be checked)."""
 
     def __init__(self, status: int, why: str, at_once: bool = False) -> None:
         super().__init__(why)
