@@ -14,14 +14,15 @@ kept readable can check; argon2 and crypt hashes cannot.  So a 32-hex-digit
   it gives a guesser nothing: only strings of 32 hex digits are checked
   this way, and such a password, chosen at random, is beyond guessing;
 - checked as the digest where the row keeps its password in plaintext and
-  authplaintext allows it: right logs in, wrong is a counted failure, as it
-  is a wrong password;
+  authplaintext allows it: right logs in, wrong is a wrong password,
+  counted by accounts.login() as every other one (failing closed alike);
 - else it cannot be checked: the caller refuses it at once, without the
   failure delay and without counting it.
 The throttle's refusal of a source applies first, as for any login.
 """
 
 from .accounts import USER_QUERY, Account, Unavailable, decoded_name, verify
+from .accounts import login as password_login
 from .db import Database, DatabaseError
 from .passwords import stored_plaintext
 
@@ -46,25 +47,23 @@ def login(db: Database, name: bytes, digest: bytes, timestamp: bytes, throttle: 
     import hmac
 
     text = decoded_name(name)
-    tried = text if text is not None else name.decode("utf-8", "replace")
     try:
-        status = throttle.check(tried)
+        status = throttle.check(text if text is not None else name.decode("utf-8", "replace"))
         if status.refused:
             return None, status, True
         account = verify(db, name, digest, plaintext)
-        if account is not None or text is None:
-            return account, status, account is not None
-        rows = db.query(USER_QUERY, (text,))
-        if not rows or not rows[0][2]:
-            return None, status, False
-        user_id, stored, _, sendlimit = rows[0]
-        secret = stored_plaintext(stored, plaintext)
-        if secret is None:
-            return None, status, False
-        expected = hashlib.md5(timestamp + secret, usedforsecurity=False).hexdigest()
-        if hmac.compare_digest(expected.encode("ascii"), digest):
-            return Account(user_id, text, sendlimit), status, True
-        throttle.failed(tried, digest)
-        return None, status, True
+        if account is not None:
+            return account, status, True
+        rows = db.query(USER_QUERY, (text,)) if text is not None else []
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
+    secret = stored_plaintext(rows[0][1], plaintext) if rows and rows[0][2] else None
+    if secret is None:
+        return None, status, False
+    expected = hashlib.md5(timestamp + secret, usedforsecurity=False).hexdigest()
+    if hmac.compare_digest(expected.encode("ascii"), digest):
+        user_id, _, _, sendlimit = rows[0]
+        return Account(user_id, text or "", sendlimit), status, True
+    # a wrong digest is a wrong password: counted as every other one is
+    account, counted = password_login(db, name, digest, throttle, plaintext)
+    return account, counted, True
