@@ -186,6 +186,16 @@ def end_group(proc: subprocess.Popen, signalled: bool = False) -> None:
         proc.wait()
 
 
+# qmail-esmtpd-checkpassword started as root connects to the database with the
+# uid of qmaild; where the system has no qmaild, tests name nobody instead.
+POP3_SERVICE_USER = "qmaild" if any(e.pw_name == "qmaild" for e in pwd.getpwall()) else "nobody"
+
+
+def pop3_service_env() -> dict:
+    """What the POP3 program's environment needs for POP3_SERVICE_USER (none for qmaild)."""
+    return {} if POP3_SERVICE_USER == "qmaild" else {"POPDBUSER": POP3_SERVICE_USER}
+
+
 # --- PostgreSQL ---------------------------------------------------------------
 
 _database_numbers = itertools.count(1)

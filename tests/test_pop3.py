@@ -6,8 +6,8 @@ against a real PostgreSQL, run through a launcher made like the installed
 one.  The subprogram is a shell that reports who and where it runs.
 Switching users needs root (CI runs as root); those tests are skipped otherwise.
 As root the program connects to the database as the service user (qmaild, or
-POPDBUSER: nobody where the system has no qmaild); the cluster's socket is
-opened to everyone for that, as /var/run/postgresql is.
+POPDBUSER: nobody where the system has no qmaild; db.env() says which); the
+cluster's socket is open to everyone for that, as /var/run/postgresql is.
 """
 
 import os
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from support import (
+    POP3_SERVICE_USER,
     ROOT,
     TcpServer,
     installed_prefix,
@@ -31,9 +32,6 @@ from support import (
 ENTRY = "qmail_esmtpd.checkpassword_program:main"
 PASSWORD = "correct horse battery staple"
 SYSUSER = "nobody"
-# whose uid the program connects with when started as root
-SERVICE_USER = "qmaild" if any(entry.pw_name == "qmaild" for entry in pwd.getpwall()) \
-    else "nobody"
 # Who and where the subprogram runs, and with what environment.
 REPORT = ["/bin/sh", "-c", 'echo "$(id -u) $(id -g) $(id -G) $(pwd)"; '
           'echo "$USER|$HOME|$SHELL|$userdb_uid|$userdb_gid|$EXTRA|$AUTHORIZED"']
@@ -89,13 +87,10 @@ def login(name: str, password: str, timestamp: str = "<1.2@pop.example.com>") ->
 def pop(db, control: Path, maildir_home: Path):
     """The database with alice (sysuser nobody, dir her home), and the environment
     tcpserver and qmail-popup would give the program."""
-    os.chmod(db.database.cluster.base, 0o711)  # the service user reaches the socket
     db.add("alice", PASSWORD, sysuser=SYSUSER, dir=str(maildir_home))
     db.home = maildir_home
     db.pop_env = {"QMAIL_CONTROL": str(control), "TCPREMOTEIP": "192.0.2.7",
                   **db.env()}
-    if SERVICE_USER != "qmaild":
-        db.pop_env["POPDBUSER"] = SERVICE_USER
     return db
 
 
@@ -457,7 +452,7 @@ def without_database_settings(stdout: str) -> None:
 @as_root
 def test_the_subprogram_gets_no_database_settings(program, pop):
     # libpq reads PG* too: the connection string in AUTHDB overrides these
-    env = {**pop.pop_env, **DATABASE_ENV, "POPDBUSER": SERVICE_USER}
+    env = {**pop.pop_env, **DATABASE_ENV, "POPDBUSER": POP3_SERVICE_USER}
     proc = run(program, login("alice", PASSWORD), env, argv=["env"])
     assert proc.returncode == 0, proc.stderr
     without_database_settings(proc.stdout)

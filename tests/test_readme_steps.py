@@ -17,6 +17,7 @@ import time
 import pytest
 
 from support import (
+    POP3_SERVICE_USER,
     ROOT,
     Cluster,
     Database,
@@ -25,6 +26,7 @@ from support import (
     end_group,
     free_port,
     installed_prefix,
+    pop3_service_env,
     talk,
     wait_listening,
     world_readable_dir,
@@ -100,12 +102,11 @@ def test_readme_database_steps_as_written(cluster: Cluster):
 def peer_authentication(cluster: Cluster) -> None:
     """Debian's pg_hba.conf for local connections: peer (the system user is the
     role).  The harness itself still connects as postgres from root."""
-    qmaild = any(entry.pw_name == "qmaild" for entry in pwd.getpwall())
     (cluster.data / "pg_hba.conf").write_text(
         "local all postgres trust\nlocal all all peer map=local\n")
     # without a system user qmaild, POPDBUSER names nobody, who may be role qmaild
     (cluster.data / "pg_ident.conf").write_text(
-        "local /^(.*)$ \\1\n" + ("" if qmaild else "local nobody qmaild\n"))
+        "local /^(.*)$ \\1\n" + ("" if POP3_SERVICE_USER == "qmaild" else "local nobody qmaild\n"))
     with Database(cluster, "postgres") as admin:
         admin.sql("SELECT pg_reload_conf()")
 
@@ -127,8 +128,8 @@ def pop3_login_through_the_run_script(cluster: Cluster, prefix) -> None:
         shutil.copy(os.environ.get(stand_in) or STAND_INS / name, prefix / "bin" / name)
     envdir = prefix / "pop3d" / "env"
     envdir.mkdir(parents=True, exist_ok=True)
-    if not any(entry.pw_name == "qmaild" for entry in pwd.getpwall()):
-        (envdir / "POPDBUSER").write_text("nobody\n")
+    for name, value in pop3_service_env().items():
+        (envdir / name).write_text(value + "\n")
     port = free_port()
     (script,) = readme_blocks(POP3_SECTION)
     script = script.replace("/var/qmail", str(prefix)).replace(" 0 110 ", f" 127.0.0.1 {port} ")
