@@ -186,14 +186,21 @@ def end_group(proc: subprocess.Popen, signalled: bool = False) -> None:
         proc.wait()
 
 
-# qmail-esmtpd-checkpassword started as root connects to the database with the
-# uid of qmaild; where the system has no qmaild, tests name nobody instead.
-POP3_SERVICE_USER = "qmaild" if any(e.pw_name == "qmaild" for e in pwd.getpwall()) else "nobody"
+def pop3_service_user() -> str:
+    """Whose uid qmail-esmtpd-checkpassword, started as root, connects to the
+    database with: qmaild, or nobody where the system has no qmaild (asked
+    each time: a test elsewhere may add or remove qmaild)."""
+    try:
+        pwd.getpwnam("qmaild")
+        return "qmaild"
+    except KeyError:
+        return "nobody"
 
 
 def pop3_service_env() -> dict:
-    """What the POP3 program's environment needs for POP3_SERVICE_USER (none for qmaild)."""
-    return {} if POP3_SERVICE_USER == "qmaild" else {"POPDBUSER": POP3_SERVICE_USER}
+    """What the POP3 program's environment needs for pop3_service_user()."""
+    user = pop3_service_user()
+    return {} if user == "qmaild" else {"POPDBUSER": user}
 
 
 # --- PostgreSQL ---------------------------------------------------------------

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from support import (
-    POP3_SERVICE_USER,
     ROOT,
     TcpServer,
     installed_prefix,
+    pop3_service_user,
     run_with_fd3,
     world_readable_dir,
     write_launcher,
@@ -350,8 +350,9 @@ def installed_program() -> Path:
 
 @pytest.fixture
 def dovecot_pop(pop):
-    """pop, with a control directory the auth user may read."""
+    """pop, with a copy of the control directory the auth user may read."""
     control = world_readable_dir("qmail-esmtpd-control-")
+    shutil.copytree(pop.pop_env["QMAIL_CONTROL"], control, dirs_exist_ok=True)
     pop.dovecot_control = control
     yield pop
     shutil.rmtree(control, ignore_errors=True)
@@ -452,7 +453,7 @@ def without_database_settings(stdout: str) -> None:
 @as_root
 def test_the_subprogram_gets_no_database_settings(program, pop):
     # libpq reads PG* too: the connection string in AUTHDB overrides these
-    env = {**pop.pop_env, **DATABASE_ENV, "POPDBUSER": POP3_SERVICE_USER}
+    env = {**pop.pop_env, **DATABASE_ENV, "POPDBUSER": pop3_service_user()}
     proc = run(program, login("alice", PASSWORD), env, argv=["env"])
     assert proc.returncode == 0, proc.stderr
     without_database_settings(proc.stdout)

@@ -17,7 +17,6 @@ import time
 import pytest
 
 from support import (
-    POP3_SERVICE_USER,
     ROOT,
     Cluster,
     Database,
@@ -27,6 +26,7 @@ from support import (
     free_port,
     installed_prefix,
     pop3_service_env,
+    pop3_service_user,
     talk,
     wait_listening,
     world_readable_dir,
@@ -106,7 +106,8 @@ def peer_authentication(cluster: Cluster) -> None:
         "local all postgres trust\nlocal all all peer map=local\n")
     # without a system user qmaild, POPDBUSER names nobody, who may be role qmaild
     (cluster.data / "pg_ident.conf").write_text(
-        "local /^(.*)$ \\1\n" + ("" if POP3_SERVICE_USER == "qmaild" else "local nobody qmaild\n"))
+        "local /^(.*)$ \\1\n"
+        + ("" if pop3_service_user() == "qmaild" else "local nobody qmaild\n"))
     with Database(cluster, "postgres") as admin:
         admin.sql("SELECT pg_reload_conf()")
 
