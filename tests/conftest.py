@@ -4,7 +4,6 @@ use, shared with the benchmark, are in support.py."""
 
 import base64
 import json
-import os
 import shutil
 import sys
 import time
@@ -94,7 +93,7 @@ def pg():
     cluster = Cluster()
     # what /var/run/postgresql is: reachable by every user (the POP3 program
     # started as root connects with the service user's uid)
-    os.chmod(cluster.base, 0o711)
+    cluster.base.chmod(0o711)
     yield cluster
     cluster.destroy()
 
