@@ -11,19 +11,32 @@ throttle on $TCPREMOTEIP), then the verified row says who the session
 runs as: `sysuser` (a system user, never uid 0) and `dir` (else that
 user's home).  Exit status, as the interface defines it: 1 bad login, 2
 misuse, 111 temporary trouble; on success the subprogram is exec'd.
+Every refusal of a password check takes the same path: a row that cannot
+be served (no such sysuser, root, no dir, another host's) after a right
+password waits `authfaildelay` and exits 1 like a wrong password; only the
+log line says why.
+
+Started as root (qmail-popup under tcpserver), it connects to the database
+with the effective uid of the service user (`qmaild`, or control/popdbuser),
+so PostgreSQL's peer authentication sees that user, not root.
 
 Two ways to hand the session over, chosen by who called:
 - qmail-popup (run as root by tcpserver): switch to the sysuser (groups,
   gid, uid), chdir to `dir`, set USER, HOME and SHELL, exec the subprogram.
 - Dovecot (it sets ORIG_UID, and runs us as its unprivileged auth user):
-  no switch; the uid, gid and home go back as `userdb_uid`, `userdb_gid`
+  no switch (its checkpassword-reply refuses to run under another uid than
+  ORIG_UID); the uid, gid and home go back as `userdb_uid`, `userdb_gid`
   and HOME (listed in EXTRA) for Dovecot's prefetch userdb, and the
-  subprogram is Dovecot's checkpassword-reply.  AUTHORIZED=1 asks for a
+  subprogram is Dovecot's checkpassword-reply.  Run as root by Dovecot it
+  refuses (111): the subprogram would run as root.  AUTHORIZED=1 asks for a
   lookup without a password (checkpassword as userdb): answered with
-  AUTHORIZED=2, or exit 3 for an unknown name.
+  AUTHORIZED=2, or exit 3 for an unknown name.  Dovecot logs each line on
+  our stderr as an error: a success writes none there.
 
-One log line on stderr per outcome; never a password.  Nothing from the
-SMTP server (protocol, server, lineio, queue, ...) is imported.
+The subprogram gets no database settings (AUTHDB, PG*, ...) in its
+environment.  One log line on stderr per outcome; never a password.
+Nothing from the SMTP server (protocol, server, lineio, queue, ...) is
+imported.
 """
 
 import _signal  # the C module behind `signal`, already loaded
@@ -56,12 +69,22 @@ LOOKUP_QUERY = ("SELECT id, name, sysuser, dir, hostname, ip FROM poppass "
                 "WHERE name = %s AND active")
 
 
-class Refused(Exception):
-    """The login cannot go on: the exit status, and why (for the log)."""
+SERVICE_USER = b"qmaild"  # whose uid connects to the database when started as root
+# What the subprogram must not get: where the database is, and how to log in to it.
+DATABASE_SETTINGS = (b"AUTHDB", b"QMAIL_ESMTPD_ADMINDB", b"POPDBUSER")
 
-    def __init__(self, status: int, why: str) -> None:
+
+class Refused(Exception):
+    """The login cannot go on: the exit status, and why (for the log).
+
+    A bad login (status 1) waits `authfaildelay` before the exit, whatever
+    the reason, unless `at_once` (a lookup without a password, an APOP
+    digest that cannot be checked)."""
+
+    def __init__(self, status: int, why: str, at_once: bool = False) -> None:
         super().__init__(why)
         self.status = status
+        self.at_once = at_once
 
 
 class Login:
@@ -79,6 +102,30 @@ class Login:
         self.shell = shell
 
 
+class Configuration:
+    """What the control files and the environment set for one login."""
+
+    __slots__ = ("controls", "conninfo", "delay", "plaintext", "this_host", "service_user")
+
+    def __init__(self, env: "Mapping[bytes, bytes]") -> None:
+        from .auth import DEFAULT_FAIL_DELAY
+        from .config import authdb_conninfo, flag_setting
+
+        self.controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
+        try:
+            self.conninfo = authdb_conninfo(env, self.controls)
+            self.delay = clamp_seconds(number_setting(self.controls, env, b"authfaildelay",
+                                                      DEFAULT_FAIL_DELAY))
+            self.plaintext = flag_setting(self.controls, env, b"authplaintext")
+            self.this_host = host_settings(self.controls, env)
+            self.service_user = env.get(b"POPDBUSER") or self.controls.line(b"popdbuser") \
+                or SERVICE_USER
+        except ControlError as e:
+            raise Refused(TEMPORARY, f"unable to read controls: {e}") from None
+        if self.conninfo is None:
+            raise Refused(TEMPORARY, "no database: set $AUTHDB or control/authdb")
+
+
 def main() -> int:
     """The console script: exec's the subprogram on success, else the exit status."""
     logging.PROGRAM = PROGRAM
@@ -89,29 +136,40 @@ def main() -> int:
     env = dict(posix.environ)
     remoteip = env.get(b"TCPREMOTEIP", b"")
     where = f" ip={logging.printable(remoteip)}" if remoteip else ""
+    dovecot = b"ORIG_UID" in env
     user = b""
+    delay = 0
     try:
-        user, password = read_input()
-        login, note = check(user, password, env, remoteip.decode("ascii", "replace"))
+        user, password, timestamp = read_input()
+        if dovecot and posix.geteuid() == 0:
+            raise Refused(TEMPORARY, "Dovecot runs this program as root: let its auth "
+                                     "service run as its own user (see the README)")
+        config = Configuration(env)
+        delay = config.delay
+        login, note = check(user, password, timestamp, env, config,
+                            remoteip.decode("ascii", "replace"))
         prepare(login, env)
     except Refused as e:
+        if e.status == BAD_LOGIN and not e.at_once:
+            _sleep(delay)  # as for a wrong password: the client cannot tell them apart
         logging.log(f"login {OUTCOMES[e.status]} user={logging.printable(user)}{where}: {e}")
         return e.status
     except Exception as e:  # a bug must not become a traceback: a temporary failure
         logging.log(f"login tempfail user={logging.printable(user)}{where}: "
                     f"{type(e).__name__}: {e}")
         return TEMPORARY
-    logging.log(f"login ok user={logging.printable(user)}{where} "
-                f"sysuser={logging.printable(login.sysuser.encode(), 256)} "
-                f"dir={logging.printable(login.home.encode(), 256)}{note}")
+    if not dovecot:  # Dovecot logs the login itself, and our stderr as errors
+        logging.log(f"login ok user={logging.printable(user)}{where} "
+                    f"sysuser={logging.printable(login.sysuser.encode(), 256)} "
+                    f"dir={logging.printable(login.home.encode(), 256)}{note}")
     return execute(argv, env)
 
 
 OUTCOMES = {BAD_LOGIN: "fail", MISUSE: "misuse", UNKNOWN: "unknown", TEMPORARY: "tempfail"}
 
 
-def read_input(fd: int = 3) -> tuple[bytes, bytes]:
-    """(user, password) from fd 3; Refused(2) when missing, malformed or oversize."""
+def read_input(fd: int = 3) -> tuple[bytes, bytes, bytes]:
+    """(user, password, timestamp) from fd 3; Refused(2) when missing, malformed or oversize."""
     import select
     import time
 
@@ -140,45 +198,48 @@ def read_input(fd: int = 3) -> tuple[bytes, bytes]:
     fields = data.split(b"\0", 2)
     if len(fields) < 3:  # both the name and the password end with a NUL
         raise Refused(MISUSE, "malformed input on fd 3 (want user NUL password NUL)")
-    return fields[0], fields[1]
+    return fields[0], fields[1], fields[2].split(b"\0", 1)[0]
 
 
-def check(user: bytes, password: bytes, env: "dict[bytes, bytes]",
-          remoteip: str) -> "tuple[Login, str]":
+def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, bytes]",
+          config: Configuration, remoteip: str) -> "tuple[Login, str]":
     """The login this password opens (and a note for the log line), or Refused."""
-    from .auth import DEFAULT_FAIL_DELAY, accounts
-    from .auth.db import Database
-    from .config import authdb_conninfo, flag_setting
+    from .auth import accounts, apop
+    from .auth.db import Database, DatabaseError
 
-    controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
+    db = Database(config.conninfo or "")
     try:
-        conninfo = authdb_conninfo(env, controls)
-        delay = clamp_seconds(number_setting(controls, env, b"authfaildelay", DEFAULT_FAIL_DELAY))
-        plaintext = flag_setting(controls, env, b"authplaintext")
-        this_host = host_settings(controls, env)
-    except ControlError as e:
-        raise Refused(TEMPORARY, f"unable to read controls: {e}") from None
-    if conninfo is None:
-        raise Refused(TEMPORARY, "no database: set $AUTHDB or control/authdb")
-    dovecot = b"ORIG_UID" in env
-    db = Database(conninfo)
-    try:
-        if dovecot and env.get(b"AUTHORIZED") == b"1":
-            return lookup(db, user, env, this_host), " (lookup)"
+        try:
+            db.connect(ConnectingAs(config.service_user))
+        except DatabaseError as e:
+            raise Refused(TEMPORARY, f"database: {e}") from None
+        if b"ORIG_UID" in env and env.get(b"AUTHORIZED") == b"1":
+            try:
+                return lookup(db, user, env, config.this_host), " (lookup)"
+            except Refused as e:
+                raise Refused(e.status, str(e), at_once=True) from None
         from .auth.throttle import open_throttle
 
-        throttle = open_throttle(db, controls, env, remoteip)
+        throttle = open_throttle(db, config.controls, env, remoteip)
+        checkable = True
         try:
-            account, status = accounts.login(db, user, password, throttle, plaintext)
+            if apop.looks_like_apop(password, timestamp):
+                account, status, checkable = apop.login(db, user, password, timestamp,
+                                                        throttle, config.plaintext)
+            else:
+                account, status = accounts.login(db, user, password, throttle,
+                                                 config.plaintext)
         except accounts.Unavailable as e:
             raise Refused(TEMPORARY, f"database: {e}") from None
         if status is not None and status.refused:
-            _sleep(delay)  # as SMTP AUTH waits before its 454
+            _sleep(config.delay)  # as SMTP AUTH waits before its 454
             raise Refused(TEMPORARY, f"throttled: source={throttle.source} "
                                      f"failures={status.failures}")
         slowed = status is not None and status.slowed
+        if not checkable:  # an APOP digest: no wait, not counted (auth/apop.py)
+            raise Refused(BAD_LOGIN, "apop: cannot be checked against a hashed password, "
+                                     "or no such active user (not counted)", at_once=True)
         if account is None:
-            _sleep(delay)
             note = f" (slowed: {status.failures} failures against this name lately)" \
                 if slowed and status is not None else ""
             if status is not None and status.unrecorded is not None:  # waited all the same
@@ -187,13 +248,53 @@ def check(user: bytes, password: bytes, env: "dict[bytes, bytes]",
         rows = _query(db, POP_QUERY, (account.id,))
         if not rows:  # deleted between the two statements
             raise Refused(BAD_LOGIN, "account deleted during the login")
-        login = session_for(rows[0], this_host)
+        login = session_for(rows[0], config.this_host)
         if slowed:
-            _sleep(delay)
+            _sleep(config.delay)
             return login, " slowed"
         return login, ""
     finally:
         db.close()  # the subprogram must not inherit the connection
+
+
+class ConnectingAs:
+    """Around the database connect, when started as root: the effective uid,
+    gid and groups of the service user (qmaild), whose uid is what PostgreSQL's
+    peer authentication sees; back to root afterwards, to switch to the row's
+    sysuser.  Not root: nothing changes."""
+
+    def __init__(self, name: bytes) -> None:
+        import pwd
+
+        self.switch = posix.geteuid() == 0
+        self.name = name.decode("utf-8", "surrogateescape")
+        if not self.switch:
+            return
+        try:
+            entry = pwd.getpwnam(self.name)
+        except KeyError:
+            raise Refused(TEMPORARY, f"no system user {self.name} to connect to the database "
+                                     "as (control/popdbuser names it)") from None
+        self.uid, self.gid = entry.pw_uid, entry.pw_gid
+
+    def __enter__(self) -> None:
+        if not self.switch:
+            return
+        self.groups, self.egid = posix.getgroups(), posix.getegid()
+        try:
+            posix.setgroups(posix.getgrouplist(self.name, self.gid))
+            posix.setegid(self.gid)
+            posix.seteuid(self.uid)
+        except OSError as e:
+            self.__exit__()
+            raise Refused(TEMPORARY, f"cannot connect as {self.name}: {e.strerror}") from None
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.switch:
+            return
+        posix.seteuid(0)
+        posix.setegid(self.egid)
+        posix.setgroups(self.groups)
 
 
 def lookup(db: "Database", user: bytes, env: "Mapping[bytes, bytes]",
@@ -236,8 +337,8 @@ def host_settings(controls: Controls, env: "Mapping[bytes, bytes]"
 
 
 def session_for(row: tuple, this_host: "tuple[str | None, str | None]") -> Login:
-    """The row's (name, sysuser, dir, hostname, ip) as a Login, or Refused:
-    another host's account, no sysuser, root, a sysuser the system lacks (111)."""
+    """The row's (name, sysuser, dir, hostname, ip) as a Login, or Refused (1):
+    another host's account, no sysuser, root, a sysuser the system lacks."""
     import pwd
 
     name, sysuser, directory, hostname, ip = row
@@ -251,7 +352,7 @@ def session_for(row: tuple, this_host: "tuple[str | None, str | None]") -> Login
     try:
         entry = pwd.getpwnam(sysuser)
     except KeyError:
-        raise Refused(TEMPORARY, f"sysuser {sysuser} is not a user of this system") from None
+        raise Refused(BAD_LOGIN, f"sysuser {sysuser} is not a user of this system") from None
     if entry.pw_uid == 0 or sysuser == "root":
         raise Refused(BAD_LOGIN, f"sysuser {sysuser} is root: refused")
     return Login(name, entry.pw_uid, entry.pw_gid, sysuser, directory or entry.pw_dir,
@@ -260,7 +361,10 @@ def session_for(row: tuple, this_host: "tuple[str | None, str | None]") -> Login
 
 def prepare(login: Login, env: "dict[bytes, bytes]") -> None:
     """Make the process the login's: as its user in its dir (qmail-popup), or
-    with the user in the environment for Dovecot; Refused when it cannot."""
+    with the user in the environment for Dovecot; Refused when it cannot.
+    The subprogram's environment loses the database settings."""
+    for name in [name for name in env if name in DATABASE_SETTINGS or name.startswith(b"PG")]:
+        del env[name]
     env[b"USER"] = login.name.encode()
     env[b"HOME"] = login.home.encode()
     env[b"SHELL"] = login.shell.encode()
@@ -277,7 +381,7 @@ def prepare(login: Login, env: "dict[bytes, bytes]") -> None:
         try:
             posix.chdir(login.home)
         except OSError as e:
-            raise Refused(TEMPORARY, f"dir {login.home}: {e.strerror}") from None
+            raise Refused(BAD_LOGIN, f"dir {login.home}: {e.strerror}") from None
 
 
 def execute(argv: list[str], env: "dict[bytes, bytes]") -> int:
@@ -318,18 +422,18 @@ def become(login: Login) -> None:
 
 
 def _require_directory(path: str) -> None:
-    """A missing dir is 111 here too; one Dovecot's auth user may not search
-    is left to Dovecot, which opens it as the user."""
+    """A missing dir is refused here too; one Dovecot's auth user may not
+    search is left to Dovecot, which opens it as the user."""
     import stat
 
     try:
         mode = posix.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError) as e:
-        raise Refused(TEMPORARY, f"dir {path}: {e.strerror}") from None
+        raise Refused(BAD_LOGIN, f"dir {path}: {e.strerror}") from None
     except OSError:
         return
     if not stat.S_ISDIR(mode):
-        raise Refused(TEMPORARY, f"dir {path}: not a directory")
+        raise Refused(BAD_LOGIN, f"dir {path}: not a directory")
 
 
 def _sleep(seconds: int) -> None:

@@ -26,13 +26,19 @@ GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmaild;
 -- GRANT UPDATE (pw) ON poppass TO qmaild;
 
 -- POP3 --------------------------------------------------------------------
--- qmail-esmtpd-checkpassword (POP3 under qmail-popup, or Dovecot) may connect
--- as qmaild: the grants above cover it.  Under qmail-popup it runs as root
--- (peer authentication would map it to the role `root`), under Dovecot as
--- Dovecot's auth user; to give it a role of its own, with only what it reads
--- and the failure counts, uncomment these (and GRANT UPDATE (pw) as above to
--- let POP3 logins replace deprecated hashes too):
--- CREATE ROLE qmailpop LOGIN;
--- GRANT SELECT (id, name, pw, active, sendlimit, sysuser, dir, hostname, ip) ON poppass TO qmailpop;
--- GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmailpop;
--- GRANT UPDATE (pw) ON poppass TO qmailpop;
+-- qmail-esmtpd-checkpassword under qmail-popup connects as qmaild (started
+-- as root by tcpserver, it takes qmaild's uid to connect): the grants above
+-- cover it.  Under Dovecot it runs as Dovecot's auth user, `dovecot`, and
+-- connects as the role of that name.  Once that role exists
+-- (CREATE ROLE dovecot LOGIN), running this file again gives it what the
+-- program reads and the failure counts, nothing else.  To let its logins
+-- replace deprecated hashes too: GRANT UPDATE (pw) ON poppass TO dovecot;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'dovecot') THEN
+        GRANT SELECT (id, name, pw, active, sendlimit, sysuser, dir, hostname, ip)
+            ON poppass TO dovecot;
+        GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO dovecot;
+    END IF;
+END
+$$;

@@ -14,7 +14,15 @@ import pytest
 
 from qmail_esmtpd.auth.passwords import context
 
-from support import FAKE_QUEUE, SERVER, Cluster, Database, TcpServer, write_program
+from support import (
+    FAKE_QUEUE,
+    SERVER,
+    Cluster,
+    Database,
+    TcpServer,
+    pop3_service_env,
+    write_program,
+)
 
 
 class Queue:
@@ -85,6 +93,9 @@ def tcpserver(tmp_path: Path, control: Path, queue: Queue):
 def pg():
     """One PostgreSQL cluster for the whole run."""
     cluster = Cluster()
+    # what /var/run/postgresql is: reachable by every user (the POP3 program
+    # started as root connects with the service user's uid)
+    cluster.base.chmod(0o711)
     yield cluster
     cluster.destroy()
 
@@ -116,4 +127,5 @@ class Accounts:
         return rows[0] if rows else (0, 0)
 
     def env(self, **extra) -> dict:
-        return {"AUTHDB": self.database.dsn("qmaild"), "AUTHFAILDELAY": "0", **extra}
+        return {"AUTHDB": self.database.dsn("qmaild"), "AUTHFAILDELAY": "0",
+                **pop3_service_env(), **extra}

@@ -186,6 +186,23 @@ def end_group(proc: subprocess.Popen, signalled: bool = False) -> None:
         proc.wait()
 
 
+def pop3_service_user() -> str:
+    """Whose uid qmail-esmtpd-checkpassword, started as root, connects to the
+    database with: qmaild, or nobody where the system has no qmaild (asked
+    each time: a test elsewhere may add or remove qmaild)."""
+    try:
+        pwd.getpwnam("qmaild")
+        return "qmaild"
+    except KeyError:
+        return "nobody"
+
+
+def pop3_service_env() -> dict:
+    """What the POP3 program's environment needs for pop3_service_user()."""
+    user = pop3_service_user()
+    return {} if user == "qmaild" else {"POPDBUSER": user}
+
+
 # --- PostgreSQL ---------------------------------------------------------------
 
 _database_numbers = itertools.count(1)

@@ -1,10 +1,16 @@
 """End to end: Debian's Dovecot with a `checkpassword` passdb pointing at
 qmail-esmtpd-checkpassword, Python's poplib as the client.
 
-The test starts `dovecot -F -c CONF` as root with a throwaway configuration
-(its own base_dir, log and loopback port) built from DOVECOT_CONF, the very
-text README.md shows (the test checks they agree).  The user is made with
-qmail-esmtpd-user (`add`, then `set` for its sysuser and dir).
+The README's Dovecot section as printed: its sh block (the role `dovecot`
+and the grants) against a fresh cluster with Debian's peer authentication
+and a database `mail`, then `dovecot -F -c CONF` as root with the README's
+configuration (the test checks that README and DOVECOT_CONF agree), with only
+the install's PREFIX and the cluster's socket put in for /var/qmail and
+/var/run/postgresql, and the test's own base_dir, log and loopback port.
+Dovecot's auth service runs as its default user, `dovecot`, so the program
+runs as that user (the installed one: its interpreter is one every user may
+run).  The user is made with qmail-esmtpd-user (`add`, then `set` for its
+sysuser and dir).
 """
 
 import os
@@ -14,44 +20,44 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from test_admin import COMMAND as ADMIN
-from test_pop3 import ENTRY, SYSUSER, new_home
+from test_pop3 import SYSUSER, new_home
+from test_readme_steps import peer_authentication, readme_blocks
 
 from support import (
     ROOT,
+    Cluster,
+    Database,
     StartError,
     end_group,
     free_port,
+    installed_prefix,
     wait_listening,
     world_readable_dir,
-    write_launcher,
 )
 
 PASSWORD = "Dovecot-and-qmail 2026"
+SECTION = "### As Dovecot's checkpassword passdb"
 
-# The POP3 part of the configuration, as README.md shows it; the test adds
-# only its own paths and port (base_dir, log_path, the listener's port).
+# The POP3 part of the configuration, as README.md shows it; the test puts in
+# its own paths and adds its own base_dir, log_path and the listener's port.
 DOVECOT_CONF = """\
 protocols = pop3
 listen = 127.0.0.1
 mail_location = maildir:~/Maildir
-# the program reads control/authdb from here (Dovecot clears the environment)
-import_environment = $import_environment QMAIL_CONTROL=@CONTROL@
-# Dovecot waits auth_failure_delay (2 s) itself: control/authfaildelay is 0
+# Dovecot clears the environment: the settings the program gets here are
+# for POP3 only.  AUTHDB: its own connection string (no user=: the auth
+# user's role); AUTHFAILDELAY=0: Dovecot waits auth_failure_delay itself
+import_environment = $import_environment \
+AUTHDB=postgresql:///mail?host=/var/run/postgresql AUTHFAILDELAY=0
 passdb {
   driver = checkpassword
-  args = @PROGRAM@
+  args = /var/qmail/bin/qmail-esmtpd-checkpassword
 }
 userdb {
   driver = prefetch
-}
-# Dovecot's auth user runs the program: root in the test, whose interpreter
-# and database socket only root may use
-service auth {
-  user = root
 }
 """
 
@@ -64,16 +70,14 @@ def readme_conf() -> str:
 
 
 class Dovecot:
-    """dovecot -F with DOVECOT_CONF in a temp dir, listening on a loopback port."""
+    """dovecot -F with `conf` in a temp dir, listening on a loopback port."""
 
-    def __init__(self, program: Path, control: Path) -> None:
+    def __init__(self, conf: str) -> None:
         binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
         if not os.path.exists(binary):
             pytest.fail("dovecot is not installed; tools/install-deps installs dovecot-core")
         self.base = world_readable_dir("qmail-esmtpd-dovecot-")  # for dovenull, its logins
         self.port = free_port()
-        conf = DOVECOT_CONF.replace("@PROGRAM@", str(program)).replace(
-            "@CONTROL@", str(control))
         conf = (f"base_dir = {self.base}/run\nstate_dir = {self.base}/state\n"
                 f"log_path = {self.base}/dovecot.log\nssl = no\n"
                 "disable_plaintext_auth = no\n"
@@ -125,22 +129,45 @@ def mailbox():
     shutil.rmtree(home.parent, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dovecot switches users: run as root")
-def test_dovecot_pop3_login_through_the_checkpassword_passdb(pg, tmp_path, mailbox):
-    database = pg.new_database()
-    added = subprocess.run([*ADMIN, "--db", database.dsn(), "add", "alice"],
+@pytest.fixture
+def cluster():
+    """A cluster of its own with a database `mail` (schema, grants, role qmaild)
+    and Debian's peer authentication, reachable by every system user."""
+    if os.geteuid() != 0:
+        pytest.skip("dovecot switches users: run as root")
+    fresh = Cluster()
+    try:
+        with Database(fresh, "postgres") as admin:
+            admin.sql("CREATE DATABASE mail")
+            admin.sql("CREATE ROLE qmaild LOGIN")
+        with Database(fresh, "mail") as mail:
+            mail.sql((ROOT / "sql" / "schema.sql").read_text())
+            mail.sql((ROOT / "sql" / "grants.sql").read_text())
+        peer_authentication(fresh)
+        os.chmod(fresh.base, 0o711)  # what /var/run/postgresql is: reachable by everyone
+        yield fresh
+    finally:
+        fresh.destroy()
+
+
+def test_dovecot_pop3_login_through_the_checkpassword_passdb(cluster, mailbox):
+    (steps,) = readme_blocks(SECTION)
+    done = subprocess.run(["sh", "-exc", steps], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], "PGHOST": str(cluster.sock)},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    dsn = cluster.dsn("mail")
+    added = subprocess.run([*ADMIN, "--db", dsn, "add", "alice"],
                            input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
-    columns = subprocess.run([*ADMIN, "--db", database.dsn(), "set", "alice",
+    columns = subprocess.run([*ADMIN, "--db", dsn, "set", "alice",
                               f"sysuser={SYSUSER}", f"dir={mailbox}"],
                              capture_output=True, text=True, timeout=60)
     assert columns.returncode == 0, columns.stderr
-    control = tmp_path / "control"
-    control.mkdir()
-    (control / "authdb").write_text(database.dsn("qmaild") + "\n")
-    (control / "authfaildelay").write_text("0\n")
-    program = write_launcher(tmp_path / "qmail-esmtpd-checkpassword", ENTRY)
-    dovecot = Dovecot(program, control)
+    prefix = installed_prefix()
+    conf = readme_conf().replace("/var/qmail", str(prefix)).replace(
+        "/var/run/postgresql", str(cluster.sock))
+    dovecot = Dovecot(conf)
     try:
         client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
         try:
@@ -150,12 +177,14 @@ def test_dovecot_pop3_login_through_the_checkpassword_passdb(pg, tmp_path, mailb
         finally:
             client.close()
         log = dovecot.wait_log("login fail user=alice")
-        assert "qmail-esmtpd-checkpassword: login fail user=alice ip=127.0.0.1" in log
+        assert "auth: Error: qmail-esmtpd-checkpassword: login fail user=alice " \
+               "ip=127.0.0.1: wrong password" in log
+        errors = [line for line in log.splitlines() if "Error" in line]
 
         client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
         try:
             client.user("alice")
-            assert client.pass_(PASSWORD).startswith(b"+OK")
+            assert client.pass_(PASSWORD).startswith(b"+OK"), dovecot.log()
             assert client.stat()[0] == 1
             _, lines, _ = client.retr(1)
             assert b"Subject: over POP3" in lines
@@ -164,14 +193,19 @@ def test_dovecot_pop3_login_through_the_checkpassword_passdb(pg, tmp_path, mailb
         finally:
             client.close()
         log = dovecot.wait_log("Disconnected")
-        assert f"login ok user=alice ip=127.0.0.1 sysuser={SYSUSER} dir={mailbox}" in log
+        assert "pop3-login: Info: Login: user=<alice>" in log, log
+        # a success writes nothing Dovecot would log as an error
+        assert [line for line in log.splitlines() if "Error" in line] == errors, log
+        assert "login ok" not in log
         assert PASSWORD not in log
         # the POP3 session ran as the sysuser: what it wrote in the Maildir is nobody's
         owners = {path.stat().st_uid for path in (mailbox / "Maildir").rglob("*")}
         assert owners == {pwd.getpwnam(SYSUSER).pw_uid}
+        # and the program connected as the auth user's own role, with its grants
+        with Database(cluster, "mail") as mail:
+            assert mail.sql("SELECT name FROM authfailures") == [("alice",)]
     finally:
         dovecot.stop()
-        database.close()
 
 
 def test_the_readme_shows_the_configuration_as_tested():

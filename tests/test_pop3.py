@@ -5,17 +5,29 @@
 against a real PostgreSQL, run through a launcher made like the installed
 one.  The subprogram is a shell that reports who and where it runs.
 Switching users needs root (CI runs as root); those tests are skipped otherwise.
+As root the program connects to the database as the service user (qmaild, or
+POPDBUSER: nobody where the system has no qmaild; db.env() says which); the
+cluster's socket is open to everyone for that, as /var/run/postgresql is.
 """
 
 import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, run_with_fd3, world_readable_dir, write_launcher
+from support import (
+    ROOT,
+    TcpServer,
+    installed_prefix,
+    pop3_service_user,
+    run_with_fd3,
+    world_readable_dir,
+    write_launcher,
+)
 
 ENTRY = "qmail_esmtpd.checkpassword_program:main"
 PASSWORD = "correct horse battery staple"
@@ -184,21 +196,69 @@ def test_no_database_configured_exits_111(program, pop):
     assert "control/authdb" in one_log_line(proc, "login tempfail ")
 
 
-@pytest.mark.parametrize("column, value, status, why", [
-    ("sysuser", "no-such-user-here", 111, "not a user of this system"),
-    ("dir", "/nonexistent/alice", 111, "dir /nonexistent/alice"),
-    ("sysuser", "root", 1, "root: refused"),
-    ("sysuser", None, 1, "no sysuser"),
-])
-def test_rows_that_cannot_be_served(program, pop, column, value, status, why):
+UNUSABLE_ROWS = [
+    ("sysuser", "no-such-user-here", "sysuser no-such-user-here is not a user of this system"),
+    ("dir", "/nonexistent/alice", "dir /nonexistent/alice: No such file or directory"),
+    ("sysuser", "root", "sysuser root is root: refused"),
+    ("sysuser", None, "no sysuser for this account"),
+    ("hostname", "pop2.example.com", "the account lives on host pop2.example.com"),
+]
+
+
+@pytest.mark.parametrize("column, value, why", UNUSABLE_ROWS)
+def test_rows_that_cannot_be_served(program, pop, column, value, why):
     if column == "dir" and os.geteuid() != 0:
         pytest.skip("switching users needs root")
     pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
-    proc = run(program, login("alice", PASSWORD), pop.pop_env)
-    assert proc.returncode == status
+    env = {**pop.pop_env, "POPHOST": "pop1.example.com"}
+    proc = run(program, login("alice", PASSWORD), env)
+    assert proc.returncode == 1
     assert proc.stdout == ""
-    assert why in one_log_line(proc, "login ")
+    assert one_log_line(proc, "login fail user=alice ip=192.0.2.7: ").endswith(why)
     assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]  # the password was right
+
+
+@pytest.mark.parametrize("column, value, why", [
+    *UNUSABLE_ROWS, ("pw", "not the password", "wrong password, or no such active user")])
+def test_every_refusal_waits_the_failure_delay(program, pop, column, value, why):
+    """A right password on a row that cannot be served is refused as a wrong one
+    is: after authfaildelay, with status 1 (qmail-popup and Dovecot show nothing
+    else), so the answer does not tell that the password was right."""
+    if column == "dir" and os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    if column == "pw":
+        value = pop.hash(value)
+    pop.sql(f"UPDATE poppass SET {column} = %s WHERE name = 'alice'", (value,))
+    env = {**pop.pop_env, "POPHOST": "pop1.example.com", "AUTHFAILDELAY": "1"}
+    started = time.monotonic()
+    proc = run(program, login("alice", PASSWORD), env)
+    assert time.monotonic() - started >= 1
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert one_log_line(proc, "login fail user=alice ip=192.0.2.7: ").endswith(why)
+
+
+@as_root
+def test_as_root_it_connects_as_the_service_user(program, pop):
+    """Started as root (tcpserver), the connect happens with the service user's
+    uid, which peer authentication reads: a socket only root can reach fails."""
+    base = pop.database.cluster.base
+    os.chmod(base, 0o700)
+    try:
+        proc = run(program, login("alice", PASSWORD), pop.pop_env)
+    finally:
+        os.chmod(base, 0o711)
+    assert proc.returncode == 111
+    assert "Permission denied" in one_log_line(proc, "login tempfail user=alice ip=192.0.2.7: "
+                                                     "database: ")
+
+
+@as_root
+def test_a_service_user_the_system_lacks_is_a_temporary_failure(program, pop):
+    proc = run(program, login("alice", PASSWORD), {**pop.pop_env, "POPDBUSER": "no-such-user"})
+    assert proc.returncode == 111 and proc.stdout == ""
+    assert one_log_line(proc, "login tempfail user=alice ip=192.0.2.7: ").endswith(
+        "no system user no-such-user to connect to the database as "
+        "(control/popdbuser names it)")
 
 
 @as_root
@@ -209,7 +269,7 @@ def test_dir_defaults_to_the_sysusers_home(program, pop):
     if os.path.isdir(home):
         assert proc.returncode == 0 and proc.stdout.split()[-1].endswith(home)
     else:  # Debian's nobody lives in /nonexistent
-        assert proc.returncode == 111 and f"dir {home}" in proc.stderr
+        assert proc.returncode == 1 and f"dir {home}" in proc.stderr
 
 
 @pytest.mark.parametrize("setting, columns, allowed", [
@@ -274,41 +334,98 @@ def test_a_deprecated_hash_is_replaced_where_granted(program, pop):
 
 
 # --- Dovecot's conventions ----------------------------------------------------
+# Dovecot runs the program as its auth service's user: `daemon` stands in for
+# that unprivileged user here, running the installed program (its interpreter
+# is one every user may run, unlike the venv's under /root).
+
+AUTH_USER = "daemon"
+
+
+@pytest.fixture(scope="session")
+def installed_program() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("running the program as another user needs root")
+    return installed_prefix() / "bin" / "qmail-esmtpd-checkpassword"
+
+
+@pytest.fixture
+def dovecot_pop(pop):
+    """pop, with a copy of the control directory the auth user may read."""
+    control = world_readable_dir("qmail-esmtpd-control-")
+    shutil.copytree(pop.pop_env["QMAIL_CONTROL"], control, dirs_exist_ok=True)
+    pop.dovecot_control = control
+    yield pop
+    shutil.rmtree(control, ignore_errors=True)
+
 
 def dovecot_env(pop, **extra: str) -> dict:
     """What Dovecot's auth process sets (see tests/test_dovecot.py for the real one)."""
-    return {**pop.pop_env, "ORIG_UID": str(os.getuid()), "SERVICE": "pop3",
+    return {**pop.pop_env, "QMAIL_CONTROL": str(pop.dovecot_control),
+            "ORIG_UID": str(pwd.getpwnam(AUTH_USER).pw_uid), "SERVICE": "pop3",
             "TCPLOCALIP": "127.0.0.1", **extra}
 
 
-def test_dovecot_gets_the_user_in_its_fields_without_a_switch(program, pop):
+def as_dovecot(program: Path, data: bytes, env: dict, argv: list | None = None
+               ) -> subprocess.CompletedProcess:
+    return with_fd3(["setuidgid", AUTH_USER, str(program), *(REPORT if argv is None else argv)],
+                    data, env)
+
+
+def test_dovecot_gets_the_user_in_its_fields_without_a_switch(installed_program, dovecot_pop):
+    pop = dovecot_pop
     nobody = pwd.getpwnam(SYSUSER)
-    proc = run(program, login("alice", PASSWORD), dovecot_env(pop))
+    proc = as_dovecot(installed_program, login("alice", PASSWORD), dovecot_env(pop))
     assert proc.returncode == 0, proc.stderr
     who, environment = proc.stdout.splitlines()
-    assert who.split()[0] == str(os.getuid())  # checkpassword-reply runs as Dovecot ran us
+    # checkpassword-reply runs as Dovecot ran us (it refuses to run as another uid)
+    assert who.split()[0] == str(pwd.getpwnam(AUTH_USER).pw_uid)
     assert environment == (f"alice|{pop.home}|{nobody.pw_shell}|{nobody.pw_uid}|"
                            f"{nobody.pw_gid}|userdb_uid userdb_gid|")
+    assert proc.stderr == ""  # Dovecot would log any line here as an error
 
 
-def test_dovecot_root_and_missing_dirs_are_refused_too(program, pop):
+def test_dovecot_refusals_log_one_line(installed_program, dovecot_pop):
+    proc = as_dovecot(installed_program, login("alice", "wrong-password"),
+                      dovecot_env(dovecot_pop))
+    assert proc.returncode == 1
+    one_log_line(proc, "login fail user=alice ip=192.0.2.7: wrong password")
+
+
+def test_dovecot_root_and_missing_dirs_are_refused_too(installed_program, dovecot_pop):
+    pop = dovecot_pop
     pop.sql("UPDATE poppass SET dir = '/nonexistent/alice' WHERE name = 'alice'")
-    assert run(program, login("alice", PASSWORD), dovecot_env(pop)).returncode == 111
+    proc = as_dovecot(installed_program, login("alice", PASSWORD), dovecot_env(pop))
+    assert proc.returncode == 1 and "dir /nonexistent/alice" in proc.stderr
     pop.sql("UPDATE poppass SET dir = NULL, sysuser = 'root' WHERE name = 'alice'")
-    assert run(program, login("alice", PASSWORD), dovecot_env(pop)).returncode == 1
+    proc = as_dovecot(installed_program, login("alice", PASSWORD), dovecot_env(pop))
+    assert proc.returncode == 1 and "is root: refused" in proc.stderr
 
 
-def test_dovecot_userdb_lookup_answers_authorized_2(program, pop):
+@as_root
+def test_dovecot_running_it_as_root_is_refused(program, pop):
+    """Dovecot's checkpassword-reply would run as root: no subprogram, 111."""
+    proc = run(program, login("alice", PASSWORD), {**pop.pop_env, "ORIG_UID": "0"})
+    assert proc.returncode == 111 and proc.stdout == ""
+    assert "Dovecot runs this program as root" in one_log_line(
+        proc, "login tempfail user=alice ip=192.0.2.7: ")
+
+
+def test_dovecot_userdb_lookup_answers_authorized_2(installed_program, dovecot_pop):
     """AUTHORIZED=1: a lookup without password (checkpassword as userdb)."""
-    proc = run(program, b"alice\0\0", dovecot_env(pop, AUTHORIZED="1"))
+    pop = dovecot_pop
+
+    def lookup(name: bytes, **extra: str) -> subprocess.CompletedProcess:
+        return as_dovecot(installed_program, name + b"\0\0",
+                          dovecot_env(pop, AUTHORIZED="1", **extra))
+
+    proc = lookup(b"alice")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1].endswith("|userdb_uid userdb_gid|2")
-    unknown = run(program, b"mallory\0\0", dovecot_env(pop, AUTHORIZED="1"))
+    unknown = lookup(b"mallory")
     assert unknown.returncode == 3 and unknown.stdout == ""
     pop.sql("UPDATE poppass SET active = false WHERE name = 'alice'")
-    assert run(program, b"alice\0\0", dovecot_env(pop, AUTHORIZED="1")).returncode == 3
-    credentials = run(program, b"alice\0\0",
-                      dovecot_env(pop, AUTHORIZED="1", CREDENTIALS_LOOKUP="1", SCHEME="PLAIN"))
+    assert lookup(b"alice").returncode == 3
+    credentials = lookup(b"alice", CREDENTIALS_LOOKUP="1", SCHEME="PLAIN")
     assert credentials.returncode == 1 and credentials.stdout == ""
 
 
@@ -316,6 +433,38 @@ def test_authorized_means_nothing_outside_dovecot(program, pop):
     """Without Dovecot's ORIG_UID, AUTHORIZED=1 does not skip the password."""
     proc = run(program, b"alice\0\0", {**pop.pop_env, "AUTHORIZED": "1"})
     assert proc.returncode == 1 and proc.stdout == ""
+
+
+# --- the subprogram's environment -------------------------------------------------
+
+DATABASE_ENV = {"PGPASSWORD": "secret-pg-password", "PGHOST": "/nonexistent",
+                "PGSERVICEFILE": "/nonexistent/pg_service.conf",
+                "QMAIL_ESMTPD_ADMINDB": "dbname=mail user=postgres"}
+
+
+def without_database_settings(stdout: str) -> None:
+    names = {line.split("=", 1)[0] for line in stdout.splitlines() if "=" in line}
+    assert "USER" in names, stdout
+    assert not {name for name in names if name.startswith("PG")}, stdout
+    assert not names & {"AUTHDB", "QMAIL_ESMTPD_ADMINDB", "POPDBUSER"}, stdout
+    assert "secret-pg-password" not in stdout
+
+
+@as_root
+def test_the_subprogram_gets_no_database_settings(program, pop):
+    # libpq reads PG* too: the connection string in AUTHDB overrides these
+    env = {**pop.pop_env, **DATABASE_ENV, "POPDBUSER": pop3_service_user()}
+    proc = run(program, login("alice", PASSWORD), env, argv=["env"])
+    assert proc.returncode == 0, proc.stderr
+    without_database_settings(proc.stdout)
+
+
+def test_dovecots_subprogram_gets_no_database_settings_either(installed_program,
+                                                              dovecot_pop):
+    proc = as_dovecot(installed_program, login("alice", PASSWORD),
+                      dovecot_env(dovecot_pop, **DATABASE_ENV), argv=["env"])
+    assert proc.returncode == 0, proc.stderr
+    without_database_settings(proc.stdout)
 
 
 # --- start-up -------------------------------------------------------------------
@@ -339,20 +488,141 @@ def test_it_imports_nothing_of_the_smtp_server(program, pop):
 
 # --- grants ---------------------------------------------------------------------
 
-def test_the_pop3_role_of_grants_sql_is_enough(program, pop, pg):
-    """The commented POP3 block of sql/grants.sql, for a role of its own."""
-    text = (ROOT / "sql" / "grants.sql").read_text()
-    block = text[text.index("-- POP3"):]
-    statements = [line[3:] for line in block.splitlines()
-                  if line.startswith("-- ") and line[3:].startswith(("CREATE ROLE", "GRANT"))]
-    assert any("authfailures" in s for s in statements), statements
-    for statement in statements:
-        if statement.startswith("CREATE ROLE") and pop.sql(
-                "SELECT 1 FROM pg_roles WHERE rolname = 'qmailpop'"):
-            continue
-        pop.sql(statement)
-    env = {**pop.pop_env, "AUTHDB": pop.database.dsn("qmailpop")}
+def test_the_pop3_grants_of_grants_sql_are_enough_for_dovecots_role(program, pop):
+    """sql/grants.sql, run again once the role `dovecot` exists, gives it what
+    the program needs under Dovecot: it reads the row and counts failures."""
+    if not pop.sql("SELECT 1 FROM pg_roles WHERE rolname = 'dovecot'"):
+        pop.sql("CREATE ROLE dovecot LOGIN")
+    pop.sql((ROOT / "sql" / "grants.sql").read_text())
+    env = {**pop.pop_env, "AUTHDB": pop.database.dsn("dovecot")}
     assert run(program, login("alice", "wrong-password"), env).returncode == 1
+    assert pop.sql("SELECT name FROM authfailures") == [("alice",)]
     proc = run(program, login("alice", PASSWORD), env, argv=["/bin/true"])
     assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
     assert "login ok" in proc.stderr or os.geteuid() != 0
+    # and nothing more: not the other tables, not the password column's UPDATE
+    conn = pop.database.cluster.connect(pop.database.name, "dovecot")
+    try:
+        for statement in ("SELECT * FROM sendcounts", "SELECT * FROM sendas",
+                          "UPDATE poppass SET pw = 'x'"):
+            with pytest.raises(Exception, match="permission denied"), conn.cursor() as cur:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+# --- APOP -------------------------------------------------------------------------
+# qmail-popup passes `APOP name digest` as name NUL digest NUL <timestamp> NUL.
+
+TIMESTAMP = "<1.2@pop.example.com>"  # what login() sends
+
+
+def apop_digest(secret: str, timestamp: str = TIMESTAMP) -> str:
+    import hashlib
+
+    return hashlib.md5((timestamp + secret).encode()).hexdigest()
+
+
+def test_apop_against_a_hashed_row_is_refused_at_once_and_not_counted(program, pop):
+    env = {**pop.pop_env, "AUTHFAILDELAY": "30", "AUTHFAILLIMIT": "3"}
+    for n in range(5):  # a client polling with APOP first: a new digest each greeting
+        timestamp = f"<{4711 + n}.1767225600@pop.example.com>"
+        started = time.monotonic()
+        proc = run(program, login("alice", apop_digest(PASSWORD, timestamp), timestamp), env)
+        assert time.monotonic() - started < 30  # no failure delay
+        assert (proc.returncode, proc.stdout) == (1, "")
+        assert one_log_line(proc, "login fail user=alice ip=192.0.2.7: ").endswith(
+            "apop: cannot be checked against a hashed password, or no such active user "
+            "(not counted)")
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+    # the same client's USER/PASS still gets in: no lockout
+    assert run(program, login("alice", PASSWORD), env, argv=["/bin/true"]).returncode == \
+        (0 if os.geteuid() == 0 else 111)
+
+
+def test_apop_for_an_unknown_name_is_refused_the_same_way(program, pop):
+    proc = run(program, login("mallory", apop_digest(PASSWORD)), pop.pop_env)
+    assert proc.returncode == 1 and "apop: cannot be checked" in proc.stderr
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+
+
+def test_a_password_that_looks_like_a_digest_still_works_with_user_pass(program, pop):
+    hexpassword = "0123456789abcdef0123456789abcdef"
+    pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (pop.hash(hexpassword),))
+    proc = run(program, login("alice", hexpassword), pop.pop_env, argv=["/bin/true"])
+    assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
+    assert "login ok user=alice" in proc.stderr or os.geteuid() != 0
+
+
+def test_without_a_timestamp_a_digest_shaped_password_is_an_ordinary_one(program, pop):
+    """Dovecot sends no timestamp: a wrong 32-hex-digit password is a counted failure."""
+    proc = run(program, f"alice\0{apop_digest('guess')}\0\0".encode(), pop.pop_env)
+    assert proc.returncode == 1 and "wrong password" in proc.stderr
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(1,)]
+
+
+def test_apop_is_checked_where_the_row_keeps_its_password_readable(program, pop):
+    pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (PASSWORD,))
+    env = {**pop.pop_env, "AUTHPLAINTEXT": "1", "AUTHFAILDELAY": "1"}
+    proc = run(program, login("alice", apop_digest(PASSWORD)), env, argv=["/bin/true"])
+    assert proc.returncode == (0 if os.geteuid() == 0 else 111), proc.stderr
+    assert "login ok user=alice" in proc.stderr or os.geteuid() != 0
+    # a wrong digest is a wrong password: it waits and counts
+    started = time.monotonic()
+    proc = run(program, login("alice", apop_digest("not " + PASSWORD)), env)
+    assert time.monotonic() - started >= 1
+    assert proc.returncode == 1 and "wrong password" in proc.stderr
+    assert pop.sql("SELECT count(*) FROM authfailures") == [(1,)]
+    # without authplaintext the row cannot be read, so APOP cannot be checked
+    proc = run(program, login("alice", apop_digest(PASSWORD)), pop.pop_env)
+    assert proc.returncode == 1 and "apop: cannot be checked" in proc.stderr
+
+
+def test_apop_from_a_throttled_source_is_throttled(program, pop):
+    env = {**pop.pop_env, "AUTHFAILLIMIT": "1"}
+    assert run(program, login("alice", "wrong-password"), env).returncode == 1
+    proc = run(program, login("alice", apop_digest(PASSWORD)), env)
+    assert proc.returncode == 111 and "throttled" in proc.stderr
+
+
+@as_root
+def test_poplib_apop_and_user_pass_through_qmail_popup(program, pop, tmp_path):
+    """Real poplib, qmail-popup (the stand-in, or $QMAIL_POPUP) under tcpserver,
+    the program as root, real PostgreSQL: APOP against a hashed row is refused
+    without a wait and not counted, USER/PASS gets in; with a plaintext row
+    and authplaintext, APOP gets in too."""
+    import poplib
+
+    popup = os.environ.get("QMAIL_POPUP") or str(ROOT / "tests" / "pop3" / "qmail-popup")
+    pop3d = str(ROOT / "tests" / "pop3" / "qmail-pop3d")
+    env = {**pop.pop_env, "AUTHFAILDELAY": "30"}
+    env.pop("TCPREMOTEIP")  # tcpserver sets it
+    server = TcpServer(tmp_path, ":allow\n", env,
+                       [popup, "pop.example.com", program, pop3d, "Maildir"])
+    try:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=20)
+        try:
+            with pytest.raises(poplib.error_proto, match="authorization failed"):
+                client.apop("alice", PASSWORD)
+        finally:
+            client.close()
+        client = poplib.POP3("127.0.0.1", server.port, timeout=20)
+        try:
+            client.user("alice")
+            assert client.pass_(PASSWORD).startswith(b"+OK")
+            assert client.quit().startswith(b"+OK")
+        finally:
+            client.close()
+        assert pop.sql("SELECT count(*) FROM authfailures") == [(0,)]
+        pop.sql("UPDATE poppass SET pw = %s WHERE name = 'alice'", (PASSWORD,))
+        (Path(pop.pop_env["QMAIL_CONTROL"]) / "authplaintext").write_text("1\n")
+        client = poplib.POP3("127.0.0.1", server.port, timeout=20)
+        try:
+            assert client.apop("alice", PASSWORD).startswith(b"+OK")
+            assert client.quit().startswith(b"+OK")
+        finally:
+            client.close()
+        log = server.wait_log("login ok user=alice ip=127.0.0.1", "apop: cannot be checked")
+        assert log.count("login ok user=alice ip=127.0.0.1") == 2, log
+    finally:
+        server.stop()

@@ -1,25 +1,48 @@
 """The README's database set-up, run as written: its sh blocks, in order, as root,
 against a fresh throwaway cluster, with only the cluster's socket and the install's
-PREFIX put in for /var/run/postgresql and /var/qmail.  Then alice logs in."""
+PREFIX put in for /var/run/postgresql and /var/qmail.  Then alice logs in: over
+SMTP, and over POP3 through the README's qmail-popup run script under tcpserver,
+with the cluster switched to Debian's peer authentication."""
 
 import base64
 import os
+import poplib
+import pwd
 import re
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
-from support import ROOT, Cluster, TcpServer, installed_prefix, talk
+from support import (
+    ROOT,
+    Cluster,
+    Database,
+    StartError,
+    TcpServer,
+    end_group,
+    free_port,
+    installed_prefix,
+    pop3_service_env,
+    pop3_service_user,
+    talk,
+    wait_listening,
+    world_readable_dir,
+)
 
 SECTION = "### Setting up the database"
+POP3_SECTION = "### Under qmail-popup"
 PASSWORD = "readme-Pa55word"
+STAND_INS = ROOT / "tests" / "pop3"
+SYSUSER = "nobody"
 
 
-def readme_blocks() -> list[str]:
+def readme_blocks(section: str = SECTION) -> list[str]:
     text = (ROOT / "README.md").read_text()
-    start = text.index(SECTION)
-    end = text.index("\n#", start + len(SECTION))
+    start = text.index(section)
+    end = re.compile(r"\n#+ ").search(text, start + len(section)).start()
     return re.findall(r"^```sh\n(.*?)^```$", text[start:end], re.M | re.S)
 
 
@@ -34,6 +57,11 @@ def cluster():
 
 def test_the_section_has_the_three_steps():
     assert len(readme_blocks()) == 3
+
+
+def test_the_pop3_section_has_the_run_script():
+    (script,) = readme_blocks(POP3_SECTION)
+    assert script.startswith("#!/bin/sh\n") and "qmail-esmtpd-checkpassword" in script
 
 
 def test_readme_database_steps_as_written(cluster: Cluster):
@@ -64,4 +92,97 @@ def test_readme_database_steps_as_written(cluster: Cluster):
     finally:
         server.stop()
     assert b"\r\n235 " in said, said + server.log().encode()
-    shutil.rmtree(prefix / "control")
+    try:
+        pop3_login_through_the_run_script(cluster, prefix)
+    finally:
+        shutil.rmtree(prefix / "control")
+        shutil.rmtree(prefix / "pop3d", ignore_errors=True)
+
+
+def peer_authentication(cluster: Cluster) -> None:
+    """Debian's pg_hba.conf for local connections: peer (the system user is the
+    role).  The harness itself still connects as postgres from root."""
+    (cluster.data / "pg_hba.conf").write_text(
+        "local all postgres trust\nlocal all all peer map=local\n")
+    # without a system user qmaild, POPDBUSER names nobody, who may be role qmaild
+    (cluster.data / "pg_ident.conf").write_text(
+        "local /^(.*)$ \\1\n"
+        + ("" if pop3_service_user() == "qmaild" else "local nobody qmaild\n"))
+    with Database(cluster, "postgres") as admin:
+        admin.sql("SELECT pg_reload_conf()")
+
+
+def pop3_login_through_the_run_script(cluster: Cluster, prefix) -> None:
+    """The README's run script, as printed but for paths and port: tcpserver as
+    root, qmail-popup (the stand-in, or $QMAIL_POPUP), the program connecting
+    as qmaild by peer authentication, qmail-pop3d (a stand-in, or $QMAIL_POP3D)."""
+    peer_authentication(cluster)
+    home = world_readable_dir("qmail-esmtpd-readme-pop3-") / "alice"
+    nobody = pwd.getpwnam(SYSUSER)
+    for sub in ("", "Maildir", "Maildir/cur", "Maildir/new", "Maildir/tmp"):
+        (home / sub).mkdir()
+        os.chown(home / sub, nobody.pw_uid, nobody.pw_gid)
+    with Database(cluster, "mail") as mail:
+        mail.sql("UPDATE poppass SET sysuser = %s, dir = %s WHERE name = 'alice'",
+                 (SYSUSER, str(home)))
+    for name, stand_in in (("qmail-popup", "QMAIL_POPUP"), ("qmail-pop3d", "QMAIL_POP3D")):
+        shutil.copy(os.environ.get(stand_in) or STAND_INS / name, prefix / "bin" / name)
+    envdir = prefix / "pop3d" / "env"
+    envdir.mkdir(parents=True, exist_ok=True)
+    for name, value in pop3_service_env().items():
+        (envdir / name).write_text(value + "\n")
+    port = free_port()
+    (script,) = readme_blocks(POP3_SECTION)
+    script = script.replace("/var/qmail", str(prefix)).replace(" 0 110 ", f" 127.0.0.1 {port} ")
+    assert f"127.0.0.1 {port}" in script
+    run = prefix / "pop3d" / "run"
+    run.write_text(script)
+    run.chmod(0o755)
+    log = prefix / "pop3d" / "log"
+    with log.open("wb") as out:
+        service = subprocess.Popen([str(run)], stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={"PATH": os.environ["PATH"]})
+    try:
+        try:
+            wait_listening(port, service, "the pop3d run script")
+        except StartError as e:
+            raise AssertionError(f"{e}: {log.read_text()}") from None
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        try:
+            assert client.getwelcome().startswith(b"+OK <")
+            client.user("alice")
+            assert client.pass_(PASSWORD).startswith(b"+OK"), log.read_text()
+            assert client.stat() == (0, 0)
+            if "QMAIL_POP3D" not in os.environ:  # the stand-in says who runs it
+                who = client._shortcmd("XWHO").decode()
+                assert who == f"+OK uid={nobody.pw_uid} dir={home} args=Maildir", who
+            client.quit()
+        finally:
+            client.close()
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        try:
+            client.user("alice")
+            try:
+                client.pass_("not " + PASSWORD)
+                raise AssertionError("a wrong password logged in")
+            except poplib.error_proto as e:
+                assert e.args[0] == b"-ERR authorization failed"
+        finally:
+            client.close()
+        text = wait_for(log, "login fail user=alice")
+        assert f"login ok user=alice ip=127.0.0.1 sysuser={SYSUSER} dir={home}" in text, text
+        assert "login fail user=alice ip=127.0.0.1: wrong password" in text, text
+        assert PASSWORD not in text
+    finally:
+        os.killpg(service.pid, signal.SIGTERM)
+        end_group(service, signalled=True)
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def wait_for(path, text: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (found := path.read_text(errors="replace")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found

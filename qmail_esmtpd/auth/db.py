@@ -23,6 +23,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from psycopg2.extensions import connection
 
 CONNECT_TIMEOUT = 3  # seconds a connection may take, unless conninfo sets connect_timeout
@@ -160,6 +162,26 @@ class Database:
             conn.autocommit = True
             return conn
         raise psycopg2.OperationalError("; ".join(reasons))
+
+    def connect(self, identity: "AbstractContextManager[object] | None" = None) -> None:
+        """Open the connection now rather than at the first statement, inside
+        `identity` when given: the POP3 program started as root connects with
+        the service user's uid, which PostgreSQL's peer authentication reads,
+        while psycopg2 itself is loaded outside it.  Raises DatabaseError."""
+        _import_psycopg2()
+        import psycopg2
+
+        if self.conn is not None:
+            return
+        try:
+            if identity is None:
+                self.conn = self._connect()
+            else:
+                with identity:
+                    self.conn = self._connect()
+        except (psycopg2.Error, NoAnswer) as e:
+            self.close()
+            raise DatabaseError(one_line(e), getattr(e, "pgcode", None)) from None
 
     def query(self, sql: str, params: "tuple | dict" = ()) -> list:
         """Run one parameterised statement and return its rows (empty if none).

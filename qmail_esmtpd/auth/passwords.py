@@ -85,6 +85,17 @@ def check(password: bytes, stored: str, plaintext: bool = False) -> tuple[bool, 
     return _dummy(password)
 
 
+def stored_plaintext(stored: str, plaintext: bool) -> bytes | None:
+    """The password itself, where `stored` holds it in plaintext and `plaintext`
+    (authplaintext) lets rows do that, as check() reads rows; else None.  APOP
+    needs it: its digest can only be checked against the password."""
+    if not plaintext or is_disabled(stored) or stored.startswith("$"):
+        return None
+    if len(stored) == 13 and _DES_CHARS.issuperset(stored):  # a DES crypt hash
+        return None
+    return stored.encode("utf-8")
+
+
 def new_hash(password: bytes) -> str:
     """A fresh argon2id hash with the current parameters."""
     import posix
