@@ -7,11 +7,12 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, StartError, run_make, wheel_folder, world_readable_dir
+from support import ROOT, StartError, installed_prefix, run_make, wheel_folder, world_readable_dir
 
 UNREACHABLE_INDEX = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # any download would fail
 
@@ -188,3 +189,64 @@ def test_the_run_scripts_name_qmail_and_the_rules_once(name: str):
     if name != "log/run":
         assert text.count("\nQMAIL=/var/qmail\n") == 1 and text.count("\nRULES=") == 1
         assert '-x "$RULES"' in text and '"$QMAIL/bin/qmail-esmtpd"' in text
+
+
+# Runs in a network namespace of its own, where port 25 is free and private: starts
+# the run script, says QUIT to port 25 once it listens, prints the replies.
+SERVE_ONCE = r"""
+import os, signal, socket, subprocess, sys, time
+with open(sys.argv[2], "wb") as log:
+    service = subprocess.Popen(["sh", sys.argv[1]], stdout=log, stderr=log,
+                               start_new_session=True)
+try:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client = socket.create_connection(("127.0.0.1", 25), timeout=20)
+            break
+        except OSError:
+            if time.monotonic() > deadline or service.poll() is not None:
+                sys.exit("nothing listens on port 25")
+            time.sleep(0.1)
+    client.sendall(b"QUIT\r\n")
+    said = b""
+    while chunk := client.recv(4096):
+        said += chunk
+    sys.stdout.write(said.decode())
+finally:
+    os.killpg(service.pid, signal.SIGTERM)
+    service.wait()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not host_has("qmaild") or not shutil.which("unshare"),
+                    reason="runs the run script as root (tcpserver -u qmaild) in a network "
+                           "namespace of its own")
+def test_the_installed_run_script_serves_from_prefix(tmp_path: Path):
+    """service/run as make install PREFIX=... installs it, run as is but for its
+    RULES= line (the README's knob for another rules file): the greeting names
+    PREFIX/control/me, so every qmail path in it followed PREFIX."""
+    prefix = installed_prefix()
+    installed = (prefix / "lib" / "qmail-esmtpd" / "service" / "run").read_text()
+    assert f"\nQMAIL={prefix}\n" in installed
+    rules = world_readable_dir("qmail-esmtpd-test-rules-")
+    try:
+        subprocess.run(["tcprules", str(rules / "tcp.smtp.cdb"), str(rules / "tcp.smtp.tmp")],
+                       input=b":allow\n", check=True, timeout=60)
+        (rules / "tcp.smtp.cdb").chmod(0o644)
+        run = tmp_path / "run"
+        run.write_text(installed.replace("\nRULES=/etc/tcp.smtp.cdb\n",
+                                         f"\nRULES={rules}/tcp.smtp.cdb\n"))
+        (prefix / "control").mkdir(exist_ok=True)
+        (prefix / "control" / "me").write_text("runscript.example.com\n")
+        log = tmp_path / "log"
+        out = subprocess.run(
+            ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+             sys.executable, "-c", SERVE_ONCE, str(run), str(log)],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(rules, ignore_errors=True)
+        shutil.rmtree(prefix / "control", ignore_errors=True)
+    said = f"{out.stdout}{out.stderr}\n{log.read_text(errors='replace')}"
+    assert out.stdout.splitlines() == ["220 runscript.example.com ESMTP",
+                                       "221 runscript.example.com"], said
