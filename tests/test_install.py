@@ -3,7 +3,6 @@ umask, from a checkout it leaves clean, runnable by an unprivileged user, with
 defaults that follow PREFIX; never over qmail-smtpd."""
 
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -12,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, StartError, installed_prefix, run_make, wheel_folder, world_readable_dir
+from support import (
+    ROOT,
+    StartError,
+    host_has,
+    installed_prefix,
+    run_make,
+    wheel_folder,
+    world_readable_dir,
+)
 
 UNREACHABLE_INDEX = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # any download would fail
 
@@ -41,14 +48,6 @@ def prefix() -> Path:
 def listing(top: Path) -> dict:
     return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(top.rglob("*"))}
-
-
-def host_has(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True
 
 
 # Who `make install` tries the install as, by default: qmaild on a qmail host,
