@@ -50,9 +50,12 @@ def listing(top: Path) -> dict:
             for p in sorted(top.rglob("*"))}
 
 
-# Who `make install` tries the install as, by default: qmaild on a qmail host,
-# nobody elsewhere (the tests pass on both; TRY_AS= below covers the other case).
-DEFAULT_TRIAL_USER = "qmaild" if host_has("qmaild") else "nobody"
+def default_trial_user() -> str:
+    """Who `make install` tries the install as by default: qmaild on a qmail host,
+    nobody elsewhere (the tests pass on both; TRY_AS= below covers the other case).
+    Asked when the install has run, not at collection: other suites running on
+    the same machine may create or remove qmail's users meanwhile."""
+    return "qmaild" if host_has("qmaild") else "nobody"
 
 
 def as_nobody(argv: list, data: bytes = b"", env: dict | None = None):
@@ -79,7 +82,7 @@ def test_offline_install_under_umask_077_runs_as_nobody_from_prefix(checkout: Pa
     said = run_make("install", f"PREFIX={prefix}", f"WHEELS={wheel_folder()}", cwd=checkout,
                     umask=0o077, env=UNREACHABLE_INDEX)
 
-    assert f"tried as {DEFAULT_TRIAL_USER}" in said, said
+    assert f"tried as {default_trial_user()}" in said, said
     assert listing(checkout) == before  # no build/, no *.egg-info, no __pycache__
     assert original.read_bytes() == b"#!/bin/sh\necho the real one\n"
     lib = prefix / "lib" / "qmail-esmtpd"
@@ -119,12 +122,12 @@ def test_offline_install_under_umask_077_runs_as_nobody_from_prefix(checkout: Pa
 
 
 @pytest.mark.parametrize("try_as, user", [
-    ("", DEFAULT_TRIAL_USER),  # qmaild where it exists, else nobody
+    ("", None),  # the default: qmaild where it exists, else nobody
     ("qmail-esmtpd-no-such-user,nobody", "nobody"),  # a host without the first: the next
     ("daemon,nobody", "daemon"),  # a host with the first
 ])
 def test_an_interpreter_the_service_user_cannot_run_fails_the_install(
-        checkout: Path, prefix: Path, tmp_path: Path, try_as: str, user: str):
+        checkout: Path, prefix: Path, tmp_path: Path, try_as: str, user: str | None):
     private = tmp_path / "home"  # like root's 0700 home with pyenv in it
     private.mkdir(mode=0o700)
     python = private / "python3"
@@ -134,6 +137,7 @@ def test_an_interpreter_the_service_user_cannot_run_fails_the_install(
                  *([f"TRY_AS={try_as}"] if try_as else []), cwd=checkout,
                  env=UNREACHABLE_INDEX)
     message = str(failed.value)
+    user = user or default_trial_user()
     assert f"does not work as user {user}:" in message and "PYTHON=" in message, message
     assert "Traceback" not in message
 
@@ -218,13 +222,13 @@ finally:
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not host_has("qmaild") or not shutil.which("unshare"),
-                    reason="runs the run script as root (tcpserver -u qmaild) in a network "
-                           "namespace of its own")
 def test_the_installed_run_script_serves_from_prefix(tmp_path: Path):
     """service/run as make install PREFIX=... installs it, run as is but for its
     RULES= line (the README's knob for another rules file): the greeting names
     PREFIX/control/me, so every qmail path in it followed PREFIX."""
+    if os.geteuid() != 0 or not host_has("qmaild") or not shutil.which("unshare"):
+        pytest.skip("runs the run script as root (tcpserver -u qmaild) in a network "
+                    "namespace of its own")
     prefix = installed_prefix()
     installed = (prefix / "lib" / "qmail-esmtpd" / "service" / "run").read_text()
     assert f"\nQMAIL={prefix}\n" in installed
