@@ -61,12 +61,15 @@ tcp.smtp.cdb: tcp.smtp.example
 # written into the checkout, defaults that follow PREFIX, a trial run as qmaild).
 # PYTHON=... names the interpreter the launchers use (default /usr/bin/python3);
 # WHEELS=DIR installs with no network from a folder `make wheels` filled.
+# TRY_AS=user1,user2 names the users the trial run tries, first that exists
+# (default qmaild,nobody).
 INSTALL_PYTHON = $(if $(filter-out default file,$(origin PYTHON)),--python '$(PYTHON)')
 WHEELS  ?=
+TRY_AS  ?=
 
 install:
 	$(PYTHON) tools/install.py install --prefix '$(PREFIX)' --destdir '$(DESTDIR)' \
-	    $(INSTALL_PYTHON) $(if $(WHEELS),--wheels '$(WHEELS)')
+	    $(INSTALL_PYTHON) $(if $(WHEELS),--wheels '$(WHEELS)') $(if $(TRY_AS),--user '$(TRY_AS)')
 
 # On a connected machine: every dependency as a wheel in one folder (default
 # wheels/) to copy to an offline mail host and `make install WHEELS=...` there.

@@ -6,6 +6,13 @@ the command line (other users can read it in ps): a terminal is asked twice,
 anything else gives one line on stdin.  Hashes are never printed, only
 their scheme.
 
+Names and passwords are bounded (MAX_NAME_BYTES, MAX_PASSWORD_BYTES) so
+that an account made here can log in on every path: SMTP AUTH, POP3 through
+the checkpassword interface (at most 512 bytes of name, password and
+timestamp) and the failure throttle (which keeps 256 characters of a name).
+The POP3 columns `set` writes are checked the way the POP3 program reads
+them, so that no row is stored that could never log in.
+
 It has its own connection setting (--db, else $QMAIL_ESMTPD_ADMINDB, else
 control/admindb, else libpq's PG* defaults), never the server's: the server's
 role (qmaild, sql/grants.sql) may only read `poppass`, and this tool writes it.
@@ -13,7 +20,10 @@ role (qmaild, sql/grants.sql) may only read `poppass`, and this tool writes it.
 
 import argparse
 import getpass
+import ipaddress
 import os
+import pwd
+import re
 import signal
 import sys
 
@@ -40,9 +50,22 @@ AND id = (SELECT id FROM poppass WHERE name = %s) RETURNING id"""
 SENDAS_LIST = """SELECT address FROM sendas WHERE id = (SELECT id FROM poppass WHERE name = %s)
 ORDER BY address"""
 SET_LIMIT = "UPDATE poppass SET sendlimit = %s WHERE name = %s RETURNING id"
+SET_ACTIVE = "UPDATE poppass SET active = %s WHERE name = %s RETURNING id"
 NAMES = "SELECT name FROM poppass"
 # the POP3 columns `set` may change (column names come only from this tuple)
 POP_COLUMNS = ("sysuser", "dir", "hostname", "ip")
+
+# A name of MAX_NAME_BYTES and a password of MAX_PASSWORD_BYTES, with three
+# NULs and qmail-popup's timestamp (<pid.time@host>, 85 bytes with a 64-byte
+# host name), fit the 512 bytes a checkpassword program reads; the name stays
+# under the throttle's 256-character cut; AUTH PLAIN carries both in a
+# 700-byte line even with the name repeated as authorization identity.
+MAX_NAME_BYTES = 128
+MAX_PASSWORD_BYTES = 256
+MAX_ADDRESS_BYTES = 254  # RFC 5321's 256-octet path, without its < >
+# POSIX's portable user names (useradd's default rule), at most 32 characters
+SYSUSER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,30}\$?")
+HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 RESET = """UPDATE sendcounts SET count = 0
 WHERE id = (SELECT id FROM poppass WHERE name = %s) AND last_send = current_date"""
 # today's count is the stored one only while last_send is today (see limit.py)
@@ -124,10 +147,19 @@ role only reads poppass.  Use a role that owns the tables, e.g. as root:
 
 Names are stored in Unicode NFC and compared exactly, case included (as in
 the 2002 patch and as AUTH looks them up): `add` refuses a name that equals an
-existing one ignoring case, and names with control or invisible characters.
+existing one ignoring case, names with control or invisible characters, and
+names over 128 bytes of UTF-8.
 
-Passwords are read from the terminal (twice), or as one line from stdin (its
-LF or CRLF removed); empty passwords and NUL bytes are refused.
+Passwords are read from the terminal (twice), or as exactly one line from
+stdin (its LF or CRLF removed); empty passwords, NUL bytes, a second line and
+passwords over 256 bytes are refused (POP3 logins carry at most 512 bytes of
+name, password and timestamp).
+
+`disable NAME` deactivates an account (AUTH and POP3 logins fail, sending
+stops, nothing is deleted); `enable NAME` reactivates it.  `set` checks the
+POP3 columns as the POP3 program reads them: sysuser a user of this host,
+never root (--force accepts one only the POP3 host knows), dir an absolute
+path, hostname a host name, ip an IP address (stored in canonical form).
 """
 
 
@@ -144,8 +176,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("add", help="create a user (password from tty or stdin)")
     c.add_argument("name", type=new_name)
-    c.add_argument("--limit", type=limit_arg, metavar="N",
-                   help="messages a day (0: no limit; default: control/sendlimit)")
+    c.add_argument("--limit", type=limit_or_default, metavar="N",
+                   help="recipients a day (0: no limit; default: control/sendlimit)")
     c.add_argument("--inactive", action="store_true", help="create the account disabled")
     c.set_defaults(run=cmd_add)
 
@@ -154,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
         ("del", cmd_del, "delete a user and its send counts"),
         ("show", cmd_show, "one user's counts, limit, state and hash scheme"),
         ("reset", cmd_reset, "set today's count to 0 (the total stays)"),
+        ("disable", cmd_disable, "deactivate a user: AUTH and POP3 logins fail, sending "
+                                 "stops; nothing is deleted"),
+        ("enable", cmd_enable, "reactivate a disabled user"),
     ):
         c = sub.add_parser(command, help=text)
         c.add_argument("name", type=existing_name)
@@ -180,11 +215,14 @@ def parser() -> argparse.ArgumentParser:
                                    "(any of them; empty: NULL)")
     c.add_argument("name", type=existing_name)
     c.add_argument("values", type=column_value, nargs="+", metavar="COLUMN=VALUE")
+    c.add_argument("--force", action="store_true",
+                   help="accept a sysuser unknown on this host (it must exist on the "
+                        "POP3 host that serves the account)")
     c.set_defaults(run=cmd_set)
 
     c = sub.add_parser("top", help="today's heaviest senders: name, today, last send, "
                                    "total, limit")
-    c.add_argument("count", type=limit_arg, nargs="?", default=10, metavar="N",
+    c.add_argument("count", type=count_arg, nargs="?", default=10, metavar="N",
                    help="how many (default 10)")
     c.set_defaults(run=cmd_top)
     return p
@@ -208,15 +246,34 @@ def name_arg(text: str, strict: bool) -> str:
     if name is None:
         raise argparse.ArgumentTypeError(
             "user name is empty, has spaces at an end, or control or invisible characters")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"user name longer than {MAX_NAME_BYTES} bytes (UTF-8): POP3 logins carry at "
+            "most 512 bytes of name, password and timestamp; choose a shorter name")
     return name
 
 
 def address_arg(text: str) -> str:
-    """An envelope sender as the server compares it: lower case, no blanks."""
-    address = name_arg(text, strict=True).lower()
-    if " " in address or "@" not in address:
-        raise argparse.ArgumentTypeError("an address is local@domain, without blanks")
-    return address
+    """An envelope sender as the server compares it (MAIL FROM's address without
+    its < >, lower case): local@domain, no blanks, no invisible characters."""
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]  # as written in MAIL FROM:<...>
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "the address is empty: the null sender <> needs no sendas, it is always accepted")
+    address = canonical_name(text)
+    if address is None or " " in address:
+        raise argparse.ArgumentTypeError(
+            f"the address has blanks, control or invisible characters: {text!r}")
+    local, _, domain = address.rpartition("@")
+    labels = domain.split(".")
+    if not local or not domain or "<" in address or ">" in address or not all(labels):
+        raise argparse.ArgumentTypeError(
+            f"not an address: {text!r} (want local@domain, e.g. alias@example.org)")
+    if len(address.encode("utf-8")) > MAX_ADDRESS_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"address longer than {MAX_ADDRESS_BYTES} bytes, more than SMTP allows")
+    return address.lower()
 
 
 def new_name(text: str) -> str:
@@ -227,28 +284,80 @@ def existing_name(text: str) -> str:
     return name_arg(text, strict=False)
 
 
-def limit_arg(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a number of messages: {text!r}")
-    value = int(text)
-    if value > 2**31 - 1:  # sendlimit is an integer column
-        raise argparse.ArgumentTypeError(f"too large: {text}")
-    return value
-
-
 def limit_or_default(text: str) -> int | None:
-    return None if text == "default" else limit_arg(text)
+    """A daily limit: recipients (messages with control/sendlimitmessages), 0 for
+    none, or `default` in any case for the site's."""
+    if text.lower() == "default":
+        return None
+    if not text.isascii() or not text.isdigit() or int(text) > 2**31 - 1:  # an integer column
+        raise argparse.ArgumentTypeError(
+            f"not a daily limit: {text!r} (want a whole number of recipients up to "
+            "2147483647, 0 for no limit, or default)")
+    return int(text)
+
+
+def count_arg(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"not a number of users to list: {text!r}")
+    return int(text)
 
 
 def column_value(text: str) -> tuple[str, str | None]:
-    """COLUMN=VALUE for `set`: one of POP_COLUMNS; an empty VALUE means NULL."""
+    """COLUMN=VALUE for `set`: one of POP_COLUMNS, its value as the POP3 program
+    can use it; an empty VALUE means NULL."""
     column, sep, value = text.partition("=")
+    if column == "active":
+        raise argparse.ArgumentTypeError(
+            "active is not set here: `disable NAME` deactivates an account, `enable NAME` "
+            "reactivates it")
     if not sep or column not in POP_COLUMNS:
         raise argparse.ArgumentTypeError(
             f"not COLUMN=VALUE with COLUMN one of {', '.join(POP_COLUMNS)}: {text!r}")
-    if "\0" in value:
-        raise argparse.ArgumentTypeError(f"{column} has a NUL")
-    return column, value or None
+    if not value:
+        return column, None
+    if not value.isprintable():
+        raise argparse.ArgumentTypeError(f"{column} has control or invisible characters")
+    return column, POP_CHECKS[column](value)
+
+
+def sysuser_value(value: str) -> str:
+    """A system user name; whether this host knows it is cmd_set's question."""
+    if not SYSUSER.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"sysuser is not a system user name: {value!r} (letters, digits, _ . -)")
+    return value
+
+
+def dir_value(value: str) -> str:
+    if not value.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"dir must be an absolute path, e.g. /home/vmail/alice, not {value!r}: "
+            "the POP3 session starts there")
+    return value
+
+
+def hostname_value(value: str) -> str:
+    """A host name as control/pophost names the POP3 host (compared ignoring case)."""
+    labels = value.split(".")
+    if len(value) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
+        raise argparse.ArgumentTypeError(
+            f"hostname is not a host name: {value!r} (want e.g. pop.example.org, as "
+            "control/pophost names the POP3 host)")
+    return value
+
+
+def ip_value(value: str) -> str:
+    """An IPv4 or IPv6 address in its canonical text, the form to write in control/popip."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"ip is not an IP address: {value!r} (want e.g. 192.0.2.1, as control/popip "
+            "names the POP3 host)") from None
+
+
+POP_CHECKS = {"sysuser": sysuser_value, "dir": dir_value, "hostname": hostname_value,
+              "ip": ip_value}
 
 
 def conninfo(option: str | None) -> str:
@@ -272,7 +381,7 @@ def default_limit() -> int:
 
 
 def read_password() -> bytes:
-    """A tty asks twice and compares; otherwise one line, minus its LF or CRLF.
+    """A tty asks twice and compares; otherwise exactly one line, minus its LF or CRLF.
 
     Bytes, because the server checks the bytes the client sent: a UTF-8
     password hashed here matches the same password typed into a mail client.
@@ -287,14 +396,26 @@ def read_password() -> bytes:
             raise Failure("passwords do not match")
         password = first.encode("utf-8", "surrogateescape")
     else:
-        password = sys.stdin.buffer.readline()
-        if password.endswith(b"\n"):  # one rule for a pipe from any system: LF or CRLF ends it
-            password = password[:-2] if password.endswith(b"\r\n") else password[:-1]
+        password = piped_password(sys.stdin.buffer.read(MAX_PASSWORD_BYTES + 3))
     if not password:
         raise Failure("empty password")
     if b"\0" in password:
         raise Failure("the password has a NUL byte, which AUTH cannot carry")
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise Failure(f"password longer than {MAX_PASSWORD_BYTES} bytes: POP3 logins carry at "
+                      "most 512 bytes of name, password and timestamp; choose a shorter one")
     return password
+
+
+def piped_password(data: bytes) -> bytes:
+    """The one line of `data` without its LF or CRLF (one rule for a pipe from
+    any system); a second line is refused, not silently dropped."""
+    line, newline, rest = data.partition(b"\n")
+    if rest:
+        raise Failure("stdin has more than one line: give the password alone, on one line")
+    if newline and line.endswith(b"\r"):
+        line = line[:-1]
+    return line
 
 
 def hash_password(password: bytes) -> str:
@@ -360,7 +481,7 @@ def cmd_show(db: Database, args: argparse.Namespace) -> int:
         raise no_such_user(args.name)
     name, active, limit, today, total, pw, *pop = rows[0]
     say(f"name:     {name}")
-    say(f"active:   {'yes' if active else 'no (AUTH fails)'}")
+    say(f"active:   {'yes' if active else 'no (disabled: logins fail; enable undoes it)'}")
     say(f"limit:    {effective_limit(limit)}")
     say(f"today:    {today}")
     say(f"total:    {total}")
@@ -373,8 +494,12 @@ def cmd_show(db: Database, args: argparse.Namespace) -> int:
 
 
 def cmd_top(db: Database, args: argparse.Namespace) -> int:
-    """Tab-separated like `list`: name, today, last send, total, limit."""
+    """Tab-separated like `list`: name, today, last send, total, limit.  With
+    no counts at all, a line on stderr says so (stdout stays data only)."""
     rows = db.query(TOP, (args.count,))
+    if not rows:
+        print("nobody has sent mail through AUTH yet: no send counts", file=sys.stderr,
+              flush=True)
     default = default_limit() if any(row[4] is None for row in rows) else 0
     for name, today, last_send, total, limit in rows:
         say(f"{name}\t{today}\t{last_send}\t{total}\t{effective_limit(limit, default)}")
@@ -383,12 +508,47 @@ def cmd_top(db: Database, args: argparse.Namespace) -> int:
 
 def cmd_set(db: Database, args: argparse.Namespace) -> int:
     values = dict(args.values)  # the last of a repeated column wins
+    if values.get("sysuser"):
+        check_sysuser(values["sysuser"], args.force)
     assignments = ", ".join(f"{column} = %s" for column in values)  # names from POP_COLUMNS
     sql = f"UPDATE poppass SET {assignments} WHERE name = %s RETURNING id"
     if not db.query(sql, (*values.values(), args.name)):
         raise no_such_user(args.name)
     say(f"{args.name}: " + ", ".join(f"{column} {'NULL' if value is None else value}"
                                      for column, value in values.items()))
+    return 0
+
+
+def check_sysuser(name: str, force: bool) -> None:
+    """Refuse what the POP3 program refuses at login: root, and (without
+    --force, for tables several hosts share) a user this host does not know."""
+    try:
+        uid: int | None = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        uid = None
+    if name == "root" or uid == 0:
+        raise Failure(f"sysuser {name} is root (uid 0): POP3 sessions never run as root; "
+                      "choose an unprivileged user, e.g. vmail")
+    if uid is None and not force:
+        raise Failure(f"sysuser {name} is not a user of this host: create it (useradd), or "
+                      "add --force if the POP3 host that serves this account has it")
+
+
+def set_active(db: Database, name: str, active: bool) -> None:
+    if not db.query(SET_ACTIVE, (active, name)):
+        raise no_such_user(name)
+
+
+def cmd_disable(db: Database, args: argparse.Namespace) -> int:
+    set_active(db, args.name, False)
+    say(f"disabled {args.name}: AUTH and POP3 logins fail, sending stops "
+        f"(enable {args.name} undoes it)")
+    return 0
+
+
+def cmd_enable(db: Database, args: argparse.Namespace) -> int:
+    set_active(db, args.name, True)
+    say(f"enabled {args.name}")
     return 0
 
 

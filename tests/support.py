@@ -522,6 +522,15 @@ def run_make(*args: str, cwd: Path = ROOT, umask: int | None = None,
     return text
 
 
+def host_has(user: str) -> bool:
+    """Whether this host has the system user (qmaild on a qmail host)."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
+
+
 def world_readable_dir(prefix: str) -> Path:
     """A temp folder the service user (nobody) can enter: mkdtemp makes 0700 ones."""
     path = Path(tempfile.mkdtemp(prefix=prefix))

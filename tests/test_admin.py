@@ -1,6 +1,9 @@
 """`qmail-esmtpd-user` against a real PostgreSQL, run as the installed console script."""
 
+import base64
 import os
+import pwd
+import smtplib
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +12,7 @@ import pytest
 
 from qmail_esmtpd.auth import passwords
 
-from support import ROOT, Database
+from support import ROOT, Database, host_has, run_with_fd3, write_launcher
 
 SCRIPT = ROOT / ".venv" / "bin" / "qmail-esmtpd-user"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "qmail_esmtpd.admin"]
@@ -78,7 +81,7 @@ def test_add_hashes_stdin_password_with_argon2(admin: Admin) -> None:
 
 
 def test_add_with_limit_inactive_and_only_the_newline_stripped(admin: Admin) -> None:
-    proc = admin("add", "bob", "--limit", "7", "--inactive", stdin=" spaced pw \t\nsecond\n")
+    proc = admin("add", "bob", "--limit", "7", "--inactive", stdin=" spaced pw \t\n")
     assert proc.returncode == 0, proc.stderr
     _, pw, active, limit = admin.user("bob")
     assert (active, limit) == (False, 7)
@@ -90,7 +93,7 @@ def test_add_without_trailing_newline_and_utf8(admin: Admin) -> None:
     assert passwords.context().verify("pässwörd".encode(), admin.user("carol")[1])
 
 
-@pytest.mark.parametrize("stdin", ["", "\n", "\nsecond line\n"])
+@pytest.mark.parametrize("stdin", ["", "\n", "\r\n"])
 def test_empty_password_is_refused(admin: Admin, stdin: str) -> None:
     proc = admin("add", "alice", stdin=stdin)
     assert proc.returncode == 1
@@ -254,7 +257,20 @@ def test_limit_bad_value_is_usage_error(admin: Admin, value: str) -> None:
     proc = admin("limit", "alice", value)
     assert proc.returncode == 2
     assert "usage:" in proc.stderr
+    # the limit counts recipients (messages only with control/sendlimitmessages)
+    assert f"not a daily limit: '{value}'" in proc.stderr and "recipients" in proc.stderr
+    assert "number of messages" not in proc.stderr
     assert admin.user("alice")[3] is None
+
+
+@pytest.mark.parametrize("word", ["default", "DEFAULT", "Default"])
+def test_default_in_any_case(admin: Admin, word: str) -> None:
+    assert admin("add", "alice", "--limit", "3", stdin="pw\n").returncode == 0
+    proc = admin("limit", "alice", word)
+    assert (proc.returncode, proc.stdout) == (0, "limit for alice: default\n"), proc.stderr
+    assert admin.user("alice")[3] is None
+    assert admin("add", "bob", "--limit", word, stdin="pw\n").returncode == 0
+    assert admin.user("bob")[3] is None
 
 
 def test_limit_unknown_user(admin: Admin) -> None:
@@ -398,7 +414,7 @@ def test_a_closed_pipe_ends_quietly(admin: Admin) -> None:
     assert proc.stderr == ""
 
 
-@pytest.mark.parametrize("stdin", [b"pw\r\n", b"pw\n", b"pw", b"pw\r\nnext\r\n"])
+@pytest.mark.parametrize("stdin", [b"pw\r\n", b"pw\n", b"pw"])
 def test_line_endings_one_rule(admin: Admin, stdin: bytes) -> None:
     proc = subprocess.run([*COMMAND, "--db", admin.db.dsn(), "add", "alice"], input=stdin,
                           capture_output=True, env=admin.env(), timeout=60)
@@ -441,7 +457,8 @@ def test_a_name_differing_only_in_case_is_refused(admin: Admin) -> None:
 
 def test_set_pop3_columns_and_show_them(admin: Admin) -> None:
     assert admin("add", "alice", stdin="pw\n").returncode == 0
-    proc = admin("set", "alice", "sysuser=vpopmail", "dir=/home/vmail/alice", "ip=192.0.2.1")
+    proc = admin("set", "alice", "sysuser=vpopmail", "dir=/home/vmail/alice", "ip=192.0.2.1",
+                 "--force")  # vpopmail: a user of the POP3 host, not of this one
     assert proc.returncode == 0, proc.stderr
     shown = fields(admin("show", "alice").stdout)
     assert (shown["sysuser"], shown["dir"], shown["hostname"], shown["ip"]) == (
@@ -469,3 +486,211 @@ def test_top_lists_todays_heaviest_senders(admin: Admin) -> None:
         f"bob\t0\t{yesterday}\t7\tunlimited",
     ]
     assert admin("top", "1").stdout.splitlines() == [f"dave\t8\t{today}\t8\t9"]
+
+
+def test_top_says_so_when_nobody_sent(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("top")
+    assert proc.returncode == 0
+    assert proc.stdout == ""  # stdout stays data for cut and awk
+    assert proc.stderr == "nobody has sent mail through AUTH yet: no send counts\n"
+    assert admin("top", "0").returncode == 2
+
+
+@pytest.mark.parametrize("stdin", [b"new\nsecond\n", b"new\r\nsecond", b"new\n\n", b"\nnew\n"])
+def test_a_second_line_on_stdin_is_refused(admin: Admin, stdin: bytes) -> None:
+    assert admin("add", "bob", stdin="old\n").returncode == 0
+    before = admin.user("bob")
+    for argv in (["add", "alice"], ["passwd", "bob"]):
+        proc = subprocess.run([*COMMAND, "--db", admin.db.dsn(), *argv], input=stdin,
+                              capture_output=True, env=admin.env(), timeout=60)
+        assert proc.returncode == 1, argv
+        assert proc.stderr == (b"qmail-esmtpd-user: stdin has more than one line: give the "
+                               b"password alone, on one line\n")
+    assert admin.user("alice") is None
+    assert admin.user("bob") == before
+
+
+def test_names_and_passwords_are_bounded(admin: Admin) -> None:
+    """128 bytes of UTF-8 for a name, 256 bytes for a password; longer is refused."""
+    longest = "é" * 64  # 128 bytes, 64 characters
+    for name in ("x" * 129, "é" * 65, "a" * 5000):
+        proc = admin("add", name, stdin="pw\n")
+        assert proc.returncode == 2
+        assert "user name longer than 128 bytes (UTF-8)" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert admin.sql("SELECT count(*) FROM poppass") == [(0,)]
+    proc = admin("add", longest, stdin="p" * 257 + "\n")
+    assert proc.returncode == 1
+    one_line_error(proc, "password longer than 256 bytes")
+    assert admin.user(longest) is None
+    assert admin("add", longest, stdin="p" * 256 + "\n").returncode == 0
+    assert passwords.context().verify("p" * 256, admin.user(longest)[1])
+    one_line_error(admin("passwd", longest, stdin="ü" * 129), "password longer than 256 bytes")
+
+
+def test_disable_and_enable(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("disable", "alice")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ("disabled alice: AUTH and POP3 logins fail, sending stops "
+                           "(enable alice undoes it)\n")
+    assert admin.user("alice")[2] is False
+    assert fields(admin("show", "alice").stdout)["active"].startswith("no (disabled")
+    assert admin("list").stdout == "alice\tinactive\tdefault\t0\t0\n"
+    assert admin("disable", "alice").returncode == 0  # already: still disabled
+    proc = admin("enable", "alice")
+    assert (proc.returncode, proc.stdout) == (0, "enabled alice\n")
+    assert admin.user("alice")[2] is True
+    assert fields(admin("show", "alice").stdout)["active"] == "yes"
+    for command in ("disable", "enable"):
+        one_line_error(admin(command, "nobody"), "no such user: nobody")
+    proc = admin("set", "alice", "active=false")
+    assert proc.returncode == 2
+    assert "`disable NAME` deactivates" in proc.stderr and "`enable NAME`" in proc.stderr
+    assert admin.user("alice")[2] is True
+
+
+def test_a_disabled_account_cannot_log_in_until_enabled(db, control: Path, tcpserver) -> None:
+    """Through the real server: 535 while disabled, 235 again once enabled."""
+    admin = Admin(db.database, control)
+    assert admin("add", "alice", stdin=PASSWORD + "\n").returncode == 0
+    server = tcpserver(":allow\n", env=db.env())
+
+    def auth() -> int:
+        with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+            client.ehlo("client.test")
+            return client.docmd("AUTH", "PLAIN " + plain("alice", PASSWORD))[0]
+
+    assert auth() == 235
+    assert admin("disable", "alice").returncode == 0
+    assert auth() == 535
+    assert admin("enable", "alice").returncode == 0
+    assert auth() == 235
+
+
+def plain(name: str, password: str, authzid: str = "") -> str:
+    return base64.b64encode(f"{authzid}\0{name}\0{password}".encode()).decode()
+
+
+SYSUSER = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+
+@pytest.mark.parametrize("value, status, message", [
+    ("sysuser=nosuchuser", 1, "sysuser nosuchuser is not a user of this host: create it "
+                              "(useradd), or add --force"),
+    ("sysuser=root", 1, "sysuser root is root (uid 0): POP3 sessions never run as root"),
+    ("sysuser=bad user", 2, "sysuser is not a system user name: 'bad user'"),
+    ("sysuser=../x", 2, "sysuser is not a system user name"),
+    ("dir=Maildir/alice", 2, "dir must be an absolute path, e.g. /home/vmail/alice"),
+    ("dir=/home/a\nb", 2, "dir has control or invisible characters"),
+    ("ip=not-an-ip", 2, "ip is not an IP address: 'not-an-ip'"),
+    ("ip=192.0.2.300", 2, "ip is not an IP address"),
+    ("hostname=bad host", 2, "hostname is not a host name: 'bad host'"),
+    ("hostname=-pop.example.org", 2, "hostname is not a host name"),
+    ("hostname=pop..example.org", 2, "hostname is not a host name"),
+])
+def test_set_refuses_what_the_pop3_program_cannot_use(admin: Admin, value: str, status: int,
+                                                      message: str) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    assert admin("set", "alice", f"sysuser={SYSUSER}", "dir=/var/empty").returncode == 0
+    before = admin.sql("SELECT sysuser, dir, hostname, ip FROM poppass")
+    proc = admin("set", "alice", value, "hostname=pop.example.org")
+    assert proc.returncode == status
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert admin.sql("SELECT sysuser, dir, hostname, ip FROM poppass") == before
+
+
+def test_set_force_accepts_a_sysuser_only_the_pop3_host_knows(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("set", "alice", "sysuser=vmail-on-pop-host", "hostname=pop2.example.org",
+                 "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert admin.sql("SELECT sysuser, hostname FROM poppass") == [
+        ("vmail-on-pop-host", "pop2.example.org")]
+    proc = admin("set", "alice", "sysuser=root", "--force")  # never, anywhere
+    assert proc.returncode == 1 and "is root" in proc.stderr
+    assert admin("set", "alice", "sysuser=", "--force").returncode == 0  # NULL: no check
+    assert admin.sql("SELECT sysuser FROM poppass") == [(None,)]
+
+
+def test_set_stores_an_ip_in_canonical_form(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("set", "alice", "ip=2001:DB8:0:0::1")
+    assert (proc.returncode, proc.stdout) == (0, "alice: ip 2001:db8::1\n"), proc.stderr
+    assert admin.sql("SELECT ip FROM poppass") == [("2001:db8::1",)]
+
+
+@pytest.mark.parametrize("address, message", [
+    ("", "the address is empty: the null sender <> needs no sendas"),
+    ("<>", "the address is empty: the null sender <> needs no sendas"),
+    ("alice", "not an address: 'alice'"),
+    ("alice@", "not an address"),
+    ("@example.org", "not an address"),
+    ("alice@example..org", "not an address"),
+    ("<<alice@example.org>>", "not an address"),
+    ("a lice@example.org", "the address has blanks"),
+    ("alice\u200b@example.org", "the address has blanks, control or invisible characters"),
+    ("a" * 250 + "@example.org", "address longer than 254 bytes"),
+])
+def test_sendas_refuses_what_is_not_an_address(admin: Admin, address: str,
+                                               message: str) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("sendas-add", "alice", address)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "user name" not in proc.stderr
+    assert admin.sql("SELECT count(*) FROM sendas") == [(0,)]
+
+
+def test_sendas_takes_an_address_as_mail_from_writes_it(admin: Admin) -> None:
+    assert admin("add", "alice", stdin="pw\n").returncode == 0
+    proc = admin("sendas-add", "alice", "<Alias@Example.ORG>")
+    assert (proc.returncode, proc.stdout) == (0, "alice may send as alias@example.org\n")
+    assert admin("sendas-add", "alice", '"odd@local"@example.org').returncode == 0
+    assert admin.sql("SELECT address FROM sendas ORDER BY address") == [
+        ('"odd@local"@example.org',), ("alias@example.org",)]
+    assert admin("sendas-del", "alice", "<alias@example.org>").returncode == 0
+
+
+def test_the_longest_name_and_password_log_in_everywhere(db, control: Path, tcpserver,
+                                                        tmp_path: Path) -> None:
+    """A 128-byte name with a 256-byte password: SMTP AUTH PLAIN (also with the name
+    repeated as authorization identity) and POP3 with qmail-popup's timestamp for a
+    64-byte host name, through the real programs."""
+    name, password = "ü" * 60 + "x" * 8, "pässwörd" * 25 + "p" * 6
+    assert (len(name.encode()), len(password.encode())) == (128, 256)
+    admin = Admin(db.database, control)
+    assert admin("add", name, stdin=password + "\n").returncode == 0
+    assert admin("set", name, f"sysuser={SYSUSER}", "dir=/").returncode == 0
+    server = tcpserver(":allow\n", env=db.env())
+    for authzid in ("", name):
+        with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+            client.ehlo("client.test")
+            code, said = client.docmd("AUTH", "PLAIN " + plain(name, password, authzid))
+            assert code == 235, said
+
+    program = write_launcher(tmp_path / "qmail-esmtpd-checkpassword",
+                             "qmail_esmtpd.checkpassword_program:main")
+    timestamp = f"<{'9' * 7}.{'9' * 10}@{'h' * 64}>"
+    data = f"{name}\0{password}\0{timestamp}\0".encode()
+    assert len(data) <= 512
+    # Started as root, the POP3 program may connect with the service user's uid
+    # (POPDBUSER, qmaild by default): the socket open to it, as /var/run/postgresql is.
+    os.chmod(db.database.cluster.base, 0o711)
+    service = {} if os.geteuid() != 0 or host_has("qmaild") else {"POPDBUSER": "nobody"}
+    proc = run_with_fd3([str(program), "/bin/sh", "-c", 'echo "$USER"'], data,
+                        env={"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control),
+                             **db.env(), **service}, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == name + "\n"
+
+
+def test_the_name_bound_fits_the_other_paths() -> None:
+    from qmail_esmtpd import admin, checkpassword_program
+    from qmail_esmtpd.auth import throttle
+
+    assert admin.MAX_NAME_BYTES <= throttle.MAX_NAME  # bytes: never more characters
+    popup_timestamp = len("<1234567.1234567890@>") + 64  # pid.time@host, 64-byte host name
+    assert (admin.MAX_NAME_BYTES + admin.MAX_PASSWORD_BYTES + 3 + popup_timestamp
+            <= checkpassword_program.MAX_INPUT)

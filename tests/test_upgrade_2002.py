@@ -1,8 +1,12 @@
 """sql/upgrade-2002.sql on a database made from the 2002 article's DDL."""
 
 import datetime
+import os
+import pwd
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -59,13 +63,40 @@ def upgrade_psql(db: Database) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=60)
 
 
+# the README's upgrade line, an indented display in "Setting up the database"
+README_LINE = re.compile(r"^    (runuser -u postgres -- psql .* sql/upgrade-2002\.sql)$", re.M)
+
+
+def upgrade_as_the_readme_says(db: Database) -> subprocess.CompletedProcess:
+    """The README's line as written, as root, in a checkout only root can enter
+    (as under /root); only the socket (PGHOST) and the database name put in."""
+    [line] = README_LINE.findall((ROOT / "README.md").read_text())
+    assert " -d mail " in line
+    with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-checkout-") as checkout:  # 0700
+        (Path(checkout) / "sql").mkdir()
+        shutil.copy(UPGRADE, Path(checkout) / "sql")
+        return subprocess.run(["sh", "-ec", line.replace(" -d mail ", f" -d {db.name} ")],
+                              cwd=checkout, capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "PGHOST": str(db.cluster.sock)})
+
+
+def _can_run_the_readme() -> bool:
+    try:
+        pwd.getpwnam("postgres")  # the test cluster runs as postgres, trusting local users
+    except KeyError:
+        return False
+    return os.geteuid() == 0 and PSQL is not None
+
+
 RUNNERS = ["psycopg2", pytest.param("psql", marks=pytest.mark.skipif(
-    PSQL is None, reason="psql is not installed"))]
+    PSQL is None, reason="psql is not installed")),
+    pytest.param("readme", marks=pytest.mark.skipif(
+        not _can_run_the_readme(), reason="the README's line runs as root, psql as postgres"))]
 
 
 def run_upgrade(db: Database, runner: str) -> None:
-    if runner == "psql":
-        proc = upgrade_psql(db)
+    if runner in ("psql", "readme"):
+        proc = upgrade_psql(db) if runner == "psql" else upgrade_as_the_readme_says(db)
         assert proc.returncode == 0, proc.stderr
     else:
         upgrade(db)

@@ -1,6 +1,7 @@
 """`make install` and `make wheels`: install beside qmail so that qmaild can run it.
 
-    install.py install --prefix PREFIX [--destdir DIR] [--python PY] [--wheels DIR] [--user NAME]
+    install.py install --prefix PREFIX [--destdir DIR] [--python PY] [--wheels DIR]
+                       [--user NAME,...]
     install.py wheels DIR [--python PY]
 
 install: the package and its dependencies go to PREFIX/lib/qmail-esmtpd, the
@@ -18,10 +19,13 @@ real mail hosts decides how:
 - --wheels DIR installs with no network at all (pip --no-index) from a folder
   `make wheels` filled on a connected machine.
 - The launchers' defaults follow PREFIX: QMAIL_CONTROL=PREFIX/control and
-  QMAILQUEUE=PREFIX/bin/qmail-queue unless the environment sets them.
+  QMAILQUEUE=PREFIX/bin/qmail-queue unless the environment sets them.  So do
+  the run scripts: copies of service/ with QMAIL=PREFIX, in
+  PREFIX/lib/qmail-esmtpd/service, to copy into a supervise folder.
 - Before saying "installed", it runs the launcher once as the service user
-  (qmaild, else nobody), and the AUTH imports (psycopg2, argon2) too, and
-  fails with what to do if that does not work.  Not with --destdir (the
+  (the first of --user's list that exists, make's TRY_AS=; default qmaild,
+  else nobody), and the AUTH imports (psycopg2, argon2) too, and fails with
+  what to do if that does not work.  Not with --destdir (the
   files are not where they will run yet).
 
 wheels: every dependency as a wheel, and the build backend, in DIR: copy DIR
@@ -34,6 +38,7 @@ import configparser
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,6 +55,9 @@ LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
              ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"),
              ("qmail-esmtpd-checkpassword", "qmail_esmtpd.checkpassword_program:main"))
 SERVICE_USERS = ("qmaild", "nobody")
+# daemontools scripts, each with one QMAIL=/var/qmail line that names qmail's home
+SERVICE_SCRIPTS = ("run", "run-submission", "run-smtps", "log/run")
+QMAIL_LINE = "QMAIL=/var/qmail\n"
 # What the first AUTH command loads, and one hash made and checked the way the
 # server does it: proves the compiled parts (libpq, libargon2, bcrypt) load for
 # the service user.
@@ -84,7 +92,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--destdir", default="")
     i.add_argument("--python", default="")
     i.add_argument("--wheels", default="")
-    i.add_argument("--user", default="", help="check as this user (default: qmaild, else nobody)")
+    i.add_argument("--user", default=",".join(SERVICE_USERS), metavar="NAME,...",
+                   help="try the install as the first of these users that exists "
+                        "(default: qmaild,nobody)")
     w = sub.add_parser("wheels")
     w.add_argument("dir")
     w.add_argument("--python", default="")
@@ -194,6 +204,21 @@ def fix_modes(top: Path) -> None:
             os.chmod(path, 0o755 if executable else 0o644)
 
 
+def service_scripts(folder: Path, prefix: str) -> None:
+    """service/'s run scripts in `folder`, their QMAIL= line naming `prefix`."""
+    for name in SERVICE_SCRIPTS:
+        text = (ROOT / "service" / name).read_text()
+        if QMAIL_LINE in text:
+            text = text.replace(QMAIL_LINE, f"QMAIL={shlex.quote(prefix)}\n", 1)
+        elif "/var/qmail" in text:
+            raise InstallError(f"service/{name} names /var/qmail outside a {QMAIL_LINE.strip()} "
+                               "line: cannot make it follow PREFIX")
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, 0o755)
+
+
 def make_dirs(path: Path) -> None:
     """Create missing directories 0755 (existing ones, qmail's, are left alone)."""
     missing = []
@@ -225,6 +250,7 @@ def install(args: argparse.Namespace) -> None:
                                str(stage)], capture_output=True, text=True, timeout=600)
     if compiled.returncode != 0:
         raise InstallError(f"compileall failed: {compiled.stdout}{compiled.stderr}")
+    service_scripts(stage / "service", prefix)
     fix_modes(stage)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -265,22 +291,24 @@ def failure_key(control: Path, user: pwd.struct_passwd | None) -> str:
     return f"{path}: created (0640, readable by {owner})"
 
 
-def service_user(name: str) -> pwd.struct_passwd | None:
-    """The user sessions run as; None when we cannot switch (not root): then ourselves."""
+def service_user(names: str) -> pwd.struct_passwd | None:
+    """The user sessions run as: the first of the comma-separated `names` this
+    host has; None when we cannot switch (not root): then ourselves."""
     if os.geteuid() != 0:
         return None
-    for candidate in ([name] if name else SERVICE_USERS):
+    candidates = [name for name in names.split(",") if name]
+    for candidate in candidates:
         try:
             return pwd.getpwnam(candidate)
         except KeyError:
             continue
-    raise InstallError(f"no user {' or '.join([name] if name else SERVICE_USERS)} "
-                       "to try the install as; name one with --user")
+    raise InstallError(f"no user {' or '.join(candidates) or '(none given)'} "
+                       "to try the install as; name one with TRY_AS=")
 
 
-def check(bindir: str, libdir: str, python: str, username: str) -> str:
+def check(bindir: str, libdir: str, python: str, usernames: str) -> str:
     """Run the installed launcher as the service user: a session and the AUTH imports."""
-    user = service_user(username)
+    user = service_user(usernames)
     who = user.pw_name if user else pwd.getpwuid(os.geteuid()).pw_name
     ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
     with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-check-") as tmp:
@@ -307,7 +335,7 @@ def check(bindir: str, libdir: str, python: str, username: str) -> str:
                 f"{who} must be able to run {python} (every folder above it must be "
                 f"searchable by {who}: not under a 0700 home such as pyenv's) and read "
                 f"{libdir}; choose another interpreter with PYTHON=/usr/bin/python3.x, "
-                f"or another user with --user.")
+                f"or another user with TRY_AS=.")
     return who
 
 
