@@ -301,3 +301,70 @@ def test_starttls_after_auth_forgets_the_login():
         None, None, None, None, None)
     s.handle(b"MAIL FROM:<a@x>")
     assert s.handle(b"RCPT TO:<b@elsewhere.org>")[0] == replies.NO_GATEWAY
+
+
+# -- the check seam ------------------------------------------------------------
+REFUSED = (b"550 no (#5.7.1)\r\n", protocol.BUFFER)
+
+
+def test_checks_are_asked_in_order_and_the_first_refusal_wins():
+    asked = []
+
+    def first(session, value):
+        asked.append(("first", value))
+        return None
+
+    def second(session, value):
+        asked.append(("second", value))
+        return REFUSED
+
+    s = make_session(checks=protocol.with_checks(first={protocol.RCPT: (first,)},
+                                                 last={protocol.RCPT: (second,)}))
+    s.handle(b"MAIL FROM:<a@b.c>")
+    assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.NO_GATEWAY, protocol.BUFFER)
+    assert s.handle(b"RCPT TO:<u@example.com>") == REFUSED
+    assert asked == [("first", b"u@elsewhere.org"), ("first", b"u@example.com"),
+                     ("second", b"u@example.com")]
+    assert s.recipients == []
+
+
+def test_accept_now_skips_the_builtin_checks_and_a_check_may_change_the_address():
+    def redirect(session, value):
+        session.recipient = b"spam@example.com"
+        return protocol.ACCEPT_NOW
+
+    s = make_session(checks=protocol.with_checks(first={protocol.RCPT: (redirect,)}),
+                     badmailfrom=frozenset({b"a@b.c"}))
+    s.handle(b"MAIL FROM:<a@b.c>")
+    assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.OK, protocol.BUFFER)
+    assert s.recipients == [b"spam@example.com"]
+
+
+def test_a_refused_mail_keeps_the_transaction_in_hand():
+    s = make_session(checks=protocol.with_checks(
+        first={protocol.MAIL: (lambda session, value: REFUSED if value == b"x@y.z" else None,)}))
+    s.handle(b"MAIL FROM:<a@b.c>")
+    s.handle(b"RCPT TO:<u@example.com>")
+    assert s.handle(b"MAIL FROM:<x@y.z>") == REFUSED
+    assert (s.sender, s.recipients, s.seen_mail) == (b"a@b.c", [b"u@example.com"], True)
+
+
+def test_a_connect_refusal_answers_every_command_but_quit():
+    s = make_session(checks={protocol.CONNECT: (lambda session, value: REFUSED,)})
+    assert s.banner() == b"220 mx.example.com ESMTP\r\n"
+    assert s.handle(b"HELO x") == REFUSED
+    assert s.handle(b"MAIL FROM:<a@b.c>") == REFUSED
+    assert s.handle(b"QUIT")[1] == protocol.QUIT
+
+
+def test_data_and_helo_checks_refuse_their_command():
+    s = make_session(checks=protocol.with_checks(
+        first={protocol.DATA: (lambda session, value: REFUSED,),
+               protocol.HELO: (lambda session, value: REFUSED if value == b"bad" else None,)}))
+    assert s.handle(b"HELO bad") == REFUSED
+    assert s.helo is None
+    s.handle(b"HELO good")
+    s.handle(b"MAIL FROM:<a@b.c>")
+    s.handle(b"RCPT TO:<u@example.com>")
+    assert s.handle(b"DATA") == (REFUSED[0], protocol.FLUSH)
+    assert s.seen_mail
