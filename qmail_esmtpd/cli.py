@@ -11,7 +11,7 @@ import sys
 from . import replies
 from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend, flag_setting
 from .lineio import Channel
-from .protocol import Peer, Session
+from .protocol import RCPT, Peer, Session, with_checks
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
 from .server import serve
@@ -38,6 +38,14 @@ def main() -> int:
         tls_offered = controls.exists(SERVERCERT)
         auth_needs_tls = (tls_offered and backend is not None
                           and not flag_setting(controls, env, b"authcleartext"))
+        checks = None  # the built-in ones
+        badrcptto = controls.lines(b"badrcptto")
+        check_recipients = flag_setting(controls, env, b"checkrecipients")
+        if badrcptto or check_recipients:
+            from .rcptcheck import rcpt_checks
+
+            checks = with_checks(last={RCPT: rcpt_checks(controls, env, badrcptto,
+                                                         check_recipients)})
     except ControlError as e:
         note(f"fatal: {e}")
         _say(replies.CONTROLS)
@@ -69,6 +77,7 @@ def main() -> int:
         tls_offered=tls_offered,
         auth_needs_tls=auth_needs_tls,
         auth_required=smtpauth == b"!",
+        checks=checks,
         note=note,
     )
     program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)

@@ -37,6 +37,10 @@ WANT_RCPT = b"503 RCPT first (#5.5.1)\r\n"
 BADMAILFROM = b"553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)\r\n"
 NO_GATEWAY = b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
 TIMEOUT = b"451 timeout (#4.4.2)\r\n"
+# recipient checks: qmail-local's bounce text, the badrcptto patch's, and ours
+NO_MAILBOX = b"550 sorry, no mailbox here by that name (#5.1.1)\r\n"
+BADRCPTTO = b"553 sorry, mail to that recipient is not accepted (#5.7.1)\r\n"
+TOO_MANY_UNKNOWN = b"421 too many unknown recipients, closing connection (#4.7.1)\r\n"
 
 # DATA
 GO_AHEAD = b"354 go ahead\r\n"
