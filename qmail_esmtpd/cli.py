@@ -11,7 +11,7 @@ import sys
 from . import replies
 from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend, flag_setting
 from .lineio import Channel
-from .protocol import RCPT, Peer, Session, with_checks
+from .protocol import AT_RCPT, Peer, Session, with_checks
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
 from .server import serve
@@ -44,7 +44,7 @@ def main() -> int:
         if badrcptto or check_recipients:
             from .rcptcheck import rcpt_checks
 
-            checks = with_checks(last={RCPT: rcpt_checks(controls, env, badrcptto,
+            checks = with_checks(last={AT_RCPT: rcpt_checks(controls, env, badrcptto,
                                                          check_recipients)})
     except ControlError as e:
         note(f"fatal: {e}")

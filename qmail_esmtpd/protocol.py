@@ -9,8 +9,9 @@ The daily limit (auth/limit.py has its rules) is asked at MAIL, bounds
 the recipients at RCPT, is charged at `finish_message()`, and given back
 in `queued()` when qmail-queue refused the message.
 Every refusal that is policy rather than grammar is a check: the stages
-(CONNECT, HELO, MAIL, RCPT, DATA, AUTH) each ask their checks in order
-(`BUILTIN_CHECKS` plus what the adapters add, see `with_checks()`).
+(AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH) each ask their
+checks in order (`BUILTIN_CHECKS` plus what the adapters add, see
+`with_checks()`).
 Nothing here touches a file descriptor, the environment, a file or a
 database: the adapters (server.py and cli.py) hand in plain values and
 small lookup callables.
@@ -44,7 +45,7 @@ STARTTLS = 5  # load the certificate, then call starttls_ready()
 MAX_HOPS = 100
 
 # The stages at which checks are asked, in the order a session meets them.
-CONNECT, HELO, MAIL, RCPT, DATA, AUTH = range(6)
+AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH = range(6)
 # What a check may answer besides None (no objection) and a (reply, action)
 # refusal: accept the command now, asking no later check (qmail-spp's `O`).
 ACCEPT_NOW = (b"250 ok\r\n", 0)
@@ -133,7 +134,7 @@ class Session:
     def banner(self) -> bytes:
         """The greeting; a CONNECT check may refuse the client instead (say so and
         keep talking: every command then gets that refusal, as qmail-spp does)."""
-        verdict = self.ask(CONNECT, b"")
+        verdict = self.ask(AT_CONNECT, b"")
         if verdict is not None and verdict is not ACCEPT_NOW:
             self.refuse_all = verdict
         return replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
@@ -172,14 +173,14 @@ class Session:
         self.helo = arg
 
     def helo_(self, arg: bytes) -> tuple[bytes, int]:
-        refused = self._refused(HELO, arg)
+        refused = self._refused(AT_HELO, arg)
         if refused is not None:
             return refused
         self._hello(arg)
         return replies.greeting_line(b"250 ", self.greeting), FLUSH
 
     def ehlo(self, arg: bytes) -> tuple[bytes, int]:
-        refused = self._refused(HELO, arg)
+        refused = self._refused(AT_HELO, arg)
         if refused is not None:
             return refused
         self._hello(arg)
@@ -213,7 +214,7 @@ class Session:
             return replies.SYNTAX, BUFFER
         previous, self.sender = self.sender, addr  # checks see it, may change it (qmail-spp `C`)
         self.size = size_parameter(arg) if self.auth is not None else 0
-        verdict = self.ask(MAIL, addr)
+        verdict = self.ask(AT_MAIL, addr)
         if verdict is not None and verdict is not ACCEPT_NOW:
             self.sender = previous
             return verdict
@@ -239,7 +240,7 @@ class Session:
             return replies.SYNTAX, BUFFER
         self.rcpt_asked += 1
         self.recipient = addr  # the checks see it (a check may change it: qmail-spp `C`)
-        verdict = self.ask(RCPT, addr)
+        verdict = self.ask(AT_RCPT, addr)
         if verdict is not None and verdict is not ACCEPT_NOW:
             return verdict
         addr = self.recipient
@@ -253,7 +254,7 @@ class Session:
             return replies.WANT_MAIL, FLUSH
         if not self.recipients:
             return replies.WANT_RCPT, FLUSH
-        verdict = self._refused(DATA, b"")
+        verdict = self._refused(AT_DATA, b"")
         if verdict is not None:
             return verdict[0], FLUSH if verdict[1] == BUFFER else verdict[1]
         self.seen_mail = False
@@ -326,7 +327,7 @@ class Session:
             self.senders = verdict.senders
             self.peer.remoteinfo = self.user
             self.relayclient = b""  # as the AUTH patch: relay like RELAYCLIENT=""
-            refused = self._refused(AUTH, self.user)
+            refused = self._refused(AT_AUTH, self.user)
             return (replies.AUTH_OK, FLUSH) if refused is None else refused
         if verdict.tempfail is not None:
             return replies.AUTH_TEMPORARY[verdict.tempfail], FLUSH
@@ -491,8 +492,8 @@ def rcpthosts(session: Session, recipient: bytes) -> "Verdict | None":
 # with `with_checks()`: plugins before these (as qmail-spp runs them), recipient
 # validation after rcpthosts.
 BUILTIN_CHECKS: "Checks" = {
-    MAIL: (size_within_databytes, sender_bound, limit_left),
-    RCPT: (badmailfrom, limit_recipients, rcpthosts),
+    AT_MAIL: (size_within_databytes, sender_bound, limit_left),
+    AT_RCPT: (badmailfrom, limit_recipients, rcpthosts),
 }
 
 
@@ -500,7 +501,7 @@ def with_checks(first: "Checks | None" = None, last: "Checks | None" = None) -> 
     """BUILTIN_CHECKS with `first` asked before and `last` after them, per stage."""
     first, last = first or {}, last or {}
     return {stage: (*first.get(stage, ()), *BUILTIN_CHECKS.get(stage, ()), *last.get(stage, ()))
-            for stage in (CONNECT, HELO, MAIL, RCPT, DATA, AUTH)
+            for stage in (AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH)
             if stage in first or stage in last or stage in BUILTIN_CHECKS}
 
 

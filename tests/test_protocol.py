@@ -318,8 +318,8 @@ def test_checks_are_asked_in_order_and_the_first_refusal_wins():
         asked.append(("second", value))
         return REFUSED
 
-    s = make_session(checks=protocol.with_checks(first={protocol.RCPT: (first,)},
-                                                 last={protocol.RCPT: (second,)}))
+    s = make_session(checks=protocol.with_checks(first={protocol.AT_RCPT: (first,)},
+                                                 last={protocol.AT_RCPT: (second,)}))
     s.handle(b"MAIL FROM:<a@b.c>")
     assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.NO_GATEWAY, protocol.BUFFER)
     assert s.handle(b"RCPT TO:<u@example.com>") == REFUSED
@@ -333,7 +333,7 @@ def test_accept_now_skips_the_builtin_checks_and_a_check_may_change_the_address(
         session.recipient = b"spam@example.com"
         return protocol.ACCEPT_NOW
 
-    s = make_session(checks=protocol.with_checks(first={protocol.RCPT: (redirect,)}),
+    s = make_session(checks=protocol.with_checks(first={protocol.AT_RCPT: (redirect,)}),
                      badmailfrom=frozenset({b"a@b.c"}))
     s.handle(b"MAIL FROM:<a@b.c>")
     assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.OK, protocol.BUFFER)
@@ -342,7 +342,7 @@ def test_accept_now_skips_the_builtin_checks_and_a_check_may_change_the_address(
 
 def test_a_refused_mail_keeps_the_transaction_in_hand():
     s = make_session(checks=protocol.with_checks(
-        first={protocol.MAIL: (lambda session, value: REFUSED if value == b"x@y.z" else None,)}))
+        first={protocol.AT_MAIL: (lambda session, value: REFUSED if value == b"x@y.z" else None,)}))
     s.handle(b"MAIL FROM:<a@b.c>")
     s.handle(b"RCPT TO:<u@example.com>")
     assert s.handle(b"MAIL FROM:<x@y.z>") == REFUSED
@@ -350,7 +350,7 @@ def test_a_refused_mail_keeps_the_transaction_in_hand():
 
 
 def test_a_connect_refusal_answers_every_command_but_quit():
-    s = make_session(checks={protocol.CONNECT: (lambda session, value: REFUSED,)})
+    s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: REFUSED,)})
     assert s.banner() == b"220 mx.example.com ESMTP\r\n"
     assert s.handle(b"HELO x") == REFUSED
     assert s.handle(b"MAIL FROM:<a@b.c>") == REFUSED
@@ -359,8 +359,8 @@ def test_a_connect_refusal_answers_every_command_but_quit():
 
 def test_data_and_helo_checks_refuse_their_command():
     s = make_session(checks=protocol.with_checks(
-        first={protocol.DATA: (lambda session, value: REFUSED,),
-               protocol.HELO: (lambda session, value: REFUSED if value == b"bad" else None,)}))
+        first={protocol.AT_DATA: (lambda session, value: REFUSED,),
+               protocol.AT_HELO: (lambda session, value: REFUSED if value == b"bad" else None,)}))
     assert s.handle(b"HELO bad") == REFUSED
     assert s.helo is None
     s.handle(b"HELO good")

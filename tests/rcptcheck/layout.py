@@ -79,9 +79,8 @@ ADDRESSES = [
 def fill(line: str, ids: dict) -> str:
     """{user:uid}, {user:gid}, {user:home} from `ids` (name -> (uid, gid, home))."""
     for name, (uid, gid, home) in ids.items():
-        line = (line.replace("{%s:uid}" % name, str(uid))
-                .replace("{%s:gid}" % name, str(gid))
-                .replace("{%s:home}" % name, str(home)))
+        for field, value in (("uid", uid), ("gid", gid), ("home", home)):
+            line = line.replace("{" + name + ":" + field + "}", str(value))
     return line
 
 

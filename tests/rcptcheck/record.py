@@ -96,7 +96,8 @@ def main() -> int:
     qmaill = pwd.getpwnam("qmaill")  # qmail-start runs the logger as qmaill
     os.chown(logpath, qmaill.pw_uid, qmaill.pw_gid)
     send = subprocess.Popen(
-        [str(QMAIL / "bin" / "qmail-start"), "./Mailbox", "/bin/sh", "-c", f"exec cat >> {logpath}"],
+        [str(QMAIL / "bin" / "qmail-start"), "./Mailbox",
+         "/bin/sh", "-c", f"exec cat >> {logpath}"],
         env={"PATH": "/var/qmail/bin:/usr/bin:/bin"}, stdout=subprocess.DEVNULL,
         start_new_session=True)
     try:
