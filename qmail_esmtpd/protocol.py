@@ -98,8 +98,10 @@ class Session:
         self.auth_required = auth_required  # submission: no MAIL before AUTH
         self.note = note  # one line for the log, for what an admin must be able to see
         self.checks = BUILTIN_CHECKS if checks is None else checks
-        self.headers = b""  # header lines a check adds on top of the message (qmail-spp `H`)
-        self.refuse_all: "Verdict | None" = None  # a CONNECT check refused this client
+        self.headers = b""  # header lines a check adds below the Received line (qmail-spp `H`)
+        self.later: dict[int, bytes] = {}  # a check's refusal of a later stage (qmail-spp `L`)
+        self.preface = b""  # text a check sends before the next reply (qmail-spp `P`)
+        self.hangup = False  # a CONNECT check ended the session after its text
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.senders: frozenset[bytes] | None = None  # the user's own senders; None: any
@@ -132,15 +134,22 @@ class Session:
 
     # -- entry points -----------------------------------------------------
     def banner(self) -> bytes:
-        """The greeting; a CONNECT check may refuse the client instead (say so and
-        keep talking: every command then gets that refusal, as qmail-spp does)."""
-        verdict = self.ask(AT_CONNECT, b"")
+        """The greeting; a CONNECT check's text replaces it (as under qmail-spp,
+        the session goes on unless the check also hung up: `hangup`)."""
+        verdict = self.ask(AT_CONNECT, b"") if AT_CONNECT in self.checks else None
+        preface, self.preface = self.preface, b""
         if verdict is not None and verdict is not ACCEPT_NOW:
-            self.refuse_all = verdict
-        return replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
+            self.hangup = verdict[1] == DROP
+            return preface + verdict[0]
+        return preface + replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
 
     def ask(self, stage: int, value: bytes) -> "Verdict | None":
-        """The stage's checks in order: the first refusal (or ACCEPT_NOW) wins."""
+        """A refusal saved for this stage, else the stage's checks in order: the
+        first refusal (or ACCEPT_NOW) wins."""
+        if self.later:
+            saved = self.later.get(stage)
+            if saved:
+                return saved, BUFFER
         for check in self.checks.get(stage, ()):
             verdict = check(self, value)
             if verdict is not None:
@@ -163,9 +172,10 @@ class Session:
         handler = self.verbs.get(verb.lower())
         if handler is None:
             return replies.UNIMPLEMENTED, FLUSH
-        if self.refuse_all is not None and handler != self.quit:
-            return self.refuse_all
-        return handler(arg)
+        reply, action = handler(arg)
+        if self.preface:  # a check's text goes first
+            reply, self.preface = self.preface + reply, b""
+        return reply, action
 
     # -- verbs -----------------------------------------------------------
     def _hello(self, arg: bytes) -> None:
@@ -188,7 +198,7 @@ class Session:
 
     def _refused(self, stage: int, value: bytes) -> "Verdict | None":
         """A check's refusal of a command that has no state of its own to undo."""
-        verdict = self.ask(stage, value) if stage in self.checks else None
+        verdict = self.ask(stage, value) if stage in self.checks or self.later else None
         return None if verdict is ACCEPT_NOW else verdict
 
     def ehlo_keywords(self) -> list[bytes]:
@@ -262,6 +272,8 @@ class Session:
 
     def rset(self, arg: bytes) -> tuple[bytes, int]:
         self.seen_mail = False
+        self.headers = b""
+        self.later = {}
         return replies.FLUSHED, BUFFER
 
     def noop(self, arg: bytes) -> tuple[bytes, int]:
@@ -322,13 +334,15 @@ class Session:
         user, password = exchange.credentials
         verdict = self.auth.check(user, password, exchange.mechanism, exchange.authzid)
         if verdict.ok:
+            refused = self._refused(AT_AUTH, verdict.user or user)
+            if refused is not None:  # a check (qmail-spp [auth]) refused this login
+                return refused[0], FLUSH if refused[1] == BUFFER else refused[1]
             self.user = verdict.user or user
             self.limit = verdict.limit
             self.senders = verdict.senders
             self.peer.remoteinfo = self.user
             self.relayclient = b""  # as the AUTH patch: relay like RELAYCLIENT=""
-            refused = self._refused(AT_AUTH, self.user)
-            return (replies.AUTH_OK, FLUSH) if refused is None else refused
+            return replies.AUTH_OK, FLUSH
         if verdict.tempfail is not None:
             return replies.AUTH_TEMPORARY[verdict.tempfail], FLUSH
         self.auth_failures += 1
@@ -368,8 +382,9 @@ class Session:
         helo = self.helo
         if helo is not None and helo.lower() == peer.remotehost.lower():
             helo = None
+        headers, self.headers, self.later = self.headers, b"", {}  # this message's, used up
         return received(peer.remotehost, helo, peer.remoteinfo, peer.remoteip,
-                        peer.local, self.protocol(), self.clock())
+                        peer.local, self.protocol(), self.clock()) + headers
 
     def protocol(self) -> bytes:
         """The Received line's `with`, as the AUTH and TLS patches write it."""
@@ -488,21 +503,31 @@ def rcpthosts(session: Session, recipient: bytes) -> "Verdict | None":
     return None
 
 
-# Each stage's checks in the order qmail-smtpd makes them.  Adapters add theirs
-# with `with_checks()`: plugins before these (as qmail-spp runs them), recipient
-# validation after rcpthosts.
-BUILTIN_CHECKS: "Checks" = {
+# Each stage's built-in checks, in qmail-smtpd's order, in two groups: who may
+# send and how much (asked before any plugin), then where mail may go (after
+# the plugins, so a plugin's ACCEPT_NOW skips them, as qmail-spp's `O` skips
+# rcpthosts).  Recipient validation and badrcptto come last (`with_checks()`).
+BEFORE_PLUGINS: "Checks" = {
     AT_MAIL: (size_within_databytes, sender_bound, limit_left),
-    AT_RCPT: (badmailfrom, limit_recipients, rcpthosts),
+    AT_RCPT: (badmailfrom, limit_recipients),
+}
+AFTER_PLUGINS: "Checks" = {
+    AT_RCPT: (rcpthosts,),
 }
 
 
-def with_checks(first: "Checks | None" = None, last: "Checks | None" = None) -> "Checks":
-    """BUILTIN_CHECKS with `first` asked before and `last` after them, per stage."""
-    first, last = first or {}, last or {}
-    return {stage: (*first.get(stage, ()), *BUILTIN_CHECKS.get(stage, ()), *last.get(stage, ()))
-            for stage in (AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH)
-            if stage in first or stage in last or stage in BUILTIN_CHECKS}
+def with_checks(plugins: "Checks | None" = None, last: "Checks | None" = None) -> "Checks":
+    """Each stage's checks: the built-in ones with `plugins` between the two
+    groups and `last` at the end."""
+    plugins, last = plugins or {}, last or {}
+    stages = (AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH)
+    table = {stage: (*BEFORE_PLUGINS.get(stage, ()), *plugins.get(stage, ()),
+                     *AFTER_PLUGINS.get(stage, ()), *last.get(stage, ()))
+             for stage in stages}
+    return {stage: checks for stage, checks in table.items() if checks}
+
+
+BUILTIN_CHECKS = with_checks()
 
 
 # -- the Received line qmail-smtpd puts on top of every message, byte for byte --

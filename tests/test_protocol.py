@@ -318,7 +318,7 @@ def test_checks_are_asked_in_order_and_the_first_refusal_wins():
         asked.append(("second", value))
         return REFUSED
 
-    s = make_session(checks=protocol.with_checks(first={protocol.AT_RCPT: (first,)},
+    s = make_session(checks=protocol.with_checks(plugins={protocol.AT_RCPT: (first,)},
                                                  last={protocol.AT_RCPT: (second,)}))
     s.handle(b"MAIL FROM:<a@b.c>")
     assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.NO_GATEWAY, protocol.BUFFER)
@@ -328,38 +328,67 @@ def test_checks_are_asked_in_order_and_the_first_refusal_wins():
     assert s.recipients == []
 
 
-def test_accept_now_skips_the_builtin_checks_and_a_check_may_change_the_address():
+def test_accept_now_skips_the_later_builtin_checks_and_a_check_may_change_the_address():
     def redirect(session, value):
         session.recipient = b"spam@example.com"
         return protocol.ACCEPT_NOW
 
-    s = make_session(checks=protocol.with_checks(first={protocol.AT_RCPT: (redirect,)}),
-                     badmailfrom=frozenset({b"a@b.c"}))
-    s.handle(b"MAIL FROM:<a@b.c>")
+    def accept(session, value):
+        return protocol.ACCEPT_NOW
+
+    s = make_session(checks=protocol.with_checks(
+        plugins={protocol.AT_RCPT: (redirect,), protocol.AT_MAIL: (accept,)}),
+        badmailfrom=frozenset({b"a@b.c"}))
+    s.handle(b"MAIL FROM:<a@b.c>")  # accepted at MAIL: badmailfrom is not looked at
+    # nor is rcpthosts at RCPT
     assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.OK, protocol.BUFFER)
     assert s.recipients == [b"spam@example.com"]
 
 
 def test_a_refused_mail_keeps_the_transaction_in_hand():
-    s = make_session(checks=protocol.with_checks(
-        first={protocol.AT_MAIL: (lambda session, value: REFUSED if value == b"x@y.z" else None,)}))
+    def refuse_xyz(session, value):
+        return REFUSED if value == b"x@y.z" else None
+
+    s = make_session(checks=protocol.with_checks(plugins={protocol.AT_MAIL: (refuse_xyz,)}))
     s.handle(b"MAIL FROM:<a@b.c>")
     s.handle(b"RCPT TO:<u@example.com>")
     assert s.handle(b"MAIL FROM:<x@y.z>") == REFUSED
     assert (s.sender, s.recipients, s.seen_mail) == (b"a@b.c", [b"u@example.com"], True)
 
 
-def test_a_connect_refusal_answers_every_command_but_quit():
+def test_a_connect_check_replaces_the_greeting_and_may_hang_up():
     s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: REFUSED,)})
-    assert s.banner() == b"220 mx.example.com ESMTP\r\n"
-    assert s.handle(b"HELO x") == REFUSED
-    assert s.handle(b"MAIL FROM:<a@b.c>") == REFUSED
-    assert s.handle(b"QUIT")[1] == protocol.QUIT
+    assert (s.banner(), s.hangup) == (REFUSED[0], False)
+    assert s.handle(b"HELO x")[0] == b"250 mx.example.com\r\n"
+    s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: (b"554 go\r\n",
+                                                                           protocol.DROP),)})
+    assert (s.banner(), s.hangup) == (b"554 go\r\n", True)
+
+
+def test_later_refusals_preface_text_and_headers_last_one_transaction():
+    def plugin(session, value):
+        session.later[protocol.AT_DATA] = b"451 greylisted\r\n"
+        session.headers += b"X-Checked: yes\n"
+        session.preface += b"250-note\r\n"
+        return None
+
+    s = make_session(checks=protocol.with_checks(plugins={protocol.AT_MAIL: (plugin,)}))
+    assert s.handle(b"MAIL FROM:<a@b.c>")[0] == b"250-note\r\n" + replies.OK
+    s.handle(b"RCPT TO:<u@example.com>")
+    assert s.handle(b"DATA") == (b"451 greylisted\r\n", protocol.FLUSH)
+    s.handle(b"RSET")
+    assert (s.later, s.headers) == ({}, b"")
+    s.handle(b"MAIL FROM:<a@b.c>")
+    s.handle(b"RCPT TO:<u@example.com>")
+    s.later = {}
+    assert s.handle(b"DATA") == (b"", protocol.DATA)
+    assert s.received_header().endswith(b"-0000\nX-Checked: yes\n")
+    assert s.headers == b""
 
 
 def test_data_and_helo_checks_refuse_their_command():
     s = make_session(checks=protocol.with_checks(
-        first={protocol.AT_DATA: (lambda session, value: REFUSED,),
+        plugins={protocol.AT_DATA: (lambda session, value: REFUSED,),
                protocol.AT_HELO: (lambda session, value: REFUSED if value == b"bad" else None,)}))
     assert s.handle(b"HELO bad") == REFUSED
     assert s.helo is None
