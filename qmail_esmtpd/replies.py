@@ -42,6 +42,11 @@ NO_MAILBOX = b"550 sorry, no mailbox here by that name (#5.1.1)\r\n"
 BADRCPTTO = b"553 sorry, mail to that recipient is not accepted (#5.7.1)\r\n"
 TOO_MANY_UNKNOWN = b"421 too many unknown recipients, closing connection (#4.7.1)\r\n"
 
+
+def spp_failure(plugin: bytes, reason: str) -> bytes:
+    """qmail-spp's words for a plugin that could not run (or, ours, ran too long)."""
+    return b"451 qmail-spp failure: " + plugin + b": " + reason.encode() + b" (#4.3.0)\r\n"
+
 # DATA
 GO_AHEAD = b"354 go ahead\r\n"
 QQT_FAILURE = b"451 qqt failure (#4.3.0)\r\n"
