@@ -44,7 +44,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .protocol import Check, Checks, Session, Verdict
+    from .protocol import Check, Checks, Session, Verdict  # noqa: F401
 
 SECTIONS = {ord("c"): AT_CONNECT, ord("h"): AT_HELO, ord("m"): AT_MAIL, ord("r"): AT_RCPT,
             ord("d"): AT_DATA, ord("a"): AT_AUTH}
@@ -81,10 +81,8 @@ class Plugins:
 
     def checks(self) -> "Checks":
         """One check per stage that has plugins, for protocol.with_checks(plugins=...)."""
-        table: dict[int, tuple[Check, ...]] = {}
-        for stage in self.sections:
-            table[stage] = (self._check_for(stage),)
-        return table
+        stages = {*self.sections, AT_HELO, AT_MAIL, AT_RCPT, AT_AUTH}  # these set variables
+        return {stage: (self._check_for(stage),) for stage in stages}
 
     def changes(self) -> "dict[bytes, bytes | None]":
         """The variables plugins set (value) or unset (None), for qmail-queue."""
