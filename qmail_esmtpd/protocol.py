@@ -101,7 +101,7 @@ class Session:
         self.headers = b""  # header lines a check adds below the Received line (qmail-spp `H`)
         self.later: dict[int, bytes] = {}  # a check's refusal of a later stage (qmail-spp `L`)
         self.preface = b""  # text a check sends before the next reply (qmail-spp `P`)
-        self.hangup = False  # a CONNECT check ended the session after its text
+        self.hangup = 0  # QUIT or DROP: a CONNECT check ended the session after its text
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.senders: frozenset[bytes] | None = None  # the user's own senders; None: any
@@ -139,7 +139,7 @@ class Session:
         verdict = self.ask(AT_CONNECT, b"") if AT_CONNECT in self.checks else None
         preface, self.preface = self.preface, b""
         if verdict is not None and verdict is not ACCEPT_NOW:
-            self.hangup = verdict[1] == DROP
+            self.hangup = verdict[1] if verdict[1] in (DROP, QUIT) else 0
             return preface + verdict[0]
         return preface + replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
 

@@ -33,7 +33,7 @@ def serve(session: protocol.Session, channel: Channel,
         channel.write(session.banner())
         if session.hangup:  # a connect check said its last word
             channel.flush()
-            return 1
+            return 0 if session.hangup == protocol.QUIT else 1
         while True:
             reply, action = session.handle(channel.readline())
             channel.write(reply)

@@ -36,7 +36,7 @@ from .protocol import (
     AT_MAIL,
     AT_RCPT,
     BUFFER,
-    DROP,
+    QUIT,
 )
 from .queue import spawn
 
@@ -155,10 +155,10 @@ class Plugins:
                 preface = b"".join(printed)
                 if command == 0x45:  # E
                     return True, (preface + text + replies.CRLF, BUFFER)
-                if command == 0x52:  # R
-                    return True, (preface + text + replies.CRLF, DROP)
+                if command == 0x52:  # R: the patch exits 0, as after QUIT
+                    return True, (preface + text + replies.CRLF, QUIT)
                 if command == 0x44:  # D
-                    return True, (preface, DROP)
+                    return True, (preface, QUIT)
                 session.preface += preface
                 if command == 0x41:  # A
                     self.on = False
@@ -201,22 +201,27 @@ class Plugins:
 
 
 def _read_output(fd: int, deadline: float) -> "tuple[bytes, str | None]":
-    """Read until EOF or a line starting with a stopping command; bounded in
-    time and size."""
+    """Everything up to EOF, bounded in time and size; what follows the first
+    stopping command is read but not kept (the plugin may still be writing,
+    and must not die of SIGPIPE for it)."""
     data = b""
+    size = 0
+    stop = -1
     while True:
-        stop = _stop_at(data)
-        if stop >= 0:
-            return data[:stop], None
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return data, "timed out"
+            return (data, None) if stop >= 0 else (data, "timed out")
         chunk = posix.read(fd, 4096)
         if not chunk:
             return data, None
-        data += chunk
-        if len(data) > OUTPUT_MAX:
-            return data, "too much output"
+        size += len(chunk)
+        if stop < 0:
+            data += chunk
+            stop = _stop_at(data)
+            if stop >= 0:
+                data = data[:stop]
+        if size > OUTPUT_MAX:
+            return (data, None) if stop >= 0 else (data, "too much output")
 
 
 def _stop_at(data: bytes) -> int:

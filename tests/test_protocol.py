@@ -358,11 +358,11 @@ def test_a_refused_mail_keeps_the_transaction_in_hand():
 
 def test_a_connect_check_replaces_the_greeting_and_may_hang_up():
     s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: REFUSED,)})
-    assert (s.banner(), s.hangup) == (REFUSED[0], False)
+    assert (s.banner(), s.hangup) == (REFUSED[0], 0)
     assert s.handle(b"HELO x")[0] == b"250 mx.example.com\r\n"
     s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: (b"554 go\r\n",
                                                                            protocol.DROP),)})
-    assert (s.banner(), s.hangup) == (b"554 go\r\n", True)
+    assert (s.banner(), s.hangup) == (b"554 go\r\n", protocol.DROP)
 
 
 def test_later_refusals_preface_text_and_headers_last_one_transaction():
