@@ -188,6 +188,28 @@ def end_group(proc: subprocess.Popen, signalled: bool = False) -> None:
         proc.wait()
 
 
+def compile_users(assign: Path, cdb: Path) -> None:
+    """users/assign -> users/cdb by qmail-newu's rules: `!local\\0` for `=`,
+    `!prefix` for `+`, and under the empty key the wildcard characters."""
+    import cdblib  # pure-cdb: the one the server reads users/cdb with
+
+    wildchars = b""
+    with cdb.open("wb") as f, cdblib.Writer(f) as writer:
+        for line in assign.read_bytes().split(b"\n"):
+            if line.startswith(b"."):
+                break
+            colon = line.index(b":")
+            fields = line[colon + 1:].split(b":")[:6]
+            key = b"!" + line[1:colon].lower()
+            if line.startswith(b"+"):
+                if colon >= 2 and line[colon - 1:colon] not in wildchars:
+                    wildchars += line[colon - 1:colon]
+            else:
+                key += b"\0"
+            writer.put(key, b"\0".join(fields))
+        writer.put(b"", wildchars)
+
+
 # --- PostgreSQL ---------------------------------------------------------------
 
 _database_numbers = itertools.count(1)

@@ -16,10 +16,9 @@ import smtplib
 import sys
 from pathlib import Path
 
-import cdblib
 import pytest
 
-from support import imported_modules, world_readable_dir, write_launcher
+from support import compile_users, imported_modules, world_readable_dir, write_launcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "rcptcheck"))
 import layout  # noqa: E402
@@ -38,26 +37,6 @@ def recorded() -> list[tuple[str, str]]:
             address, verdict, _words = line.split("\t")
             rows.append((address, verdict))
     return rows
-
-
-def compile_users(assign: Path, cdb: Path) -> None:
-    """users/assign -> users/cdb by qmail-newu's rules: `!local\\0` for `=`,
-    `!prefix` for `+`, and under the empty key the wildcard characters."""
-    wildchars = b""
-    with cdb.open("wb") as f, cdblib.Writer(f) as writer:
-        for line in assign.read_bytes().split(b"\n"):
-            if line.startswith(b"."):
-                break
-            colon = line.index(b":")
-            fields = line[colon + 1:].split(b":")[:6]
-            key = b"!" + line[1:colon].lower()
-            if line.startswith(b"+"):
-                if colon >= 2 and line[colon - 1:colon] not in wildchars:
-                    wildchars += line[colon - 1:colon]
-            else:
-                key += b"\0"
-            writer.put(key, b"\0".join(fields))
-        writer.put(b"", wildchars)
 
 
 @pytest.fixture(scope="module")
