@@ -39,7 +39,9 @@ ALIAS_USER = b"alias"  # qmail's conf-users, first line
 BREAK = b"-"  # qmail's conf-break
 USERNAME_MAX = 31  # qmail-getpw's GETPW_USERLEN - 1
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
-_GONE = (2, 20)  # ENOENT, ENOTDIR: simply not there, as qmail's open/stat treat them
+# ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG: qmail-local and qmail-getpw take these
+# for "not there"; EACCES, EPERM and errors qmail counts as temporary defer
+_GONE = (2, 20, 40, 36)
 
 
 class Unsure(Exception):

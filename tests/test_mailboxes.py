@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from qmail_esmtpd import mailboxes as mailboxes_module
 from qmail_esmtpd.mailboxes import DELIVERED, REMOTE, UNKNOWN, UNSURE, Mailboxes
 
 
@@ -42,11 +43,21 @@ def test_qmails_rules_on_fake_homes(homes):
     assert m.verdict(b"a@elsewhere.example") == (REMOTE, "")
 
 
-def test_what_we_cannot_see_is_unsure_never_unknown(homes):
+def test_what_we_cannot_see_is_unsure_never_unknown(homes, monkeypatch):
     tmp_path, users = homes
     loop = tmp_path / "joe" / ".qmail-loop"
-    loop.symlink_to(loop)  # stat fails with ELOOP, even for root
-    assert mailboxes(tmp_path, users).verdict(b"joe-loop@example.com")[0] == UNSURE
+    loop.symlink_to(loop)  # ELOOP: qmail-local takes it for "no such file"
+    assert mailboxes(tmp_path, users).verdict(b"joe-loop@example.com")[0] == UNKNOWN
+    real_stat = mailboxes_module.posix.stat
+
+    def no_entry(path):  # what qmaild meets in a 0700 home (root never does)
+        if b"/joe/" in path:
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path)
+
+    monkeypatch.setattr(mailboxes_module.posix, "stat", no_entry)
+    assert mailboxes(tmp_path, users).verdict(b"joe-loop@example.com") == (
+        UNSURE, f"{tmp_path}/joe/.qmail-loop: Permission denied")
     no_alias = {b"joe": users[b"joe"]}
     assert mailboxes(tmp_path, no_alias).verdict(b"nobody@example.com")[0] == UNSURE
 
