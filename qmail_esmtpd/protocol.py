@@ -118,7 +118,6 @@ class Session:
         self.recipient = b""  # the address of the RCPT being asked about
         self.recipients: list[bytes] = []
         self.rcpt_asked = 0  # RCPT commands with a valid address in this transaction
-        self.rcpthosts_ok = False  # the last recipient passed rcpthosts (or relaying)
         self.left = 0  # recipients the limit allows in this transaction
         self.limit_noted = False  # this transaction's refusal is in the log
         self.verbs = {
@@ -491,14 +490,12 @@ def limit_recipients(session: Session, recipient: bytes) -> "Verdict | None":
 
 def rcpthosts(session: Session, recipient: bytes) -> "Verdict | None":
     """Relaying (RELAYCLIENT, AUTH) passes; otherwise the domain must be ours."""
-    session.rcpthosts_ok = True
     if session.relayclient is not None:
         return None
     allowed = session.rcpt_allowed(recipient)
     if allowed is None:
         return replies.CONTROLS, DROP
     if not allowed:
-        session.rcpthosts_ok = False
         return replies.NO_GATEWAY, BUFFER
     return None
 
