@@ -257,7 +257,9 @@ def open_plugins(controls_dir: bytes, env: "Mapping[bytes, bytes]",
     """The plugins of $SPPCONFFILE or control/smtpplugins; None when there are none.
 
     A relative $SPPCONFFILE is taken from the qmail home, as the patch (whose
-    qmail-smtpd runs there) does.  A file that cannot be read raises OSError."""
+    qmail-smtpd runs there) does.  A file that exists but cannot be read
+    raises ControlError (421, as the patch's die_control); a missing one
+    means no plugins (the patch would refuse every connection)."""
     from .config import Controls
 
     path = env.get(b"SPPCONFFILE") or controls_dir + b"/smtpplugins"
