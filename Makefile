@@ -47,6 +47,8 @@ conformance: venv
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 	$(CONFORMANCE) --check tests/conformance/golden-auth tests/conformance/scenarios-auth \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
+	$(CONFORMANCE) --check tests/conformance/golden-spp tests/conformance/scenarios-spp \
+	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
 unit: venv
 	$(VPY) -m pytest -q

@@ -54,6 +54,7 @@ def main() -> int:
         if auth:
             figures.authdb_session_cpu(pipes)
         figures.cert_session_cpu(pipes)
+        figures.check_session_cpu(pipes)
         if "auth" in pipes:
             figures.auth_session_cpu(pipes)
             figures.auth_session_split(bench, pipes, max(args.split_runs, 1))

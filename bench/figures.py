@@ -38,6 +38,7 @@ from .tcp import banner_latencies, run_clients, tcpserver
 TARGET_RATIO = 1.25  # a plain session's CPU over a bare interpreter start
 TARGET_AUTH_RATIO = 10.0  # an AUTH PLAIN session's CPU over a bare interpreter start
 TARGET_CERT_RATIO = 1.00  # servercert.pem configured, STARTTLS never used: `ssl` not loaded
+TARGET_RCPTCHECK_RATIO = 1.10  # recipient validation on, over the plain session
 TARGET_BANNER_MS = 15.0
 CONCURRENCY_LEVELS = (1, 4, 16)
 AUTH_CONCURRENCY = 4
@@ -122,6 +123,21 @@ def cert_session_cpu(pipes: PipeSamples) -> None:
     print(f"   with / without certificate {cert / session:6.2f}   "
           f"(medians {cert:.2f} / {session:.2f} ms; paired difference {paired:+.2f} ms)"
           f"   target ~{TARGET_CERT_RATIO:.2f}")
+
+
+def check_session_cpu(pipes: PipeSamples) -> None:
+    """The plain session with recipient validation on, and with one qmail-spp plugin."""
+    session = pipes.median("session")
+    for name, label, target in (
+            ("rcptcheck", "checkrecipients on (users/cdb, one .qmail stat)",
+             f"target <= {TARGET_RCPTCHECK_RATIO:.2f}"),
+            ("spp", "one qmail-spp plugin per RCPT (/bin/sh -c)", "measured")):
+        median = pipes.median(name)
+        paired = statistics.median(a - b for a, b in zip(pipes.samples[name],
+                                                         pipes.samples["session"], strict=True))
+        print(f"   {label}:")
+        print(f"   with / without {median / session:6.2f}   (medians {median:.2f} / "
+              f"{session:.2f} ms; paired difference {paired:+.2f} ms)   {target}")
 
 
 def auth_session_cpu(pipes: PipeSamples) -> None:

@@ -7,6 +7,7 @@ import statistics
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import BenchError
 from .session import (
@@ -83,7 +84,8 @@ class PipeSamples:
     """CPU ms per run of each variant, measured interleaved.
 
     Variants: "session" (plain), "authdb" (plain, $AUTHDB set), "cert"
-    (plain, control/servercert.pem present), "bare" (`python -I -S -c pass`),
+    (plain, control/servercert.pem present), "rcptcheck" (plain, recipient
+    validation on), "spp" (plain, one qmail-spp plugin per RCPT), "bare" (`python -I -S -c pass`),
     "import" (start + import cli), "sink", "ehlo" (EHLO, QUIT; certificate
     present), "handshake" (EHLO, STARTTLS, handshake, QUIT inside TLS),
     "auth" (an AUTH PLAIN session) and "tls_auth" (the same inside STARTTLS).  `backend_ms`:
@@ -121,8 +123,8 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
     launcher = [str(bench.launcher.path)]
 
     def session(stdin: bytes, authdb: bool, what: str, auth_used: bool = False,
-                tls: bool = False) -> Callable[[], float]:
-        env = bench.env(authdb, tls)
+                tls: bool = False, control: Path | None = None) -> Callable[[], float]:
+        env = bench.env(authdb, tls, control)
 
         def run() -> float:
             cpu, status, out = run_measured(launcher, stdin, env)
@@ -166,6 +168,10 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
         variants["authdb"] = session(SESSION_INPUT, True, "qmail-esmtpd on pipes, AUTHDB set")
     variants["cert"] = session(SESSION_INPUT, False, "qmail-esmtpd on pipes, servercert.pem",
                                tls=True)
+    variants["rcptcheck"] = session(SESSION_INPUT, False, "qmail-esmtpd, checkrecipients",
+                                    control=bench.rcptcheck_control)
+    variants["spp"] = session(SESSION_INPUT, False, "qmail-esmtpd, one plugin per RCPT",
+                              control=bench.spp_control)
     ehlo_env = bench.env(tls=True)
 
     def ehlo_quit() -> float:
@@ -188,7 +194,8 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
         variants["tls_auth"] = tls_session(TLS_AUTH_INPUT, True,
                                            "AUTH over STARTTLS session on pipes")
         sparse = min(auth_iterations, iterations)
-    plain = [name for name in ("session", "authdb", "cert") if name in variants]
+    plain = [name for name in ("session", "authdb", "cert", "rcptcheck", "spp")
+             if name in variants]
     rest = [name for name in variants if name not in plain]
     for run in variants.values():  # warm the page cache and __pycache__
         for _ in range(3):

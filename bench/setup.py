@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import SERVER
+from tests.support import SERVER, compile_users
 
 from . import BenchError, progress
 from .database import AuthDB, auth_database
@@ -90,6 +90,35 @@ def write_tls_control(directory: Path, control: Path) -> Path:
     return tls_control
 
 
+# The recipient-check figures: b@example.com is a users/assign entry whose
+# .qmail-b exists, so a check reads users/cdb and stats one file, as on a
+# virtual-domain host; the plugin figure runs one shell plugin per RCPT.
+SPP_PLUGIN = ':case "$SMTPRCPTTO" in spam@*) echo "E550 no spam here";; esac'
+
+
+def write_check_controls(directory: Path, control: Path) -> tuple[Path, Path]:
+    """Two more control directories: recipient validation on; one [rcpt] plugin."""
+    made = []
+    for name in ("control-rcptcheck", "control-spp"):
+        other = directory / name
+        other.mkdir()
+        for base in ("me", "rcpthosts"):
+            (other / base).write_bytes((control / base).read_bytes())
+        made.append(other)
+    rcptcheck, spp = made
+    (rcptcheck / "checkrecipients").write_text("1\n")
+    (rcptcheck / "locals").write_text(RCPTHOSTS + "\n")
+    home = directory / "home-b"
+    home.mkdir()
+    (home / ".qmail-b").write_text("./Maildir/\n")
+    users = directory / "users"
+    users.mkdir()
+    (users / "assign").write_text(f"=b:b:{1000}:{1000}:{home}:-:b:\n.\n")
+    compile_users(users / "assign", users / "cdb")
+    (spp / "smtpplugins").write_text(f"[rcpt]\n{SPP_PLUGIN}\n")
+    return rcptcheck, spp
+
+
 @dataclass
 class Bench:
     """Everything a figure needs to run sessions."""
@@ -100,8 +129,11 @@ class Bench:
     tls_control: Path  # control with servercert.pem
     sink: Path
     auth: AuthDB | None  # None: --no-auth
+    rcptcheck_control: Path  # control with checkrecipients (users/ beside it)
+    spp_control: Path  # control with one [rcpt] plugin
 
-    def env(self, authdb: bool = False, tls: bool = False) -> dict[str, str]:
+    def env(self, authdb: bool = False, tls: bool = False,
+            control: Path | None = None) -> dict[str, str]:
         """What tcpserver would give a plain, non-relaying client on localhost.
 
         `authdb`: on a server configured for AUTH against the cluster;
@@ -109,7 +141,7 @@ class Bench:
         """
         env = {
             "PATH": "/usr/bin:/bin",
-            "QMAIL_CONTROL": str(self.tls_control if tls else self.control),
+            "QMAIL_CONTROL": str(control or (self.tls_control if tls else self.control)),
             "QMAILQUEUE": str(self.sink),
             "PROTO": "TCP",
             "TCPLOCALIP": "127.0.0.1",
@@ -137,8 +169,10 @@ def prepared(with_auth: bool) -> Iterator[Bench]:
             tempfile.TemporaryDirectory(prefix="qmail-esmtpd-bench.")))
         control, sink = write_fixture(workdir)
         tls_control = write_tls_control(workdir, control)
+        rcptcheck_control, spp_control = write_check_controls(workdir, control)
         auth = None
         if with_auth:
             progress("throwaway PostgreSQL cluster for AUTH ...")
             auth = stack.enter_context(auth_database())
-        yield Bench(read_launcher(), workdir, control, tls_control, sink, auth)
+        yield Bench(read_launcher(), workdir, control, tls_control, sink, auth,
+                    rcptcheck_control, spp_control)

@@ -9,9 +9,18 @@ import posix
 import sys
 
 from . import replies
-from .config import DEFAULT_CONTROL, ControlError, Controls, Settings, auth_backend, flag_setting
+from .config import (
+    DEFAULT_CONTROL,
+    ControlError,
+    Controls,
+    Settings,
+    auth_backend,
+    clamp_seconds,
+    flag_setting,
+    number_setting,
+)
 from .lineio import Channel
-from .protocol import Peer, Session
+from .protocol import AT_RCPT, Peer, Session, with_checks
 from .queue import DEFAULT_QUEUE, QueueJob
 from .rcpthosts import RcptHosts
 from .server import serve
@@ -39,6 +48,21 @@ def main() -> int:
         tls_offered = controls.exists(SERVERCERT)
         auth_needs_tls = (tls_offered and backend is not None
                           and not flag_setting(controls, env, b"authcleartext"))
+        plugins = None  # qmail-spp: control/smtpplugins
+        if b"NOSPP" not in env and (b"SPPCONFFILE" in env or controls.exists(b"smtpplugins")):
+            from .spp import DEFAULT_TIMEOUT, open_plugins
+
+            plugins = open_plugins(controls.directory, env, clamp_seconds(
+                number_setting(controls, env, b"spptimeout", DEFAULT_TIMEOUT)))
+        last = None  # badrcptto, recipient validation
+        badrcptto = controls.lines(b"badrcptto")
+        check_recipients = flag_setting(controls, env, b"checkrecipients")
+        if badrcptto or check_recipients:
+            from .rcptcheck import rcpt_checks
+
+            last = {AT_RCPT: rcpt_checks(controls, env, badrcptto, check_recipients)}
+        checks = None if plugins is None and last is None else with_checks(
+            plugins.checks() if plugins is not None else None, last)
     except ControlError as e:
         note(f"fatal ip={client}: {e}")
         _say(replies.CONTROLS)
@@ -70,12 +94,20 @@ def main() -> int:
         tls_offered=tls_offered,
         auth_needs_tls=auth_needs_tls,
         auth_required=smtpauth == b"!",
+        checks=checks,
         note=note,
     )
     program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
     def open_queue() -> QueueJob:
-        return QueueJob(program, {**env, **session.child_environment()})
+        child_env = {**env, **session.child_environment()}
+        if plugins is not None:  # what plugins set with S or unset with U
+            for name, value in plugins.changes().items():
+                if value is None:
+                    child_env.pop(name, None)
+                else:
+                    child_env[name] = value
+        return QueueJob(program, child_env)
 
     def open_tls() -> "ServerTLS":
         from .tls import ServerTLS  # `ssl` loads only when TLS is asked for

@@ -8,6 +8,10 @@ what the caller must do next.  The DATA transaction is decided here too:
 The daily limit (auth/limit.py has its rules) is asked at MAIL, bounds
 the recipients at RCPT, is charged at `finish_message()`, and given back
 in `queued()` when qmail-queue refused the message.
+Every refusal that is policy rather than grammar is a check: the stages
+(AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH) each ask their
+checks in order (`BUILTIN_CHECKS` plus what the adapters add, see
+`with_checks()`).
 Nothing here touches a file descriptor, the environment, a file or a
 database: the adapters (server.py and cli.py) hand in plain values and
 small lookup callables.
@@ -26,6 +30,10 @@ if TYPE_CHECKING:
     from .auth import Authenticator, Limit
     from .auth.sasl import Exchange
 
+    Verdict = tuple[bytes, int]  # a refusal: the reply, and what the caller does next
+    Check = Callable[["Session", bytes], Verdict | None]
+    Checks = dict[int, tuple[Check, ...]]
+
 # What the caller does after writing the reply.
 BUFFER = 0   # nothing; the reply may wait for the next read (MAIL, RCPT, RSET)
 FLUSH = 1    # flush the reply now
@@ -40,6 +48,12 @@ MAX_HOPS = 100
 # gets RFC 4954's 12288, the AUTH line itself too.  Longer ends the session.
 COMMAND_LINE = 128 * 1024
 SASL_LINE = 12288
+
+# The stages at which checks are asked, in the order a session meets them.
+AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH = range(6)
+# What a check may answer besides None (no objection) and a (reply, action)
+# refusal: accept the command now, asking no later check (qmail-spp's `O`).
+ACCEPT_NOW = (b"250 ok\r\n", 0)
 
 
 class Peer:
@@ -70,6 +84,7 @@ class Session:
                  tls_offered: bool = False,
                  auth_needs_tls: bool = False,
                  auth_required: bool = False,
+                 checks: "Checks | None" = None,
                  note: "Callable[[str], None]" = lambda text: None) -> None:
         self.greeting = greeting
         self.peer = peer
@@ -87,6 +102,11 @@ class Session:
         self.auth_needs_tls = auth_needs_tls  # no AUTH in cleartext
         self.auth_required = auth_required  # submission: no MAIL before AUTH
         self.note = note  # one line for the log, for what an admin must be able to see
+        self.checks = BUILTIN_CHECKS if checks is None else checks
+        self.headers = b""  # header lines a check adds below the Received line (qmail-spp `H`)
+        self.later: dict[int, bytes] = {}  # a check's refusal of a later stage (qmail-spp `L`)
+        self.preface = b""  # text a check sends before the next reply (qmail-spp `P`)
+        self.hangup = 0  # QUIT or DROP: a CONNECT check ended the session after its text
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.senders: frozenset[bytes] | None = None  # the user's own senders; None: any
@@ -99,7 +119,10 @@ class Session:
         self.seen_mail = False
         self.sender_barred = False
         self.sender = b""
+        self.size = 0  # the MAIL SIZE= parameter (AUTH sessions only)
+        self.recipient = b""  # the address of the RCPT being asked about
         self.recipients: list[bytes] = []
+        self.rcpt_asked = 0  # RCPT commands with a valid address in this transaction
         self.left = 0  # recipients the limit allows in this transaction
         self.limit_noted = False  # this transaction's refusal is in the log
         self.verbs = {
@@ -115,7 +138,27 @@ class Session:
 
     # -- entry points -----------------------------------------------------
     def banner(self) -> bytes:
-        return replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
+        """The greeting; a CONNECT check's text replaces it (as under qmail-spp,
+        the session goes on unless the check also hung up: `hangup`)."""
+        verdict = self.ask(AT_CONNECT, b"") if AT_CONNECT in self.checks else None
+        preface, self.preface = self.preface, b""
+        if verdict is not None and verdict is not ACCEPT_NOW:
+            self.hangup = verdict[1] if verdict[1] in (DROP, QUIT) else 0
+            return preface + verdict[0]
+        return preface + replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
+
+    def ask(self, stage: int, value: bytes) -> "Verdict | None":
+        """A refusal saved for this stage, else the stage's checks in order: the
+        first refusal (or ACCEPT_NOW) wins."""
+        if self.later:
+            saved = self.later.get(stage)
+            if saved:
+                return saved, BUFFER
+        for check in self.checks.get(stage, ()):
+            verdict = check(self, value)
+            if verdict is not None:
+                return verdict
+        return None
 
     def handle(self, line: bytes) -> tuple[bytes, int]:
         """One command line (LF and one CR already removed) -> (reply, action)."""
@@ -133,7 +176,10 @@ class Session:
         handler = self.verbs.get(verb.lower())
         if handler is None:
             return replies.UNIMPLEMENTED, FLUSH
-        return handler(arg)
+        reply, action = handler(arg)
+        if self.preface:  # a check's text goes first
+            reply, self.preface = self.preface + reply, b""
+        return reply, action
 
     def line_limit(self) -> int:
         """How many bytes the next line may have before its LF."""
@@ -154,12 +200,23 @@ class Session:
         self.helo = arg
 
     def helo_(self, arg: bytes) -> tuple[bytes, int]:
+        refused = self._refused(AT_HELO, arg)
+        if refused is not None:
+            return refused
         self._hello(arg)
         return replies.greeting_line(b"250 ", self.greeting), FLUSH
 
     def ehlo(self, arg: bytes) -> tuple[bytes, int]:
+        refused = self._refused(AT_HELO, arg)
+        if refused is not None:
+            return refused
         self._hello(arg)
         return replies.ehlo(self.greeting, self.ehlo_keywords()), FLUSH
+
+    def _refused(self, stage: int, value: bytes) -> "Verdict | None":
+        """A check's refusal of a command that has no state of its own to undo."""
+        verdict = self.ask(stage, value) if stage in self.checks or self.later else None
+        return None if verdict is ACCEPT_NOW else verdict
 
     def ehlo_keywords(self) -> list[bytes]:
         """The extensions we offer, in the order qmail and the AUTH patch list them."""
@@ -182,23 +239,16 @@ class Session:
         addr = self._address(arg)
         if addr is None:
             return replies.SYNTAX, BUFFER
-        if self.auth is not None and self.databytes and size_parameter(arg) > self.databytes:
-            return replies.SIZE_EXCEEDED, BUFFER
-        if self.senders is not None and addr and addr.lower() not in self.senders:
-            return replies.SENDER_NOT_YOURS, BUFFER  # the null sender impersonates nobody
-        if self.limit is not None:
-            left = self.limit.remaining()
-            if left is None:
-                return replies.LIMIT_UNAVAILABLE, BUFFER
-            if left == 0:
-                self._limit_note("MAIL")
-                return replies.LIMIT_REACHED, BUFFER
-            self.left = left
-            self.limit_noted = False
-        self.sender_barred = self.in_badmailfrom(addr)
+        previous, self.sender = self.sender, addr  # checks see it, may change it (qmail-spp `C`)
+        self.size = size_parameter(arg) if self.auth is not None else 0
+        verdict = self.ask(AT_MAIL, addr)
+        if verdict is not None and verdict is not ACCEPT_NOW:
+            self.sender = previous
+            return verdict
+        self.sender_barred = verdict is None and self.in_badmailfrom(self.sender)
         self.seen_mail = True
-        self.sender = addr
         self.recipients = []
+        self.rcpt_asked = 0
         return replies.OK, BUFFER
 
     def in_badmailfrom(self, addr: bytes) -> bool:
@@ -215,20 +265,14 @@ class Session:
         addr = self._address(arg)
         if addr is None:
             return replies.SYNTAX, BUFFER
-        if self.sender_barred:
-            return replies.BADMAILFROM, BUFFER
-        if self.limit is not None and len(self.recipients) >= self.left:
-            if not self.limit_noted:  # one log line a transaction, not one per address
-                self._limit_note("RCPT")
-            return replies.LIMIT_RECIPIENTS, BUFFER
+        self.rcpt_asked += 1
+        self.recipient = addr  # the checks see it (a check may change it: qmail-spp `C`)
+        verdict = self.ask(AT_RCPT, addr)
+        if verdict is not None and verdict is not ACCEPT_NOW:
+            return verdict
+        addr = self.recipient
         if self.relayclient is not None:
             addr += self.relayclient
-        else:
-            allowed = self.rcpt_allowed(addr)
-            if allowed is None:
-                return replies.CONTROLS, DROP
-            if not allowed:
-                return replies.NO_GATEWAY, BUFFER
         self.recipients.append(addr)
         return replies.OK, BUFFER
 
@@ -237,11 +281,16 @@ class Session:
             return replies.WANT_MAIL, FLUSH
         if not self.recipients:
             return replies.WANT_RCPT, FLUSH
+        verdict = self._refused(AT_DATA, b"")
+        if verdict is not None:
+            return verdict[0], FLUSH if verdict[1] == BUFFER else verdict[1]
         self.seen_mail = False
         return b"", DATA
 
     def rset(self, arg: bytes) -> tuple[bytes, int]:
         self.seen_mail = False
+        self.headers = b""
+        self.later = {}
         return replies.FLUSHED, BUFFER
 
     def noop(self, arg: bytes) -> tuple[bytes, int]:
@@ -304,6 +353,9 @@ class Session:
         user, password = exchange.credentials
         verdict = self.auth.check(user, password, exchange.mechanism, exchange.authzid)
         if verdict.ok:
+            refused = self._refused(AT_AUTH, verdict.user or user)
+            if refused is not None:  # a check (qmail-spp [auth]) refused this login
+                return refused[0], FLUSH if refused[1] == BUFFER else refused[1]
             self.user = verdict.user or user
             self.limit = verdict.limit
             self.senders = verdict.senders
@@ -351,8 +403,9 @@ class Session:
         helo = self.helo
         if helo is not None and helo.lower() == peer.remotehost.lower():
             helo = None
+        headers, self.headers, self.later = self.headers, b"", {}  # this message's, used up
         return received(peer.remotehost, helo, peer.remoteinfo, peer.remoteip,
-                        peer.local, self.protocol(), self.clock())
+                        peer.local, self.protocol(), self.clock()) + headers
 
     def protocol(self) -> bytes:
         """The Received line's `with`, as the AUTH and TLS patches write it."""
@@ -409,6 +462,91 @@ class Session:
         if decoder is not None and decoder.overflow:
             return replies.TOO_BIG
         return replies.queue_failure(verdict)
+
+
+# -- the built-in checks: check(session, value) -> None, a (reply, action), ACCEPT_NOW --
+def size_within_databytes(session: Session, sender: bytes) -> "Verdict | None":
+    """MAIL ... SIZE=n over databytes (AUTH sessions: the AUTH patch's rule)."""
+    if session.databytes and session.size > session.databytes:
+        return replies.SIZE_EXCEEDED, BUFFER
+    return None
+
+
+def sender_bound(session: Session, sender: bytes) -> "Verdict | None":
+    """senderbinding: an authenticated client sends only as itself; the null
+    sender impersonates nobody."""
+    if session.senders is not None and sender and sender.lower() not in session.senders:
+        return replies.SENDER_NOT_YOURS, BUFFER
+    return None
+
+
+def limit_left(session: Session, sender: bytes) -> "Verdict | None":
+    """The daily limit at MAIL: how many recipients this transaction may have."""
+    limit = session.limit
+    if limit is None:
+        return None
+    left = limit.remaining()
+    if left is None:
+        return replies.LIMIT_UNAVAILABLE, BUFFER
+    if left == 0:
+        session._limit_note("MAIL")
+        return replies.LIMIT_REACHED, BUFFER
+    session.left = left
+    session.limit_noted = False
+    return None
+
+
+def badmailfrom(session: Session, recipient: bytes) -> "Verdict | None":
+    """qmail reports a badmailfrom sender at each RCPT, not at MAIL."""
+    return (replies.BADMAILFROM, BUFFER) if session.sender_barred else None
+
+
+def limit_recipients(session: Session, recipient: bytes) -> "Verdict | None":
+    """The daily limit at RCPT: the client sends to the recipients accepted so far."""
+    if session.limit is not None and len(session.recipients) >= session.left:
+        if not session.limit_noted:  # one log line a transaction, not one per address
+            session._limit_note("RCPT")
+        return replies.LIMIT_RECIPIENTS, BUFFER
+    return None
+
+
+def rcpthosts(session: Session, recipient: bytes) -> "Verdict | None":
+    """Relaying (RELAYCLIENT, AUTH) passes; otherwise the domain must be ours."""
+    if session.relayclient is not None:
+        return None
+    allowed = session.rcpt_allowed(recipient)
+    if allowed is None:
+        return replies.CONTROLS, DROP
+    if not allowed:
+        return replies.NO_GATEWAY, BUFFER
+    return None
+
+
+# Each stage's built-in checks, in qmail-smtpd's order, in two groups: who may
+# send and how much (asked before any plugin), then where mail may go (after
+# the plugins, so a plugin's ACCEPT_NOW skips them, as qmail-spp's `O` skips
+# rcpthosts).  Recipient validation and badrcptto come last (`with_checks()`).
+BEFORE_PLUGINS: "Checks" = {
+    AT_MAIL: (size_within_databytes, sender_bound, limit_left),
+    AT_RCPT: (badmailfrom, limit_recipients),
+}
+AFTER_PLUGINS: "Checks" = {
+    AT_RCPT: (rcpthosts,),
+}
+
+
+def with_checks(plugins: "Checks | None" = None, last: "Checks | None" = None) -> "Checks":
+    """Each stage's checks: the built-in ones with `plugins` between the two
+    groups and `last` at the end."""
+    plugins, last = plugins or {}, last or {}
+    stages = (AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH)
+    table = {stage: (*BEFORE_PLUGINS.get(stage, ()), *plugins.get(stage, ()),
+                     *AFTER_PLUGINS.get(stage, ()), *last.get(stage, ()))
+             for stage in stages}
+    return {stage: checks for stage, checks in table.items() if checks}
+
+
+BUILTIN_CHECKS = with_checks()
 
 
 # -- the Received line qmail-smtpd puts on top of every message, byte for byte --

@@ -40,6 +40,16 @@ TIMEOUT = b"451 timeout (#4.4.2)\r\n"
 # ours: a line longer than protocol.COMMAND_LINE (qmail ran out of memory:
 # 421 out of memory); RFC 5321 4.5.3.1.4's "500 line too long", then the end
 LINE_TOO_LONG = b"500 line too long, closing connection (#5.5.2)\r\n"
+# recipient checks: qmail-local's bounce text, the badrcptto patch's, and ours
+NO_MAILBOX = b"550 sorry, no mailbox here by that name (#5.1.1)\r\n"
+BADRCPTTO = b"553 sorry, mail to that recipient is not accepted (#5.7.1)\r\n"
+TOO_MANY_UNKNOWN = b"421 too many unknown recipients, closing connection (#4.7.1)\r\n"
+
+
+def spp_failure(plugin: bytes, reason: str) -> bytes:
+    """qmail-spp's words for a plugin that could not run (or, ours, ran too long)."""
+    return b"451 qmail-spp failure: " + plugin + b": " + reason.encode() + b" (#4.3.0)\r\n"
+
 
 # DATA
 GO_AHEAD = b"354 go ahead\r\n"

@@ -33,6 +33,9 @@ def serve(session: protocol.Session, channel: Channel,
         if smtps and open_tls is not None:
             channel = _start_tls(session, channel, open_tls())
         channel.write(session.banner())
+        if session.hangup:  # a connect check said its last word
+            channel.flush()
+            return 0 if session.hangup == protocol.QUIT else 1
         while True:
             reply, action = session.handle(channel.readline(session.line_limit()))
             channel.write(reply)

@@ -80,18 +80,20 @@ def imported_modules(env: dict, session: bytes) -> set:
             if line.startswith("import time:")}
 
 
-def write_launcher(output: Path, entry: str) -> Path:
+def write_launcher(output: Path, entry: str, interpreter: str | None = None) -> Path:
     """A launcher for another console script of setup.cfg (MODULE:FUNCTION),
     made as `make venv` makes .venv/bin/qmail-esmtpd: tools/mklauncher.py,
     the venv's real interpreter with -IS, this checkout and the venv's
     packages on sys.path.  For programs started once per login, where pip's
-    wrapper would cost more than the work."""
+    wrapper would cost more than the work.  `interpreter`: another Python of
+    the same version to run it (e.g. /usr/bin/python3, which a user other
+    than root can run when the venv's lives in root's home)."""
     python = str(ROOT / ".venv" / "bin" / "python")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
                               "['purelib'])"], capture_output=True, text=True, check=True,
                              timeout=60).stdout.strip()
-    subprocess.run([python, str(ROOT / "tools" / "mklauncher.py"), str(output), python, entry,
-                    str(ROOT), purelib], check=True, timeout=60)
+    subprocess.run([python, str(ROOT / "tools" / "mklauncher.py"), str(output),
+                    interpreter or python, entry, str(ROOT), purelib], check=True, timeout=60)
     return output
 
 
@@ -201,6 +203,28 @@ def pop3_service_env() -> dict:
     """What the POP3 program's environment needs for pop3_service_user()."""
     user = pop3_service_user()
     return {} if user == "qmaild" else {"POPDBUSER": user}
+
+
+def compile_users(assign: Path, cdb: Path) -> None:
+    """users/assign -> users/cdb by qmail-newu's rules: `!local\\0` for `=`,
+    `!prefix` for `+`, and under the empty key the wildcard characters."""
+    import cdblib  # pure-cdb: the one the server reads users/cdb with
+
+    wildchars = b""
+    with cdb.open("wb") as f, cdblib.Writer(f) as writer:
+        for line in assign.read_bytes().split(b"\n"):
+            if line.startswith(b"."):
+                break
+            colon = line.index(b":")
+            fields = line[colon + 1:].split(b":")[:6]
+            key = b"!" + line[1:colon].lower()
+            if line.startswith(b"+"):
+                if colon >= 2 and line[colon - 1:colon] not in wildchars:
+                    wildchars += line[colon - 1:colon]
+            else:
+                key += b"\0"
+            writer.put(key, b"\0".join(fields))
+        writer.put(b"", wildchars)
 
 
 # --- PostgreSQL ---------------------------------------------------------------

@@ -324,3 +324,18 @@ def test_senders_are_the_login_when_binding_is_on(tmp_path):
     assert bound.check(b"alice", b"wonderland", b"PLAIN").senders == frozenset()
     free, _ = authenticator(tmp_path, {}, checker)
     assert free.check(b"alice", b"wonderland", b"PLAIN").senders is None
+
+
+def test_an_auth_check_sees_the_user_and_may_refuse_the_login():
+    seen = []
+
+    def second_try_only(session, user):
+        seen.append(user)
+        return None if len(seen) > 1 else (b"535 not now\r\n", protocol.BUFFER)
+
+    s = session(checks=protocol.with_checks(plugins={protocol.AT_AUTH: (second_try_only,)}))
+    assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw")) == (b"535 not now\r\n",
+                                                              protocol.FLUSH)
+    assert (s.user, s.relayclient, s.protocol()) == (None, None, b"SMTP")
+    assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw"))[0] == replies.AUTH_OK
+    assert seen == [b"alice", b"alice"] and s.user == b"alice"

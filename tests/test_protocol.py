@@ -301,3 +301,99 @@ def test_starttls_after_auth_forgets_the_login():
         None, None, None, None, None)
     s.handle(b"MAIL FROM:<a@x>")
     assert s.handle(b"RCPT TO:<b@elsewhere.org>")[0] == replies.NO_GATEWAY
+
+
+# -- the check seam ------------------------------------------------------------
+REFUSED = (b"550 no (#5.7.1)\r\n", protocol.BUFFER)
+
+
+def test_checks_are_asked_in_order_and_the_first_refusal_wins():
+    asked = []
+
+    def first(session, value):
+        asked.append(("first", value))
+        return None
+
+    def second(session, value):
+        asked.append(("second", value))
+        return REFUSED
+
+    s = make_session(checks=protocol.with_checks(plugins={protocol.AT_RCPT: (first,)},
+                                                 last={protocol.AT_RCPT: (second,)}))
+    s.handle(b"MAIL FROM:<a@b.c>")
+    assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.NO_GATEWAY, protocol.BUFFER)
+    assert s.handle(b"RCPT TO:<u@example.com>") == REFUSED
+    assert asked == [("first", b"u@elsewhere.org"), ("first", b"u@example.com"),
+                     ("second", b"u@example.com")]
+    assert s.recipients == []
+
+
+def test_accept_now_skips_the_later_builtin_checks_and_a_check_may_change_the_address():
+    def redirect(session, value):
+        session.recipient = b"spam@example.com"
+        return protocol.ACCEPT_NOW
+
+    def accept(session, value):
+        return protocol.ACCEPT_NOW
+
+    s = make_session(checks=protocol.with_checks(
+        plugins={protocol.AT_RCPT: (redirect,), protocol.AT_MAIL: (accept,)}),
+        badmailfrom=frozenset({b"a@b.c"}))
+    s.handle(b"MAIL FROM:<a@b.c>")  # accepted at MAIL: badmailfrom is not looked at
+    # nor is rcpthosts at RCPT
+    assert s.handle(b"RCPT TO:<u@elsewhere.org>") == (replies.OK, protocol.BUFFER)
+    assert s.recipients == [b"spam@example.com"]
+
+
+def test_a_refused_mail_keeps_the_transaction_in_hand():
+    def refuse_xyz(session, value):
+        return REFUSED if value == b"x@y.z" else None
+
+    s = make_session(checks=protocol.with_checks(plugins={protocol.AT_MAIL: (refuse_xyz,)}))
+    s.handle(b"MAIL FROM:<a@b.c>")
+    s.handle(b"RCPT TO:<u@example.com>")
+    assert s.handle(b"MAIL FROM:<x@y.z>") == REFUSED
+    assert (s.sender, s.recipients, s.seen_mail) == (b"a@b.c", [b"u@example.com"], True)
+
+
+def test_a_connect_check_replaces_the_greeting_and_may_hang_up():
+    s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: REFUSED,)})
+    assert (s.banner(), s.hangup) == (REFUSED[0], 0)
+    assert s.handle(b"HELO x")[0] == b"250 mx.example.com\r\n"
+    s = make_session(checks={protocol.AT_CONNECT: (lambda session, value: (b"554 go\r\n",
+                                                                           protocol.DROP),)})
+    assert (s.banner(), s.hangup) == (b"554 go\r\n", protocol.DROP)
+
+
+def test_later_refusals_preface_text_and_headers_last_one_transaction():
+    def plugin(session, value):
+        session.later[protocol.AT_DATA] = b"451 greylisted\r\n"
+        session.headers += b"X-Checked: yes\n"
+        session.preface += b"250-note\r\n"
+        return None
+
+    s = make_session(checks=protocol.with_checks(plugins={protocol.AT_MAIL: (plugin,)}))
+    assert s.handle(b"MAIL FROM:<a@b.c>")[0] == b"250-note\r\n" + replies.OK
+    s.handle(b"RCPT TO:<u@example.com>")
+    assert s.handle(b"DATA") == (b"451 greylisted\r\n", protocol.FLUSH)
+    s.handle(b"RSET")
+    assert (s.later, s.headers) == ({}, b"")
+    s.handle(b"MAIL FROM:<a@b.c>")
+    s.handle(b"RCPT TO:<u@example.com>")
+    s.later = {}
+    assert s.handle(b"DATA") == (b"", protocol.DATA)
+    assert s.received_header().endswith(b"-0000\nX-Checked: yes\n")
+    assert s.headers == b""
+
+
+def test_data_and_helo_checks_refuse_their_command():
+    s = make_session(checks=protocol.with_checks(
+        plugins={protocol.AT_DATA: (lambda session, value: REFUSED,),
+               protocol.AT_HELO: (lambda session, value: REFUSED if value == b"bad" else None,)}))
+    assert s.handle(b"HELO bad") == REFUSED
+    assert s.helo is None
+    s.handle(b"HELO good")
+    s.handle(b"MAIL FROM:<a@b.c>")
+    s.handle(b"RCPT TO:<u@example.com>")
+    assert s.handle(b"DATA") == (REFUSED[0], protocol.FLUSH)
+    assert s.seen_mail

@@ -1,0 +1,185 @@
+"""qmail-spp plugins through real tcpserver, with plugins of the kind admins
+run (tests/spp/: a greylisting plugin, an RCPT check in shell, a Python
+plugin that adds a header) and the patch's commands one by one."""
+
+import smtplib
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from support import imported_modules, talk, write_program
+
+PLUGINS = Path(__file__).resolve().parent / "spp"
+MESSAGE = b"Subject: spp\r\n\r\nhello\r\n"
+
+
+@pytest.fixture
+def plugins(control: Path):
+    """Write control/smtpplugins from text."""
+    def write(text: str) -> Path:
+        path = control / "smtpplugins"
+        path.write_text(text)
+        return path
+    return write
+
+
+def send(port: int, rcpts: list[str], sender: str = "a@example.net") -> dict:
+    """One transaction: each RCPT's (code, text), and DATA's if any was accepted."""
+    out = {}
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("client.example.net")
+        code, text = client.mail(sender)
+        out["MAIL"] = (code, text)
+        if code != 250:
+            return out
+        for rcpt in rcpts:
+            out[rcpt] = client.rcpt(rcpt)
+        if any(reply[0] == 250 for key, reply in out.items() if key != "MAIL"):
+            out["DATA"] = client.data(MESSAGE)
+    return out
+
+
+def test_greylisting_plugin_defers_the_first_attempt_and_passes_the_retry(
+        tcpserver, plugins, queue, tmp_path):
+    state = tmp_path / "greylist"
+    state.mkdir()
+    plugins(f"[rcpt]\n{PLUGINS / 'greylist'}\n")
+    server = tcpserver(env={"GREYLIST_DIR": str(state), "GREYLIST_DELAY": "300"})
+    first = send(server.port, ["u@example.com"])
+    assert first["u@example.com"] == (451, b"greylisted, please try again later (#4.7.1)")
+    assert "DATA" not in first
+    assert send(server.port, ["u@example.com"])["u@example.com"][0] == 451  # too soon
+    [triplet] = state.iterdir()
+    triplet.write_text(f"{int(time.time()) - 301}\n")  # as if first seen 301 s ago
+    retry = send(server.port, ["u@example.com"])
+    assert retry["u@example.com"][0] == 250 and retry["DATA"][0] == 250
+    assert send(server.port, ["v@example.com"])["v@example.com"][0] == 451  # another triplet
+    assert [r["recipients"] for r in queue.queued()] == [["u@example.com"]]
+    assert "greylisted 127.0.0.1 <a@example.net> <u@example.com>" in server.log()  # its stderr
+
+
+def test_rcpt_check_in_shell_refuses_and_redirects(tcpserver, plugins, queue, tmp_path):
+    blocklist = tmp_path / "blocklist"
+    blocklist.write_text("Blocked@example.com\n")
+    plugins(f"[rcpt]\n{PLUGINS / 'rcpt-blocklist'}\n")
+    server = tcpserver(env={"RCPT_BLOCKLIST": str(blocklist)})
+    out = send(server.port, ["blocked@example.com", "abuse@example.com", "u@example.com",
+                             "u@elsewhere.org"])
+    assert out["blocked@example.com"] == (
+        550, b"sorry, mail to <blocked@example.com> is blocked here (#5.7.1)")
+    assert out["abuse@example.com"][0] == 250
+    assert out["u@elsewhere.org"][0] == 553  # N: qmail's own rcpthosts still applies
+    assert queue.queued()[0]["recipients"] == ["abuse-trap@example.com", "u@example.com"]
+    assert "blocked recipient <blocked@example.com> from 127.0.0.1" in server.log()
+
+
+def test_header_plugin_and_variables_reach_later_plugins_and_qmail_queue(
+        tcpserver, plugins, queue, tmp_path):
+    seen = tmp_path / "seen"
+    wrapper = write_program(tmp_path / "queue-wrapper",
+                            f'#!/bin/sh\necho "SPP_SEEN=$SPP_SEEN" > {seen}\n'
+                            f'exec {queue.program}\n')
+    plugins(f"[mail]\n{PLUGINS / 'add-header'}\n"
+            '[data]\n:[ "$SPP_SEEN" = 1 ] && echo "HX-Seen-By-Data: yes"\n')
+    server = tcpserver(env={"QMAILQUEUE": str(wrapper)})
+    assert send(server.port, ["u@example.com"])["DATA"][0] == 250
+    message = queue.queued()[0]["message"]
+    lines = message.split(b"\n")
+    assert lines[0].startswith(b"Received: from ") and lines[1].startswith(b"  by ")
+    assert lines[2:5] == [b"X-Spp-Checked: helo=client.example.net from=<a@example.net> "
+                          b"ip=127.0.0.1", b"X-Seen-By-Data: yes", b"Subject: spp"]
+    assert seen.read_text() == "SPP_SEEN=1\n"
+
+
+def test_the_commands_one_by_one(tcpserver, plugins, control):
+    plugins("[helo]\n:[ \"$SMTPHELOHOST\" = bad ] && echo 'E550 bad helo'\n"
+            "[mail]\n"
+            ":case \"$SMTPMAILFROM\" in later@*) echo 'LD554 refused at DATA';;"
+            " skip@*) echo O;; esac\n"
+            "[rcpt]\n"
+            ":case \"$SMTPRCPTTO\" in drop@*) echo 'R421 go away';; quiet@*) echo D;;"
+            " ok@*) echo O;; count@*) echo \"E550 $SMTPRCPTCOUNT/$SMTPRCPTCOUNTALL/"
+            "$SMTPRCPTHOSTSOK\";; talk@*) echo 'P250-first'; echo N;; off@*) echo A;; esac\n"
+            "[rcpt]\n:echo 'E550 second plugin'\n")
+    (control / "badmailfrom").write_text("skip@example.net\n")
+    server = tcpserver()
+    reply = talk(server.port, b"HELO bad\r\nHELO good\r\nMAIL FROM:<later@example.net>\r\n"
+                 b"RCPT TO:<talk@example.com>\r\nDATA\r\nRSET\r\nMAIL FROM:<skip@example.net>\r\n"
+                 b"RCPT TO:<count@example.com>\r\nRCPT TO:<ok@elsewhere.org>\r\n"
+                 b"RCPT TO:<count@elsewhere.org>\r\nRCPT TO:<off@example.com>\r\n"
+                 b"RCPT TO:<x@example.com>\r\nQUIT\r\n")
+    assert reply.split(b"\r\n")[1:-1] == [
+        b"550 bad helo", b"250 mx.example.com",
+        b"250 ok",                      # MAIL later@ (its LD is kept for DATA)
+        b"250-first", b"250 ok",        # P then N: no second plugin, qmail's 250
+        b"554 refused at DATA",         # LD
+        b"250 flushed",
+        b"250 ok",                      # O at MAIL: badmailfrom not asked
+        b"550 0/1/1",
+        b"250 ok",                      # O: rcpthosts not asked
+        b"550 1/3/0",
+        b"250 ok",                      # A: plugins off for the session
+        b"250 ok",
+        b"221 mx.example.com"]
+    assert talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<drop@example.com>\r\nNOOP\r\n"
+                ).split(b"\r\n")[1:] == [b"250 ok", b"421 go away", b""]
+    assert talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<quiet@example.com>\r\nNOOP\r\n"
+                ).split(b"\r\n")[1:] == [b"250 ok", b""]
+
+
+def test_connect_plugins_can_replace_the_greeting_or_refuse(tcpserver, plugins):
+    plugins("[connection]\n:[ \"$TCPREMOTEIP\" = 127.0.0.1 ] && echo 'R554 no service for you'\n")
+    server = tcpserver()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as client:
+        assert client.makefile("rb").read() == b"554 no service for you\r\n"
+
+
+def test_a_plugin_that_cannot_run_hangs_or_floods_gets_451(tcpserver, plugins, control,
+                                                           tmp_path):
+    flood = write_program(tmp_path / "flood", "#!/bin/sh\nyes N | head -c 200000 | tr -d N\n"
+                          "exec yes PXXXXXXXXXXXXXXXX\n")
+    reader = write_program(tmp_path / "reader", "#!/bin/sh\nif read line; then echo \"E550 "
+                           "read $line\"; else echo 'E550 stdin closed'; fi\n")
+    plugins(f"[rcpt]\n:case \"$SMTPRCPTTO\" in hang@*) sleep 30;; esac\n"
+            f"{tmp_path / 'missing-plugin'}\n")
+    server = tcpserver(env={"SPPTIMEOUT": "1"})
+    started = time.monotonic()
+    reply = talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<hang@example.com>\r\n"
+                 b"RCPT TO:<x@example.com>\r\nQUIT\r\n")
+    assert time.monotonic() - started < 20  # bounded: the plugin's sleep was 30 s
+    lines = reply.split(b"\r\n")
+    assert lines[2] == b"451 qmail-spp failure: :case \"$SMTPRCPTTO\" in hang@*) sleep 30;; " \
+                       b"esac: timed out (#4.3.0)"
+    assert lines[3] == (b"451 qmail-spp failure: " + str(tmp_path / "missing-plugin").encode()
+                        + b": can't execute (#4.3.0)")
+    assert "spp plugin" in server.wait_log("can't execute")
+    plugins(f"[rcpt]\n{flood}\n")
+    assert b"451 qmail-spp failure: " in talk(server.port, b"MAIL FROM:<a@b>\r\n"
+                                               b"RCPT TO:<x@example.com>\r\nQUIT\r\n")
+    plugins(f"[rcpt]\n{reader}\n")
+    assert b"550 stdin closed\r\n" in talk(server.port, b"MAIL FROM:<a@b>\r\n"
+                                            b"RCPT TO:<x@example.com>\r\nsecret\r\nQUIT\r\n")
+
+
+def test_nospp_and_no_file_mean_no_plugins(tcpserver, plugins):
+    plugins("[rcpt]\n:echo 'E550 plugin ran'\n")
+    server = tcpserver(rules=':allow,NOSPP=""\n')
+    assert b"550 plugin ran" not in talk(server.port, b"MAIL FROM:<a@b>\r\n"
+                                         b"RCPT TO:<x@example.com>\r\nQUIT\r\n")
+
+
+def test_plugins_in_a_file_named_by_sppconffile(tcpserver, tmp_path):
+    conf = tmp_path / "other-plugins"
+    conf.write_text("[mail]\n:echo 'E553 from SPPCONFFILE'\n")
+    server = tcpserver(env={"SPPCONFFILE": str(conf)})
+    assert b"553 from SPPCONFFILE" in talk(server.port, b"MAIL FROM:<a@b>\r\nQUIT\r\n")
+
+
+def test_a_session_without_plugins_loads_none_of_their_code(control, plugins):
+    env = {"QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true"}
+    session = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.com>\r\nQUIT\r\n"
+    assert "qmail_esmtpd.spp" not in imported_modules(env, session)
+    plugins("[rcpt]\n:true\n")
+    assert "qmail_esmtpd.spp" in imported_modules(env, session)
