@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    import cdblib
+    from .cdb import Cdb
 
 # verdicts
 DELIVERED, UNKNOWN, UNSURE, REMOTE = "delivered", "unknown", "unsure", "remote"
@@ -74,7 +74,7 @@ class Mailboxes:
         self.envnoathost = envnoathost
         self.users_cdb = users_cdb
         self.getpw = getpw
-        self._cdb: "cdblib.Reader | None" = None
+        self._cdb: "Cdb | None" = None
         self._wildchars: bytes | None = None
 
     def verdict(self, address: bytes) -> tuple[str, str]:
@@ -118,6 +118,8 @@ class Mailboxes:
             return None
         wildchars = self._wildchars or b""
         key = b"!" + local.lower()
+        from .cdb import CdbError
+
         try:
             data = cdb.get(key + b"\0")
             rest = b""
@@ -127,8 +129,8 @@ class Mailboxes:
                     data = cdb.get(key[:i])
                     rest = local[i - 1:]
                 i -= 1
-        except Exception as e:  # a damaged cdb: qmail-lspawn defers
-            raise Unsure(f"users/cdb unreadable: {type(e).__name__}") from None
+        except (OSError, CdbError) as e:  # a damaged cdb: qmail-lspawn defers
+            raise Unsure(f"users/cdb unreadable: {e}") from None
         if data is None:
             return None
         fields = data.split(b"\0")
@@ -136,23 +138,24 @@ class Mailboxes:
             raise Unsure("users/cdb entry malformed")
         return fields[3], fields[4], fields[5] + rest
 
-    def _open_users(self) -> "cdblib.Reader | None":
+    def _open_users(self) -> "Cdb | None":
         if self._cdb is not None:
             return self._cdb
+        from .cdb import Cdb, CdbError
+
         try:
-            posix.stat(self.users_cdb)
+            cdb = Cdb(self.users_cdb)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise Unsure(f"users/cdb: {e.strerror}") from None
-        import cdblib  # only where a users/cdb exists
-
         try:
-            cdb = cdblib.Reader.from_file_path(self.users_cdb)
             wild = cdb.get(b"")
-        except Exception as e:
-            raise Unsure(f"users/cdb unreadable: {type(e).__name__}") from None
+        except (OSError, CdbError) as e:
+            cdb.close()
+            raise Unsure(f"users/cdb unreadable: {e}") from None
         if wild is None:
+            cdb.close()
             raise Unsure("users/cdb has no wildcard record")
         self._cdb, self._wildchars = cdb, wild
         return cdb

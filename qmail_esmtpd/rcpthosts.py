@@ -9,7 +9,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    import cdblib
+    from .cdb import Cdb
 
 
 class RcptHosts:
@@ -20,7 +20,7 @@ class RcptHosts:
         self.enabled = entries is not None
         self.entries = frozenset(e.lower() for e in entries or ())
         self.cdb_path = morercpthosts
-        self._cdb = None
+        self._cdb: "Cdb | None" = None
 
     def __call__(self, address: bytes) -> bool | None:
         if not self.enabled:
@@ -34,17 +34,19 @@ class RcptHosts:
             return True
         if self.cdb_path is None:
             return False
-        from struct import error as Damaged  # what pure-cdb raises on a cut or garbled file
+        from .cdb import CdbError
 
         try:
             cdb = self._open_cdb()
             return any(cdb.get(c) is not None for c in candidates)
-        except (OSError, ValueError, IndexError, Damaged):  # as in qmail: a control error
+        except (OSError, CdbError):  # as in qmail: a control error
             return None
 
-    def _open_cdb(self) -> "cdblib.Reader":
+    def _open_cdb(self) -> "Cdb":
         """The cdb reader is imported only when rcpthosts alone did not decide."""
         if self._cdb is None:
-            import cdblib
-            self._cdb = cdblib.Reader.from_file_path(self.cdb_path)
+            from .cdb import Cdb
+
+            assert self.cdb_path is not None
+            self._cdb = Cdb(self.cdb_path)
         return self._cdb

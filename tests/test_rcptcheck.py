@@ -149,7 +149,7 @@ def test_a_session_without_recipient_checks_loads_none_of_their_code(control):
     assert not {"qmail_esmtpd.rcptcheck", "qmail_esmtpd.mailboxes"} & imported_modules(env,
                                                                                        session)
     checked = imported_modules({**env, "CHECKRECIPIENTS": "1"}, session)
-    assert "qmail_esmtpd.mailboxes" in checked and "cdblib" not in checked  # no users/cdb
+    assert "qmail_esmtpd.mailboxes" in checked and "qmail_esmtpd.cdb" not in checked  # no users/cdb
 
 
 def test_every_address_of_the_layout_has_its_recorded_verdict():

@@ -61,7 +61,7 @@ QMAIL_LINE = "QMAIL=/var/qmail\n"
 # What the first AUTH command loads, and one hash made and checked the way the
 # server does it: proves the compiled parts (libpq, libargon2, bcrypt) load for
 # the service user.
-AUTH_CHECK = ("import psycopg2, psycopg2.extensions, cdblib, bcrypt\n"
+AUTH_CHECK = ("import psycopg2, psycopg2.extensions, bcrypt\n"
               "from qmail_esmtpd.auth.passwords import check, new_hash\n"
               "assert check(b'install check', new_hash(b'install check'))[0]\n")
 
