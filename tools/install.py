@@ -47,7 +47,8 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "qmail_esmtpd")
 LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
              ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"),
-             ("qmail-esmtpd-checkpassword", "qmail_esmtpd.checkpassword_program:main"))
+             ("qmail-esmtpd-checkpassword", "qmail_esmtpd.checkpassword_program:main"),
+             ("qmail-esmtpd-server", "qmail_esmtpd.forkserver:main"))
 SERVICE_USERS = ("qmaild", "nobody")
 # What the first AUTH command loads, and one hash made and checked the way the
 # server does it: proves the compiled parts (libpq, libargon2, bcrypt) load for
