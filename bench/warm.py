@@ -23,9 +23,9 @@ from pathlib import Path
 from tests.support import ForkServer, TcpServer, let_service_user_in
 
 from . import BenchError, progress
-from .session import AUTH_COMMANDS, AUTH_PASSWORD, COMMANDS, DATA_END, EHLO, MESSAGE, QUIT
+from .session import AUTH_COMMANDS, AUTH_PASSWORD, COMMANDS, EHLO
 from .setup import Bench
-from .tcp import Reader, connect, run_clients
+from .tcp import Reader, connect, run_clients, transaction
 
 LEVELS = (1, 4)
 ROUNDS = 3
@@ -112,14 +112,7 @@ def tls_session(port: int, commands: "tuple[tuple[bytes, bytes], ...]",
         sock.sendall(b"STARTTLS\r\n")
         reader.reply(b"220 ")
         with context.wrap_socket(sock) as tls:
-            inner = Reader(tls)  # type: ignore[arg-type]
-            for command, code in commands:
-                tls.sendall(command)
-                inner.reply(code)
-            tls.sendall(MESSAGE + DATA_END)
-            inner.reply(b"250 ok")
-            tls.sendall(QUIT)
-            inner.reply(b"221 ")
+            transaction(tls, Reader(tls), commands)
 
 
 def cpu_per_session(server: "TcpServer | ForkServer", commands: "tuple[tuple[bytes, bytes], ...]",

@@ -108,19 +108,15 @@ def _number(letter: str, value: str) -> int:
     return int(value)
 
 
+NUMBER_OPTIONS = {"c": "limit", "C": "per_source", "b": "backlog", "u": "uid", "g": "gid"}
+
+
 def _set_value(opts: Options, letter: str, value: str) -> None:
-    if letter == "c":
-        opts.limit = max(1, _number(letter, value))
-    elif letter == "C":
-        opts.per_source = _number(letter, value)
-    elif letter == "b":
-        opts.backlog = _number(letter, value)
+    if letter in NUMBER_OPTIONS:
+        setattr(opts, NUMBER_OPTIONS[letter], _number(letter, value))
+        opts.limit = max(1, opts.limit)
     elif letter == "x":
         opts.rules = value
-    elif letter == "u":
-        opts.uid = _number(letter, value)
-    elif letter == "g":
-        opts.gid = _number(letter, value)
     elif letter == "l":
         opts.localhost = value
     elif letter == "T":
