@@ -33,7 +33,7 @@ import time
 
 from . import log as logmodule
 from . import preload, replies
-from .child import TROUBLE, Listening, refuse, run
+from .child import TROUBLE, Listening, refuse, reset_signals, run
 from .log import log
 from .tcprules import RulesFile
 
@@ -314,6 +314,7 @@ class Server:
         if pid == 0:
             status = TROUBLE
             try:
+                reset_signals()  # no handler may write to the pipe closed next
                 self.sock.close()
                 for fd in self.wake_fds:
                     os.close(fd)
