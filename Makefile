@@ -38,7 +38,8 @@ test: deps venv lint conformance unit
 
 lint: venv
 	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench \
-	    tests/conformance/fake-qmail-queue tests/conformance/fake-checkpassword
+	    tests/conformance/fake-qmail-queue tests/conformance/fake-checkpassword \
+	    tests/conformance/through-server
 	$(VENV)/bin/mypy
 
 # The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios

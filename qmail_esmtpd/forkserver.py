@@ -155,7 +155,10 @@ def listening_socket(opts: Options) -> socket.socket:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(name, None)  # not for the sessions
             posix.environ.pop(name.encode(), None)
-        sock = socket.socket(fileno=SYSTEMD_FIRST_FD)
+        try:
+            sock = socket.socket(fileno=SYSTEMD_FIRST_FD)
+        except OSError as e:
+            raise Fatal(f"-S: fd {SYSTEMD_FIRST_FD} is not a socket: {e}") from None
         if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
             raise Fatal("-S: the socket must be IPv4 TCP (ListenStream=ADDRESS:PORT)")
         return sock

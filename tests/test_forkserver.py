@@ -308,26 +308,38 @@ def test_checkpassword_arguments_and_queue_environment(forkserver, tmp_path):
 
 
 def test_systemd_socket(tmp_path, control, queue):
+    """As systemd starts it: the listening socket on fd 3, LISTEN_FDS=1 and
+    LISTEN_PID naming the server's own pid (a Python shim moves the socket
+    to fd 3 and execs, keeping its pid)."""
     let_service_user_in(tmp_path)
-    queue.dir.chmod(0o777)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(5)
-    ids = " ".join(service_ids())
+    shim = ("import os, sys\n"
+            "os.dup2(int(sys.argv[1]), 3)\n"
+            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+            "os.execv(sys.argv[2], sys.argv[2:])\n")
     env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true",
            "LISTEN_FDS": "1"}
-    fd = listener.fileno()
-    proc = subprocess.Popen(["sh", "-c", f'LISTEN_PID=$$ exec {FORKSERVER} -S {ids}'],
-                            env=env, close_fds=False, preexec_fn=lambda: os.dup2(fd, 3),
-                            stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "systemd.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", shim, str(listener.fileno()),
+                                 str(FORKSERVER), "-v", "-S", "-T", "5", *service_ids()],
+                                env=env, pass_fds=(listener.fileno(),), stderr=err,
+                                start_new_session=True)
     try:
         with smtplib.SMTP(*listener.getsockname(), timeout=20) as client:
             assert client.ehlo("client.test")[0] == 250
     finally:
         listener.close()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        proc.stderr.close()
+        try:
+            assert proc.wait(timeout=20) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", log.read_text())
 
 
 def test_usage_errors_are_exit_100():
@@ -340,3 +352,25 @@ def test_no_session_byte_comes_from_the_server(forkserver):
     server = forkserver("127.0.0.1:deny\n:allow\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
         assert s.recv(100) == b""
+
+
+# --- the recorded transcripts, through the server -------------------------------
+
+CONFORMANCE = Path(__file__).resolve().parent / "conformance"
+
+
+@pytest.mark.parametrize("golden, scenarios", [("golden", "scenarios"),
+                                               ("golden-auth", "scenarios-auth")])
+def test_recorded_transcripts_through_the_server(golden, scenarios):
+    """`make conformance` with tests/conformance/through-server in the launcher's
+    place: a connection through qmail-esmtpd-server per scenario.  Left out:
+    scenarios without TCPREMOTEIP or TCPLOCALIP, which no TCP server makes."""
+    chosen = [str(path) for path in sorted((CONFORMANCE / scenarios).glob("*.scn"))
+              if not re.search(r"^unset TCP(REMOTE|LOCAL)IP$", path.read_text(), re.M)]
+    assert len(chosen) >= 10
+    out = subprocess.run([sys.executable, str(CONFORMANCE / "dialog.py"), "--check",
+                          str(CONFORMANCE / golden), *chosen, "--",
+                          str(CONFORMANCE / "through-server"), str(FORKSERVER)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert f"{len(chosen)} scenario(s), 0 failed" in out.stdout
