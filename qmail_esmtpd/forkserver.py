@@ -390,8 +390,56 @@ class Server:
         return 0
 
 
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+TUNABLES = "GLIBC_TUNABLES"
+
+
+def with_huge_pages() -> None:
+    """Start again, once, with glibc's malloc asking for transparent huge pages.
+
+    argon2 takes 19 MiB per AUTH, fresh in every child: in 4 KB pages that
+    is ~4,900 page faults (7 ms of a 37 ms verify), in 2 MB pages ~550.
+    glibc reads the tunable only at start-up, hence the exec; afterwards the
+    variable is taken out again, so sessions see the environment tcpserver
+    mode gives them.  Where glibc or the kernel does not know the tunable
+    (or THP is off) nothing changes.
+    """
+    current = os.environ.get(TUNABLES)
+    if current is not None and "glibc.malloc.hugetlb" in current:
+        return  # the admin's choice, or our own exec
+    script = sys.argv[0]
+    if not os.path.isfile(script):
+        return
+    flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site)) if on]
+    env = dict(os.environ)
+    env[TUNABLES] = f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES
+    try:
+        os.execve(sys.executable, [sys.executable, *flags, script, *sys.argv[1:]], env)
+    except OSError:
+        pass  # go on with 4 KB pages
+
+
+def forget_huge_pages() -> None:
+    """Our own tunable out of the environment the sessions inherit."""
+    current = os.environ.get(TUNABLES, "")
+    if current == HUGE_PAGES:
+        restored = None
+    elif current.endswith(":" + HUGE_PAGES):
+        restored = current[:-len(HUGE_PAGES) - 1]
+    else:
+        return
+    if restored is None:
+        os.environ.pop(TUNABLES, None)
+        posix.environ.pop(TUNABLES.encode(), None)
+    else:
+        os.environ[TUNABLES] = restored
+        posix.environ[TUNABLES.encode()] = restored.encode()
+
+
 def main() -> int:
     logmodule.PROGRAM = "qmail-esmtpd-server"
+    with_huge_pages()
+    forget_huge_pages()
     try:
         opts = parse(sys.argv[1:])
     except UsageError as e:

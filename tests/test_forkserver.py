@@ -374,3 +374,17 @@ def test_recorded_transcripts_through_the_server(golden, scenarios):
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert f"{len(chosen)} scenario(s), 0 failed" in out.stdout
+
+
+def test_malloc_huge_pages_for_the_server_not_for_sessions(forkserver, tmp_path):
+    """The server starts itself again with glibc.malloc.hugetlb=1 (argon2's
+    19 MiB per AUTH in 2 MB pages); qmail-queue does not inherit it."""
+    directory = tmp_path / "seen"
+    directory.mkdir()
+    directory.chmod(0o777)
+    server = forkserver(":allow\n", env={"QMAILQUEUE": str(env_queue(tmp_path)),
+                                         "ENVDIR": str(directory)})
+    start = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in start
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    assert "GLIBC_TUNABLES" not in recorded(directory, "127.0.0.1")
