@@ -20,19 +20,23 @@ deps:
 deps-demo:
 	PYTHON=$(PYTHON) sh tools/install-deps demo
 
-venv: $(VENV)/.stamp
+venv: $(VENV)/.stamp $(VENV)/bin/qmail-esmtpd-server
 
-$(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py Makefile
+$(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	$(REALPY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
 	for entry in qmail-esmtpd=qmail_esmtpd.cli:run \
-	        qmail-esmtpd-checkpassword=qmail_esmtpd.checkpassword_program:main \
-	        qmail-esmtpd-server=qmail_esmtpd.forkserver:main; do \
+	        qmail-esmtpd-checkpassword=qmail_esmtpd.checkpassword_program:main; do \
 	    $(VPY) tools/mklauncher.py $(VENV)/bin/$${entry%%=*} $(VPY) $${entry#*=} \
 	        $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
 	    || exit 1; done
 	touch $@
+
+# The warm server's launcher, made the same way (also in a venv made before it existed).
+$(VENV)/bin/qmail-esmtpd-server: $(VENV)/.stamp
+	$(VPY) tools/mklauncher.py $@ $(VPY) qmail_esmtpd.forkserver:main $(CURDIR) \
+	    $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 test: deps venv lint conformance unit
 
