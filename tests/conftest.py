@@ -104,11 +104,11 @@ def forkserver(tmp_path: Path, control: Path, queue: Queue):
     servers = []
 
     def start(rules: str = ":allow\n", env: dict | None = None, argv: list | None = None,
-              options: list | None = None) -> ForkServer:
+              options: list | None = None, wrapper: list | None = None) -> ForkServer:
         base = {"QMAIL_CONTROL": str(control), **queue.env, **(env or {})}
         if "AUTHDB" in base and "host=/" in base["AUTHDB"]:  # the cluster's socket
             let_service_user_in(Path(base["AUTHDB"].split("host=")[1].split()[0]))
-        server = ForkServer(tmp_path, rules, base, argv, options=options)
+        server = ForkServer(tmp_path, rules, base, argv, options=options, wrapper=wrapper)
         servers.append(server)
         return server
 

@@ -198,14 +198,15 @@ class ForkServer:
     port, log, wait_log, stop) with the same rules compiled by real tcprules.
 
     `argv` is what TcpServer would run: the qmail-esmtpd launcher first, then
-    its arguments.  `options` go before HOST PORT (-c, -C, ...).  Started as
+    its arguments.  `options` go before HOST PORT (-c, -C, ...), `wrapper`
+    before the program (softlimit and its options).  Started as
     root, the sessions run as nobody (service_ids()); the caller makes sure
     nobody can read what they read (let_service_user_in()).
     """
 
     def __init__(self, workdir: Path, rules: str, env: dict, argv: list | None = None,
                  verbose: bool = True, host: str = "127.0.0.1",
-                 options: list | None = None) -> None:
+                 options: list | None = None, wrapper: list | None = None) -> None:
         argv = argv or [SERVER]
         if Path(argv[0]) != SERVER:
             raise StartError(f"qmail-esmtpd-server runs qmail-esmtpd only, not {argv[0]}")
@@ -217,7 +218,8 @@ class ForkServer:
         path = "/usr/local/bin:/usr/bin:/bin" if os.geteuid() == 0 else os.environ["PATH"]
         with self.logpath.open("wb") as log:
             self.proc = subprocess.Popen(
-                [str(FORKSERVER), *flags, "-1", "-l", "localhost", "-c", "100", "-T", "5",
+                [*(wrapper or []), str(FORKSERVER), *flags, "-1", "-l", "localhost", "-c", "100",
+                 "-T", "5",
                  *service_ids(), "-x", str(self.cdb), *map(str, options or []), host, "0",
                  *map(str, argv[1:])],
                 env={"PATH": path, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

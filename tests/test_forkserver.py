@@ -388,3 +388,23 @@ def test_malloc_huge_pages_for_the_server_not_for_sessions(forkserver, tmp_path)
     assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in start
     assert one_session(server.port, "127.0.0.1") == "queued"
     assert "GLIBC_TUNABLES" not in recorded(directory, "127.0.0.1")
+
+
+def test_auth_over_starttls_under_the_documented_softlimit(db, forkserver, control):
+    """README's run script: softlimit -m 120000000 -s 2097152 around the server;
+    every child (a copy of it, AUTH and TLS loaded) verifies argon2id within it."""
+    import ssl
+
+    from test_auth import ALICE, ALICE_PW
+
+    db.add(ALICE, ALICE_PW)
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    server = forkserver(":allow\n", env=db.env(), wrapper=["softlimit", "-m", "120000000",
+                                                            "-s", "2097152"])
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.starttls(context=context)
+        client.login(ALICE, ALICE_PW)
+        client.sendmail(ALICE, ["x@elsewhere.test"], b"Subject: x\r\n\r\n" + b"y" * 4000)
