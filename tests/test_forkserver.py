@@ -8,6 +8,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,9 @@ def test_missing_rules_drop_the_connection_unless_x(forkserver, tmp_path):
     server.cdb.unlink()
     assert one_session(server.port, "127.0.0.1") == "denied"
     assert "unable to read" in server.wait_log("unable to read")
+    allowing = forkserver(":allow\n", options=["-X"])
+    allowing.cdb.unlink()
+    assert one_session(allowing.port, "127.0.0.1") == "queued"
 
 
 # --- limits ------------------------------------------------------------------
@@ -195,6 +199,8 @@ def test_per_source_limit_answers_421_from_a_child(forkserver):
     assert greeting(other).startswith(b"220 ")
     for sock in (first, again, other):
         sock.close()
+    wait_count(server, ": end ", 3)
+    assert one_session(server.port, "127.0.0.7") == "queued"  # the count went down again
     assert re.search(r"limit \d+ localhost:127\.0\.0\.1:\d+ :127\.0\.0\.7::\d+",
                      server.wait_log(":127.0.0.7::"))
 
@@ -209,8 +215,16 @@ def test_refuses_to_run_sessions_as_root(tmp_path):
 # --- signals, crashes, fork safety ---------------------------------------------
 
 
+def wait_count(server: ForkServer, text: str, count: int, timeout: float = 20) -> str:
+    """The server's log once `text` is in it `count` times (or at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while (log := server.log()).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return log
+
+
 def child_pids(server: ForkServer, count: int) -> list[int]:
-    log = server.wait_log(*["pid "] * count)
+    log = wait_count(server, ": pid ", count)
     return [int(pid) for pid in re.findall(r": pid (\d+) from", log)]
 
 
