@@ -18,6 +18,7 @@ from qmail_esmtpd.tcprules import decode, find_rule, lookup_keys
 
 from support import (
     FORKSERVER,
+    ROOT,
     SERVER,
     ForkServer,
     TcpServer,
@@ -405,16 +406,17 @@ def test_malloc_huge_pages_for_the_server_not_for_sessions(forkserver, tmp_path)
 
 
 def test_auth_over_starttls_under_the_documented_softlimit(db, forkserver, control):
-    """README's run script: softlimit -m 120000000 -s 2097152 around the server;
-    every child (a copy of it, AUTH and TLS loaded) verifies argon2id within it."""
+    """service/run-server's `softlimit -m M -s S` around the server: every child
+    (a copy of it, AUTH and TLS loaded) verifies argon2id within it."""
     import ssl
 
     from test_auth import ALICE, ALICE_PW
 
     db.add(ALICE, ALICE_PW)
     self_signed_pem(control / "servercert.pem").chmod(0o644)
-    server = forkserver(":allow\n", env=db.env(), wrapper=["softlimit", "-m", "120000000",
-                                                            "-s", "2097152"])
+    limits = re.search(r"softlimit (-m \d+ -s \d+)", (ROOT / "service" / "run-server").read_text())
+    assert limits
+    server = forkserver(":allow\n", env=db.env(), wrapper=["softlimit", *limits[1].split()])
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
