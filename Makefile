@@ -20,7 +20,7 @@ deps:
 deps-demo:
 	PYTHON=$(PYTHON) sh tools/install-deps demo
 
-venv: $(VENV)/.stamp
+venv: $(VENV)/.stamp $(VENV)/bin/qmail-esmtpd-server
 
 $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	$(REALPY) -m venv $(VENV)
@@ -33,11 +33,17 @@ $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	    || exit 1; done
 	touch $@
 
+# The warm server's launcher, made the same way (also in a venv made before it existed).
+$(VENV)/bin/qmail-esmtpd-server: $(VENV)/.stamp
+	$(VPY) tools/mklauncher.py $@ $(VPY) qmail_esmtpd.forkserver:main $(CURDIR) \
+	    $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
 test: deps venv lint conformance unit
 
 lint: venv
 	$(VENV)/bin/ruff check qmail_esmtpd tests tools bench \
-	    tests/conformance/fake-qmail-queue tests/conformance/fake-checkpassword
+	    tests/conformance/fake-qmail-queue tests/conformance/fake-checkpassword \
+	    tests/conformance/through-server
 	$(VENV)/bin/mypy
 
 # The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios

@@ -14,6 +14,7 @@ from . import __doc__ as OVERVIEW
 from .pipes import measure_pipes
 from .pop3 import pop3_login_cpu
 from .setup import Launcher, prepared
+from .warm import figures as warm_server_figures
 
 
 def arguments() -> argparse.Namespace:
@@ -73,6 +74,7 @@ def main() -> int:
         figures.banner_latency(bench, args.connections)
         if auth and args.frontend_sessions > 0:
             figures.frontends(bench, args.frontend_sessions)
+        warm_server_figures(bench, args.sessions)
         print(figures.RULE)
         for note in launcher_notes(bench.launcher):
             print(f"note: {note}")

@@ -61,13 +61,18 @@ def tcp_session(port: int, commands: Commands = COMMANDS, host: str = "127.0.0.1
     with connect(port, host) as sock:
         reader = Reader(sock)
         reader.reply(b"220 ")
-        for command, code in commands:
-            sock.sendall(command)
-            reader.reply(code)
-        sock.sendall(MESSAGE + DATA_END)
-        reader.reply(b"250 ok")
-        sock.sendall(QUIT)
-        reader.reply(b"221 ")
+        transaction(sock, reader, commands)
+
+
+def transaction(sock: socket.socket, reader: Reader, commands: Commands) -> None:
+    """`commands` one at a time, then the message and QUIT, each reply checked."""
+    for command, code in commands:
+        sock.sendall(command)
+        reader.reply(code)
+    sock.sendall(MESSAGE + DATA_END)
+    reader.reply(b"250 ok")
+    sock.sendall(QUIT)
+    reader.reply(b"221 ")
 
 
 @contextmanager

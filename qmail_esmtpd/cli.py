@@ -27,14 +27,20 @@ from .server import serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .auth import Authenticator
     from .tls import ServerTLS
+
+    OpenTLS = Callable[[bytes, bytes | None], ServerTLS]
 
 QMAIL_HOME = b"/var/qmail"
 SERVERCERT = b"servercert.pem"  # the TLS patch's file: certificate chain and key
 
 
-def main() -> int:
+def main(preloaded_tls: "OpenTLS | None" = None) -> int:
+    """One session on fds 0/1.  `preloaded_tls(certfile, ciphers)` is how
+    qmail-esmtpd-server hands its session a certificate it loaded once."""
     env = posix.environ
     client = env.get(b"TCPREMOTEIP", b"unknown").decode("ascii", "replace")  # for log lines
     controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
@@ -110,6 +116,8 @@ def main() -> int:
         return QueueJob(program, child_env)
 
     def open_tls() -> "ServerTLS":
+        if preloaded_tls is not None:
+            return preloaded_tls(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"))
         from .tls import ServerTLS  # `ssl` loads only when TLS is asked for
 
         return ServerTLS(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"),

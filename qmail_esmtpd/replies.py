@@ -16,6 +16,8 @@ def greeting_line(code: bytes, greeting: bytes) -> bytes:
 
 # start-up
 CONTROLS = b"421 unable to read controls (#4.3.0)\r\n"
+# qmail-esmtpd-server only: one source holds its per-source limit of sessions
+TOO_MANY_FROM_SOURCE = b"421 too many connections from your address, try again later (#4.7.0)\r\n"
 
 
 

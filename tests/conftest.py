@@ -19,7 +19,9 @@ from support import (
     SERVER,
     Cluster,
     Database,
+    ForkServer,
     TcpServer,
+    let_service_user_in,
     pop3_service_env,
     write_program,
 )
@@ -81,6 +83,35 @@ def tcpserver(tmp_path: Path, control: Path, queue: Queue):
               argv: list | None = None) -> TcpServer:
         base = {"QMAIL_CONTROL": str(control), **queue.env, **(env or {})}
         server = TcpServer(tmp_path, rules, base, argv or [SERVER])
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def forkserver(tmp_path: Path, control: Path, queue: Queue):
+    """Factory: forkserver(rules, env=..., argv=..., options=...) -> running
+    ForkServer, the `tcpserver` fixture's sibling (same rules, same control
+    and queue).  As root, the sessions run as nobody: they get a way into the
+    test's folders, a queue they may write, and the system interpreter for
+    the Python stand-ins (the venv's may be under root's home)."""
+    if not shutil.which("tcprules"):
+        pytest.fail("tcprules (ucspi-tcp) is not installed; .ci/run installs it")
+    let_service_user_in(tmp_path)
+    queue.dir.chmod(0o777)
+    if Path("/usr/bin/python3").exists():
+        write_program(queue.program, f"#!/bin/sh\nexec /usr/bin/python3 {FAKE_QUEUE}\n")
+    servers = []
+
+    def start(rules: str = ":allow\n", env: dict | None = None, argv: list | None = None,
+              options: list | None = None, wrapper: list | None = None) -> ForkServer:
+        base = {"QMAIL_CONTROL": str(control), **queue.env, **(env or {})}
+        if "AUTHDB" in base and "host=/" in base["AUTHDB"]:  # the cluster's socket
+            let_service_user_in(Path(base["AUTHDB"].split("host=")[1].split()[0]))
+        server = ForkServer(tmp_path, rules, base, argv, options=options, wrapper=wrapper)
         servers.append(server)
         return server
 

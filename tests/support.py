@@ -173,6 +173,95 @@ class TcpServer:
         end_group(self.proc)
 
 
+FORKSERVER = ROOT / ".venv" / "bin" / "qmail-esmtpd-server"
+
+
+def service_ids() -> list[str]:
+    """-u/-g for qmail-esmtpd-server: nobody's when the tests run as root
+    (it refuses to run sessions as root), none otherwise."""
+    if os.geteuid() != 0:
+        return []
+    entry = pwd.getpwnam("nobody")
+    return ["-u", str(entry.pw_uid), "-g", str(entry.pw_gid)]
+
+
+def let_service_user_in(path: Path) -> None:
+    """As root: let the sessions' user (nobody) reach `path` (o+x up the tree)."""
+    if os.geteuid() != 0:
+        return
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
+class ForkServer:
+    """qmail-esmtpd-server in tcpserver's place: TcpServer's interface (host,
+    port, log, wait_log, stop) with the same rules compiled by real tcprules.
+
+    `argv` is what TcpServer would run: the qmail-esmtpd launcher first, then
+    its arguments.  `options` go before HOST PORT (-c, -C, ...), `wrapper`
+    before the program (softlimit and its options).  Started as
+    root, the sessions run as nobody (service_ids()); the caller makes sure
+    nobody can read what they read (let_service_user_in()).
+    """
+
+    def __init__(self, workdir: Path, rules: str, env: dict, argv: list | None = None,
+                 verbose: bool = True, host: str = "127.0.0.1",
+                 options: list | None = None, wrapper: list | None = None) -> None:
+        argv = argv or [SERVER]
+        if Path(argv[0]) != SERVER:
+            raise StartError(f"qmail-esmtpd-server runs qmail-esmtpd only, not {argv[0]}")
+        self.host = host
+        self.cdb = workdir / f"tcp.smtp-server-{id(self)}.cdb"
+        self.compile_rules(rules)
+        self.logpath = workdir / f"forkserver-{id(self)}.log"
+        flags = ["-v"] if verbose else []
+        path = "/usr/local/bin:/usr/bin:/bin" if os.geteuid() == 0 else os.environ["PATH"]
+        with self.logpath.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*(wrapper or []), str(FORKSERVER), *flags, "-1", "-l", "localhost", "-c", "100",
+                 "-T", "5",
+                 *service_ids(), "-x", str(self.cdb), *map(str, options or []), host, "0",
+                 *map(str, argv[1:])],
+                env={"PATH": path, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=log, start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # -1: the port, once listening
+        if not line.strip().isdigit():
+            self.stop()
+            raise StartError(f"qmail-esmtpd-server did not start: {self.log()[-600:]}")
+        self.port = int(line)
+
+    def compile_rules(self, rules: str) -> None:
+        """tcprules into place (a new inode, as an admin's `make` does)."""
+        try:
+            subprocess.run(["tcprules", str(self.cdb), f"{self.cdb}.tmp"], input=rules.encode(),
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise StartError(f"tcprules: {e}") from None
+
+    def log(self) -> str:
+        return self.logpath.read_text(errors="replace")
+
+    def wait_log(self, *texts: str, timeout: float = 10) -> str:
+        return TcpServer.wait_log(self, *texts, timeout=timeout)  # type: ignore[arg-type]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        """SIGTERM to the server alone, then (bounded) to its whole group."""
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        end_group(self.proc)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
 def end_group(proc: subprocess.Popen, signalled: bool = False) -> None:
     """SIGTERM to `proc`'s process group (unless the caller signalled it
     already), SIGKILL if it has not ended 5 s later; returns once reaped."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import cdblib
 import pytest
 
-from qmail_esmtpd.cdb import Cdb, CdbError, cdb_hash
+from qmail_esmtpd.cdb import Cdb, CdbError, CdbInMemory, cdb_hash
 
 
 def write(path: Path, records: list[tuple[bytes, bytes]]) -> None:
@@ -70,3 +70,15 @@ def test_reads_what_tcprules_writes(tmp_path: Path):
     assert ours.get(b"127.0.0.1") == b"+RELAYCLIENT=\0"
     for key in (b"127.0.0.1", b"10.", b"", b"192.0.2.1"):
         assert ours.get(key) == theirs.get(key)
+
+
+def test_in_memory_reads_the_same(tmp_path: Path):
+    path = tmp_path / "m.cdb"
+    write(path, [(b"127.", b"+A=1\0"), (b"", b"D")])
+    memory = CdbInMemory(path.read_bytes())
+    assert memory.get(b"127.") == b"+A=1\0" and memory.get(b"") == b"D"
+    assert memory.get(b"10.") is None
+    with pytest.raises(CdbError):
+        CdbInMemory(path.read_bytes()[:100])
+    with pytest.raises(CdbError):
+        CdbInMemory(path.read_bytes()[:2060]).get(b"127.")

@@ -1,0 +1,483 @@
+"""`qmail-esmtpd-server`: tcpserver and qmail-esmtpd in one warm process.
+
+usage: qmail-esmtpd-server [options] HOST PORT [ARG...]
+       qmail-esmtpd-server [options] -S [ARG...]
+
+It listens (on HOST:PORT, or on the socket systemd passes with -S), loads
+once what sessions need (preload.py), drops privileges, and forks one
+child per connection that runs the session exactly as qmail-esmtpd under
+tcpserver does (child.py); ARGs are qmail-esmtpd's arguments (the
+checkpassword command line).  The server itself never reads or writes a
+byte of SMTP.  Options are tcpserver's where they exist:
+
+  -c N   at most N sessions at once (40); more connections wait in the backlog
+  -C N   at most N sessions from one IPv4 address (0: no limit); more get 421
+  -b N   listen backlog (20)
+  -x CDB tcprules file; -X: allow all when it is missing
+  -u UID, -g GID, -U ($UID, $GID): run as that user and group after binding
+  -l NAME  TCPLOCALHOST (no DNS: unset without -l)
+  -H, -R   accepted: no DNS and no ident lookups is the only mode
+  -v, -q, -Q  verbose (tcpserver -v's lines), quiet, errors only (default)
+  -1     print the local port on stdout once listening
+  -S     take the listening socket from systemd (LISTEN_FDS, Accept=no)
+  -T S   on SIGTERM, wait at most S seconds (60) for running sessions
+"""
+
+import gc
+import os
+import posix
+import signal
+import socket
+import sys
+import time
+
+from . import log as logmodule
+from . import preload, replies
+from .child import TROUBLE, Listening, refuse, reset_signals, run
+from .log import log
+from .tcprules import RulesFile
+
+USAGE = ("usage: qmail-esmtpd-server [-vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
+         "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] "
+         "{host port | -S} [arg ...]")
+OPTIONS_WITH_VALUE = "cCbxuglT"
+OPTIONS_FLAGS = "vqQHR1SXUD"
+SYSTEMD_FIRST_FD = 3
+
+
+class UsageError(Exception):
+    pass
+
+
+class Options:
+    def __init__(self) -> None:
+        self.limit = 40
+        self.per_source = 0
+        self.backlog = 20
+        self.rules: str | None = None
+        self.allow_missing_rules = False
+        self.uid = 0
+        self.gid = 0
+        self.localhost: str | None = None
+        self.verbosity = 1
+        self.print_port = False
+        self.systemd = False
+        self.grace = 60.0
+        self.host = ""
+        self.port = ""
+        self.session_argv: list[str] = []
+
+
+def parse(argv: list[str]) -> Options:
+    """tcpserver-style getopt: options first, then HOST PORT (not with -S), then ARGs."""
+    opts = Options()
+    args = list(argv)
+    while args and args[0].startswith("-") and args[0] != "-":
+        arg = args.pop(0)
+        if arg == "--":
+            break
+        letters = arg[1:]
+        while letters:
+            letter, letters = letters[0], letters[1:]
+            if letter in OPTIONS_WITH_VALUE:
+                if not letters:
+                    if not args:
+                        raise UsageError(f"-{letter} needs a value")
+                    letters = args.pop(0)
+                _set_value(opts, letter, letters)
+                letters = ""
+            elif letter in OPTIONS_FLAGS:
+                _set_flag(opts, letter)
+            elif letter in "hrpPoOdB":
+                raise UsageError(f"-{letter} is not supported (no DNS, ident, banner or IP "
+                                 "options: see the README)")
+            else:
+                raise UsageError(f"unknown option -{letter}")
+    if not opts.systemd:
+        if len(args) < 2:
+            raise UsageError("HOST and PORT are needed (or -S)")
+        opts.host, opts.port = args[0], args[1]
+        args = args[2:]
+    opts.session_argv = args
+    return opts
+
+
+def _number(letter: str, value: str) -> int:
+    if not value.isdigit():
+        raise UsageError(f"-{letter} wants a number, not {value!r}")
+    return int(value)
+
+
+NUMBER_OPTIONS = {"c": "limit", "C": "per_source", "b": "backlog", "u": "uid", "g": "gid"}
+
+
+def _set_value(opts: Options, letter: str, value: str) -> None:
+    if letter in NUMBER_OPTIONS:
+        setattr(opts, NUMBER_OPTIONS[letter], _number(letter, value))
+        opts.limit = max(1, opts.limit)
+    elif letter == "x":
+        opts.rules = value
+    elif letter == "l":
+        opts.localhost = value
+    elif letter == "T":
+        opts.grace = float(_number(letter, value))
+
+
+def _set_flag(opts: Options, letter: str) -> None:
+    if letter == "v":
+        opts.verbosity = 2
+    elif letter == "q":
+        opts.verbosity = 0
+    elif letter == "Q":
+        opts.verbosity = 1
+    elif letter == "1":
+        opts.print_port = True
+    elif letter == "S":
+        opts.systemd = True
+    elif letter == "X":
+        opts.allow_missing_rules = True
+    elif letter == "U":
+        opts.uid = _number("U", os.environ.get("UID", "0"))
+        opts.gid = _number("U", os.environ.get("GID", "0"))
+    # H, R: the only mode; D: TCP_NODELAY is always set, as tcpserver's default
+
+
+class Fatal(Exception):
+    """Start-up cannot go on (tcpserver's exit 111)."""
+
+
+def listening_socket(opts: Options) -> socket.socket:
+    """Bound and listening: our own, or systemd's (LISTEN_PID must be ours)."""
+    if opts.systemd:
+        if os.environ.get("LISTEN_PID") != str(os.getpid()) or \
+                int(os.environ.get("LISTEN_FDS", "0") or "0") < 1:
+            raise Fatal("-S: no socket from systemd (LISTEN_FDS, LISTEN_PID)")
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)  # not for the sessions
+            posix.environ.pop(name.encode(), None)
+        try:
+            sock = socket.socket(fileno=SYSTEMD_FIRST_FD)
+        except OSError as e:
+            raise Fatal(f"-S: fd {SYSTEMD_FIRST_FD} is not a socket: {e}") from None
+        if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+            raise Fatal("-S: the socket must be IPv4 TCP (ListenStream=ADDRESS:PORT)")
+        return sock
+    host = "0.0.0.0" if opts.host in ("", "0") else opts.host
+    try:
+        port = int(opts.port) if opts.port.isdigit() else socket.getservbyname(opts.port, "tcp")
+        address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    except OSError as e:
+        raise Fatal(f"unable to figure out address {opts.host}:{opts.port}: {e}") from None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(opts.backlog)
+    except OSError as e:
+        sock.close()
+        raise Fatal(f"unable to bind: {e}") from None
+    return sock
+
+
+def drop_privileges(opts: Options) -> None:
+    """As tcpserver -g/-u, right after binding; sessions never run as root."""
+    try:
+        if opts.gid:
+            os.setgroups([opts.gid])
+            os.setgid(opts.gid)
+        if opts.uid:
+            os.setuid(opts.uid)
+    except OSError as e:
+        raise Fatal(f"unable to set uid/gid: {e}") from None
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise Fatal("refusing to run sessions as root: give -u and -g (or -U)")
+
+
+class Server:
+    """The accept loop: limits, children, signals, tcpserver -v's status lines."""
+
+    def __init__(self, sock: socket.socket, opts: Options, listening: Listening,
+                 rules: RulesFile | None) -> None:
+        self.sock = sock
+        self.opts = opts
+        self.listening = listening
+        self.rules = rules
+        self.controls = preload.controls_from_environment()
+        self.children: dict[int, str] = {}  # pid -> remote IP ("" for a 421 child)
+        self.per_source: dict[str, int] = {}
+        self.hangup = False
+        self.stopping = False
+        self.auth_loaded = False
+        self.wake_fds: tuple[int, ...] = ()
+
+    def status(self) -> None:
+        if self.opts.verbosity >= 2:
+            log(f"status: {len(self.children)}/{self.opts.limit}")
+
+    # -- configuration ---------------------------------------------------------
+    def load(self) -> None:
+        """Everything sessions share: the rules, the certificate, the libraries.
+
+        Run with the sessions' privileges, so it reads what they could read."""
+        self.controls = preload.controls_from_environment()
+        self.listening.tls.load(self.controls)
+        if self.rules is not None:
+            self.rules.forget()
+            try:
+                self.rules.current()
+            except Exception as e:  # the children say so, connection by connection
+                log(f"warning: unable to read rules: {e}")
+        self.import_auth()
+        gc.collect()
+        gc.freeze()  # what is loaded stays shared with the children (no GC writes)
+
+    def import_auth(self) -> None:
+        """The AUTH libraries, once some session may use AUTH."""
+        if self.auth_loaded:
+            return
+        argv = [a.encode("utf-8", "surrogateescape") for a in self.listening.session_argv]
+        rules_set_authdb = self.rules is not None and self.rules.sets(b"AUTHDB")
+        if preload.auth_configured(argv, self.controls, rules_set_authdb):
+            missing = preload.import_modules(preload.AUTH_MODULES)
+            if [m for m in missing if "passlib" not in m and m != "bcrypt"]:
+                log(f"warning: AUTH libraries not preloaded: {' '.join(missing)}")
+            self.auth_loaded = True
+
+    # -- signals ---------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.hangup = True
+        elif signum == signal.SIGTERM:
+            self.stopping = True
+
+    def install_signals(self) -> int:
+        """Handlers that only set flags; the loop wakes on the returned pipe."""
+        wake_read, wake_write = os.pipe()
+        for fd in (wake_read, wake_write):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self.wake_fds = (wake_read, wake_write)
+        signal.set_wakeup_fd(wake_write)
+        for signum in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        return wake_read
+
+    # -- children --------------------------------------------------------------
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, wstat = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                self.per_source.clear()
+                return
+            if pid == 0:
+                return
+            source = self.children.pop(pid, None)
+            if source:
+                left = self.per_source.get(source, 1) - 1
+                if left > 0:
+                    self.per_source[source] = left
+                else:
+                    self.per_source.pop(source, None)
+            if self.opts.verbosity >= 2:
+                log(f"end {pid} status {wstat}")
+            self.status()
+
+    def accept(self) -> None:
+        try:
+            conn, remote = self.sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as e:  # out of descriptors, for instance: try again shortly
+            log(f"warning: unable to accept: {e}")
+            time.sleep(0.1)
+            return
+        source = remote[0]
+        over = 0 < self.opts.per_source <= self.per_source.get(source, 0)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not over:
+                self.listening.tls.refresh(self.controls)
+                if self.rules is not None:
+                    try:
+                        self.rules.current()  # read once here, not in every child
+                    except Exception:
+                        pass  # the child drops the connection and says why
+            self.fork(conn, source, over)
+        finally:
+            conn.close()
+
+    def fork(self, conn: socket.socket, source: str, over: bool) -> None:
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log(f"warning: dropping connection, unable to fork: {e}")
+            return
+        if pid == 0:
+            status = TROUBLE
+            try:
+                reset_signals()  # no handler may write to the pipe closed next
+                self.sock.close()
+                for fd in self.wake_fds:
+                    os.close(fd)
+                status = refuse(conn, replies.TOO_MANY_FROM_SOURCE, self.listening) if over \
+                    else run(conn, self.listening)
+            except BaseException as e:  # a bug: never back into the server's loop
+                log(f"session failed: {type(e).__name__}: {e}")
+            finally:
+                os._exit(status if isinstance(status, int) else TROUBLE)
+        self.children[pid] = "" if over else source
+        if not over:
+            self.per_source[source] = self.per_source.get(source, 0) + 1
+        self.status()
+
+    # -- the loop --------------------------------------------------------------
+    def serve(self) -> int:
+        wake = self.install_signals()
+        self.sock.setblocking(False)
+        self.status()
+        import select
+
+        while not self.stopping:
+            self.reap()
+            if self.hangup:
+                self.hangup = False
+                log("SIGHUP: reading the configuration again")
+                self.load()
+            waiting = [wake]
+            if len(self.children) < self.opts.limit:
+                waiting.append(self.sock.fileno())
+            ready = select.select(waiting, [], [])[0]
+            if wake in ready:
+                try:
+                    while os.read(wake, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            if self.sock.fileno() in ready and not self.stopping:
+                self.accept()
+        return self.shutdown(wake)
+
+    def shutdown(self, wake: int) -> int:
+        """SIGTERM: no new connections; running sessions get `grace` seconds, then SIGTERM."""
+        self.sock.close()
+        if self.children:
+            log(f"SIGTERM: waiting up to {self.opts.grace:g} s for "
+                f"{len(self.children)} sessions")
+        deadline = time.monotonic() + self.opts.grace
+        import select
+
+        while self.children and time.monotonic() < deadline:
+            select.select([wake], [], [], max(0.0, deadline - time.monotonic()))
+            try:
+                while os.read(wake, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            self.reap()
+        if self.children:
+            log(f"SIGTERM: ending {len(self.children)} sessions still running")
+            for pid in list(self.children):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 5
+            while self.children and time.monotonic() < deadline:
+                time.sleep(0.05)
+                self.reap()
+        return 0
+
+
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+TUNABLES = "GLIBC_TUNABLES"
+
+
+def with_huge_pages() -> None:
+    """Start again, once, with glibc's malloc asking for transparent huge pages.
+
+    argon2 takes 19 MiB per AUTH, fresh in every child: in 4 KB pages that
+    is ~4,900 page faults (7 ms of a 37 ms verify), in 2 MB pages ~550.
+    glibc reads the tunable only at start-up, hence the exec; afterwards the
+    variable is taken out again, so sessions see the environment tcpserver
+    mode gives them.  Where glibc or the kernel does not know the tunable
+    (or THP is off) nothing changes.
+    """
+    current = os.environ.get(TUNABLES)
+    if current is not None and "glibc.malloc.hugetlb" in current:
+        return  # the admin's choice, or our own exec
+    script = sys.argv[0]
+    if not os.path.isfile(script):
+        return
+    flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site)) if on]
+    env = dict(os.environ)
+    env[TUNABLES] = f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES
+    try:
+        os.execve(sys.executable, [sys.executable, *flags, script, *sys.argv[1:]], env)
+    except OSError:
+        pass  # go on with 4 KB pages
+
+
+def forget_huge_pages() -> None:
+    """Our own tunable out of the environment the sessions inherit."""
+    current = os.environ.get(TUNABLES, "")
+    if current == HUGE_PAGES:
+        restored = None
+    elif current.endswith(":" + HUGE_PAGES):
+        restored = current[:-len(HUGE_PAGES) - 1]
+    else:
+        return
+    if restored is None:
+        os.environ.pop(TUNABLES, None)
+        posix.environ.pop(TUNABLES.encode(), None)
+    else:
+        os.environ[TUNABLES] = restored
+        posix.environ[TUNABLES.encode()] = restored.encode()
+
+
+def main() -> int:
+    logmodule.PROGRAM = "qmail-esmtpd-server"
+    with_huge_pages()
+    forget_huge_pages()
+    try:
+        opts = parse(sys.argv[1:])
+    except UsageError as e:
+        log(f"{e}\n{USAGE}")
+        return 100
+    try:
+        sock = listening_socket(opts)
+    except Fatal as e:
+        log(f"fatal: {e}")
+        return 111
+    if opts.print_port:
+        print(sock.getsockname()[1], flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)  # the server never talks on its own stdin and stdout
+    os.dup2(null, 1)
+    os.close(null)
+    rules = RulesFile(opts.rules.encode(), opts.allow_missing_rules) if opts.rules else None
+    localhost = opts.localhost.encode() if opts.localhost is not None else None
+    listening = Listening(rules, localhost, opts.verbosity >= 2, opts.session_argv,
+                          preload.PreloadedTLS())
+    server = Server(sock, opts, listening, rules)
+    # Code is loaded with the privileges the server started with (the
+    # interpreter's library may be closed to the service user), configuration
+    # is read after dropping them, as every session reads it.
+    missing = preload.import_modules(preload.SESSION_MODULES)
+    if missing:
+        log(f"fatal: unable to load {' '.join(missing)}")
+        return 111
+    if rules is not None:
+        try:
+            rules.current()
+        except Exception:
+            pass
+    server.import_auth()
+    try:
+        drop_privileges(opts)
+    except Fatal as e:
+        log(f"fatal: {e}")
+        return 111
+    server.load()
+    return server.serve()

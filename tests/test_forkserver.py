@@ -1,0 +1,426 @@
+"""qmail-esmtpd-server: tcpserver's rules and environment (checked against real
+tcprules/tcpserver on the same cdb), its limits, signals, privileges and logs."""
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qmail_esmtpd import replies
+from qmail_esmtpd.tcprules import decode, find_rule, lookup_keys
+
+from support import (
+    FORKSERVER,
+    ROOT,
+    SERVER,
+    ForkServer,
+    TcpServer,
+    let_service_user_in,
+    self_signed_pem,
+    service_ids,
+    write_program,
+)
+
+# --- the lookup, pure ---------------------------------------------------------
+
+
+def test_lookup_order_is_tcpservers_without_host_names():
+    assert lookup_keys(b"10.1.2.3") == [b"10.1.2.3", b"10.1.2.", b"10.1.", b"10.", b""]
+
+
+def test_values_decode_as_tcpservers_found():
+    rule = decode(b"D\0+A=1\0+B=x=y\0+NOEQUALS\0+C=cut")
+    assert rule.deny and rule.variables == [(b"A", b"1"), (b"B", b"x=y")]
+    assert not decode(b"").deny
+
+
+def test_first_key_found_decides():
+    table = {b"10.1.": b"+WHICH=two\0", b"": b"D\0"}
+    assert find_rule(table.get, b"10.1.2.3").variables == [(b"WHICH", b"two")]
+    assert find_rule(table.get, b"10.10.2.3").deny  # "10.1." is no prefix of "10.10."
+    assert find_rule({}.get, b"10.1.2.3").variables == []
+
+
+# --- against real tcpserver --------------------------------------------------
+
+RULES = """\
+127.0.0.1:allow,RELAYCLIENT="",WHICH="exact"
+127.0.0.:allow,WHICH="three"
+127.0.:deny
+127.1.2.3-5:allow,WHICH="range"
+127.1.:allow,WHICH="two",DATABYTES="100000"
+=localhost:deny
+:allow,WHICH="default",TCPLOCALHOST="from-a-rule"
+"""
+SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.5.5", "127.1.2.4", "127.1.2.9", "127.1.9.9",
+           "127.9.9.9"]
+# what differs by nature between two servers: ports, and where each records
+DIFFERENT = {"TCPLOCALPORT", "TCPREMOTEPORT", "ENVDIR"}
+
+
+def env_queue(directory: Path) -> Path:
+    """A qmail-queue in sh: records its environment and uid per source, queues nothing."""
+    return write_program(directory / "env-queue", (
+        "#!/bin/sh\n"
+        'env > "$ENVDIR/$TCPREMOTEIP"\n'
+        'id -u > "$ENVDIR/$TCPREMOTEIP.uid"\n'
+        "cat >/dev/null && cat <&1 >/dev/null\n"))
+
+
+def one_session(port: int, source: str) -> str:
+    """'denied' (closed before a greeting) or 'queued'."""
+    try:
+        client = smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0))
+    except smtplib.SMTPServerDisconnected:
+        return "denied"
+    with client:
+        client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    return "queued"
+
+
+def recorded(directory: Path, source: str) -> dict:
+    path = directory / source
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs if k not in DIFFERENT}
+
+
+def verbose_lines(log: str, program: str) -> tuple[list[str], set[str]]:
+    """The `ok`/`deny` lines in order (pids and ports as N), and the shapes of
+    the others (all numbers as N)."""
+    lines = [line[len(program) + 2:] for line in log.splitlines()
+             if line.startswith(program + ": ")]
+    return ([re.sub(r"(?<=[ :])\d+(?=$| )", "N", line) for line in lines
+             if line.startswith(("ok ", "deny "))],
+            {re.sub(r"\d+", "N", line) for line in lines
+             if not line.startswith(("ok ", "deny "))})
+
+
+@pytest.fixture
+def env_dirs(tmp_path: Path, control: Path):
+    let_service_user_in(tmp_path)
+    dirs = {}
+    for name in ("tcpserver", "forkserver"):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        dirs[name].chmod(0o777)
+    return dirs
+
+
+def test_same_decisions_and_environment_as_tcpserver(tmp_path, control, env_dirs):
+    queue = env_queue(tmp_path)
+    base = {"QMAIL_CONTROL": str(control), "QMAILQUEUE": str(queue),
+            "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    reference = TcpServer(tmp_path, RULES, {**base, "ENVDIR": str(env_dirs["tcpserver"])},
+                          [SERVER])
+    ours = ForkServer(tmp_path, RULES, {**base, "ENVDIR": str(env_dirs["forkserver"])})
+    try:
+        for source in SOURCES:
+            expected = one_session(reference.port, source)
+            assert one_session(ours.port, source) == expected, source
+            theirs = recorded(env_dirs["tcpserver"], source)
+            mine = recorded(env_dirs["forkserver"], source)
+            assert mine == theirs, source
+            if expected == "queued":
+                assert mine["TCPREMOTEIP"] == source and "WHICH" in mine
+        assert [s for s in SOURCES if not recorded(env_dirs["forkserver"], s)] == \
+            ["127.0.5.5"]
+        assert recorded(env_dirs["forkserver"], "127.9.9.9")["TCPLOCALHOST"] == "from-a-rule"
+        # tcpserver -v's lines, word for word but for the program's name and numbers
+        theirs_lines, theirs_shapes = verbose_lines(reference.log(), "tcpserver")
+        assert verbose_lines(ours.log(), "qmail-esmtpd-server") == \
+            (theirs_lines[1:], theirs_shapes)  # [0]: TcpServer's probe for the port
+    finally:
+        reference.stop()
+        ours.stop()
+    if os.geteuid() == 0:  # the sessions ran as nobody, never as root
+        uid = (env_dirs["forkserver"] / "127.0.0.1.uid").read_text().strip()
+        assert uid == str(subprocess.run(["id", "-u", "nobody"], capture_output=True,
+                                         text=True).stdout.strip())
+
+
+def test_a_replaced_rules_file_counts_from_the_next_connection(forkserver, queue):
+    server = forkserver(":allow\n")
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    server.compile_rules("127.0.0.1:deny\n:allow\n")
+    assert one_session(server.port, "127.0.0.1") == "denied"
+    assert one_session(server.port, "127.0.0.3") == "queued"
+
+
+def test_missing_rules_drop_the_connection_unless_x(forkserver, tmp_path):
+    server = forkserver(":allow\n")
+    server.cdb.unlink()
+    assert one_session(server.port, "127.0.0.1") == "denied"
+    assert "unable to read" in server.wait_log("unable to read")
+    allowing = forkserver(":allow\n", options=["-X"])
+    allowing.cdb.unlink()
+    assert one_session(allowing.port, "127.0.0.1") == "queued"
+
+
+# --- limits ------------------------------------------------------------------
+
+
+def greeting(sock: socket.socket) -> bytes:
+    return sock.makefile("rb").readline()
+
+
+def test_concurrency_limit_keeps_the_next_connection_in_the_backlog(forkserver):
+    server = forkserver(":allow\n", options=["-c", "1"])
+    first = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert greeting(first).startswith(b"220 ")
+    second = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    second.settimeout(1)  # a negative check: nothing while the first one runs
+    with pytest.raises(socket.timeout):
+        second.recv(1)
+    first.sendall(b"QUIT\r\n")
+    first.close()
+    second.settimeout(20)
+    assert greeting(second).startswith(b"220 ")
+    second.close()
+
+
+def test_per_source_limit_answers_421_from_a_child(forkserver):
+    server = forkserver(":allow\n", options=["-C", "1"])
+    first = socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                     source_address=("127.0.0.7", 0))
+    assert greeting(first).startswith(b"220 ")
+    again = socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                     source_address=("127.0.0.7", 0))
+    assert again.makefile("rb").read() == replies.TOO_MANY_FROM_SOURCE
+    other = socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                     source_address=("127.0.0.8", 0))
+    assert greeting(other).startswith(b"220 ")
+    for sock in (first, again, other):
+        sock.close()
+    wait_count(server, ": end ", 3)
+    assert one_session(server.port, "127.0.0.7") == "queued"  # the count went down again
+    assert re.search(r"limit \d+ localhost:127\.0\.0\.1:\d+ :127\.0\.0\.7::\d+",
+                     server.wait_log(":127.0.0.7::"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run sessions as root")
+def test_refuses_to_run_sessions_as_root(tmp_path):
+    out = subprocess.run([str(FORKSERVER), "127.0.0.1", "0"], capture_output=True, timeout=60)
+    assert out.returncode == 111
+    assert b"refusing to run sessions as root" in out.stderr
+
+
+# --- signals, crashes, fork safety ---------------------------------------------
+
+
+def wait_count(server: ForkServer, text: str, count: int, timeout: float = 20) -> str:
+    """The server's log once `text` is in it `count` times (or at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while (log := server.log()).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return log
+
+
+def child_pids(server: ForkServer, count: int) -> list[int]:
+    log = wait_count(server, ": pid ", count)
+    return [int(pid) for pid in re.findall(r": pid (\d+) from", log)]
+
+
+def test_sigterm_stops_accepting_and_lets_sessions_finish(forkserver):
+    server = forkserver(":allow\n")
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=20)
+    client.ehlo("client.test")
+    server.signal(signal.SIGTERM)
+    server.wait_log("SIGTERM: waiting")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+    client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert client.quit()[0] == 221
+    assert server.proc.wait(timeout=20) == 0
+
+
+def test_sighup_reloads_and_sessions_go_on(forkserver, control):
+    server = forkserver(":allow\n")
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    server.signal(signal.SIGHUP)
+    server.wait_log("SIGHUP")
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        client.starttls(context=context)
+        client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert server.proc.poll() is None
+
+
+def test_a_killed_session_affects_nobody_else(forkserver):
+    server = forkserver(":allow\n")
+    victim = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert greeting(victim).startswith(b"220 ")
+    (pid,) = child_pids(server, 1)
+    os.kill(pid, signal.SIGKILL)
+    assert victim.recv(1) == b""
+    assert f"end {pid} status 9" in server.wait_log(f"end {pid}")
+    assert one_session(server.port, "127.0.0.1") == "queued"
+
+
+def test_children_do_not_share_random_state():
+    """The facts fork safety rests on: after os.fork() (which the server uses),
+    Python's `random` is reseeded and OpenSSL's generator notices the new pid."""
+    code = ("import os, random, ssl\n"
+            "random.random(); ssl.RAND_bytes(16)\n"
+            "for _ in range(2):\n"
+            "    if os.fork() == 0:\n"
+            "        print(random.getrandbits(64), ssl.RAND_bytes(16).hex(), flush=True)\n"
+            "        os._exit(0)\n"
+            "    os.wait()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60).stdout.split()
+    assert len(out) == 4 and out[0] != out[2] and out[1] != out[3]
+
+
+def test_the_server_holds_no_database_connection(db, forkserver, queue):
+    from test_auth import ALICE, ALICE_PW, login
+
+    db.add(ALICE, ALICE_PW)
+    server = forkserver(":allow\n", env=db.env())
+    for _ in range(2):
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+            login(client, ALICE, ALICE_PW)
+    sockets = [os.readlink(f"/proc/{server.proc.pid}/fd/{fd}")
+               for fd in os.listdir(f"/proc/{server.proc.pid}/fd")]
+    assert len([s for s in sockets if s.startswith("socket:")]) == 1  # the listener
+
+
+def test_checkpassword_arguments_and_queue_environment(forkserver, tmp_path):
+    """What test_forkserver_suites leaves out, with stand-ins in sh."""
+    checker = write_program(tmp_path / "checkpassword", (
+        "#!/bin/sh\n"
+        "read -r line <&3 || true\n"
+        'case "$line" in alice*wonderland*) exec "$@";; esac\n'
+        "exit 1\n"))
+    directory = tmp_path / "seen"
+    directory.mkdir()
+    directory.chmod(0o777)
+    let_service_user_in(tmp_path)
+    server = forkserver(":allow\n", env={"AUTHFAILDELAY": "0", "QMAILQUEUE": str(
+        env_queue(tmp_path)), "ENVDIR": str(directory)}, argv=[SERVER, checker, "/bin/true"])
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+        client.ehlo("client.test")
+        assert "LOGIN" in client.esmtp_features.get("auth", "")
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("alice", "wrong")
+        client.login("alice", "wonderland")
+        client.sendmail("alice@client.test", ["x@elsewhere.test"], b"Subject: x\r\n\r\nx\r\n")
+    seen = recorded(directory, "127.0.0.1")
+    assert seen["TCPREMOTEINFO"] == "alice" and seen["RELAYCLIENT"] == ""
+
+
+def test_systemd_socket(tmp_path, control, queue):
+    """As systemd starts it: the listening socket on fd 3, LISTEN_FDS=1 and
+    LISTEN_PID naming the server's own pid (a Python shim moves the socket
+    to fd 3 and execs, keeping its pid)."""
+    let_service_user_in(tmp_path)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    shim = ("import os, sys\n"
+            "os.dup2(int(sys.argv[1]), 3)\n"
+            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+            "os.execv(sys.argv[2], sys.argv[2:])\n")
+    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true",
+           "LISTEN_FDS": "1"}
+    log = tmp_path / "systemd.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", shim, str(listener.fileno()),
+                                 str(FORKSERVER), "-v", "-S", "-T", "5", *service_ids()],
+                                env=env, pass_fds=(listener.fileno(),), stderr=err,
+                                start_new_session=True)
+    try:
+        with smtplib.SMTP(*listener.getsockname(), timeout=20) as client:
+            assert client.ehlo("client.test")[0] == 250
+    finally:
+        listener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=20) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", log.read_text())
+
+
+def test_usage_errors_are_exit_100():
+    out = subprocess.run([str(FORKSERVER), "-h", "0", "25"], capture_output=True, timeout=60)
+    assert out.returncode == 100 and b"not supported" in out.stderr
+
+
+def test_no_session_byte_comes_from_the_server(forkserver):
+    """A denied connection sees nothing at all (the parent never writes SMTP)."""
+    server = forkserver("127.0.0.1:deny\n:allow\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        assert s.recv(100) == b""
+
+
+# --- the recorded transcripts, through the server -------------------------------
+
+CONFORMANCE = Path(__file__).resolve().parent / "conformance"
+
+
+@pytest.mark.parametrize("golden, scenarios", [("golden", "scenarios"),
+                                               ("golden-auth", "scenarios-auth")])
+def test_recorded_transcripts_through_the_server(golden, scenarios):
+    """`make conformance` with tests/conformance/through-server in the launcher's
+    place: a connection through qmail-esmtpd-server per scenario.  Left out:
+    scenarios without TCPREMOTEIP or TCPLOCALIP, which no TCP server makes."""
+    chosen = [str(path) for path in sorted((CONFORMANCE / scenarios).glob("*.scn"))
+              if not re.search(r"^unset TCP(REMOTE|LOCAL)IP$", path.read_text(), re.M)]
+    assert len(chosen) >= 10
+    out = subprocess.run([sys.executable, str(CONFORMANCE / "dialog.py"), "--check",
+                          str(CONFORMANCE / golden), *chosen, "--",
+                          str(CONFORMANCE / "through-server"), str(FORKSERVER)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert f"{len(chosen)} scenario(s), 0 failed" in out.stdout
+
+
+def test_malloc_huge_pages_for_the_server_not_for_sessions(forkserver, tmp_path):
+    """The server starts itself again with glibc.malloc.hugetlb=1 (argon2's
+    19 MiB per AUTH in 2 MB pages); qmail-queue does not inherit it."""
+    directory = tmp_path / "seen"
+    directory.mkdir()
+    directory.chmod(0o777)
+    server = forkserver(":allow\n", env={"QMAILQUEUE": str(env_queue(tmp_path)),
+                                         "ENVDIR": str(directory)})
+    start = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in start
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    assert "GLIBC_TUNABLES" not in recorded(directory, "127.0.0.1")
+
+
+def test_auth_over_starttls_under_the_documented_softlimit(db, forkserver, control):
+    """service/run-server's `softlimit -m M -s S` around the server: every child
+    (a copy of it, AUTH and TLS loaded) verifies argon2id within it."""
+    import ssl
+
+    from test_auth import ALICE, ALICE_PW
+
+    db.add(ALICE, ALICE_PW)
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    limits = re.search(r"softlimit (-m \d+ -s \d+)", (ROOT / "service" / "run-server").read_text())
+    assert limits
+    server = forkserver(":allow\n", env=db.env(), wrapper=["softlimit", *limits[1].split()])
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.starttls(context=context)
+        client.login(ALICE, ALICE_PW)
+        client.sendmail(ALICE, ["x@elsewhere.test"], b"Subject: x\r\n\r\n" + b"y" * 4000)
