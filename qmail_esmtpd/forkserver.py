@@ -362,6 +362,7 @@ class Server:
     def shutdown(self, wake: int) -> int:
         """SIGTERM: no new connections; running sessions get `grace` seconds, then SIGTERM."""
         self.sock.close()
+        self.reap()  # sessions that ended while the signal came: no wake-up will say so
         if self.children:
             log(f"SIGTERM: waiting up to {self.opts.grace:g} s for "
                 f"{len(self.children)} sessions")

@@ -251,12 +251,9 @@ class ForkServer:
         self.proc.send_signal(signum)
 
     def stop(self) -> None:
-        """SIGTERM to the server alone, then (bounded) to its whole group."""
-        try:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        """SIGTERM to the server and its sessions at once, so that a client a
+        test left open does not hold the teardown for the -T grace (SIGTERM's
+        graceful wait has a test of its own)."""
         end_group(self.proc)
         if self.proc.stdout:
             self.proc.stdout.close()
