@@ -32,14 +32,14 @@ if TYPE_CHECKING:
     from .auth import Authenticator
     from .tls import ServerTLS
 
-    OpenTLS = Callable[[bytes, bytes | None], ServerTLS]
+    OpenTLS = Callable[[bytes, bytes | None, bytes | None], ServerTLS]
 
 QMAIL_HOME = b"/var/qmail"
 SERVERCERT = b"servercert.pem"  # the TLS patch's file: certificate chain and key
 
 
 def main(preloaded_tls: "OpenTLS | None" = None) -> int:
-    """One session on fds 0/1.  `preloaded_tls(certfile, ciphers)` is how
+    """One session on fds 0/1.  `preloaded_tls(certfile, ciphers, remoteip)` is how
     qmail-esmtpd-server hands its session a certificate it loaded once."""
     env = posix.environ
     client = env.get(b"TCPREMOTEIP", b"unknown").decode("ascii", "replace")  # for log lines
@@ -116,12 +116,12 @@ def main(preloaded_tls: "OpenTLS | None" = None) -> int:
         return QueueJob(program, child_env)
 
     def open_tls() -> "ServerTLS":
+        certfile, ciphers = controls.path(SERVERCERT), controls.line(b"tlsserverciphers")
         if preloaded_tls is not None:
-            return preloaded_tls(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"))
+            return preloaded_tls(certfile, ciphers, settings.remoteip)
         from .tls import ServerTLS  # `ssl` loads only when TLS is asked for
 
-        return ServerTLS(controls.path(SERVERCERT), controls.line(b"tlsserverciphers"),
-                         settings.remoteip)
+        return ServerTLS(certfile, ciphers, settings.remoteip)
 
     channel = Channel(settings.timeout)
     try:

@@ -111,11 +111,12 @@ class PreloadedTLS:
         if _stamp(controls.path(SERVERCERT)) != self.stamp:
             self.load(controls)
 
-    def __call__(self, certfile: bytes, ciphers: bytes | None) -> "ServerTLS":
+    def __call__(self, certfile: bytes, ciphers: bytes | None,
+                 remoteip: bytes | None = None) -> "ServerTLS":
         loaded = self.loaded
         if loaded is not None and loaded[:2] == (certfile, ciphers) \
                 and _stamp(certfile) == loaded[2]:
             return loaded[3]
         from .tls import ServerTLS
 
-        return ServerTLS(certfile, ciphers)
+        return ServerTLS(certfile, ciphers, remoteip)

@@ -89,9 +89,8 @@ def stored_plaintext(stored: str, plaintext: bool) -> bytes | None:
     """The password itself, where `stored` holds it in plaintext and `plaintext`
     (authplaintext) lets rows do that, as check() reads rows; else None.  APOP
     needs it: its digest can only be checked against the password."""
-    if not plaintext or is_disabled(stored) or stored.startswith("$"):
-        return None
-    if len(stored) == 13 and _DES_CHARS.issuperset(stored):  # a DES crypt hash
+    if not plaintext or is_disabled(stored) or stored.startswith("$") \
+            or _legacy_location(stored) is not None:
         return None
     return stored.encode("utf-8")
 
@@ -134,11 +133,17 @@ def _dummy(password: bytes) -> tuple[bool, bool]:
     return False, False
 
 
-def _legacy_handler(stored: str) -> "Any":
-    """The passlib handler class for a crypt(3) hash, loaded alone; None if not one."""
+def _legacy_location(stored: str) -> "tuple[str, str] | None":
+    """(module, class) of the passlib handler for a crypt(3) hash; None if not one."""
     where = next((v for prefix, v in _LEGACY.items() if stored.startswith(prefix)), None)
     if where is None and len(stored) == 13 and _DES_CHARS.issuperset(stored):
         where = _DES
+    return where
+
+
+def _legacy_handler(stored: str) -> "Any":
+    """The passlib handler class for a crypt(3) hash, loaded alone; None if not one."""
+    where = _legacy_location(stored)
     if where is None:
         return None
     module = __import__(where[0], fromlist=[where[1]])
