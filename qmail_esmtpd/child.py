@@ -7,14 +7,15 @@ session code tcpserver mode runs (`cli.main`), with the preloaded TLS
 context, and the child's exit status is the session's.
 """
 
+import _signal  # the C module behind `signal`: signal.signal() builds enums, ~100 page faults
 import os
 import posix
-import signal
 import sys
 
 from . import log as logmodule
+from .cli import main as session_main
 from .log import log
-from .tcprules import RulesFile, RulesUnreadable
+from .tcprules import Rule, RulesUnreadable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,27 +30,29 @@ TROUBLE = 111
 class Listening:
     """What every child shares: how the server was told to behave."""
 
-    def __init__(self, rules: RulesFile | None, localhost: bytes | None, verbose: bool,
+    def __init__(self, localhost: bytes | None, verbose: bool,
                  session_argv: list[str], tls: "PreloadedTLS") -> None:
-        self.rules = rules
         self.localhost = localhost
         self.verbose = verbose
         self.session_argv = session_argv
         self.tls = tls
 
 
-def setenv(name: bytes, value: bytes | None) -> None:
+def setenv(name: bytes, value: bytes | None, for_libpq: bool = True) -> None:
     """Set (None: remove) a variable for the session and for what it starts.
 
-    posix.environ is what the session reads and hands to qmail-queue;
-    putenv() is what libpq's getenv() sees.
+    posix.environ is what the session reads and hands to everything it
+    spawns; putenv() is only for libpq's getenv(), which a rule's variable
+    (PGSERVICE, say) may be meant for and tcpserver's TCP ones never are.
     """
     if value is None:
         posix.environ.pop(name, None)
-        os.unsetenv(name)
+        if for_libpq:
+            os.unsetenv(name)
     else:
         posix.environ[name] = value
-        os.putenv(name, value)
+        if for_libpq:
+            os.putenv(name, value)
 
 
 def tcp_environment(local: tuple, remote: tuple, localhost: bytes | None) -> \
@@ -71,29 +74,27 @@ def connection_line(word: str, local: tuple, remote: tuple, localhost: bytes | N
 
 def reset_signals() -> None:
     """A session starts with the dispositions a freshly exec'd qmail-esmtpd has."""
-    signal.set_wakeup_fd(-1)  # before the server's wakeup pipe is closed
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+    _signal.set_wakeup_fd(-1)  # before the server's wakeup pipe is closed
+    for signum in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(signum, _signal.SIG_DFL)
 
 
-def run(conn: "socket.socket", listening: Listening) -> int:
-    """Everything a child does with one accepted connection; its exit status."""
+def run(conn: "socket.socket", listening: Listening, rule: "Rule | RulesUnreadable") -> int:
+    """Everything a child does with one accepted connection; its exit status.
+    `rule` is what the server found for the client in its rules (ALLOW_ALL
+    without a rules file)."""
     reset_signals()
     local, remote = conn.getsockname(), conn.getpeername()
     if listening.verbose:
         log(f"pid {posix.getpid()} from {remote[0]}")
     for name, value in tcp_environment(local, remote, listening.localhost):
+        setenv(name, value, for_libpq=False)
+    if isinstance(rule, RulesUnreadable):
+        log(f"warning: dropping connection, unable to read {rule}")
+        return TROUBLE
+    deny = rule.deny
+    for name, value in rule.variables:
         setenv(name, value)
-    deny = False
-    if listening.rules is not None:
-        try:
-            rule = listening.rules.rule(remote[0].encode())
-        except RulesUnreadable as e:
-            log(f"warning: dropping connection, unable to read {e}")
-            return TROUBLE
-        deny = rule.deny
-        for name, value in rule.variables:
-            setenv(name, value)
     if listening.verbose:
         log(connection_line("deny" if deny else "ok", local, remote, listening.localhost))
     if deny:
@@ -104,9 +105,7 @@ def run(conn: "socket.socket", listening: Listening) -> int:
     posix.close(fd)
     logmodule.PROGRAM = "qmail-esmtpd"
     sys.argv = ["qmail-esmtpd", *listening.session_argv]
-    from .cli import main
-
-    return main(listening.tls)
+    return session_main(listening.tls)
 
 
 def refuse(conn: "socket.socket", reply: bytes, listening: Listening) -> int:

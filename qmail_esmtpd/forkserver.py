@@ -35,7 +35,7 @@ from . import log as logmodule
 from . import preload, replies
 from .child import TROUBLE, Listening, refuse, reset_signals, run
 from .log import log
-from .tcprules import RulesFile
+from .tcprules import ALLOW_ALL, Rule, RulesFile, RulesUnreadable
 
 USAGE = ("usage: qmail-esmtpd-server [-vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
          "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] "
@@ -295,20 +295,22 @@ class Server:
             return
         source = remote[0]
         over = 0 < self.opts.per_source <= self.per_source.get(source, 0)
+        rule: "Rule | RulesUnreadable" = ALLOW_ALL
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not over:
                 self.listening.tls.refresh(self.controls)
                 if self.rules is not None:
-                    try:
-                        self.rules.current()  # read once here, not in every child
-                    except Exception:
-                        pass  # the child drops the connection and says why
-            self.fork(conn, source, over)
+                    try:  # looked up here, where the table stays read and cached
+                        rule = self.rules.rule(source.encode())
+                    except RulesUnreadable as e:  # the child drops the connection, says why
+                        rule = e
+            self.fork(conn, source, over, rule)
         finally:
             conn.close()
 
-    def fork(self, conn: socket.socket, source: str, over: bool) -> None:
+    def fork(self, conn: socket.socket, source: str, over: bool,
+             rule: "Rule | RulesUnreadable") -> None:
         try:
             pid = os.fork()
         except OSError as e:
@@ -322,7 +324,7 @@ class Server:
                 for fd in self.wake_fds:
                     os.close(fd)
                 status = refuse(conn, replies.TOO_MANY_FROM_SOURCE, self.listening) if over \
-                    else run(conn, self.listening)
+                    else run(conn, self.listening, rule)
             except BaseException as e:  # a bug: never back into the server's loop
                 log(f"session failed: {type(e).__name__}: {e}")
             finally:
@@ -459,7 +461,7 @@ def main() -> int:
     os.close(null)
     rules = RulesFile(opts.rules.encode(), opts.allow_missing_rules) if opts.rules else None
     localhost = opts.localhost.encode() if opts.localhost is not None else None
-    listening = Listening(rules, localhost, opts.verbosity >= 2, opts.session_argv,
+    listening = Listening(localhost, opts.verbosity >= 2, opts.session_argv,
                           preload.PreloadedTLS())
     server = Server(sock, opts, listening, rules)
     # Code is loaded with the privileges the server started with (the

@@ -12,6 +12,8 @@ A value is tcprules' encoding: NUL-terminated instructions, `D` for deny and
 
 import posix
 
+from .cdb import CdbError, CdbInMemory
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,8 +78,12 @@ class RulesFile:
     inode, size or modification time means a new table; `current()` checks
     with one stat() per connection and reads the file only when it changed.
     A missing file allows everything with `allow_missing` (tcpserver -X),
-    else every connection is dropped, as tcpserver does.
+    else every connection is dropped, as tcpserver does.  Rules found are
+    kept per address until the file changes (the server looks them up
+    before it forks, so a child never touches the table).
     """
+
+    CACHED = 4096  # addresses whose rule is kept; then the cache starts again
 
     def __init__(self, path: bytes, allow_missing: bool = False) -> None:
         self.path = path
@@ -85,6 +91,7 @@ class RulesFile:
         self.stamp: tuple[int, int, int, int] | None = None
         self.find: "Finder | None" = None
         self.data = b""
+        self.found: dict[bytes, Rule] = {}
 
     def sets(self, name: bytes) -> bool:
         """Whether some entry of the table read last may set variable `name`
@@ -104,6 +111,7 @@ class RulesFile:
             raise RulesUnreadable(f"{self.path.decode(errors='replace')}: {e.strerror}") from None
         stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self.stamp or self.find is None:
+            self.found = {}
             self.find = self._read()
             self.stamp = stamp
         return self.find
@@ -113,8 +121,6 @@ class RulesFile:
         self.stamp, self.find = None, None
 
     def _read(self) -> "Finder":
-        from .cdb import CdbInMemory
-
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -129,11 +135,18 @@ class RulesFile:
 
     def rule(self, ip: bytes) -> Rule:
         """The rule for `ip`; RulesUnreadable when the file cannot be used."""
-        from .cdb import CdbError
-
         find = self.current()
+        if find is None:
+            return ALLOW_ALL
+        rule = self.found.get(ip)
+        if rule is not None:
+            return rule
         try:
-            return ALLOW_ALL if find is None else find_rule(find, ip)
+            rule = find_rule(find, ip)
         except CdbError as e:  # cut or garbled inside: tcpserver cannot read it either
             raise RulesUnreadable(f"{self.path.decode(errors='replace')}: not a cdb ({e})") \
                 from None
+        if len(self.found) >= self.CACHED:
+            self.found = {}
+        self.found[ip] = rule
+        return rule

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from qmail_esmtpd import replies
-from qmail_esmtpd.tcprules import decode, find_rule, lookup_keys
+from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
 from support import (
     FORKSERVER,
@@ -46,6 +46,24 @@ def test_first_key_found_decides():
     assert find_rule(table.get, b"10.1.2.3").variables == [(b"WHICH", b"two")]
     assert find_rule(table.get, b"10.10.2.3").deny  # "10.1." is no prefix of "10.10."
     assert find_rule({}.get, b"10.1.2.3").variables == []
+
+
+def test_rules_are_kept_per_address_until_the_file_is_replaced(tmp_path, monkeypatch):
+    cdb = tmp_path / "tcp.smtp.cdb"
+
+    def compile_rules(text: str) -> None:
+        subprocess.run(["tcprules", str(cdb), f"{cdb}.tmp"], input=text.encode(), check=True)
+
+    compile_rules('127.0.0.:allow,WHICH="one"\n:deny\n')
+    rules = RulesFile(bytes(cdb))
+    monkeypatch.setattr(RulesFile, "CACHED", 2)
+    first = rules.rule(b"127.0.0.1")
+    assert first.variables == [(b"WHICH", b"one")] and rules.rule(b"127.0.0.1") is first
+    assert rules.rule(b"10.0.0.1").deny and len(rules.found) == 2
+    assert rules.rule(b"127.0.0.2") is not first and len(rules.found) == 1  # started again
+    compile_rules('127.0.0.:allow,WHICH="two"\n')
+    assert rules.rule(b"127.0.0.2").variables == [(b"WHICH", b"two")]
+    assert not rules.rule(b"10.0.0.1").deny
 
 
 # --- against real tcpserver --------------------------------------------------
