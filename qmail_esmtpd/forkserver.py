@@ -286,13 +286,16 @@ class Server:
 
     def accept(self) -> None:
         try:
-            conn, remote = self.sock.accept()
+            # _accept(): socket.accept() turns family and type into enums for
+            # the new socket object, pages every child would then copy
+            fd, remote = self.sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as e:  # out of descriptors, for instance: try again shortly
             log(f"warning: unable to accept: {e}")
             time.sleep(0.1)
             return
+        conn = socket.socket(fileno=fd)
         source = remote[0]
         over = 0 < self.opts.per_source <= self.per_source.get(source, 0)
         rule: "Rule | RulesUnreadable" = ALLOW_ALL
