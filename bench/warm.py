@@ -4,7 +4,10 @@ Throughput: plain sessions/s at concurrency 1 and 4, the servers taking
 turns round by round (one interleaved run).  C qmail-smtpd comes from
 $QMAIL_SMTPD_C (a binary built with conf-qmail = $QMAIL_SMTPD_C_HOME, by
 default two folders up; the bench writes its control/me and rcpthosts);
-without it that row is skipped.
+without it that row is skipped.  Beside them runs the floor of the design,
+bench/forkfloor.py: the same preloads and one fork per connection, but
+fixed replies, so what is left between the server and the floor is the
+session's own work.
 
 CPU per session: the server's own CPU and its reaped children's, from
 /proc/PID/stat, between two points after a warm-up (10 ms ticks, summed over
@@ -45,12 +48,42 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+class ForkFloor:
+    """bench/forkfloor.py: fork per connection, fixed replies (TcpServer's .port, .proc, .stop)."""
+
+    def __init__(self, interpreter: str, env: dict) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [interpreter, "-I", "-S", str(Path(__file__).with_name("forkfloor.py"))],
+            env={"PATH": "/usr/bin:/bin", **env}, stdout=subprocess.PIPE,
+            start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise BenchError("bench/forkfloor.py did not start")
+        self.port = int(line)
+
+    def stop(self) -> None:
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+FLOOR = "floor: fork, fixed replies"
+
+
 @contextmanager
 def servers(bench: Bench, authdb: bool = False, tls: bool = False) -> \
-        Iterator[dict[str, "TcpServer | ForkServer"]]:
+        Iterator[dict[str, "TcpServer | ForkServer | ForkFloor"]]:
     """The frontends side by side: name -> running server (pid: .proc.pid)."""
     env = {k: v for k, v in bench.env(authdb, tls).items() if not k.startswith("TCP")}
-    running: dict[str, TcpServer | ForkServer] = {}
+    running: dict[str, TcpServer | ForkServer | ForkFloor] = {}
     try:
         c_program = os.environ.get("QMAIL_SMTPD_C")
         if c_program and not (authdb or tls):
@@ -70,6 +103,8 @@ def servers(bench: Bench, authdb: bool = False, tls: bool = False) -> \
                 let_service_user_in(Path(env["AUTHDB"].split("host=")[1].split()[0]))
         running["qmail-esmtpd-server"] = ForkServer(bench.workdir, ":allow\n", env,
                                                     verbose=False)
+        if not (authdb or tls):
+            running[FLOOR] = ForkFloor(bench.launcher.interpreter, env)
         yield running
     finally:
         for server in running.values():
@@ -94,9 +129,11 @@ def throughput(bench: Bench, sessions: int) -> None:
     c_rows = [key for key in rates if key[0].startswith("C ")]
     if c_rows:
         for level in LEVELS:
-            ratio = (sorted(rates["qmail-esmtpd-server", level])[ROUNDS // 2]
-                     / sorted(rates["C qmail-smtpd, tcpserver", level])[ROUNDS // 2])
-            print(f"   qmail-esmtpd-server / C at c={level}: {ratio:.2f}x (medians)")
+            c_rate = sorted(rates["C qmail-smtpd, tcpserver", level])[ROUNDS // 2]
+            ratio, floor = (sorted(rates[name, level])[ROUNDS // 2] / c_rate
+                            for name in ("qmail-esmtpd-server", FLOOR))
+            print(f"   qmail-esmtpd-server / C at c={level}: {ratio:.2f}x (medians; target "
+                  f"0.75x at c=4); the forking floor / C: {floor:.2f}x")
     else:
         print("   (no C row: set QMAIL_SMTPD_C to a qmail-smtpd binary)")
 
