@@ -22,7 +22,11 @@ the repository root, prints in one run:
 4. connect-to-banner latency through tcpserver;
 5. two frontends (tcpserver on 127.0.0.1 and 127.0.0.2) at concurrency 8
    each, AUTH sessions of one user through pgbouncer and then straight to
-   PostgreSQL: sessions/s, peak backends, errors and the exact final count.
+   PostgreSQL: sessions/s, peak backends, errors and the exact final count;
+6. qmail-esmtpd-server beside tcpserver mode, C qmail-smtpd (when
+   $QMAIL_SMTPD_C names one) and the forking floor (bench/forkfloor.py):
+   plain sessions/s at concurrency 1 and 4, CPU of a STARTTLS and of an
+   AUTH-over-STARTTLS session, the server's memory (bench/warm.py).
 
 It prints figures with their targets and asserts nothing; it stops with an
 error only when the server misbehaves (so a broken server cannot look fast).
@@ -35,7 +39,7 @@ STARTTLS figures make a self-signed certificate with openssl(1).
 __main__.py lists the figures; figures.py prints each one; session.py is the
 SMTP session they run, setup.py what it runs against, starttls.py the TLS
 client on pipes, and pipes.py, imports.py, tcp.py, database.py and
-frontends.py measure.
+frontends.py measure; warm.py and forkfloor.py are figure 6.
 """
 
 import sys

@@ -226,7 +226,7 @@ def tls_cpu(bench: Bench, sessions: int) -> None:
 def figures(bench: Bench, sessions: int) -> None:
     from .figures import section
 
-    section("8. qmail-esmtpd-server (warm, forking) beside tcpserver mode")
+    section("6. qmail-esmtpd-server (warm, forking) beside tcpserver mode")
     throughput(bench, sessions)
     tls_cpu(bench, max(sessions // 3, 30))
 
