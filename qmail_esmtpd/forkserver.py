@@ -34,6 +34,7 @@ import time
 from . import log as logmodule
 from . import preload, replies
 from .child import TROUBLE, Listening, refuse, reset_signals, run
+from .config import MAX_SECONDS
 from .log import log
 from .tcprules import ALLOW_ALL, Rule, RulesFile, RulesUnreadable
 
@@ -62,7 +63,7 @@ class Options:
         self.verbosity = 1
         self.print_port = False
         self.systemd = False
-        self.grace = 60.0
+        self.grace = 60
         self.host = ""
         self.port = ""
         self.session_argv: list[str] = []
@@ -102,25 +103,36 @@ def parse(argv: list[str]) -> Options:
     return opts
 
 
+MAX_COUNT = 2**31 - 1  # listen() takes a C int; no count of sessions gets near it
+MAX_ID = 2**32 - 2  # uid_t and gid_t; 2**32 - 1 is -1, "leave unchanged"
+MAX_PORT = 65535
+
+# letter -> (attribute, largest value): counts and seconds are cut to it, ids refused above it
+NUMBER_OPTIONS = {"c": ("limit", MAX_COUNT), "C": ("per_source", MAX_COUNT),
+                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS),
+                  "u": ("uid", MAX_ID), "g": ("gid", MAX_ID)}
+
+
 def _number(letter: str, value: str) -> int:
     if not value.isdigit():
         raise UsageError(f"-{letter} wants a number, not {value!r}")
-    return int(value)
-
-
-NUMBER_OPTIONS = {"c": "limit", "C": "per_source", "b": "backlog", "u": "uid", "g": "gid"}
+    number = int(value)
+    largest = NUMBER_OPTIONS[letter][1] if letter in NUMBER_OPTIONS else MAX_ID
+    if number > largest:
+        if largest == MAX_ID:
+            raise UsageError(f"-{letter} {value}: no such user or group id")
+        number = largest
+    return number
 
 
 def _set_value(opts: Options, letter: str, value: str) -> None:
     if letter in NUMBER_OPTIONS:
-        setattr(opts, NUMBER_OPTIONS[letter], _number(letter, value))
+        setattr(opts, NUMBER_OPTIONS[letter][0], _number(letter, value))
         opts.limit = max(1, opts.limit)
     elif letter == "x":
         opts.rules = value
     elif letter == "l":
         opts.localhost = value
-    elif letter == "T":
-        opts.grace = float(_number(letter, value))
 
 
 def _set_flag(opts: Options, letter: str) -> None:
@@ -149,8 +161,9 @@ class Fatal(Exception):
 def listening_socket(opts: Options) -> socket.socket:
     """Bound and listening: our own, or systemd's (LISTEN_PID must be ours)."""
     if opts.systemd:
-        if os.environ.get("LISTEN_PID") != str(os.getpid()) or \
-                int(os.environ.get("LISTEN_FDS", "0") or "0") < 1:
+        fds = os.environ.get("LISTEN_FDS", "")
+        if os.environ.get("LISTEN_PID") != str(os.getpid()) or not fds.isdigit() or \
+                int(fds) < 1:
             raise Fatal("-S: no socket from systemd (LISTEN_FDS, LISTEN_PID)")
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(name, None)  # not for the sessions
@@ -165,6 +178,8 @@ def listening_socket(opts: Options) -> socket.socket:
     host = "0.0.0.0" if opts.host in ("", "0") else opts.host
     try:
         port = int(opts.port) if opts.port.isdigit() else socket.getservbyname(opts.port, "tcp")
+        if port > MAX_PORT:
+            raise OSError(f"port {opts.port} is above {MAX_PORT}")
         address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
     except OSError as e:
         raise Fatal(f"unable to figure out address {opts.host}:{opts.port}: {e}") from None
@@ -369,7 +384,7 @@ class Server:
         self.sock.close()
         self.reap()  # sessions that ended while the signal came: no wake-up will say so
         if self.children:
-            log(f"SIGTERM: waiting up to {self.opts.grace:g} s for "
+            log(f"SIGTERM: waiting up to {self.opts.grace} s for "
                 f"{len(self.children)} sessions")
         deadline = time.monotonic() + self.opts.grace
         import select

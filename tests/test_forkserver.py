@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from qmail_esmtpd import replies
+from qmail_esmtpd.config import MAX_SECONDS
+from qmail_esmtpd.forkserver import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
 from support import (
@@ -378,6 +380,54 @@ def test_systemd_socket(tmp_path, control, queue):
 def test_usage_errors_are_exit_100():
     out = subprocess.run([str(FORKSERVER), "-h", "0", "25"], capture_output=True, timeout=60)
     assert out.returncode == 100 and b"not supported" in out.stderr
+
+
+def test_huge_numbers_are_cut_or_refused_at_parse():
+    """Counts and seconds beyond what the system takes are cut to it; an id no
+    uid_t holds is a usage error (not an OverflowError at setuid)."""
+    huge = "9" * 30
+    opts = parse(["-c", huge, "-C", huge, "-b", huge, "-T", huge, "0", "25"])
+    assert (opts.limit, opts.per_source, opts.backlog) == (MAX_COUNT,) * 3
+    assert opts.grace == MAX_SECONDS
+    for option in ("-u", "-g"):
+        with pytest.raises(UsageError):
+            parse([option, str(2**32 - 1), "0", "25"])
+    assert parse(["-u", str(2**32 - 2), "0", "25"]).uid == 2**32 - 2
+
+
+def test_hostile_start_values_end_cleanly(tmp_path):
+    """A huge id, a port above 65535, LISTEN_FDS that is not a number: tcpserver's
+    exit codes and one line saying why, never a traceback."""
+    huge_id = subprocess.run([str(FORKSERVER), "-u", "9" * 30, "-g", "1", "127.0.0.1", "0"],
+                             capture_output=True, timeout=60)
+    assert huge_id.returncode == 100 and b"no such user or group id" in huge_id.stderr
+    port = subprocess.run([str(FORKSERVER), *service_ids(), "127.0.0.1", "99999"],
+                          capture_output=True, timeout=60)
+    assert port.returncode == 111 and b"port 99999 is above 65535" in port.stderr
+    shim = ("import os, sys\n"
+            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+            "os.execv(sys.argv[1], sys.argv[1:])\n")
+    fds = subprocess.run([sys.executable, "-c", shim, str(FORKSERVER), "-S", *service_ids()],
+                         env={"PATH": "/usr/bin:/bin", "LISTEN_FDS": "abc"},
+                         capture_output=True, timeout=60)
+    assert fds.returncode == 111 and b"no socket from systemd" in fds.stderr
+    for out in (huge_id, port, fds):
+        assert b"Traceback" not in out.stderr
+
+
+def test_huge_limits_and_grace_still_serve_and_stop(forkserver):
+    """-c, -C, -b and -T far beyond any system's range: sessions run, and SIGTERM
+    waits for the one running (select() would refuse such a timeout uncut)."""
+    huge = "9" * 30
+    server = forkserver(":allow\n", options=["-c", huge, "-C", huge, "-b", huge, "-T", huge])
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=20)
+    client.ehlo("client.test")
+    server.signal(signal.SIGTERM)
+    server.wait_log(f"SIGTERM: waiting up to {MAX_SECONDS} s")
+    client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert client.quit()[0] == 221
+    assert server.proc.wait(timeout=20) == 0
+    assert "Traceback" not in server.log()
 
 
 def test_no_session_byte_comes_from_the_server(forkserver):
