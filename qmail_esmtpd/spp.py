@@ -125,6 +125,7 @@ class Plugins:
             return True, (replies.spp_failure(plugin, failure), BUFFER)
         printed = []
         for line in output.split(b"\n"):
+            line = line.partition(b"\0")[0]  # where the patch's C string ends
             if not line:
                 continue
             command, text = line[0], line[1:]

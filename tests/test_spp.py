@@ -129,6 +129,17 @@ def test_the_commands_one_by_one(tcpserver, plugins, control):
                 ).split(b"\r\n")[1:] == [b"250 ok", b""]
 
 
+def test_a_nul_in_plugin_output_ends_the_line_as_in_the_patch(tcpserver, plugins):
+    """A NUL ends a command where the patch's C string ends, so a variable name
+    with one cannot reach posix_spawn (an internal error for the next plugin)."""
+    plugins("[mail]\n:printf 'SV\\000W=1\\nHX-Nul: a\\000b\\n'\n"
+            "[rcpt]\n:printf 'E550 no\\000pe\\n'\n")
+    server = tcpserver()
+    reply = talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<u@example.com>\r\nNOOP\r\n")
+    assert reply.split(b"\r\n")[1:] == [b"250 ok", b"550 no", b"250 ok", b""]
+    assert "internal error" not in server.log()
+
+
 def test_connect_plugins_can_replace_the_greeting_or_refuse(tcpserver, plugins):
     plugins("[connection]\n:[ \"$TCPREMOTEIP\" = 127.0.0.1 ] && echo 'R554 no service for you'\n")
     server = tcpserver()
