@@ -44,7 +44,14 @@ import posix
 import sys
 
 from . import log as logging
-from .config import DEFAULT_CONTROL, ControlError, Controls, clamp_seconds, number_setting
+from .config import (
+    DEFAULT_CONTROL,
+    ControlError,
+    Controls,
+    clamp_seconds,
+    exportable,
+    number_setting,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -399,7 +406,7 @@ def execute(argv: list[str], env: "dict[bytes, bytes]") -> int:
     error = "not found"
     for candidate in candidates:
         try:
-            posix.execve(candidate, argv, env)
+            posix.execve(candidate, argv, exportable(env))
         except OSError as e:
             if e.errno != 2 or error == "not found":  # keep the first reason but ENOENT
                 error = e.strerror or "cannot run"

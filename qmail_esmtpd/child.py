@@ -45,6 +45,7 @@ def setenv(name: bytes, value: bytes | None, for_libpq: bool = True) -> None:
     spawns; putenv() is only for libpq's getenv(), which a rule's variable
     (PGSERVICE, say) may be meant for and tcpserver's TCP ones never are.
     """
+    for_libpq = for_libpq and bool(name)  # `="x"` in the rules: putenv() refuses it
     if value is None:
         posix.environ.pop(name, None)
         if for_libpq:

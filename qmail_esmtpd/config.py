@@ -22,6 +22,15 @@ MAX_SECONDS = 2**31 - 1  # about 68 years: the longest wait select() and sleep()
 READ_SIZE = 65536
 
 
+def exportable(env: "Mapping[bytes, bytes]") -> "Mapping[bytes, bytes]":
+    """`env` as posix_spawn and execve take it: without a variable whose name is
+    empty, which tcpserver passes on for a rule like `:allow,="x"` and Python
+    refuses to pass further (every DATA would fail)."""
+    if b"" not in env:
+        return env
+    return {name: value for name, value in env.items() if name}
+
+
 class ControlError(Exception):
     """A control file exists but cannot be read."""
 

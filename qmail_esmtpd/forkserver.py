@@ -436,7 +436,7 @@ def with_huge_pages() -> None:
     env[TUNABLES] = f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES
     try:
         os.execve(sys.executable, [sys.executable, *flags, script, *sys.argv[1:]], env)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a variable execve cannot pass
         pass  # go on with 4 KB pages
 
 

@@ -10,6 +10,7 @@ import _signal  # the C module behind `signal`, already loaded; `signal` costs e
 import posix
 
 from . import replies
+from .config import exportable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ def spawn(program: bytes, argv: list[bytes], env: "Mapping[bytes, bytes]",
     """Start a child as qmail-smtpd would, with default signal dispositions;
     its pid, or OSError.  posix_spawn keeps `subprocess` off the start-up path."""
     start = posix.posix_spawnp if search_path else posix.posix_spawn
-    return start(program, argv, env, file_actions=file_actions, setsigdef=RESET_SIGNALS)
+    return start(program, argv, exportable(env), file_actions=file_actions,
+                 setsigdef=RESET_SIGNALS)
 
 
 def status_text(wait_status: int, write_failed: bool, errtext: bytes) -> bytes:

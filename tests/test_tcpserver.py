@@ -19,6 +19,16 @@ def smtp(server) -> smtplib.SMTP:
     return smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30)
 
 
+def test_a_rule_variable_with_an_empty_name_does_not_stop_delivery(tcpserver, queue):
+    """tcprules takes `:allow,="x"` and tcpserver passes `=x` on; Python will not
+    hand such a variable to qmail-queue, so it is left out, not every DATA lost."""
+    server = tcpserver(':allow,="x",RELAYCLIENT=""\n')
+    with smtp(server) as c:
+        assert c.sendmail("a@client.test", ["b@elsewhere.org"], b"Subject: x\r\n\r\nx\r\n") == {}
+    assert [m["recipients"] for m in queue.queued()] == [["b@elsewhere.org"]]
+    assert "internal error" not in server.log() and "session failed" not in server.log()
+
+
 def test_relaying_allowed_by_a_relayclient_rule(tcpserver, queue):
     server = tcpserver(RELAY_LOCALHOST)
     with smtp(server) as c:
