@@ -16,12 +16,20 @@ class CdbError(Exception):
     """The file is shorter than its own pointers say: cut off or garbled."""
 
 
-def cdb_hash(key: bytes) -> int:
-    """cdb's hash: h = 5381; h = (h * 33) ^ byte, in 32 bits."""
+def prefix_hashes(key: "bytes | memoryview") -> list[int]:
+    """cdb's hash of key[:i] for every i from 0 to len(key), in one pass:
+    h = 5381; h = (h * 33) ^ byte, in 32 bits."""
     h = 5381
+    hashes = [h]
     for byte in key:
         h = ((h * 33) & 0xFFFFFFFF) ^ byte
-    return h
+        hashes.append(h)
+    return hashes
+
+
+def cdb_hash(key: "bytes | memoryview") -> int:
+    """cdb's hash of the whole key."""
+    return prefix_hashes(key)[-1]
 
 
 class Cdb:
@@ -40,10 +48,12 @@ class Cdb:
         data = self._read(8, offset)
         return int.from_bytes(data[:4], "little"), int.from_bytes(data[4:], "little")
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: "bytes | memoryview", h: int | None = None) -> bytes | None:
         """The data of the first record under `key`; None when there is none.
+        `h`: the key's hash, when the caller has it (prefix_hashes()).
         Raises CdbError (a damaged file) or OSError."""
-        h = cdb_hash(key)
+        if h is None:
+            h = cdb_hash(key)
         table, slots = self._pair((h & 0xFF) * 8)
         if slots == 0:
             return None

@@ -2,14 +2,31 @@
 
 qmail's rule: no rcpthosts file means every recipient; an address without `@`
 always passes; otherwise the text after the last `@`, lower-cased, or any of
-its suffixes starting with `.`, must be listed.
+its suffixes starting with `.`, must be listed.  Suffixes longer than any
+entry are not looked up, nor, in morercpthosts.cdb, longer than a domain can
+be (255 bytes, RFC 1035).
 """
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from .cdb import Cdb
+
+
+DOMAIN_MAX = 255  # RFC 1035: no domain is longer, so morercpthosts.cdb is not asked for more
+
+
+def suffixes(host: bytes, longest: int) -> "Iterator[bytes]":
+    """The host, then each suffix starting with a dot, longest first: those
+    not longer than `longest`, as nothing longer can be listed (a domain of
+    dots in an 899-byte address would otherwise be 450 suffixes to hash)."""
+    if len(host) <= longest:
+        yield host
+    dot = host.find(b".", max(1, len(host) - longest))
+    while dot >= 0:
+        yield host[dot:]
+        dot = host.find(b".", dot + 1)
 
 
 class RcptHosts:
@@ -19,6 +36,7 @@ class RcptHosts:
                  morercpthosts: bytes | None = None) -> None:
         self.enabled = entries is not None
         self.entries = frozenset(e.lower() for e in entries or ())
+        self.longest = max(map(len, self.entries), default=0)
         self.cdb_path = morercpthosts
         self._cdb: "Cdb | None" = None
 
@@ -29,8 +47,7 @@ class RcptHosts:
         if at < 0:
             return True
         host = address[at + 1:].lower()
-        candidates = [host] + [host[i:] for i in range(1, len(host)) if host[i] == 0x2E]
-        if any(c in self.entries for c in candidates):
+        if any(c in self.entries for c in suffixes(host, self.longest)):
             return True
         if self.cdb_path is None:
             return False
@@ -38,7 +55,7 @@ class RcptHosts:
 
         try:
             cdb = self._open_cdb()
-            return any(cdb.get(c) is not None for c in candidates)
+            return any(cdb.get(c) is not None for c in suffixes(host, DOMAIN_MAX))
         except (OSError, CdbError):  # as in qmail: a control error
             return None
 

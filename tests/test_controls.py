@@ -37,6 +37,23 @@ def test_morercpthosts_cdb_extends_rcpthosts(control: Path):
     assert got == [b"250", b"250", b"250", b"553", b"553", b"250"]
 
 
+def test_suffixes_are_asked_up_to_the_longest_that_can_be_listed(control: Path):
+    """Only suffixes as long as the longest rcpthosts entry (and, for
+    morercpthosts.cdb, a domain's 255 bytes) are looked up: exactly those can
+    match, whatever the address is made of."""
+    longest = b"a" * 200 + b".example"
+    (control / "rcpthosts").write_text(f"example.com\n.{longest.decode()}\n")
+    domain = b"d" * 240 + b".example"  # 248 bytes: within a domain's 255
+    write_cdb(control / "morercpthosts.cdb", [domain, b".more.example"])
+    dots = b"." * 880
+    got = rcpt_replies(control, [b"x@example.com", b"x@a.example.com", b"x@b." + longest,
+                                 b"x@" + dots[:600] + b"." + longest, b"x@" + longest,
+                                 b"x@" + domain, b"x@q." + domain,
+                                 b"x@" + b"x." * 430 + b"more.example",
+                                 b"x@" + dots, b"x@" + dots + b"example.com"])
+    assert got == [b"250", b"553", b"250", b"250", b"553", b"250", b"553", b"250", b"553", b"553"]
+
+
 def test_morercpthosts_is_ignored_without_rcpthosts(control: Path):
     (control / "rcpthosts").unlink()
     write_cdb(control / "morercpthosts.cdb", [b"more.example"])

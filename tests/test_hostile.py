@@ -2,6 +2,7 @@
 bounded, every odd number gets an SMTP reply, children start as under qmail."""
 
 import base64
+import os
 import re
 import socket
 import sys
@@ -9,7 +10,15 @@ import threading
 import time
 from pathlib import Path
 
-from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, RELAY_LOCALHOST, SERVER, talk, write_program
+from support import (
+    FAKE_CHECKPASSWORD,
+    FAKE_QUEUE,
+    RELAY_LOCALHOST,
+    SERVER,
+    compile_users,
+    talk,
+    write_program,
+)
 
 HUGE = b"9" * 5000
 
@@ -205,3 +214,36 @@ def test_pipelined_commands_and_a_data_line_longer_than_any_command(tcpserver, q
                      rb"250 ok\r\n221 mx.example.com\r\n$", out), out[-300:]
     (run,) = queue.queued()
     assert run["message"].endswith(b"\n" + long_line + b"\n")
+
+
+
+def test_long_recipients_get_qmails_verdict(tcpserver, control, tmp_path):
+    """Addresses just under qmail's 900 bytes, of dots and dashes: rcpthosts,
+    virtualdomains, users/cdb and the .qmail search give qmail's answers
+    (the search only asks for names that can exist; bench has the cost)."""
+    (control / "rcpthosts").write_text("example.com\n.example.org\n")
+    (control / "locals").write_text("example.com\n")
+    (control / "virtualdomains").write_text("virt.example.org:joe\n")
+    (control / "checkrecipients").write_text("1\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "assign").write_text(f"+:joe:{os.getuid()}:{os.getgid()}:{home}:-::\n.\n")
+    compile_users(users / "assign", users / "cdb")
+    server = tcpserver(":allow\n")
+    commands = (b"MAIL FROM:<a@b>\r\n"
+                b"RCPT TO:<a@" + b"." * 890 + b">\r\n"
+                b"RCPT TO:<a@" + b"x." * 440 + b"example.org>\r\n"
+                b"RCPT TO:<a" + b"-" * 880 + b"@example.com>\r\n"
+                b"RCPT TO:<a" + b"-x" * 430 + b"@virt.example.org>\r\nQUIT\r\n")
+    unknown = b"550 sorry, no mailbox here by that name (#5.1.1)"
+    assert talk(server.port, commands).split(b"\r\n")[1:] == [
+        b"250 ok",
+        b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+        b"250 ok",  # ours by rcpthosts, neither local nor virtual: remote to qmail
+        unknown, unknown,  # no .qmail file in the home matches
+        b"221 mx.example.com", b""]
+    (home / ".qmail-default").write_text("./Maildir/\n")  # the shortest candidate
+    assert talk(server.port, commands).split(b"\r\n")[4:6] == [b"250 ok", b"250 ok"]
+    assert "Traceback" not in server.log() and "internal error" not in server.log()

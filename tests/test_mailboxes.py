@@ -68,3 +68,17 @@ def test_a_damaged_users_cdb_is_unsure(homes, content):
     (tmp_path / "users").mkdir()
     (tmp_path / "users" / "cdb").write_bytes(content)
     assert mailboxes(tmp_path, users).verdict(b"joe-x@example.com")[0] == UNSURE
+
+
+def test_dot_qmail_names_up_to_255_bytes_are_found(homes):
+    """The .qmail search skips only names the kernel would refuse (over 255
+    bytes, ENAMETOOLONG, "not there" to qmail-local): one of exactly 255 is found."""
+    tmp_path, users = homes
+    ext = "e" * (255 - len(".qmail-"))
+    prefix = "p" * (255 - len(".qmail-") - len("-default"))
+    (tmp_path / "joe" / f".qmail-{ext}").write_text("./Maildir/\n")
+    (tmp_path / "joe" / f".qmail-{prefix}-default").write_text("./Maildir/\n")
+    m = mailboxes(tmp_path, users)
+    assert m.verdict(f"joe-{ext}@example.com".encode())[0] == DELIVERED
+    assert m.verdict(f"joe-{ext}e@example.com".encode())[0] == UNKNOWN  # 256: cannot exist
+    assert m.verdict(f"joe-{prefix}-{'x' * 600}@example.com".encode())[0] == DELIVERED
