@@ -107,28 +107,33 @@ MAX_COUNT = 2**31 - 1  # listen() takes a C int; no count of sessions gets near 
 MAX_ID = 2**32 - 2  # uid_t and gid_t; 2**32 - 1 is -1, "leave unchanged"
 MAX_PORT = 65535
 
-# letter -> (attribute, largest value): counts and seconds are cut to it, ids refused above it
+# letter -> (attribute, largest value): a larger count or delay is cut to it
 NUMBER_OPTIONS = {"c": ("limit", MAX_COUNT), "C": ("per_source", MAX_COUNT),
-                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS),
-                  "u": ("uid", MAX_ID), "g": ("gid", MAX_ID)}
+                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS)}
+ID_OPTIONS = {"u": "uid", "g": "gid"}
 
 
 def _number(letter: str, value: str) -> int:
     if not value.isdigit():
         raise UsageError(f"-{letter} wants a number, not {value!r}")
-    number = int(value)
-    largest = NUMBER_OPTIONS[letter][1] if letter in NUMBER_OPTIONS else MAX_ID
-    if number > largest:
-        if largest == MAX_ID:
-            raise UsageError(f"-{letter} {value}: no such user or group id")
-        number = largest
+    return int(value)
+
+
+def _id(letter: str, value: str) -> int:
+    """A uid or gid; one that no uid_t holds is refused, not cut."""
+    number = _number(letter, value)
+    if number > MAX_ID:
+        raise UsageError(f"-{letter} {value}: no such user or group id")
     return number
 
 
 def _set_value(opts: Options, letter: str, value: str) -> None:
     if letter in NUMBER_OPTIONS:
-        setattr(opts, NUMBER_OPTIONS[letter][0], _number(letter, value))
+        attribute, largest = NUMBER_OPTIONS[letter]
+        setattr(opts, attribute, min(_number(letter, value), largest))
         opts.limit = max(1, opts.limit)
+    elif letter in ID_OPTIONS:
+        setattr(opts, ID_OPTIONS[letter], _id(letter, value))
     elif letter == "x":
         opts.rules = value
     elif letter == "l":
@@ -149,8 +154,8 @@ def _set_flag(opts: Options, letter: str) -> None:
     elif letter == "X":
         opts.allow_missing_rules = True
     elif letter == "U":
-        opts.uid = _number("U", os.environ.get("UID", "0"))
-        opts.gid = _number("U", os.environ.get("GID", "0"))
+        opts.uid = _id("U", os.environ.get("UID", "0"))
+        opts.gid = _id("U", os.environ.get("GID", "0"))
     # H, R: the only mode; D: TCP_NODELAY is always set, as tcpserver's default
 
 

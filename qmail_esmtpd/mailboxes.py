@@ -134,7 +134,7 @@ class Mailboxes:
         try:
             data = cdb.get(key + b"\0")
             rest = b""
-            i = len(hashes) - 1
+            i = len(key)
             while data is None and i > 0:
                 if i == 1 or key[i - 1] in wildchars:
                     data = cdb.get(prefix[:i], hashes[i])
