@@ -73,3 +73,11 @@ def rewrite_localiphost(address: bytes, localiphost: bytes | None,
     if ip is None or not is_local_ip(ip):
         return address
     return address[:at + 1] + localiphost
+
+
+def listed(entries: "frozenset[bytes]", address: bytes) -> bool:
+    """qmail's rule for badmailfrom and badrcptto: the whole address, or
+    `@domain` from the last @, case-insensitively (`entries` lower-cased)."""
+    low = address.lower()
+    at = low.rfind(b"@")
+    return low in entries or (at >= 0 and low[at:] in entries)

@@ -29,7 +29,7 @@ import sys
 
 from .auth.accounts import canonical_name, nfc
 from .auth.db import NO_PRIVILEGE, Database, DatabaseError
-from .config import DEFAULT_CONTROL, ControlError, Controls
+from .config import ControlError, controls_of
 
 PROG = "qmail-esmtpd-user"
 ADMINDB_VARIABLE = b"QMAIL_ESMTPD_ADMINDB"
@@ -368,7 +368,7 @@ def conninfo(option: str | None) -> str:
     env = os.environb
     value = env.get(ADMINDB_VARIABLE)
     if value is None:
-        value = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)).line(ADMINDB_FILE)
+        value = controls_of(env).line(ADMINDB_FILE)
     return "" if value is None else value.decode("utf-8", "replace")
 
 
@@ -377,7 +377,7 @@ def default_limit() -> int:
     from .auth.postgres import default_send_limit
 
     env = os.environb
-    return default_send_limit(Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL)), env)
+    return default_send_limit(controls_of(env), env)
 
 
 def read_password() -> bytes:

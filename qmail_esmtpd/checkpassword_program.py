@@ -45,10 +45,10 @@ import sys
 
 from . import log as logging
 from .config import (
-    DEFAULT_CONTROL,
     ControlError,
     Controls,
     clamp_seconds,
+    controls_of,
     exportable,
     number_setting,
 )
@@ -118,7 +118,7 @@ class Configuration:
         from .auth import DEFAULT_FAIL_DELAY
         from .config import authdb_conninfo, flag_setting
 
-        self.controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
+        self.controls = controls_of(env)
         try:
             self.conninfo = authdb_conninfo(env, self.controls)
             self.delay = clamp_seconds(number_setting(self.controls, env, b"authfaildelay",

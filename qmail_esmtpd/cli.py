@@ -8,21 +8,11 @@ where it is needed (AUTH at the first AUTH command).
 import posix
 import sys
 
-from . import replies
-from .config import (
-    DEFAULT_CONTROL,
-    ControlError,
-    Controls,
-    Settings,
-    auth_backend,
-    clamp_seconds,
-    flag_setting,
-    number_setting,
-)
+from . import checks, replies
+from .config import SERVERCERT, ControlError, Settings
 from .lineio import Channel
-from .protocol import AT_RCPT, Peer, Session, with_checks
-from .queue import DEFAULT_QUEUE, QueueJob
-from .rcpthosts import RcptHosts
+from .protocol import Peer, Session
+from .queue import QueueJob
 from .server import serve
 
 TYPE_CHECKING = False
@@ -34,88 +24,59 @@ if TYPE_CHECKING:
 
     OpenTLS = Callable[[bytes, bytes | None, bytes | None], ServerTLS]
 
-QMAIL_HOME = b"/var/qmail"
-SERVERCERT = b"servercert.pem"  # the TLS patch's file: certificate chain and key
-
 
 def main(preloaded_tls: "OpenTLS | None" = None) -> int:
     """One session on fds 0/1.  `preloaded_tls(certfile, ciphers, remoteip)` is how
     qmail-esmtpd-server hands its session a certificate it loaded once."""
     env = posix.environ
     client = env.get(b"TCPREMOTEIP", b"unknown").decode("ascii", "replace")  # for log lines
-    controls = Controls(env.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
     try:
-        settings = Settings(controls, env)
-        argv = [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]]
-        smtpauth = env.get(b"SMTPAUTH")  # the qmail-authentication patch's switch
-        backend = None if smtpauth == b"-" else auth_backend(argv, env, controls)
-        if smtpauth == b"!" and backend is None:
+        settings = Settings(env, [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]])
+        if settings.smtpauth == b"!" and settings.auth_backend is None:
             note(f"SMTPAUTH=! but no AUTH is configured ip={client}: every MAIL gets 530")
-        tls_offered = controls.exists(SERVERCERT)
-        auth_needs_tls = (tls_offered and backend is not None
-                          and not flag_setting(controls, env, b"authcleartext"))
-        plugins = None  # qmail-spp: control/smtpplugins
-        if b"NOSPP" not in env and (b"SPPCONFFILE" in env or controls.exists(b"smtpplugins")):
-            from .spp import DEFAULT_TIMEOUT, open_plugins
-
-            plugins = open_plugins(controls.directory, env, clamp_seconds(
-                number_setting(controls, env, b"spptimeout", DEFAULT_TIMEOUT)))
-        last = None  # badrcptto, recipient validation
-        badrcptto = controls.lines(b"badrcptto")
-        check_recipients = flag_setting(controls, env, b"checkrecipients")
-        if badrcptto or check_recipients:
-            from .rcptcheck import rcpt_checks
-
-            last = {AT_RCPT: rcpt_checks(controls, env, badrcptto, check_recipients)}
-        checks = None if plugins is None and last is None else with_checks(
-            plugins.checks() if plugins is not None else None, last)
+        session_checks = checks.build(settings)
     except ControlError as e:
         note(f"fatal ip={client}: {e}")
         _say(replies.CONTROLS)
         return 1
     auth: "Authenticator | None" = None
-    if backend is not None:
+    if settings.auth_backend is not None:
         from .auth import Authenticator
 
-        auth = Authenticator(*backend, controls, env, settings.remoteip)
-    # qmail-smtpd dies when it cannot chdir to the qmail home; we go on.  Our
-    # control directory is named by absolute path ($QMAIL_CONTROL), and
-    # qmail-queue changes to the qmail home itself, so the directory matters
-    # only to checkpassword programs that expect it, and an install under
-    # another PREFIX or a test has no /var/qmail at all.
+        auth = Authenticator(*settings.auth_backend, settings.controls, env, settings.remoteip)
+    # qmail-smtpd dies when it cannot chdir to the qmail home; we go on: only
+    # checkpassword programs may expect it (qmail-queue changes there itself).
     try:
-        posix.chdir(QMAIL_HOME)
+        posix.chdir(settings.paths.home)
     except OSError:
         pass
     session = Session(
         settings.greeting,
-        Peer(settings.remoteip, settings.remotehost, settings.remoteinfo, settings.local),
+        Peer(settings.remoteip, settings.remotehost, settings.remoteinfo, settings.localhost),
         relayclient=settings.relayclient,
-        rcpt_allowed=RcptHosts(settings.rcpthosts, settings.morercpthosts),
-        badmailfrom=settings.badmailfrom,
         localiphost=settings.localiphost,
         is_local_ip=is_local_ip,
         auth=auth,
         databytes=settings.databytes,
-        tls_offered=tls_offered,
-        auth_needs_tls=auth_needs_tls,
-        auth_required=smtpauth == b"!",
-        checks=checks,
+        tls_offered=settings.tls_offered,
+        auth_needs_tls=settings.auth_needs_tls,
+        auth_required=settings.smtpauth == b"!",
+        checks=session_checks,
         note=note,
     )
-    program = env.get(b"QMAILQUEUE", DEFAULT_QUEUE)
 
     def open_queue() -> QueueJob:
         child_env = {**env, **session.child_environment()}
-        if plugins is not None:  # what plugins set with S or unset with U
-            for name, value in plugins.changes().items():
+        for changes in session_checks.environment:  # qmail-spp's S and U
+            for name, value in changes().items():
                 if value is None:
                     child_env.pop(name, None)
                 else:
                     child_env[name] = value
-        return QueueJob(program, child_env)
+        return QueueJob(settings.paths.queue, child_env)
 
     def open_tls() -> "ServerTLS":
+        controls = settings.controls
         certfile, ciphers = controls.path(SERVERCERT), controls.line(b"tlsserverciphers")
         if preloaded_tls is not None:
             return preloaded_tls(certfile, ciphers, settings.remoteip)

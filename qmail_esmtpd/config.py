@@ -1,4 +1,5 @@
-"""qmail control files and tcpserver's environment, read once at start-up.
+"""Where qmail lives, its control files and tcpserver's environment, read
+once at start-up.
 
 The rules are qmail's control.c: single-value files use their first line with
 trailing blanks, TABs and LFs removed (a CR stays), list files drop empty and
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
     Setting = str | list[bytes]
     Finder = Callable[[list[bytes], Mapping[bytes, bytes], "Controls"], Setting | None]
 
-DEFAULT_CONTROL = b"/var/qmail/control"
+# qmail's home as qmail compiles it in from conf-qmail: `make install` writes
+# its PREFIX on this line of the installed copy (tools/install.py).
+QMAIL_HOME = b"/var/qmail"
+SERVERCERT = b"servercert.pem"  # the TLS patch's file: certificate chain and key
 DEFAULT_TIMEOUT = 1200
 ULONG_MAX = 2**64 - 1  # qmail reads numbers into an unsigned long
 MAX_SECONDS = 2**31 - 1  # about 68 years: the longest wait select() and sleep() take
@@ -29,6 +33,27 @@ def exportable(env: "Mapping[bytes, bytes]") -> "Mapping[bytes, bytes]":
     if b"" not in env:
         return env
     return {name: value for name, value in env.items() if name}
+
+
+class QmailPaths:
+    """Where qmail lives: the home ($QMAIL_HOME over the compiled-in one) and
+    what lies under it.  A control folder of its own ($QMAIL_CONTROL, one per
+    service) moves control/ only; qmail-queue's is $QMAILQUEUE's."""
+
+    def __init__(self, env: "Mapping[bytes, bytes]") -> None:
+        self.home: bytes = env.get(b"QMAIL_HOME") or QMAIL_HOME
+        self.control: bytes = env.get(b"QMAIL_CONTROL") or self.home + b"/control"
+        self.users_cdb = self.home + b"/users/cdb"
+        self.queue: bytes = env.get(b"QMAILQUEUE") or self.home + b"/bin/qmail-queue"
+
+    def under_home(self, path: bytes) -> bytes:
+        """`path`, a relative one taken from the home (where qmail's programs run)."""
+        return path if path.startswith(b"/") else self.home + b"/" + path
+
+
+def controls_of(env: "Mapping[bytes, bytes]") -> "Controls":
+    """The control files this process is told to read."""
+    return Controls(QmailPaths(env).control)
 
 
 class ControlError(Exception):
@@ -125,10 +150,16 @@ def flag_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes) 
 
 
 class Settings:
-    """Everything the session needs from control files and the environment."""
+    """Everything a session needs from control files and the environment,
+    the switches of the checks (checks/__init__.py) among them.  What only
+    one check reads, it reads in its own build() from `controls` and `env`."""
 
-    def __init__(self, controls: Controls, env: "Mapping[bytes, bytes]") -> None:
+    def __init__(self, env: "Mapping[bytes, bytes]", argv: "list[bytes] | None" = None) -> None:
+        self.env = env
+        self.paths = paths = QmailPaths(env)
+        self.controls = controls = Controls(paths.control)
         me = controls.line(b"me")
+        self.me: bytes | None = me
         greeting = controls.line(b"smtpgreeting")
         if greeting is None:
             greeting = me
@@ -143,8 +174,8 @@ class Settings:
         self.morercpthosts: bytes | None = None
         if self.rcpthosts is not None and controls.exists(b"morercpthosts.cdb"):
             self.morercpthosts = controls.path(b"morercpthosts.cdb")
-        bmf = controls.lines(b"badmailfrom") or []
-        self.badmailfrom = frozenset(entry.lower() for entry in bmf)
+        bmf = controls.lines(b"badmailfrom")
+        self.badmailfrom = frozenset(entry.lower() for entry in bmf) if bmf else None
         databytes = number_setting(controls, env, b"databytes", 0)
         if databytes == 4294967295:  # qmail's databytes + 1 must not wrap to 0
             databytes -= 1
@@ -153,7 +184,29 @@ class Settings:
         self.remoteip = env.get(b"TCPREMOTEIP", b"unknown")
         self.remotehost = env.get(b"TCPREMOTEHOST", b"unknown")
         self.remoteinfo: bytes | None = env.get(b"TCPREMOTEINFO")
-        self.local = env.get(b"TCPLOCALHOST", env.get(b"TCPLOCALIP", b"unknown"))
+        self.localhost = env.get(b"TCPLOCALHOST", env.get(b"TCPLOCALIP", b"unknown"))
+        # AUTH: the qmail-authentication patch's SMTPAUTH (`-` off, `!` required), a backend
+        self.smtpauth = env.get(b"SMTPAUTH")
+        self.auth_backend = (None if self.smtpauth == b"-"
+                             else auth_backend(argv or [], env, controls))
+        self.tls_offered = controls.exists(SERVERCERT)
+        self.auth_needs_tls = (self.tls_offered and self.auth_backend is not None
+                               and not flag_setting(controls, env, b"authcleartext"))
+        # the checks' switches (each costs at most one read or stat when off)
+        self.badrcptto = controls.lines(b"badrcptto") or None
+        self.checkrecipients = flag_setting(controls, env, b"checkrecipients")
+        self.smtpplugins = self._plugin_file(controls, env)
+
+    def _plugin_file(self, controls: Controls, env: "Mapping[bytes, bytes]") -> bytes | None:
+        """qmail-spp's configuration: $SPPCONFFILE (a relative one from the
+        qmail home, as the patch runs there), else control/smtpplugins when it
+        exists; none with $NOSPP."""
+        if b"NOSPP" in env:
+            return None
+        named = env.get(b"SPPCONFFILE")
+        if named is not None:
+            return self.paths.under_home(named) if named else controls.path(b"smtpplugins")
+        return controls.path(b"smtpplugins") if controls.exists(b"smtpplugins") else None
 
 
 def authdb_conninfo(env: "Mapping[bytes, bytes]", controls: Controls) -> str | None:

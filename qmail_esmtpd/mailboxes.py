@@ -30,6 +30,7 @@ longer than the longest entry, and users/cdb's prefixes hashed in one pass.
 """
 
 import posix
+import pwd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ class Unsure(Exception):
 
 def getpwnam(name: bytes) -> "tuple[int, bytes] | None":
     """(uid, home) of a system user, as qmail-getpw's getpwnam() sees it."""
-    import pwd  # built in; only sessions that check recipients need it
-
     try:
         entry = pwd.getpwnam(name.decode("latin-1"))
     except KeyError:

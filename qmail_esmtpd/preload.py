@@ -10,14 +10,17 @@ interpreter's library after the server dropped its privileges.
 import importlib
 import posix
 
-from .config import DEFAULT_CONTROL, ControlError, Controls, auth_backend
+from . import checks
+from .config import SERVERCERT, ControlError, Controls, auth_backend, controls_of
 from .log import log
 
 # Lazy imports of a session, always loaded: the TLS code, the rare paths
-# (an address literal, an internal error), what AUTH decoding uses.
+# (an address literal, an internal error, morercpthosts.cdb), what AUTH
+# decoding uses, and every check the registry names, configured or not (a
+# rules file or a control file may switch one on at any time).
 SESSION_MODULES = (
     "qmail_esmtpd.cli", "ssl", "qmail_esmtpd.tls", "qmail_esmtpd.log", "qmail_esmtpd.localips",
-    "traceback", "base64", "binascii",
+    "qmail_esmtpd.cdb", "traceback", "base64", "binascii", *checks.MODULES,
 )
 # The AUTH backends and what they import lazily: loaded when AUTH is
 # configured in the server's environment, its controls or its rules.
@@ -32,15 +35,13 @@ AUTH_MODULES = (
     "passlib.handlers.sha2_crypt", "passlib.handlers.md5_crypt", "passlib.handlers.des_crypt",
 )
 
-SERVERCERT = b"servercert.pem"
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .tls import ServerTLS
 
 
 def controls_from_environment() -> Controls:
-    return Controls(posix.environ.get(b"QMAIL_CONTROL", DEFAULT_CONTROL))
+    return controls_of(posix.environ)
 
 
 def auth_configured(argv: list[bytes], controls: Controls, rules_set_authdb: bool) -> bool:

@@ -3,18 +3,16 @@
 `Session.handle()` takes one command line and returns the reply bytes and
 what the caller must do next.  The DATA transaction is decided here too:
 `open_message()` gives the 354 (and the decoder for the stream),
-`finish_message()` the envelope or nothing, `queued()` the final reply;
-`DataDecoder` turns the raw DATA stream into the bytes qmail-queue gets.
-The daily limit (auth/limit.py has its rules) is asked at MAIL, bounds
-the recipients at RCPT, is charged at `finish_message()`, and given back
-in `queued()` when qmail-queue refused the message.
-Every refusal that is policy rather than grammar is a check: the stages
-(AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH) each ask their
-checks in order (`BUILTIN_CHECKS` plus what the adapters add, see
-`with_checks()`).
-Nothing here touches a file descriptor, the environment, a file or a
-database: the adapters (server.py and cli.py) hand in plain values and
-small lookup callables.
+`finish_message()` the envelope or nothing, `queued()` the final reply.
+The daily limit (auth/limit.py has its rules) is charged at
+`finish_message()` and given back in `queued()` when qmail-queue refused
+the message.
+
+Every refusal that is policy rather than grammar is a check: at each stage
+(STAGES) the session asks the checks the registry in checks/ built, in
+order, and the first refusal wins.  Nothing here touches a file
+descriptor, the environment, a file or a database: the adapters (server.py
+and cli.py) hand in plain values.
 """
 
 import time
@@ -22,6 +20,7 @@ import time
 from . import replies
 from .address import MAX_ADDRESS, parse, rewrite_localiphost
 from .config import leading_number
+from .message import MAX_HOPS, DataDecoder, received
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,7 +31,8 @@ if TYPE_CHECKING:
 
     Verdict = tuple[bytes, int]  # a refusal: the reply, and what the caller does next
     Check = Callable[["Session", bytes], Verdict | None]
-    Checks = dict[int, tuple[Check, ...]]
+    Keyword = Callable[["Session"], bytes | None]
+    Parameter = Callable[["Session", bytes], Verdict | None]
 
 # What the caller does after writing the reply.
 BUFFER = 0   # nothing; the reply may wait for the next read (MAIL, RCPT, RSET)
@@ -42,31 +42,60 @@ QUIT = 3     # flush and exit 0
 DROP = 4     # flush and exit 1
 STARTTLS = 5  # load the certificate, then call starttls_ready()
 
-MAX_HOPS = 100
 # The longest line read before DATA, bytes before the LF: qmail-smtpd had no
 # bound (lines of 100 000 bytes are recorded working); an answer inside AUTH
 # gets RFC 4954's 12288, the AUTH line itself too.  Longer ends the session.
 COMMAND_LINE = 128 * 1024
 SASL_LINE = 12288
 
-# The stages at which checks are asked, in the order a session meets them.
-AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH = range(6)
+# The stages at which checks are asked; a check module answers one with its
+# `on_<stage>` method (checks/__init__.py).  The value each check gets:
+AT_CONNECT = "connect"  # b"", before the greeting: a verdict replaces it
+AT_COMMAND = "command"  # every command line (not AUTH's answers), before its verb
+AT_HELO = "helo"        # the HELO/EHLO argument
+AT_MAIL = "mail"        # the sender
+AT_RCPT = "rcpt"        # the recipient
+AT_DATA = "data"        # b""
+AT_AUTH = "auth"        # the user a right password logged in
+AT_END = "end"          # b"", once the session is over; verdicts are not asked for
+STAGES = (AT_CONNECT, AT_COMMAND, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH, AT_END)
 # What a check may answer besides None (no objection) and a (reply, action)
 # refusal: accept the command now, asking no later check (qmail-spp's `O`).
-ACCEPT_NOW = (b"250 ok\r\n", 0)
+ACCEPT_NOW = (replies.OK, BUFFER)
+
+
+class Checks:
+    """What the check registry hands a session: each stage's checks in the
+    order they are asked, and what they add to EHLO and to MAIL.  Also, for
+    the adapter that starts qmail-queue, what they change in its environment."""
+
+    __slots__ = ("stages", "keywords", "parameters", "environment")
+
+    def __init__(self, stages: "dict[str, tuple[Check, ...]] | None" = None,
+                 keywords: "tuple[Keyword, ...]" = (),
+                 parameters: "dict[bytes, Parameter] | None" = None,
+                 environment: "tuple[Callable[[], dict[bytes, bytes | None]], ...]" = ()
+                 ) -> None:
+        self.stages = stages or {}
+        self.keywords = keywords  # EHLO keywords, offered before AUTH
+        self.parameters = parameters or {}  # MAIL parameters by upper-case name (`SIZE=`)
+        self.environment = environment  # variables set (or None: unset) for qmail-queue
+
+
+NO_CHECKS = Checks()
 
 
 class Peer:
     """What tcpserver told us about the connection, as qmail-smtpd uses it."""
 
-    __slots__ = ("remoteip", "remotehost", "remoteinfo", "local")
+    __slots__ = ("remoteip", "remotehost", "remoteinfo", "localhost")
 
     def __init__(self, remoteip: bytes = b"unknown", remotehost: bytes = b"unknown",
-                 remoteinfo: bytes | None = None, local: bytes = b"unknown") -> None:
+                 remoteinfo: bytes | None = None, localhost: bytes = b"unknown") -> None:
         self.remoteip = remoteip
         self.remotehost = remotehost
         self.remoteinfo = remoteinfo
-        self.local = local
+        self.localhost = localhost  # our own name: TCPLOCALHOST, else TCPLOCALIP
 
 
 class Session:
@@ -74,8 +103,6 @@ class Session:
 
     def __init__(self, greeting: bytes, peer: Peer, *,
                  relayclient: bytes | None = None,
-                 rcpt_allowed: "Callable[[bytes], bool | None]" = lambda addr: True,
-                 badmailfrom: frozenset = frozenset(),
                  localiphost: bytes | None = None,
                  is_local_ip: "Callable[[str], bool]" = lambda ip: False,
                  clock: "Callable[[], float]" = time.time,
@@ -84,14 +111,12 @@ class Session:
                  tls_offered: bool = False,
                  auth_needs_tls: bool = False,
                  auth_required: bool = False,
-                 checks: "Checks | None" = None,
+                 checks: Checks = NO_CHECKS,
                  note: "Callable[[str], None]" = lambda text: None) -> None:
         self.greeting = greeting
         self.peer = peer
         self.relayclient = relayclient
-        self.told = (relayclient, peer.remoteinfo)  # as tcpserver said, before any AUTH
-        self.rcpt_allowed = rcpt_allowed
-        self.badmailfrom = badmailfrom
+        self.tcpserver_said = (relayclient, peer.remoteinfo)  # before any AUTH: TLS restores it
         self.localiphost = localiphost
         self.is_local_ip = is_local_ip
         self.clock = clock
@@ -102,11 +127,13 @@ class Session:
         self.auth_needs_tls = auth_needs_tls  # no AUTH in cleartext
         self.auth_required = auth_required  # submission: no MAIL before AUTH
         self.note = note  # one line for the log, for what an admin must be able to see
-        self.checks = BUILTIN_CHECKS if checks is None else checks
+        self.checks = checks
+        self.stages = checks.stages
+        self.parameters = {**MAIL_PARAMETERS, **checks.parameters}
         self.headers = b""  # header lines a check adds below the Received line (qmail-spp `H`)
-        self.later: dict[int, bytes] = {}  # a check's refusal of a later stage (qmail-spp `L`)
+        self.later: dict[str, bytes] = {}  # a check's refusal of a later stage (qmail-spp `L`)
         self.preface = b""  # text a check sends before the next reply (qmail-spp `P`)
-        self.hangup = 0  # QUIT or DROP: a CONNECT check ended the session after its text
+        self.ends_after_banner = 0  # QUIT or DROP: a CONNECT check ended the session
         self.user: bytes | None = None  # set by a successful AUTH
         self.limit: "Limit | None" = None  # the authenticated user's sending limit
         self.senders: frozenset[bytes] | None = None  # the user's own senders; None: any
@@ -117,14 +144,15 @@ class Session:
         self.refusal: bytes | None = None  # the limit's reply instead of queueing
         self.helo: bytes | None = None
         self.seen_mail = False
-        self.sender_barred = False
         self.sender = b""
+        self.sender_accepted_now = False  # a check vouched for it: qmail's own sender checks pass
         self.size = 0  # the MAIL SIZE= parameter (AUTH sessions only)
         self.recipient = b""  # the address of the RCPT being asked about
         self.recipients: list[bytes] = []
         self.rcpt_asked = 0  # RCPT commands with a valid address in this transaction
         self.left = 0  # recipients the limit allows in this transaction
         self.limit_noted = False  # this transaction's refusal is in the log
+        # qmail-smtpd's smtpcommands[]
         self.verbs = {
             b"helo": self.helo_, b"ehlo": self.ehlo, b"mail": self.mail,
             b"rcpt": self.rcpt, b"data": self.data, b"rset": self.rset,
@@ -139,22 +167,22 @@ class Session:
     # -- entry points -----------------------------------------------------
     def banner(self) -> bytes:
         """The greeting; a CONNECT check's text replaces it (as under qmail-spp,
-        the session goes on unless the check also hung up: `hangup`)."""
-        verdict = self.ask(AT_CONNECT, b"") if AT_CONNECT in self.checks else None
+        the session goes on unless the check also hung up: `ends_after_banner`)."""
+        verdict = self.ask(AT_CONNECT, b"") if AT_CONNECT in self.stages else None
         preface, self.preface = self.preface, b""
         if verdict is not None and verdict is not ACCEPT_NOW:
-            self.hangup = verdict[1] if verdict[1] in (DROP, QUIT) else 0
+            self.ends_after_banner = verdict[1] if verdict[1] in (DROP, QUIT) else 0
             return preface + verdict[0]
         return preface + replies.greeting_line(b"220 ", self.greeting + b" ESMTP")
 
-    def ask(self, stage: int, value: bytes) -> "Verdict | None":
+    def ask(self, stage: str, value: bytes) -> "Verdict | None":
         """A refusal saved for this stage, else the stage's checks in order: the
         first refusal (or ACCEPT_NOW) wins."""
         if self.later:
             saved = self.later.get(stage)
             if saved:
                 return saved, BUFFER
-        for check in self.checks.get(stage, ()):
+        for check in self.stages.get(stage, ()):
             verdict = check(self, value)
             if verdict is not None:
                 return verdict
@@ -168,6 +196,16 @@ class Session:
         if self.exchange is not None:
             self.exchange.respond(line)
             return self._auth_step(self.exchange)
+        reply, action = self._command(line)
+        if self.preface:  # a check's text goes first
+            reply, self.preface = self.preface + reply, b""
+        return reply, action
+
+    def _command(self, line: bytes) -> tuple[bytes, int]:
+        if AT_COMMAND in self.stages:
+            verdict = self.ask(AT_COMMAND, line)
+            if verdict is not None and verdict is not ACCEPT_NOW:
+                return verdict
         space = line.find(b" ")
         if space < 0:
             verb, arg = line, b""
@@ -176,10 +214,12 @@ class Session:
         handler = self.verbs.get(verb.lower())
         if handler is None:
             return replies.UNIMPLEMENTED, FLUSH
-        reply, action = handler(arg)
-        if self.preface:  # a check's text goes first
-            reply, self.preface = self.preface + reply, b""
-        return reply, action
+        return handler(arg)
+
+    def end(self) -> None:
+        """The session is over (QUIT, drop, timeout, hang-up): the END checks' turn."""
+        for check in self.stages.get(AT_END, ()):
+            check(self, b"")
 
     def line_limit(self) -> int:
         """How many bytes the next line may have before its LF."""
@@ -213,20 +253,25 @@ class Session:
         self._hello(arg)
         return replies.ehlo(self.greeting, self.ehlo_keywords()), FLUSH
 
-    def _refused(self, stage: int, value: bytes) -> "Verdict | None":
+    def _refused(self, stage: str, value: bytes) -> "Verdict | None":
         """A check's refusal of a command that has no state of its own to undo."""
-        verdict = self.ask(stage, value) if stage in self.checks or self.later else None
+        verdict = self.ask(stage, value) if stage in self.stages or self.later else None
         return None if verdict is ACCEPT_NOW else verdict
 
     def ehlo_keywords(self) -> list[bytes]:
-        """The extensions we offer, in the order qmail and the AUTH patch list them."""
+        """The extensions we offer, in the order qmail and the AUTH patch list
+        them; the checks' own (Checks.keywords) before AUTH."""
         keywords = [b"PIPELINING", b"8BITMIME"]
         if self.tls_offered and self.tls is None:
             keywords.insert(0, b"STARTTLS")
         if self.auth is not None:
             keywords.append(b"SIZE %d" % self.databytes)
-            if self.tls is not None or not self.auth_needs_tls:
-                keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
+        for offer in self.checks.keywords:
+            keyword = offer(self)
+            if keyword is not None:
+                keywords.append(keyword)
+        if self.auth is not None and (self.tls is not None or not self.auth_needs_tls):
+            keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
         return keywords
 
     def _address(self, arg: bytes) -> bytes | None:
@@ -240,24 +285,32 @@ class Session:
         if addr is None:
             return replies.SYNTAX, BUFFER
         previous, self.sender = self.sender, addr  # checks see it, may change it (qmail-spp `C`)
-        self.size = size_parameter(arg) if self.auth is not None else 0
-        verdict = self.ask(AT_MAIL, addr)
+        verdict = self._mail_parameters(arg)
+        if verdict is None:
+            verdict = self.ask(AT_MAIL, addr)
         if verdict is not None and verdict is not ACCEPT_NOW:
             self.sender = previous
             return verdict
-        self.sender_barred = verdict is None and self.in_badmailfrom(self.sender)
+        self.sender_accepted_now = verdict is ACCEPT_NOW
         self.seen_mail = True
         self.recipients = []
         self.rcpt_asked = 0
         return replies.OK, BUFFER
 
-    def in_badmailfrom(self, addr: bytes) -> bool:
-        """Whole address, or `@domain` from the last @, case-insensitively."""
-        if not self.badmailfrom or not addr:
-            return False
-        low = addr.lower()
-        at = low.rfind(b"@")
-        return low in self.badmailfrom or (at >= 0 and low[at:] in self.badmailfrom)
+    def _mail_parameters(self, arg: bytes) -> "Verdict | None":
+        """Each parameter the table knows, the first of each name (unknown ones
+        are ignored, as qmail ignores them all)."""
+        self.size = 0
+        table = self.parameters
+        seen = set()
+        for name, value in mail_parameters(arg):
+            handler = table.get(name)
+            if handler is not None and name not in seen:
+                seen.add(name)
+                verdict = handler(self, value)
+                if verdict is not None:
+                    return verdict
+        return None
 
     def rcpt(self, arg: bytes) -> tuple[bytes, int]:
         if not self.seen_mail:
@@ -321,7 +374,7 @@ class Session:
         self.helo = None
         self.seen_mail = False
         self.user = self.limit = self.senders = None
-        self.relayclient, self.peer.remoteinfo = self.told
+        self.relayclient, self.peer.remoteinfo = self.tcpserver_said
 
     def quit(self, arg: bytes) -> tuple[bytes, int]:
         return replies.greeting_line(b"221 ", self.greeting), QUIT
@@ -369,7 +422,7 @@ class Session:
             return replies.AUTH_TOO_MANY, DROP
         return replies.AUTH_FAILED, FLUSH
 
-    def _limit_note(self, where: str) -> None:
+    def note_limit_refusal(self, where: str) -> None:
         """The one log line for each refusal by the daily limit: a compromised
         account shows first here."""
         from .log import printable  # AUTH sessions only
@@ -405,7 +458,7 @@ class Session:
             helo = None
         headers, self.headers, self.later = self.headers, b"", {}  # this message's, used up
         return received(peer.remotehost, helo, peer.remoteinfo, peer.remoteip,
-                        peer.local, self.protocol(), self.clock()) + headers
+                        peer.localhost, self.protocol(), self.clock()) + headers
 
     def protocol(self) -> bytes:
         """The Received line's `with`, as the AUTH and TLS patches write it."""
@@ -429,7 +482,7 @@ class Session:
             charged = self.limit.charge(len(self.recipients))
             if not charged:
                 if charged is not None:
-                    self._limit_note("DATA")
+                    self.note_limit_refusal("DATA")
                 self.refusal = (replies.LIMIT_UNAVAILABLE if charged is None
                                 else replies.LIMIT_REACHED)
                 return None
@@ -464,271 +517,26 @@ class Session:
         return replies.queue_failure(verdict)
 
 
-# -- the built-in checks: check(session, value) -> None, a (reply, action), ACCEPT_NOW --
-def size_within_databytes(session: Session, sender: bytes) -> "Verdict | None":
-    """MAIL ... SIZE=n over databytes (AUTH sessions: the AUTH patch's rule)."""
-    if session.databytes and session.size > session.databytes:
-        return replies.SIZE_EXCEEDED, BUFFER
-    return None
-
-
-def sender_bound(session: Session, sender: bytes) -> "Verdict | None":
-    """senderbinding: an authenticated client sends only as itself; the null
-    sender impersonates nobody."""
-    if session.senders is not None and sender and sender.lower() not in session.senders:
-        return replies.SENDER_NOT_YOURS, BUFFER
-    return None
-
-
-def limit_left(session: Session, sender: bytes) -> "Verdict | None":
-    """The daily limit at MAIL: how many recipients this transaction may have."""
-    limit = session.limit
-    if limit is None:
-        return None
-    left = limit.remaining()
-    if left is None:
-        return replies.LIMIT_UNAVAILABLE, BUFFER
-    if left == 0:
-        session._limit_note("MAIL")
-        return replies.LIMIT_REACHED, BUFFER
-    session.left = left
-    session.limit_noted = False
-    return None
-
-
-def badmailfrom(session: Session, recipient: bytes) -> "Verdict | None":
-    """qmail reports a badmailfrom sender at each RCPT, not at MAIL."""
-    return (replies.BADMAILFROM, BUFFER) if session.sender_barred else None
-
-
-def limit_recipients(session: Session, recipient: bytes) -> "Verdict | None":
-    """The daily limit at RCPT: the client sends to the recipients accepted so far."""
-    if session.limit is not None and len(session.recipients) >= session.left:
-        if not session.limit_noted:  # one log line a transaction, not one per address
-            session._limit_note("RCPT")
-        return replies.LIMIT_RECIPIENTS, BUFFER
-    return None
-
-
-def rcpthosts(session: Session, recipient: bytes) -> "Verdict | None":
-    """Relaying (RELAYCLIENT, AUTH) passes; otherwise the domain must be ours."""
-    if session.relayclient is not None:
-        return None
-    allowed = session.rcpt_allowed(recipient)
-    if allowed is None:
-        return replies.CONTROLS, DROP
-    if not allowed:
-        return replies.NO_GATEWAY, BUFFER
-    return None
-
-
-# Each stage's built-in checks, in qmail-smtpd's order, in two groups: who may
-# send and how much (asked before any plugin), then where mail may go (after
-# the plugins, so a plugin's ACCEPT_NOW skips them, as qmail-spp's `O` skips
-# rcpthosts).  Recipient validation and badrcptto come last (`with_checks()`).
-BEFORE_PLUGINS: "Checks" = {
-    AT_MAIL: (size_within_databytes, sender_bound, limit_left),
-    AT_RCPT: (badmailfrom, limit_recipients),
-}
-AFTER_PLUGINS: "Checks" = {
-    AT_RCPT: (rcpthosts,),
-}
-
-
-def with_checks(plugins: "Checks | None" = None, last: "Checks | None" = None) -> "Checks":
-    """Each stage's checks: the built-in ones with `plugins` between the two
-    groups and `last` at the end."""
-    plugins, last = plugins or {}, last or {}
-    stages = (AT_CONNECT, AT_HELO, AT_MAIL, AT_RCPT, AT_DATA, AT_AUTH)
-    table = {stage: (*BEFORE_PLUGINS.get(stage, ()), *plugins.get(stage, ()),
-                     *AFTER_PLUGINS.get(stage, ()), *last.get(stage, ()))
-             for stage in stages}
-    return {stage: checks for stage, checks in table.items() if checks}
-
-
-BUILTIN_CHECKS = with_checks()
-
-
-# -- the Received line qmail-smtpd puts on top of every message, byte for byte --
-_SAFE = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@%+/=:-[]")
-_SAFE_TABLE = bytes(c if c in _SAFE else 0x3F for c in range(256))
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
-           b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
-
-
-def safe(text: bytes) -> bytes:
-    """Every byte outside qmail's safe set becomes `?` (header injection guard)."""
-    return text.translate(_SAFE_TABLE)
-
-
-def date822(seconds: float) -> bytes:
-    """`D Mon YYYY HH:MM:SS -0000` in UTC, day without leading zero."""
-    t = time.gmtime(seconds)
-    return b"%d %s %d %02d:%02d:%02d -0000" % (
-        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
-
-
-def received(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,
-             remoteip: bytes, local: bytes, protocol: bytes, seconds: float) -> bytes:
-    """The two header lines, LF-terminated, as written to qmail-queue."""
-    parts = [b"Received: from ", safe(remotehost)]
-    if helo is not None:
-        parts += [b" (HELO ", safe(helo), b")"]
-    parts.append(b" (")
-    if remoteinfo is not None:
-        parts += [safe(remoteinfo), b"@"]
-    parts += [safe(remoteip), b")\n  by ", safe(local), b" with ", protocol,
-              b"; ", date822(seconds), b"\n"]
-    return b"".join(parts)
-
-
-def size_parameter(arg: bytes) -> int:
-    """The AUTH patch's MAIL `SIZE=n`, looked for only after a `>`; junk is 0."""
+def mail_parameters(arg: bytes) -> "list[tuple[bytes, bytes]]":
+    """MAIL's parameters as the AUTH patch finds them, only after a `>`: (the
+    upper-case name with its `=` if it has one, the value)."""
     gt = arg.find(b">")
     if gt <= 4:
-        return 0
+        return []
+    found = []
     for word in arg[gt + 1:].split(b" "):
-        if word[:5].upper() == b"SIZE=":
-            return leading_number(word[5:]) or 0
-    return 0
+        name, eq, value = word.partition(b"=")
+        if name:
+            found.append((name.upper() + eq, value))
+    return found
 
 
-# DataDecoder states, named after qmail-smtpd's blast(): where in a line we are.
-_MIDLINE, _LINESTART, _DOT, _DOTCR, _CR = 0, 1, 2, 3, 4
-MORE, END, BARE_LF = 0, 1, 2  # what feed() says of the stream
+def size_parameter(session: Session, value: bytes) -> "Verdict | None":
+    """The AUTH patch's `SIZE=n` (AUTH sessions only); junk is 0."""
+    if session.auth is not None:
+        session.size = leading_number(value) or 0
+    return None
 
 
-class DataDecoder:
-    """SMTP DATA transparency as qmail-smtpd's blast(), over chunks.
-
-    CRLF becomes LF, any leading dot goes, `.` CRLF ends the message, a bare
-    LF is fatal.  Counts hops (Received:/Delivered- header lines) and the
-    queued size; once the size exceeds `databytes` nothing more is emitted,
-    since the message will not be queued.
-    """
-
-    def __init__(self, databytes: int = 0) -> None:
-        self.databytes = databytes
-        self.size = 0
-        self.overflow = False
-        self.hops = 0
-        self.state = _LINESTART
-        self.in_header = True
-        self._head = b""
-
-    def feed(self, chunk: bytes) -> tuple[bytes, int, int]:
-        """-> (bytes for qmail-queue, bytes of `chunk` consumed, MORE/END/BARE_LF).
-
-        After END, `chunk[consumed:]` is the start of the next command.
-        """
-        out = []
-        i, n = 0, len(chunk)
-        state = self.state
-        status = MORE
-        while i < n:
-            if state == _LINESTART:
-                nl = chunk.find(b"\n", i)
-                if nl >= 0:  # a whole line at once: the common case
-                    if nl == i or chunk[nl - 1] != 0x0D:
-                        status = BARE_LF
-                        break
-                    text = chunk[i:nl - 1]
-                    i = nl + 1
-                    if text == b".":
-                        status = END
-                        break
-                    if text[:1] == b"." and text[1:2] != b"\r":
-                        text = text[1:]
-                    out.append(text)
-                    out.append(b"\n")
-                    continue
-                ch = chunk[i]
-                i += 1
-                if ch == 0x2E:
-                    state = _DOT
-                elif ch == 0x0D:
-                    state = _CR
-                else:
-                    out.append(bytes((ch,)))
-                    state = _MIDLINE
-            elif state == _MIDLINE:
-                cr = chunk.find(b"\r", i)
-                lf = chunk.find(b"\n", i)
-                stop = cr if lf < 0 or 0 <= cr < lf else lf
-                if stop < 0:
-                    out.append(chunk[i:])
-                    i = n
-                elif stop == lf:
-                    status = BARE_LF
-                    break
-                else:
-                    out.append(chunk[i:stop])
-                    i = stop + 1
-                    state = _CR
-            else:
-                ch = chunk[i]
-                i += 1
-                if state == _CR:
-                    if ch == 0x0A:
-                        out.append(b"\n")
-                        state = _LINESTART
-                    elif ch == 0x0D:
-                        out.append(b"\r")
-                    else:
-                        out.append(b"\r" + bytes((ch,)))
-                        state = _MIDLINE
-                elif state == _DOT:
-                    if ch == 0x0A:
-                        status = BARE_LF
-                        break
-                    if ch == 0x0D:
-                        state = _DOTCR
-                    else:
-                        out.append(bytes((ch,)))
-                        state = _MIDLINE
-                else:  # _DOTCR
-                    if ch == 0x0A:
-                        status = END
-                        break
-                    out.append(b".\r")
-                    if ch == 0x0D:
-                        state = _CR
-                    else:
-                        out.append(bytes((ch,)))
-                        state = _MIDLINE
-        self.state = state
-        if self.in_header:
-            self._count_hops(chunk[:i])
-        data = b"".join(out)
-        if self.overflow:
-            return b"", i, status
-        self.size += len(data)
-        if self.databytes and self.size > self.databytes:
-            self.overflow = True
-            return b"", i, status
-        return data, i, status
-
-    @property
-    def acceptable(self) -> bool:
-        """Neither looping nor too big: qmail-queue may have it."""
-        return self.hops < MAX_HOPS and not self.overflow
-
-    def _count_hops(self, raw: bytes) -> None:
-        """Header lines starting received/delivered (any case) are hops."""
-        pos, n = 0, len(raw)
-        while pos < n:
-            nl = raw.find(b"\n", pos)
-            end = n if nl < 0 else nl + 1
-            room = 9 - len(self._head)
-            if room > 0:
-                self._head += raw[pos:min(end, pos + room)]
-            if nl < 0:
-                return
-            pos = nl + 1
-            head, self._head = self._head.lower(), b""
-            if head.startswith(b"received") or head.startswith(b"delivered"):
-                self.hops += 1
-            elif head.startswith(b"\r\n"):
-                self.in_header = False
-                return
+# The MAIL parameters the core knows; checks add theirs (Checks.parameters).
+MAIL_PARAMETERS: "dict[bytes, Parameter]" = {b"SIZE=": size_parameter}

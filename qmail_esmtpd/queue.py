@@ -16,7 +16,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-DEFAULT_QUEUE = b"/var/qmail/bin/qmail-queue"
 ERRTEXT_MAX = 1023
 
 # Python ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal stays

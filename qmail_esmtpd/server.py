@@ -7,7 +7,7 @@ reply and what to queue; this moves the bytes.
 
 from . import protocol, replies
 from .lineio import Channel, Gone, LineTooLong, Timeout, TLSUnavailable
-from .protocol import BARE_LF, END
+from .message import BARE_LF, END
 from .queue import QueueJob
 
 TYPE_CHECKING = False
@@ -33,9 +33,9 @@ def serve(session: protocol.Session, channel: Channel,
         if smtps and open_tls is not None:
             channel = _start_tls(session, channel, open_tls())
         channel.write(session.banner())
-        if session.hangup:  # a connect check said its last word
+        if session.ends_after_banner:  # a connect check said its last word
             channel.flush()
-            return 0 if session.hangup == protocol.QUIT else 1
+            return 0 if session.ends_after_banner == protocol.QUIT else 1
         while True:
             reply, action = session.handle(channel.readline(session.line_limit()))
             channel.write(reply)
@@ -68,6 +68,8 @@ def serve(session: protocol.Session, channel: Channel,
         return 1
     except TLSUnavailable:  # SMTPS without a usable certificate (tls.py logged it)
         return 1
+    finally:
+        session.end()
 
 
 def starttls(session: protocol.Session, channel: Channel,

@@ -2,6 +2,8 @@
 
 import base64
 
+from core_checks import Hooks, core_checks
+
 from qmail_esmtpd import auth, protocol, replies
 from qmail_esmtpd.auth import Authenticator, Verdict, sasl
 from qmail_esmtpd.config import MAX_SECONDS, Controls, auth_backend
@@ -59,8 +61,8 @@ def b64(data: bytes) -> bytes:
 
 
 def session(auth=None, limits=None, **kw) -> Session:
+    kw.setdefault("checks", core_checks(auth=True, plugins=kw.pop("plugins", ())))
     return Session(b"mx.example.com", Peer(b"198.51.100.7", b"client.example.net"),
-                   rcpt_allowed=lambda a: a.endswith(b"@example.com"),
                    auth=auth or FakeAuth(limit=limits), **kw)
 
 
@@ -136,7 +138,8 @@ def test_size_parameter_only_in_angle_form():
     assert s.handle(b"MAIL FROM:<a@b> size=1000")[0] == replies.OK
     assert s.handle(b"MAIL FROM:a@b SIZE=2000")[0] == replies.OK
     assert s.handle(b"MAIL FROM:<a@b> SIZE=junk")[0] == replies.OK
-    assert protocol.size_parameter(b"FROM:<a@b> BODY=8BITMIME SIZE=12") == 12
+    assert s.handle(b"MAIL FROM:<a@b> BODY=8BITMIME SIZE=12 SIZE=2000")[0] == replies.OK
+    assert s.size == 12  # the first SIZE= counts
 
 
 def test_auth_parameter_is_ignored_before_authentication():
@@ -333,7 +336,7 @@ def test_an_auth_check_sees_the_user_and_may_refuse_the_login():
         seen.append(user)
         return None if len(seen) > 1 else (b"535 not now\r\n", protocol.BUFFER)
 
-    s = session(checks=protocol.with_checks(plugins={protocol.AT_AUTH: (second_try_only,)}))
+    s = session(plugins=(Hooks(auth=second_try_only),))
     assert s.handle(b"AUTH PLAIN " + b64(b"\0alice\0pw")) == (b"535 not now\r\n",
                                                               protocol.FLUSH)
     assert (s.user, s.relayclient, s.protocol()) == (None, None, b"SMTP")

@@ -4,6 +4,8 @@ The loop only moves bytes; these show it moves them as the core decides,
 including the cases that end a session (bare LF, timeout, client gone).
 """
 
+from core_checks import core_checks
+
 from qmail_esmtpd import replies
 from qmail_esmtpd.lineio import Gone, LineTooLong, Timeout
 from qmail_esmtpd.protocol import COMMAND_LINE, SASL_LINE, Peer, Session
@@ -85,8 +87,9 @@ class FakeJob:
 
 def run(*pieces: bytes, verdict: bytes = b"", then: type[Exception] = Gone,
         can_start: bool = True, **kw):
+    kw.setdefault("checks", core_checks(auth=kw.get("auth") is not None))
     session = Session(b"mx.example.com", Peer(b"198.51.100.7", b"client.example.net"),
-                      rcpt_allowed=lambda a: a.endswith(b"@example.com"), clock=lambda: 7, **kw)
+                      clock=lambda: 7, **kw)
     jobs: list[FakeJob] = []
 
     def open_queue() -> FakeJob:

@@ -18,9 +18,10 @@ real mail hosts decides how:
   temporary folder, so no build/ or *.egg-info appears in it.
 - --wheels DIR installs with no network at all (pip --no-index) from a folder
   `make wheels` filled on a connected machine.
-- The launchers' defaults follow PREFIX: QMAIL_CONTROL=PREFIX/control and
-  QMAILQUEUE=PREFIX/bin/qmail-queue unless the environment sets them.  So do
-  the run scripts: copies of service/ with QMAIL=PREFIX, in
+- PREFIX is the qmail home the programs know, as qmail compiles in its
+  conf-qmail: written into the installed config.py (QMAIL_HOME), so
+  control/, users/cdb and bin/qmail-queue are found under it ($QMAIL_HOME,
+  $QMAIL_CONTROL and $QMAILQUEUE still override it).  So do the run scripts: copies of service/ with QMAIL=PREFIX, in
   PREFIX/lib/qmail-esmtpd/service, to copy into a supervise folder.
 - Before saying "installed", it runs the launcher once as the service user
   (the first of --user's list that exists, make's TRY_AS=; default qmaild,
@@ -247,6 +248,7 @@ def install(args: argparse.Namespace) -> None:
         pip(python, "install", "--quiet", "--no-compile", "--no-warn-script-location",
             *offline, "--target", str(stage), str(source_copy(Path(tmp))))
     shutil.rmtree(stage / "bin", ignore_errors=True)  # pip's console scripts: ours are below
+    compile_in_home(stage / "qmail_esmtpd" / "config.py", prefix)
     compiled = subprocess.run([python, "-m", "compileall", "-q", "-s", str(stage), "-p", libdir,
                                str(stage)], capture_output=True, text=True, timeout=600)
     if compiled.returncode != 0:
@@ -259,9 +261,8 @@ def install(args: argparse.Namespace) -> None:
         target.rename(old)
     stage.rename(target)
     shutil.rmtree(old, ignore_errors=True)
-    defaults = {"QMAIL_CONTROL": f"{prefix}/control", "QMAILQUEUE": f"{prefix}/bin/qmail-queue"}
     for name, entry in LAUNCHERS:
-        write_launcher(f"{dest}{bindir}/{name}", launcher_text(python, entry, [libdir], defaults))
+        write_launcher(f"{dest}{bindir}/{name}", launcher_text(python, entry, [libdir]))
     where = f"{dest}{bindir}"
     if dest:
         print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
@@ -273,6 +274,15 @@ def install(args: argparse.Namespace) -> None:
     print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
           f"qmail-esmtpd-checkpassword for {python} "
           f"(qmail-smtpd untouched; tried as {user}: it starts, and AUTH's libraries load)")
+
+
+def compile_in_home(config: Path, prefix: str) -> None:
+    """PREFIX as the qmail home, on config.py's QMAIL_HOME line (qmail's conf-qmail)."""
+    text = config.read_text()
+    line = next((x for x in text.splitlines(keepends=True) if x.startswith("QMAIL_HOME = ")), None)
+    if line is None:
+        raise InstallError(f"{config} has no QMAIL_HOME line to write {prefix} on")
+    config.write_text(text.replace(line, f"QMAIL_HOME = {os.fsencode(prefix)!r}\n", 1))
 
 
 def failure_key(control: Path, user: pwd.struct_passwd | None) -> str:

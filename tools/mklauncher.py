@@ -4,11 +4,7 @@ tcpserver starts the program once per connection, so the launcher avoids
 what pip's console-script wrapper costs: a shim or `/usr/bin/env` in the
 shebang, `site` processing, and the `re` import.
 
-usage: mklauncher.py [--default NAME=VALUE]... OUTPUT INTERPRETER MODULE:FUNCTION PATH...
-
-Each --default sets an environment variable the program reads unless it is
-already set: `make install` uses it so that an install under PREFIX finds
-PREFIX/control and PREFIX/bin/qmail-queue, as qmail's conf-qmail does.
+usage: mklauncher.py OUTPUT INTERPRETER MODULE:FUNCTION PATH...
 """
 
 import os
@@ -24,11 +20,6 @@ def launcher_text(interpreter: str, entry: str, paths: list[str],
         "import sys",
         f"sys.path[:0] = {paths!r}",
     ]
-    if defaults:
-        # posix.environ is what the server reads and hands to qmail-queue (and
-        # what `os.environ` is made from), so a default set here is seen by both.
-        pairs = tuple((k.encode(), v.encode()) for k, v in defaults.items())
-        lines += ["import posix", f"for k, v in {pairs!r}:", "    posix.environ.setdefault(k, v)"]
     lines += [f"from {module} import {function}", f"sys.exit({function}())", ""]
     return "\n".join(lines)
 
@@ -43,14 +34,8 @@ def write_launcher(output: str, text: str) -> None:
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    defaults = {}
-    while args[:1] == ["--default"]:
-        name, _, value = args[1].partition("=")
-        defaults[name] = value
-        args = args[2:]
-    output, interpreter, entry, *paths = args
-    write_launcher(output, launcher_text(interpreter, entry, paths, defaults))
+    output, interpreter, entry, *paths = sys.argv[1:]
+    write_launcher(output, launcher_text(interpreter, entry, paths))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Which recipient domains we accept mail for: rcpthosts and morercpthosts.cdb.
+"""Relaying: which recipient domains we accept mail for, rcpthosts and
+morercpthosts.cdb, unless the client may relay (RELAYCLIENT, AUTH).
 
 qmail's rule: no rcpthosts file means every recipient; an address without `@`
 always passes; otherwise the text after the last `@`, lower-cased, or any of
@@ -7,11 +8,16 @@ entry are not looked up, nor, in morercpthosts.cdb, longer than a domain can
 be (255 bytes, RFC 1035).
 """
 
+from .. import replies
+from ..protocol import BUFFER, DROP
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
-    from .cdb import Cdb
+    from ..cdb import Cdb
+    from ..config import Settings
+    from ..protocol import Session, Verdict
 
 
 DOMAIN_MAX = 255  # RFC 1035: no domain is longer, so morercpthosts.cdb is not asked for more
@@ -51,7 +57,7 @@ class RcptHosts:
             return True
         if self.cdb_path is None:
             return False
-        from .cdb import CdbError
+        from ..cdb import CdbError
 
         try:
             cdb = self._open_cdb()
@@ -62,8 +68,29 @@ class RcptHosts:
     def _open_cdb(self) -> "Cdb":
         """The cdb reader is imported only when rcpthosts alone did not decide."""
         if self._cdb is None:
-            from .cdb import Cdb
+            from ..cdb import Cdb
 
             assert self.cdb_path is not None
             self._cdb = Cdb(self.cdb_path)
         return self._cdb
+
+
+class Relaying:
+    """qmail-smtpd's one check of where mail may go."""
+
+    def __init__(self, rcpthosts: "Callable[[bytes], bool | None]") -> None:
+        self.rcpthosts = rcpthosts
+
+    def on_rcpt(self, session: "Session", recipient: bytes) -> "Verdict | None":
+        if session.relayclient is not None:
+            return None
+        allowed = self.rcpthosts(recipient)
+        if allowed is None:
+            return replies.CONTROLS, DROP
+        if not allowed:
+            return replies.NO_GATEWAY, BUFFER
+        return None
+
+
+def build(settings: "Settings") -> Relaying:
+    return Relaying(RcptHosts(settings.rcpthosts, settings.morercpthosts))

@@ -1,0 +1,64 @@
+"""control/checkrecipients: refuse local recipients that qmail would bounce
+(mailboxes.py has qmail's rules), with a bound on unknown recipients per
+session against directory harvesting.
+"""
+
+from .. import replies
+from ..config import flag_setting, number_setting
+from ..log import printable
+from ..mailboxes import UNKNOWN, UNSURE, Mailboxes
+from ..protocol import BUFFER, DROP
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..protocol import Session, Verdict
+
+DEFAULT_UNKNOWN_LIMIT = 10
+
+
+class RecipientCheck:
+    """Refuse what qmail would bounce as unknown; accept what it would deliver
+    or defer, or what we cannot see (logged once a session)."""
+
+    def __init__(self, mailboxes: "Mailboxes", unknown_limit: int = DEFAULT_UNKNOWN_LIMIT,
+                 relayed_too: bool = False) -> None:
+        self.mailboxes = mailboxes
+        self.unknown_limit = unknown_limit
+        self.relayed_too = relayed_too
+        self.unknown = 0
+        self.unsure_noted = False
+
+    def on_rcpt(self, session: "Session", recipient: bytes) -> "Verdict | None":
+        if session.relayclient is not None and not self.relayed_too:
+            return None  # RELAYCLIENT or AUTH: their recipients are theirs to choose
+        verdict, why = self.mailboxes.verdict(recipient)
+        ip = printable(session.peer.remoteip)
+        if verdict == UNSURE:
+            if not self.unsure_noted:
+                self.unsure_noted = True
+                session.note(f"recipient accepted unchecked ip={ip} "
+                             f"rcpt={printable(recipient, 256)} ({why})")
+            return None
+        if verdict != UNKNOWN:
+            return None
+        self.unknown += 1
+        if self.unknown_limit and self.unknown > self.unknown_limit:
+            session.note(f"recipient harvesting ip={ip} unknown={self.unknown}: closing")
+            return replies.TOO_MANY_UNKNOWN, DROP
+        session.note(f"recipient unknown ip={ip} rcpt={printable(recipient, 256)}")
+        return replies.NO_MAILBOX, BUFFER
+
+
+def build(settings: "Settings") -> RecipientCheck:
+    controls, env = settings.controls, settings.env
+    locals_ = controls.lines(b"locals")
+    mailboxes = Mailboxes(
+        locals_ if locals_ is not None else [settings.me or b""],
+        controls.lines(b"virtualdomains") or [],
+        controls.line(b"envnoathost") or settings.me or b"envnoathost",
+        settings.paths.users_cdb)
+    return RecipientCheck(
+        mailboxes,
+        number_setting(controls, env, b"unknownrcptlimit", DEFAULT_UNKNOWN_LIMIT),
+        flag_setting(controls, env, b"checkrelayedrecipients"))
