@@ -687,10 +687,11 @@ def test_the_longest_name_and_password_log_in_everywhere(db, control: Path, tcps
 
 
 def test_the_name_bound_fits_the_other_paths() -> None:
-    from qmail_esmtpd import admin, checkpassword_program
+    from qmail_esmtpd import checkpassword_program
+    from qmail_esmtpd.admin import values
     from qmail_esmtpd.auth import throttle
 
-    assert admin.MAX_NAME_BYTES <= throttle.MAX_NAME  # bytes: never more characters
+    assert values.MAX_NAME_BYTES <= throttle.MAX_NAME  # bytes: never more characters
     popup_timestamp = len("<1234567.1234567890@>") + 64  # pid.time@host, 64-byte host name
-    assert (admin.MAX_NAME_BYTES + admin.MAX_PASSWORD_BYTES + 3 + popup_timestamp
+    assert (values.MAX_NAME_BYTES + values.MAX_PASSWORD_BYTES + 3 + popup_timestamp
             <= checkpassword_program.MAX_INPUT)
