@@ -27,7 +27,7 @@ $(VENV)/.stamp: setup.cfg pyproject.toml tools/mklauncher.py
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
 	for entry in qmail-esmtpd=qmail_esmtpd.cli:run \
-	        qmail-esmtpd-checkpassword=qmail_esmtpd.checkpassword_program:main; do \
+	        qmail-esmtpd-checkpassword=qmail_esmtpd.pop3.checkpassword:main; do \
 	    $(VPY) tools/mklauncher.py $(VENV)/bin/$${entry%%=*} $(VPY) $${entry#*=} \
 	        $(CURDIR) $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
 	    || exit 1; done

@@ -21,7 +21,7 @@ from .pipes import CLIENT_TIMEOUT, children_cpu
 from .session import AUTH_PASSWORD, AUTH_USER
 from .setup import Bench
 
-ENTRY = "qmail_esmtpd.checkpassword_program:main"
+ENTRY = "qmail_esmtpd.pop3.checkpassword:main"
 SUBPROGRAM = "/bin/true"
 
 

@@ -671,7 +671,7 @@ def test_the_longest_name_and_password_log_in_everywhere(db, control: Path, tcps
             assert code == 235, said
 
     program = write_launcher(tmp_path / "qmail-esmtpd-checkpassword",
-                             "qmail_esmtpd.checkpassword_program:main")
+                             "qmail_esmtpd.pop3.checkpassword:main")
     timestamp = f"<{'9' * 7}.{'9' * 10}@{'h' * 64}>"
     data = f"{name}\0{password}\0{timestamp}\0".encode()
     assert len(data) <= 512
@@ -687,11 +687,11 @@ def test_the_longest_name_and_password_log_in_everywhere(db, control: Path, tcps
 
 
 def test_the_name_bound_fits_the_other_paths() -> None:
-    from qmail_esmtpd import checkpassword_program
     from qmail_esmtpd.admin import values
     from qmail_esmtpd.auth import throttle
+    from qmail_esmtpd.pop3 import checkpassword
 
     assert values.MAX_NAME_BYTES <= throttle.MAX_NAME  # bytes: never more characters
     popup_timestamp = len("<1234567.1234567890@>") + 64  # pid.time@host, 64-byte host name
     assert (values.MAX_NAME_BYTES + values.MAX_PASSWORD_BYTES + 3 + popup_timestamp
-            <= checkpassword_program.MAX_INPUT)
+            <= checkpassword.MAX_INPUT)

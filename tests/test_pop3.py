@@ -29,7 +29,7 @@ from support import (
     write_launcher,
 )
 
-ENTRY = "qmail_esmtpd.checkpassword_program:main"
+ENTRY = "qmail_esmtpd.pop3.checkpassword:main"
 PASSWORD = "correct horse battery staple"
 SYSUSER = "nobody"
 # Who and where the subprogram runs, and with what environment.

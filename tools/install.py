@@ -54,7 +54,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "qmail_esmtpd")
 LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
              ("qmail-esmtpd-user", "qmail_esmtpd.admin:main"),
-             ("qmail-esmtpd-checkpassword", "qmail_esmtpd.checkpassword_program:main"),
+             ("qmail-esmtpd-checkpassword", "qmail_esmtpd.pop3.checkpassword:main"),
              ("qmail-esmtpd-server", "qmail_esmtpd.forkserver:main"))
 SERVICE_USERS = ("qmaild", "nobody")
 # daemontools scripts, each with one QMAIL=/var/qmail line that names qmail's home

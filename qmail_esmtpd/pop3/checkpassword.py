@@ -1,112 +1,36 @@
-"""`qmail-esmtpd-checkpassword`: POP3 (and IMAP) logins from the `poppass` table.
-
-The checkpassword interface (cr.yp.to/checkpwd/interface.html), as
+"""The checkpassword interface (cr.yp.to/checkpwd/interface.html), as
 qmail-popup and Dovecot's `checkpassword` passdb call it:
 
     qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...]   3< user NUL password NUL timestamp NUL
 
-The password is checked exactly as SMTP AUTH checks it (accounts.login():
-the same hashes, dummy work for unknown names, hash upgrade, the per-IP
-throttle on $TCPREMOTEIP), then the verified row says who the session
-runs as: `sysuser` (a system user, never uid 0) and `dir` (else that
-user's home).  Exit status, as the interface defines it: 1 bad login, 2
-misuse, 111 temporary trouble; on success the subprogram is exec'd.
-Every refusal of a password check takes the same path: a row that cannot
-be served (no such sysuser, root, no dir, another host's) after a right
-password waits `authfaildelay` and exits 1 like a wrong password; only the
-log line says why.
-
-Started as root (qmail-popup under tcpserver), it connects to the database
-with the effective uid of the service user (`qmaild`, or control/popdbuser),
-so PostgreSQL's peer authentication sees that user, not root.
-
-Two ways to hand the session over, chosen by who called:
-- qmail-popup (run as root by tcpserver): switch to the sysuser (groups,
-  gid, uid), chdir to `dir`, set USER, HOME and SHELL, exec the subprogram.
-- Dovecot (it sets ORIG_UID, and runs us as its unprivileged auth user):
-  no switch (its checkpassword-reply refuses to run under another uid than
-  ORIG_UID); the uid, gid and home go back as `userdb_uid`, `userdb_gid`
-  and HOME (listed in EXTRA) for Dovecot's prefetch userdb, and the
-  subprogram is Dovecot's checkpassword-reply.  Run as root by Dovecot it
-  refuses (111): the subprogram would run as root.  AUTHORIZED=1 asks for a
-  lookup without a password (checkpassword as userdb): answered with
-  AUTHORIZED=2, or exit 3 for an unknown name.  Dovecot logs each line on
-  our stderr as an error: a success writes none there.
-
-The subprogram gets no database settings (AUTHDB, PG*, ...) in its
-environment.  One log line on stderr per outcome; never a password.
-Nothing from the SMTP server (protocol, server, lineio, queue, ...) is
-imported.
+The password is checked as SMTP AUTH checks it (accounts.login(): the same
+hashes and per-IP throttle); the verified row's `sysuser` and `dir` say who
+the session runs as (handover.py).  One log line on stderr per outcome,
+never a password; nothing of the SMTP server is imported.
 """
 
-import _signal  # the C module behind `signal`, already loaded
 import posix
 import sys
 
-from . import log as logging
-from .config import (
-    ControlError,
-    Controls,
-    clamp_seconds,
-    controls_of,
-    exportable,
-    number_setting,
-)
+from .. import log as logging
+from ..config import ControlError, Controls, clamp_seconds, controls_of, number_setting
+from . import BAD_LOGIN, MISUSE, TEMPORARY, UNKNOWN, Refused
+from .handover import ConnectingAs, Login, execute, prepare
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .auth.db import Database
+    from ..auth.db import Database
 
 PROGRAM = "qmail-esmtpd-checkpassword"
 MAX_INPUT = 512  # bytes of user NUL password NUL timestamp NUL, as the interface allows
 INPUT_TIMEOUT = 10  # seconds the caller has to write fd 3 and close it
 
-# Python ignores these for itself; an ignored signal stays ignored across exec
-RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
-
-BAD_LOGIN = 1
-MISUSE = 2
-UNKNOWN = 3  # Dovecot: "user does not exist", in a lookup
-TEMPORARY = 111
-
 POP_QUERY = "SELECT name, sysuser, dir, hostname, ip FROM poppass WHERE id = %s"
 LOOKUP_QUERY = ("SELECT id, name, sysuser, dir, hostname, ip FROM poppass "
                 "WHERE name = %s AND active")
-
-
 SERVICE_USER = b"qmaild"  # whose uid connects to the database when started as root
-# What the subprogram must not get: where the database is, and how to log in to it.
-DATABASE_SETTINGS = (b"AUTHDB", b"QMAIL_ESMTPD_ADMINDB", b"POPDBUSER")
-
-
-class Refused(Exception):
-    """The login cannot go on: the exit status, and why (for the log).
-
-    A bad login (status 1) waits `authfaildelay` before the exit, whatever
-    the reason, unless `at_once` (a lookup without a password, an APOP
-    digest that cannot be checked)."""
-
-    def __init__(self, status: int, why: str, at_once: bool = False) -> None:
-        super().__init__(why)
-        self.status = status
-        self.at_once = at_once
-
-
-class Login:
-    """Who the session runs as, from the verified row and the system's user database."""
-
-    __slots__ = ("name", "uid", "gid", "sysuser", "home", "shell")
-
-    def __init__(self, name: str, uid: int, gid: int, sysuser: str, home: str,
-                 shell: str) -> None:
-        self.name = name
-        self.uid = uid
-        self.gid = gid
-        self.sysuser = sysuser
-        self.home = home
-        self.shell = shell
 
 
 class Configuration:
@@ -115,8 +39,8 @@ class Configuration:
     __slots__ = ("controls", "conninfo", "delay", "plaintext", "this_host", "service_user")
 
     def __init__(self, env: "Mapping[bytes, bytes]") -> None:
-        from .auth import DEFAULT_FAIL_DELAY
-        from .config import authdb_conninfo, flag_setting
+        from ..auth import DEFAULT_FAIL_DELAY
+        from ..config import authdb_conninfo, flag_setting
 
         self.controls = controls_of(env)
         try:
@@ -211,8 +135,8 @@ def read_input(fd: int = 3) -> tuple[bytes, bytes, bytes]:
 def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, bytes]",
           config: Configuration, remoteip: str) -> "tuple[Login, str]":
     """The login this password opens (and a note for the log line), or Refused."""
-    from .auth import accounts, apop
-    from .auth.db import Database, DatabaseError
+    from ..auth import accounts, apop
+    from ..auth.db import Database, DatabaseError
 
     db = Database(config.conninfo or "")
     try:
@@ -225,7 +149,7 @@ def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, byte
                 return lookup(db, user, env, config.this_host), " (lookup)"
             except Refused as e:
                 raise Refused(e.status, str(e), at_once=True) from None
-        from .auth.throttle import open_throttle
+        from ..auth.throttle import open_throttle
 
         throttle = open_throttle(db, config.controls, env, remoteip)
         checkable = True
@@ -264,52 +188,12 @@ def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, byte
         db.close()  # the subprogram must not inherit the connection
 
 
-class ConnectingAs:
-    """Around the database connect, when started as root: the effective uid,
-    gid and groups of the service user (qmaild), whose uid is what PostgreSQL's
-    peer authentication sees; back to root afterwards, to switch to the row's
-    sysuser.  Not root: nothing changes."""
-
-    def __init__(self, name: bytes) -> None:
-        import pwd
-
-        self.switch = posix.geteuid() == 0
-        self.name = name.decode("utf-8", "surrogateescape")
-        if not self.switch:
-            return
-        try:
-            entry = pwd.getpwnam(self.name)
-        except KeyError:
-            raise Refused(TEMPORARY, f"no system user {self.name} to connect to the database "
-                                     "as (control/popdbuser names it)") from None
-        self.uid, self.gid = entry.pw_uid, entry.pw_gid
-
-    def __enter__(self) -> None:
-        if not self.switch:
-            return
-        self.groups, self.egid = posix.getgroups(), posix.getegid()
-        try:
-            posix.setgroups(posix.getgrouplist(self.name, self.gid))
-            posix.setegid(self.gid)
-            posix.seteuid(self.uid)
-        except OSError as e:
-            self.__exit__()
-            raise Refused(TEMPORARY, f"cannot connect as {self.name}: {e.strerror}") from None
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.switch:
-            return
-        posix.seteuid(0)
-        posix.setegid(self.egid)
-        posix.setgroups(self.groups)
-
-
 def lookup(db: "Database", user: bytes, env: "Mapping[bytes, bytes]",
            this_host: "tuple[str | None, str | None]") -> Login:
     """Dovecot's AUTHORIZED=1: the account without its password (userdb lookup).
 
     Never for a credentials lookup: hashes do not leave the database."""
-    from .auth.accounts import decoded_name
+    from ..auth.accounts import decoded_name
 
     if b"CREDENTIALS_LOOKUP" in env:
         raise Refused(BAD_LOGIN, "credentials lookup: only plaintext mechanisms are served")
@@ -321,7 +205,7 @@ def lookup(db: "Database", user: bytes, env: "Mapping[bytes, bytes]",
 
 
 def _query(db: "Database", sql: str, params: tuple) -> list:
-    from .auth.db import DatabaseError
+    from ..auth.db import DatabaseError
 
     try:
         return db.query(sql, params)
@@ -364,83 +248,6 @@ def session_for(row: tuple, this_host: "tuple[str | None, str | None]") -> Login
         raise Refused(BAD_LOGIN, f"sysuser {sysuser} is root: refused")
     return Login(name, entry.pw_uid, entry.pw_gid, sysuser, directory or entry.pw_dir,
                  entry.pw_shell)
-
-
-def prepare(login: Login, env: "dict[bytes, bytes]") -> None:
-    """Make the process the login's: as its user in its dir (qmail-popup), or
-    with the user in the environment for Dovecot; Refused when it cannot.
-    The subprogram's environment loses the database settings."""
-    for name in [name for name in env if name in DATABASE_SETTINGS or name.startswith(b"PG")]:
-        del env[name]
-    env[b"USER"] = login.name.encode()
-    env[b"HOME"] = login.home.encode()
-    env[b"SHELL"] = login.shell.encode()
-    if b"ORIG_UID" in env:  # Dovecot: its prefetch userdb takes these
-        _require_directory(login.home)
-        env[b"userdb_uid"] = str(login.uid).encode()
-        env[b"userdb_gid"] = str(login.gid).encode()
-        extra = env.get(b"EXTRA", b"").split()
-        env[b"EXTRA"] = b" ".join(extra + [b"userdb_uid", b"userdb_gid"])
-        if env.get(b"AUTHORIZED") == b"1":
-            env[b"AUTHORIZED"] = b"2"
-    else:
-        become(login)
-        try:
-            posix.chdir(login.home)
-        except OSError as e:
-            raise Refused(BAD_LOGIN, f"dir {login.home}: {e.strerror}") from None
-
-
-def execute(argv: list[str], env: "dict[bytes, bytes]") -> int:
-    """Exec the subprogram, searched in $PATH as checkpassword's pathexec does;
-    returns 111 only when that fails.  Imports nothing: after the switch to the
-    sysuser, the interpreter's own files may be out of reach."""
-    program = argv[0].encode("utf-8", "surrogateescape")
-    if b"/" in program:
-        candidates = [program]
-    else:
-        path = env.get(b"PATH", b"/bin:/usr/bin")
-        candidates = [(entry or b".") + b"/" + program for entry in path.split(b":")]
-    for signal in RESET_SIGNALS:  # ignored by Python, not by the subprogram
-        _signal.signal(signal, _signal.SIG_DFL)
-    error = "not found"
-    for candidate in candidates:
-        try:
-            posix.execve(candidate, argv, exportable(env))
-        except OSError as e:
-            if e.errno != 2 or error == "not found":  # keep the first reason but ENOENT
-                error = e.strerror or "cannot run"
-    logging.log(f"login tempfail: cannot run {argv[0]}: {error}")
-    return TEMPORARY
-
-
-def become(login: Login) -> None:
-    """Drop to the sysuser: supplementary groups, gid, uid (as checkpassword's
-    prot_gid/prot_uid); running as that user already is fine, anything else 111."""
-    if posix.geteuid() == 0:
-        try:
-            posix.setgroups(posix.getgrouplist(login.sysuser, login.gid))
-            posix.setgid(login.gid)
-            posix.setuid(login.uid)
-        except OSError as e:
-            raise Refused(TEMPORARY, f"cannot become {login.sysuser}: {e.strerror}") from None
-    if posix.getuid() != login.uid or posix.geteuid() != login.uid or posix.getuid() == 0:
-        raise Refused(TEMPORARY, f"cannot become {login.sysuser}: not started as root")
-
-
-def _require_directory(path: str) -> None:
-    """A missing dir is refused here too; one Dovecot's auth user may not
-    search is left to Dovecot, which opens it as the user."""
-    import stat
-
-    try:
-        mode = posix.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise Refused(BAD_LOGIN, f"dir {path}: {e.strerror}") from None
-    except OSError:
-        return
-    if not stat.S_ISDIR(mode):
-        raise Refused(BAD_LOGIN, f"dir {path}: not a directory")
 
 
 def _sleep(seconds: int) -> None:
