@@ -2,9 +2,8 @@
 users/cdb, tcp.smtp.cdb.
 
 Our own few lines rather than a package: a lookup is two or three preads,
-and a session that checks recipients against users/cdb must not pay a
-library's imports (struct, mmap, itertools: 1.6 ms, more than the check).
-Imports nothing but posix.
+and a library's imports (struct, mmap, itertools) would cost a session more
+than its recipient checks.  Imports nothing but posix.
 """
 
 import posix

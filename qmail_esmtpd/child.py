@@ -7,7 +7,7 @@ session code tcpserver mode runs (`cli.main`), with the preloaded TLS
 context, and the child's exit status is the session's.
 """
 
-import _signal  # the C module behind `signal`: signal.signal() builds enums, ~100 page faults
+import _signal  # not `signal`, whose signal.signal() builds enums: pages every child copies
 import os
 import posix
 import sys
@@ -27,8 +27,8 @@ DENIED = 100  # tcpserver's exit status for a connection its rules deny
 TROUBLE = 111
 
 
-class Listening:
-    """What every child shares: how the server was told to behave."""
+class ChildSettings:
+    """What every session child shares: how the server was told to behave."""
 
     def __init__(self, localhost: bytes | None, verbose: bool,
                  session_argv: list[str], tls: "PreloadedTLS") -> None:
@@ -80,15 +80,16 @@ def reset_signals() -> None:
         _signal.signal(signum, _signal.SIG_DFL)
 
 
-def run(conn: "socket.socket", listening: Listening, rule: "Rule | RulesUnreadable") -> int:
+def run(conn: "socket.socket", settings: ChildSettings,
+        rule: "Rule | RulesUnreadable") -> int:
     """Everything a child does with one accepted connection; its exit status.
     `rule` is what the server found for the client in its rules (ALLOW_ALL
     without a rules file)."""
     reset_signals()
     local, remote = conn.getsockname(), conn.getpeername()
-    if listening.verbose:
+    if settings.verbose:
         log(f"pid {posix.getpid()} from {remote[0]}")
-    for name, value in tcp_environment(local, remote, listening.localhost):
+    for name, value in tcp_environment(local, remote, settings.localhost):
         setenv(name, value, for_libpq=False)
     if isinstance(rule, RulesUnreadable):
         log(f"warning: dropping connection, unable to read {rule}")
@@ -96,8 +97,8 @@ def run(conn: "socket.socket", listening: Listening, rule: "Rule | RulesUnreadab
     deny = rule.deny
     for name, value in rule.variables:
         setenv(name, value)
-    if listening.verbose:
-        log(connection_line("deny" if deny else "ok", local, remote, listening.localhost))
+    if settings.verbose:
+        log(connection_line("deny" if deny else "ok", local, remote, settings.localhost))
     if deny:
         return DENIED
     fd = conn.detach()
@@ -105,16 +106,16 @@ def run(conn: "socket.socket", listening: Listening, rule: "Rule | RulesUnreadab
     posix.dup2(fd, 1)
     posix.close(fd)
     logmodule.PROGRAM = "qmail-esmtpd"
-    sys.argv = ["qmail-esmtpd", *listening.session_argv]
-    return session_main(listening.tls)
+    sys.argv = ["qmail-esmtpd", *settings.session_argv]
+    return session_main(settings.tls)
 
 
-def refuse(conn: "socket.socket", reply: bytes, listening: Listening) -> int:
+def refuse(conn: "socket.socket", reply: bytes, settings: ChildSettings) -> int:
     """A source over its limit: qmail's 421 from the child, never from the server."""
     reset_signals()
     local, remote = conn.getsockname(), conn.getpeername()
-    if listening.verbose:
-        log(connection_line("limit", local, remote, listening.localhost))
+    if settings.verbose:
+        log(connection_line("limit", local, remote, settings.localhost))
     conn.settimeout(10)
     try:
         conn.sendall(reply)

@@ -8,19 +8,7 @@ once what sessions need (preload.py), drops privileges, and forks one
 child per connection that runs the session exactly as qmail-esmtpd under
 tcpserver does (child.py); ARGs are qmail-esmtpd's arguments (the
 checkpassword command line).  The server itself never reads or writes a
-byte of SMTP.  Options are tcpserver's where they exist:
-
-  -c N   at most N sessions at once (40); more connections wait in the backlog
-  -C N   at most N sessions from one IPv4 address (0: no limit); more get 421
-  -b N   listen backlog (20)
-  -x CDB tcprules file; -X: allow all when it is missing
-  -u UID, -g GID, -U ($UID, $GID): run as that user and group after binding
-  -l NAME  TCPLOCALHOST (no DNS: unset without -l)
-  -H, -R   accepted: no DNS and no ident lookups is the only mode
-  -v, -q, -Q  verbose (tcpserver -v's lines), quiet, errors only (default)
-  -1     print the local port on stdout once listening
-  -S     take the listening socket from systemd (LISTEN_FDS, Accept=no)
-  -T S   on SIGTERM, wait at most S seconds (60) for running sessions
+byte of SMTP.  Its options are tcpserver's where they exist (serveroptions.py).
 """
 
 import gc
@@ -33,130 +21,13 @@ import time
 
 from . import log as logmodule
 from . import preload, replies
-from .child import TROUBLE, Listening, refuse, reset_signals, run
-from .config import MAX_SECONDS
+from .child import TROUBLE, ChildSettings, refuse, reset_signals, run
 from .log import log
+from .serveroptions import USAGE, Options, UsageError, parse
 from .tcprules import ALLOW_ALL, Rule, RulesFile, RulesUnreadable
 
-USAGE = ("usage: qmail-esmtpd-server [-vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
-         "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] "
-         "{host port | -S} [arg ...]")
-OPTIONS_WITH_VALUE = "cCbxuglT"
-OPTIONS_FLAGS = "vqQHR1SXUD"
-SYSTEMD_FIRST_FD = 3
-
-
-class UsageError(Exception):
-    pass
-
-
-class Options:
-    def __init__(self) -> None:
-        self.limit = 40
-        self.per_source = 0
-        self.backlog = 20
-        self.rules: str | None = None
-        self.allow_missing_rules = False
-        self.uid = 0
-        self.gid = 0
-        self.localhost: str | None = None
-        self.verbosity = 1
-        self.print_port = False
-        self.systemd = False
-        self.grace = 60
-        self.host = ""
-        self.port = ""
-        self.session_argv: list[str] = []
-
-
-def parse(argv: list[str]) -> Options:
-    """tcpserver-style getopt: options first, then HOST PORT (not with -S), then ARGs."""
-    opts = Options()
-    args = list(argv)
-    while args and args[0].startswith("-") and args[0] != "-":
-        arg = args.pop(0)
-        if arg == "--":
-            break
-        letters = arg[1:]
-        while letters:
-            letter, letters = letters[0], letters[1:]
-            if letter in OPTIONS_WITH_VALUE:
-                if not letters:
-                    if not args:
-                        raise UsageError(f"-{letter} needs a value")
-                    letters = args.pop(0)
-                _set_value(opts, letter, letters)
-                letters = ""
-            elif letter in OPTIONS_FLAGS:
-                _set_flag(opts, letter)
-            elif letter in "hrpPoOdB":
-                raise UsageError(f"-{letter} is not supported (no DNS, ident, banner or IP "
-                                 "options: see the README)")
-            else:
-                raise UsageError(f"unknown option -{letter}")
-    if not opts.systemd:
-        if len(args) < 2:
-            raise UsageError("HOST and PORT are needed (or -S)")
-        opts.host, opts.port = args[0], args[1]
-        args = args[2:]
-    opts.session_argv = args
-    return opts
-
-
-MAX_COUNT = 2**31 - 1  # listen() takes a C int; no count of sessions gets near it
-MAX_ID = 2**32 - 2  # uid_t and gid_t; 2**32 - 1 is -1, "leave unchanged"
 MAX_PORT = 65535
-
-# letter -> (attribute, largest value): a larger count or delay is cut to it
-NUMBER_OPTIONS = {"c": ("limit", MAX_COUNT), "C": ("per_source", MAX_COUNT),
-                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS)}
-ID_OPTIONS = {"u": "uid", "g": "gid"}
-
-
-def _number(letter: str, value: str) -> int:
-    if not value.isdigit():
-        raise UsageError(f"-{letter} wants a number, not {value!r}")
-    return int(value)
-
-
-def _id(letter: str, value: str) -> int:
-    """A uid or gid; one that no uid_t holds is refused, not cut."""
-    number = _number(letter, value)
-    if number > MAX_ID:
-        raise UsageError(f"-{letter} {value}: no such user or group id")
-    return number
-
-
-def _set_value(opts: Options, letter: str, value: str) -> None:
-    if letter in NUMBER_OPTIONS:
-        attribute, largest = NUMBER_OPTIONS[letter]
-        setattr(opts, attribute, min(_number(letter, value), largest))
-        opts.limit = max(1, opts.limit)
-    elif letter in ID_OPTIONS:
-        setattr(opts, ID_OPTIONS[letter], _id(letter, value))
-    elif letter == "x":
-        opts.rules = value
-    elif letter == "l":
-        opts.localhost = value
-
-
-def _set_flag(opts: Options, letter: str) -> None:
-    if letter == "v":
-        opts.verbosity = 2
-    elif letter == "q":
-        opts.verbosity = 0
-    elif letter == "Q":
-        opts.verbosity = 1
-    elif letter == "1":
-        opts.print_port = True
-    elif letter == "S":
-        opts.systemd = True
-    elif letter == "X":
-        opts.allow_missing_rules = True
-    elif letter == "U":
-        opts.uid = _id("U", os.environ.get("UID", "0"))
-        opts.gid = _id("U", os.environ.get("GID", "0"))
-    # H, R: the only mode; D: TCP_NODELAY is always set, as tcpserver's default
+SYSTEMD_FIRST_FD = 3
 
 
 class Fatal(Exception):
@@ -216,11 +87,11 @@ def drop_privileges(opts: Options) -> None:
 class Server:
     """The accept loop: limits, children, signals, tcpserver -v's status lines."""
 
-    def __init__(self, sock: socket.socket, opts: Options, listening: Listening,
+    def __init__(self, sock: socket.socket, opts: Options, settings: ChildSettings,
                  rules: RulesFile | None) -> None:
         self.sock = sock
         self.opts = opts
-        self.listening = listening
+        self.settings = settings
         self.rules = rules
         self.controls = preload.controls_from_environment()
         self.children: dict[int, str] = {}  # pid -> remote IP ("" for a 421 child)
@@ -230,7 +101,8 @@ class Server:
         self.auth_loaded = False
         self.wake_fds: tuple[int, ...] = ()
 
-    def status(self) -> None:
+    def log_status(self) -> None:
+        """tcpserver -v's `status: running/limit` line."""
         if self.opts.verbosity >= 2:
             log(f"status: {len(self.children)}/{self.opts.limit}")
 
@@ -240,11 +112,11 @@ class Server:
 
         Run with the sessions' privileges, so it reads what they could read."""
         self.controls = preload.controls_from_environment()
-        self.listening.tls.load(self.controls)
+        self.settings.tls.load(self.controls)
         if self.rules is not None:
             self.rules.forget()
             try:
-                self.rules.current()
+                self.rules.lookup_function()
             except Exception as e:  # the children say so, connection by connection
                 log(f"warning: unable to read rules: {e}")
         self.import_auth()
@@ -255,7 +127,7 @@ class Server:
         """The AUTH libraries, once some session may use AUTH."""
         if self.auth_loaded:
             return
-        argv = [a.encode("utf-8", "surrogateescape") for a in self.listening.session_argv]
+        argv = [a.encode("utf-8", "surrogateescape") for a in self.settings.session_argv]
         rules_set_authdb = self.rules is not None and self.rules.sets(b"AUTHDB")
         if preload.auth_configured(argv, self.controls, rules_set_authdb):
             missing = preload.import_modules(preload.AUTH_MODULES)
@@ -302,7 +174,7 @@ class Server:
                     self.per_source.pop(source, None)
             if self.opts.verbosity >= 2:
                 log(f"end {pid} status {wstat}")
-            self.status()
+            self.log_status()
 
     def accept(self) -> None:
         try:
@@ -322,7 +194,7 @@ class Server:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not over:
-                self.listening.tls.refresh(self.controls)
+                self.settings.tls.refresh(self.controls)
                 if self.rules is not None:
                     try:  # looked up here, where the table stays read and cached
                         rule = self.rules.rule(source.encode())
@@ -346,8 +218,8 @@ class Server:
                 self.sock.close()
                 for fd in self.wake_fds:
                     os.close(fd)
-                status = refuse(conn, replies.TOO_MANY_FROM_SOURCE, self.listening) if over \
-                    else run(conn, self.listening, rule)
+                status = refuse(conn, replies.TOO_MANY_FROM_SOURCE, self.settings) if over \
+                    else run(conn, self.settings, rule)
             except BaseException as e:  # a bug: never back into the server's loop
                 log(f"session failed: {type(e).__name__}: {e}")
             finally:
@@ -355,13 +227,13 @@ class Server:
         self.children[pid] = "" if over else source
         if not over:
             self.per_source[source] = self.per_source.get(source, 0) + 1
-        self.status()
+        self.log_status()
 
     # -- the loop --------------------------------------------------------------
     def serve(self) -> int:
         wake = self.install_signals()
         self.sock.setblocking(False)
-        self.status()
+        self.log_status()
         import select
 
         while not self.stopping:
@@ -423,12 +295,11 @@ TUNABLES = "GLIBC_TUNABLES"
 def with_huge_pages() -> None:
     """Start again, once, with glibc's malloc asking for transparent huge pages.
 
-    argon2 takes 19 MiB per AUTH, fresh in every child: in 4 KB pages that
-    is ~4,900 page faults (7 ms of a 37 ms verify), in 2 MB pages ~550.
-    glibc reads the tunable only at start-up, hence the exec; afterwards the
-    variable is taken out again, so sessions see the environment tcpserver
-    mode gives them.  Where glibc or the kernel does not know the tunable
-    (or THP is off) nothing changes.
+    argon2's memory is fresh in every child's AUTH: in 2 MB pages it takes
+    far fewer page faults than in 4 KB ones.  glibc reads the tunable only
+    at start-up, hence the exec; afterwards the variable is taken out again,
+    so sessions see the environment tcpserver mode gives them.  Where glibc
+    or the kernel does not know the tunable (or THP is off) nothing changes.
     """
     current = os.environ.get(TUNABLES)
     if current is not None and "glibc.malloc.hugetlb" in current:
@@ -484,9 +355,9 @@ def main() -> int:
     os.close(null)
     rules = RulesFile(opts.rules.encode(), opts.allow_missing_rules) if opts.rules else None
     localhost = opts.localhost.encode() if opts.localhost is not None else None
-    listening = Listening(localhost, opts.verbosity >= 2, opts.session_argv,
+    settings = ChildSettings(localhost, opts.verbosity >= 2, opts.session_argv,
                           preload.PreloadedTLS())
-    server = Server(sock, opts, listening, rules)
+    server = Server(sock, opts, settings, rules)
     # Code is loaded with the privileges the server started with (the
     # interpreter's library may be closed to the service user), configuration
     # is read after dropping them, as every session reads it.
@@ -496,7 +367,7 @@ def main() -> int:
         return 111
     if rules is not None:
         try:
-            rules.current()
+            rules.lookup_function()
         except Exception:
             pass
     server.import_auth()

@@ -75,12 +75,12 @@ class RulesFile:
     """`tcp.smtp.cdb`, read again whenever it is replaced.
 
     tcprules writes a new file and renames it into place, so a change of
-    inode, size or modification time means a new table; `current()` checks
-    with one stat() per connection and reads the file only when it changed.
-    A missing file allows everything with `allow_missing` (tcpserver -X),
-    else every connection is dropped, as tcpserver does.  Rules found are
-    kept per address until the file changes (the server looks them up
-    before it forks, so a child never touches the table).
+    inode, size or modification time means a new table; `lookup_function()`
+    checks with one stat() per connection and reads the file only when it
+    changed.  A missing file allows everything with `allow_missing`
+    (tcpserver -X), else every connection is dropped, as tcpserver does.
+    Rules found are kept per address until the file changes (the server
+    looks them up before it forks, so a child never touches the table).
     """
 
     CACHED = 4096  # addresses whose rule is kept; then the cache starts again
@@ -98,7 +98,7 @@ class RulesFile:
         (a look at the raw file: a stray match costs only a preload)."""
         return b"+" + name + b"=" in self.data
 
-    def current(self) -> "Finder | None":
+    def lookup_function(self) -> "Finder | None":
         """The table's lookup function; None when the file is missing (-X)."""
         try:
             st = posix.stat(self.path)
@@ -135,7 +135,7 @@ class RulesFile:
 
     def rule(self, ip: bytes) -> Rule:
         """The rule for `ip`; RulesUnreadable when the file cannot be used."""
-        find = self.current()
+        find = self.lookup_function()
         if find is None:
             return ALLOW_ALL
         rule = self.found.get(ip)

@@ -15,7 +15,7 @@ import pytest
 
 from qmail_esmtpd import replies
 from qmail_esmtpd.config import MAX_SECONDS
-from qmail_esmtpd.forkserver import MAX_COUNT, UsageError, parse
+from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
 from support import (

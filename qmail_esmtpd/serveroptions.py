@@ -1,0 +1,138 @@
+"""qmail-esmtpd-server's command line: tcpserver's options, where they exist.
+
+  -c N   at most N sessions at once (40); more connections wait in the backlog
+  -C N   at most N sessions from one IPv4 address (0: no limit); more get 421
+  -b N   listen backlog (20)
+  -x CDB tcprules file; -X: allow all when it is missing
+  -u UID, -g GID, -U ($UID, $GID): run as that user and group after binding
+  -l NAME  TCPLOCALHOST (no DNS: unset without -l)
+  -H, -R   accepted: no DNS and no ident lookups is the only mode
+  -v, -q, -Q  verbose (tcpserver -v's lines), quiet, errors only (default)
+  -1     print the local port on stdout once listening
+  -S     take the listening socket from systemd (LISTEN_FDS, Accept=no)
+  -T S   on SIGTERM, wait at most S seconds (60) for running sessions
+"""
+
+import os
+
+from .config import MAX_SECONDS
+
+USAGE = ("usage: qmail-esmtpd-server [-vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
+         "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] "
+         "{host port | -S} [arg ...]")
+OPTIONS_WITH_VALUE = "cCbxuglT"
+OPTIONS_FLAGS = "vqQHR1SXUD"
+
+
+class UsageError(Exception):
+    """A command line that cannot be run (exit 100, with USAGE)."""
+
+
+class Options:
+    """What the command line asks for; tcpserver's defaults otherwise."""
+
+    def __init__(self) -> None:
+        self.limit = 40
+        self.per_source = 0
+        self.backlog = 20
+        self.rules: str | None = None
+        self.allow_missing_rules = False
+        self.uid = 0
+        self.gid = 0
+        self.localhost: str | None = None
+        self.verbosity = 1
+        self.print_port = False
+        self.systemd = False
+        self.grace = 60
+        self.host = ""
+        self.port = ""
+        self.session_argv: list[str] = []
+
+
+def parse(argv: list[str]) -> Options:
+    """tcpserver-style getopt: options first, then HOST PORT (not with -S), then ARGs."""
+    opts = Options()
+    args = list(argv)
+    while args and args[0].startswith("-") and args[0] != "-":
+        arg = args.pop(0)
+        if arg == "--":
+            break
+        letters = arg[1:]
+        while letters:
+            letter, letters = letters[0], letters[1:]
+            if letter in OPTIONS_WITH_VALUE:
+                if not letters:
+                    if not args:
+                        raise UsageError(f"-{letter} needs a value")
+                    letters = args.pop(0)
+                _set_value(opts, letter, letters)
+                letters = ""
+            elif letter in OPTIONS_FLAGS:
+                _set_flag(opts, letter)
+            elif letter in "hrpPoOdB":
+                raise UsageError(f"-{letter} is not supported (no DNS, ident, banner or IP "
+                                 "options: see the README)")
+            else:
+                raise UsageError(f"unknown option -{letter}")
+    if not opts.systemd:
+        if len(args) < 2:
+            raise UsageError("HOST and PORT are needed (or -S)")
+        opts.host, opts.port = args[0], args[1]
+        args = args[2:]
+    opts.session_argv = args
+    return opts
+
+
+MAX_COUNT = 2**31 - 1  # listen() takes a C int; no count of sessions gets near it
+MAX_ID = 2**32 - 2  # uid_t and gid_t; 2**32 - 1 is -1, "leave unchanged"
+
+# letter -> (attribute, largest value): a larger count or delay is cut to it
+NUMBER_OPTIONS = {"c": ("limit", MAX_COUNT), "C": ("per_source", MAX_COUNT),
+                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS)}
+ID_OPTIONS = {"u": "uid", "g": "gid"}
+
+
+def _number(letter: str, value: str) -> int:
+    if not value.isdigit():
+        raise UsageError(f"-{letter} wants a number, not {value!r}")
+    return int(value)
+
+
+def _id(letter: str, value: str) -> int:
+    """A uid or gid; one that no uid_t holds is refused, not cut."""
+    number = _number(letter, value)
+    if number > MAX_ID:
+        raise UsageError(f"-{letter} {value}: no such user or group id")
+    return number
+
+
+def _set_value(opts: Options, letter: str, value: str) -> None:
+    if letter in NUMBER_OPTIONS:
+        attribute, largest = NUMBER_OPTIONS[letter]
+        setattr(opts, attribute, min(_number(letter, value), largest))
+        opts.limit = max(1, opts.limit)
+    elif letter in ID_OPTIONS:
+        setattr(opts, ID_OPTIONS[letter], _id(letter, value))
+    elif letter == "x":
+        opts.rules = value
+    elif letter == "l":
+        opts.localhost = value
+
+
+def _set_flag(opts: Options, letter: str) -> None:
+    if letter == "v":
+        opts.verbosity = 2
+    elif letter == "q":
+        opts.verbosity = 0
+    elif letter == "Q":
+        opts.verbosity = 1
+    elif letter == "1":
+        opts.print_port = True
+    elif letter == "S":
+        opts.systemd = True
+    elif letter == "X":
+        opts.allow_missing_rules = True
+    elif letter == "U":
+        opts.uid = _id("U", os.environ.get("UID", "0"))
+        opts.gid = _id("U", os.environ.get("GID", "0"))
+    # H, R: the only mode; D: TCP_NODELAY is always set, as tcpserver's default
