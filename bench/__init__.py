@@ -31,7 +31,7 @@ the repository root, prints in one run:
 It prints figures with their targets and asserts nothing; it stops with an
 error only when the server misbehaves (so a broken server cannot look fast).
 The report goes to stdout as each figure is measured, progress to stderr.
-The AUTH figures start a throwaway PostgreSQL cluster (tests/support.py) and
+The AUTH figures start a throwaway PostgreSQL cluster (tests/harness/postgres.py) and
 need the virtualenv's psycopg2 and passlib (figure 5 pgbouncer too);
 `--no-auth` leaves them out and needs the standard library only.  The
 STARTTLS figures make a self-signed certificate with openssl(1).

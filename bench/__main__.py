@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.support import StartError
+from tests.harness.processes import StartError
 
 from . import BenchError, figures, progress
 from . import __doc__ as OVERVIEW

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import PGBIN, Cluster, StartError
+from tests.harness.postgres import PGBIN, Cluster
+from tests.harness.processes import StartError
 
 from . import BenchError
 from .session import AUTH_PASSWORD, AUTH_SENDLIMIT, AUTH_USER
@@ -85,7 +86,7 @@ class AuthDB:
 
 @contextmanager
 def auth_database() -> Iterator[AuthDB]:
-    """support.Cluster with the schema, grants and the bench's user; always destroyed."""
+    """harness.postgres.Cluster with the schema, grants and the bench's user; always destroyed."""
     try:
         import passlib.context  # noqa: F401
         import psycopg2  # noqa: F401

@@ -4,7 +4,7 @@ Each run starts qmail-esmtpd under tcpserver on 127.0.0.1 and on 127.0.0.2,
 drives both at once with FRONTEND_CONCURRENCY client threads each, every
 session an AUTH PLAIN of the same user whose limit is exactly the number of
 sessions, and samples pg_stat_activity meanwhile.  Once through pgbouncer
-(service/pgbouncer.ini, support.Pgbouncer), once straight to PostgreSQL, so
+(service/pgbouncer.ini, harness.pgbouncer.Pgbouncer), once straight to PostgreSQL, so
 the backends pgbouncer saves show beside each other.
 """
 
@@ -13,7 +13,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from tests.support import Pgbouncer
+from tests.harness.pgbouncer import Pgbouncer
 
 from . import BenchError
 from .session import AUTH_COMMANDS, AUTH_PASSWORD

@@ -5,7 +5,7 @@ sits beside the SMTP AUTH session's: the same interpreter start, imports,
 argon2id verify and throttle, plus one query for the POP3 columns and an
 exec of the subprogram (here /bin/true, whose own CPU is counted too).
 The launcher is made the way `make venv` makes qmail-esmtpd's
-(support.write_launcher: real interpreter, -IS).
+(harness.files.write_launcher: real interpreter, -IS).
 """
 
 import os
@@ -13,7 +13,8 @@ import statistics
 import subprocess
 from dataclasses import dataclass
 
-from tests.support import run_with_fd3, write_launcher
+from tests.harness.files import write_launcher
+from tests.harness.processes import run_with_fd3
 
 from . import BenchError
 from .figures import section

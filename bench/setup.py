@@ -9,7 +9,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import SERVER, compile_users
+from tests.harness.files import compile_users
+from tests.harness.paths import SERVER
 
 from . import BenchError, progress
 from .database import AuthDB, auth_database

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tests.support import TcpServer
+from tests.harness.tcpserver import TcpServer
 
 from . import BenchError
 from .pipes import CLIENT_TIMEOUT, children_cpu
@@ -78,7 +78,7 @@ def transaction(sock: socket.socket, reader: Reader, commands: Commands) -> None
 @contextmanager
 def tcpserver(bench: Bench, authdb: bool = False, host: str = "127.0.0.1",
               conninfo: str | None = None) -> Iterator[tuple[int, Callable[[], float]]]:
-    """qmail-esmtpd under tcpserver (support.TcpServer, `:allow` rules, no -v) on `host`.
+    """qmail-esmtpd under tcpserver (harness.tcpserver.TcpServer, `:allow` rules, no -v) on `host`.
 
     Yields the port and a function giving server-side CPU (tcpserver and
     everything it ran); that is only known once tcpserver has been reaped,

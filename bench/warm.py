@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support import ForkServer, TcpServer, let_service_user_in
+from tests.harness.forkserver import ForkServer
+from tests.harness.system_users import let_service_user_in
+from tests.harness.tcpserver import TcpServer
 
 from . import BenchError, progress
 from .session import AUTH_COMMANDS, AUTH_PASSWORD, COMMANDS, EHLO

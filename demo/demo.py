@@ -10,7 +10,7 @@ cluster: nothing it started is left running.
 
 127.0.0.1 may relay (RELAYCLIENT); 127.0.0.2 gets AUTH (AUTHDB names the
 cluster), so a client there relays only after logging in.  The cluster is
-made the way the tests make theirs (tests/support.py Cluster, sql/schema.sql
+made the way the tests make theirs (tests/harness/postgres.py Cluster, sql/schema.sql
 and sql/grants.sql), and the demo user with qmail-esmtpd-user.
 """
 
@@ -24,7 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support import Cluster, StartError, end_group, self_signed_pem  # noqa: E402
+from tests.harness.files import self_signed_pem  # noqa: E402
+from tests.harness.postgres import Cluster  # noqa: E402
+from tests.harness.processes import StartError, end_group  # noqa: E402
 
 SERVER = REPO / ".venv" / "bin" / "qmail-esmtpd"
 ADMIN = REPO / ".venv" / "bin" / "qmail-esmtpd-user"

@@ -1,6 +1,6 @@
 """Fixtures: a control dir, a recording qmail-queue, the server under real
 tcpserver, and one PostgreSQL cluster for the whole run.  The helpers they
-use, shared with the benchmark, are in support.py."""
+use, shared with the benchmark, are in harness/."""
 
 import base64
 import json
@@ -14,17 +14,12 @@ import pytest
 
 from qmail_esmtpd.auth.passwords import context
 
-from support import (
-    FAKE_QUEUE,
-    SERVER,
-    Cluster,
-    Database,
-    ForkServer,
-    TcpServer,
-    let_service_user_in,
-    pop3_service_env,
-    write_program,
-)
+from harness.files import write_program
+from harness.forkserver import ForkServer
+from harness.paths import FAKE_QUEUE, SERVER
+from harness.postgres import Cluster, Database
+from harness.system_users import let_service_user_in, pop3_service_env
+from harness.tcpserver import TcpServer
 
 
 class Queue:

@@ -117,7 +117,7 @@ def test_the_database_client_does_not_load_python_ssl(mail):
     import subprocess
     import sys
 
-    from support import ROOT
+    from harness.paths import ROOT
 
     code = ("import sys\n"
             "from qmail_esmtpd.auth.db import Database\n"

@@ -12,7 +12,11 @@ import pytest
 
 from qmail_esmtpd.auth import passwords
 
-from support import ROOT, Database, host_has, run_with_fd3, write_launcher
+from harness.files import write_launcher
+from harness.paths import ROOT
+from harness.postgres import Database
+from harness.processes import run_with_fd3
+from harness.system_users import host_has
 
 SCRIPT = ROOT / ".venv" / "bin" / "qmail-esmtpd-user"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "qmail_esmtpd.admin"]

@@ -12,14 +12,10 @@ import pytest
 from qmail_esmtpd.auth.passwords import context
 
 from conftest import Accounts
-from support import (
-    FAKE_CHECKPASSWORD,
-    FAKE_QUEUE,
-    SERVER,
-    Cluster,
-    imported_modules,
-    write_program,
-)
+from harness.files import write_program
+from harness.paths import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER
+from harness.postgres import Cluster
+from harness.processes import imported_modules
 
 ALICE, ALICE_PW = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"

@@ -260,7 +260,7 @@ def authenticator(tmp_path, env: dict, argv: list[bytes]) -> tuple[Authenticator
 
 
 def test_authenticator_delays_failures_only(tmp_path, capfd):
-    from support import FAKE_CHECKPASSWORD
+    from harness.paths import FAKE_CHECKPASSWORD
 
     checker = [str(FAKE_CHECKPASSWORD).encode()]  # reads fd 3, as a real one does
     (tmp_path / "authfaildelay").write_text("7\n")
@@ -318,7 +318,7 @@ def test_the_account_check_needs_nothing_from_smtp():
 
 
 def test_senders_are_the_login_when_binding_is_on(tmp_path):
-    from support import FAKE_CHECKPASSWORD
+    from harness.paths import FAKE_CHECKPASSWORD
 
     checker = [str(FAKE_CHECKPASSWORD).encode(), b"/bin/true"]
     bound, _ = authenticator(tmp_path, {b"SENDERBINDING": b"1"}, checker)

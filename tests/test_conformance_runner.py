@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from support import FAKE_CHECKPASSWORD, FAKE_QUEUE, ROOT, write_program
+from harness.files import write_program
+from harness.paths import FAKE_CHECKPASSWORD, FAKE_QUEUE, ROOT
 
 KIT = ROOT / "tests" / "conformance"
 SCENARIO = KIT / "scenarios" / "001-greeting-default.scn"

@@ -6,7 +6,7 @@ from pathlib import Path
 import cdblib
 import pytest
 
-from support import ROOT, SERVER
+from harness.paths import ROOT, SERVER
 
 
 def session(control: Path, commands: bytes) -> list[bytes]:

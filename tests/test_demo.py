@@ -8,7 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from support import ROOT, free_port, wait_listening
+from harness.paths import ROOT
+from harness.processes import free_port, wait_listening
 
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 

@@ -26,17 +26,11 @@ from test_admin import COMMAND as ADMIN
 from test_pop3 import SYSUSER, new_home
 from test_readme_steps import peer_authentication, readme_blocks
 
-from support import (
-    ROOT,
-    Cluster,
-    Database,
-    StartError,
-    end_group,
-    free_port,
-    installed_prefix,
-    wait_listening,
-    world_readable_dir,
-)
+from harness.install import installed_prefix
+from harness.paths import ROOT
+from harness.postgres import Cluster, Database
+from harness.processes import StartError, end_group, free_port, wait_listening
+from harness.system_users import world_readable_dir
 
 PASSWORD = "Dovecot-and-qmail 2026"
 SECTION = "### As Dovecot's checkpassword passdb"

@@ -15,7 +15,10 @@ import pytest
 
 from qmail_esmtpd.auth.passwords import context
 
-from support import SERVER, Cluster, Pgbouncer, TcpServer
+from harness.paths import SERVER
+from harness.pgbouncer import Pgbouncer
+from harness.postgres import Cluster
+from harness.tcpserver import TcpServer
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"

@@ -18,17 +18,11 @@ from qmail_esmtpd.config import MAX_SECONDS
 from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from support import (
-    FORKSERVER,
-    ROOT,
-    SERVER,
-    ForkServer,
-    TcpServer,
-    let_service_user_in,
-    self_signed_pem,
-    service_ids,
-    write_program,
-)
+from harness.files import self_signed_pem, write_program
+from harness.forkserver import ForkServer
+from harness.paths import FORKSERVER, ROOT, SERVER
+from harness.system_users import let_service_user_in, service_ids
+from harness.tcpserver import TcpServer
 
 # --- the lookup, pure ---------------------------------------------------------
 

@@ -11,7 +11,9 @@ import pytest
 
 from qmail_esmtpd.auth.passwords import context
 
-from support import SERVER, Pgbouncer, TcpServer
+from harness.paths import SERVER
+from harness.pgbouncer import Pgbouncer
+from harness.tcpserver import TcpServer
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 ELSEWHERE = "someone@elsewhere.example.org"

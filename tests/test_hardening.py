@@ -21,7 +21,8 @@ from test_auth import ALICE, ALICE_PW, ELSEWHERE, login, smtp
 from qmail_esmtpd.auth import passwords
 from qmail_esmtpd.auth.throttle import source_of
 
-from support import ROOT, run_with_fd3
+from harness.paths import ROOT
+from harness.processes import run_with_fd3
 
 MESSAGE = b"Subject: x\r\n\r\nx\r\n"
 
@@ -354,7 +355,7 @@ def test_an_unrecordable_failure_counts_toward_authmaxfail(db, tcpserver):
 def test_pop3_waits_the_delay_when_a_failure_cannot_be_recorded(db, control, how):
     from test_pop3 import ENTRY, login
 
-    from support import write_launcher
+    from harness.files import write_launcher
 
     db.add(ALICE, ALICE_PW, sysuser="nobody")
     cannot_record(db, how)
@@ -381,7 +382,7 @@ def test_pop3_under_qmail_popup_answers_only_after_the_delay(db, control, tcpser
 
     from test_pop3 import ENTRY
 
-    from support import write_launcher
+    from harness.files import write_launcher
 
     db.add(ALICE, ALICE_PW, sysuser="nobody")
     cannot_record(db, "read-only role")

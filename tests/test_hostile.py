@@ -10,15 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from support import (
-    FAKE_CHECKPASSWORD,
-    FAKE_QUEUE,
-    RELAY_LOCALHOST,
-    SERVER,
-    compile_users,
-    talk,
-    write_program,
-)
+from harness.files import compile_users, write_program
+from harness.frontend import RELAY_LOCALHOST
+from harness.paths import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER
+from harness.processes import talk
 
 HUGE = b"9" * 5000
 

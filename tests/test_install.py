@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from support import (
-    ROOT,
-    StartError,
-    host_has,
-    installed_prefix,
-    run_make,
-    wheel_folder,
-    world_readable_dir,
-)
+from harness.install import installed_prefix, run_make, wheel_folder
+from harness.paths import ROOT
+from harness.processes import StartError
+from harness.system_users import host_has, world_readable_dir
 
 UNREACHABLE_INDEX = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # any download would fail
 

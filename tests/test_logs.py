@@ -11,7 +11,9 @@ from test_auth import ALICE, ALICE_PW, login, smtp
 from qmail_esmtpd.auth.db import Database
 from qmail_esmtpd.auth.limit import DailyLimit
 
-from support import RELAY_LOCALHOST, ROOT, talk
+from harness.frontend import RELAY_LOCALHOST
+from harness.paths import ROOT
+from harness.processes import talk
 
 MESSAGE = b"Subject: x\r\n\r\nx\r\n"
 

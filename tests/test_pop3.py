@@ -19,15 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from support import (
-    ROOT,
-    TcpServer,
-    installed_prefix,
-    pop3_service_user,
-    run_with_fd3,
-    world_readable_dir,
-    write_launcher,
-)
+from harness.files import write_launcher
+from harness.install import installed_prefix
+from harness.paths import ROOT
+from harness.processes import run_with_fd3
+from harness.system_users import pop3_service_user, world_readable_dir
+from harness.tcpserver import TcpServer
 
 ENTRY = "qmail_esmtpd.pop3.checkpassword:main"
 PASSWORD = "correct horse battery staple"

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from support import compile_users, imported_modules, world_readable_dir, write_launcher
+from harness.files import compile_users, write_launcher
+from harness.processes import imported_modules
+from harness.system_users import world_readable_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "rcptcheck"))
 import layout  # noqa: E402

@@ -16,21 +16,12 @@ import time
 
 import pytest
 
-from support import (
-    ROOT,
-    Cluster,
-    Database,
-    StartError,
-    TcpServer,
-    end_group,
-    free_port,
-    installed_prefix,
-    pop3_service_env,
-    pop3_service_user,
-    talk,
-    wait_listening,
-    world_readable_dir,
-)
+from harness.install import installed_prefix
+from harness.paths import ROOT
+from harness.postgres import Cluster, Database
+from harness.processes import StartError, end_group, free_port, talk, wait_listening
+from harness.system_users import pop3_service_env, pop3_service_user, world_readable_dir
+from harness.tcpserver import TcpServer
 
 SECTION = "### Setting up the database"
 POP3_SECTION = "### Under qmail-popup"

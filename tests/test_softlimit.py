@@ -6,7 +6,10 @@ import shutil
 
 import pytest
 
-from support import ROOT, SESSION_KINDS, LimitedService, installed_prefix, world_readable_dir
+from harness.install import installed_prefix
+from harness.paths import ROOT
+from harness.softlimit import SESSION_KINDS, LimitedService
+from harness.system_users import world_readable_dir
 
 ROW = re.compile(r"^\| `([a-z0-9-]+)`: .*\| `(\d+)` \|$", re.M)
 

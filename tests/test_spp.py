@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from support import imported_modules, talk, write_program
+from harness.files import write_program
+from harness.processes import imported_modules, talk
 
 PLUGINS = Path(__file__).resolve().parent / "spp"
 MESSAGE = b"Subject: spp\r\n\r\nhello\r\n"

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from support import RELAY_LOCALHOST, SERVER, talk, write_program
+from harness.files import write_program
+from harness.frontend import RELAY_LOCALHOST
+from harness.paths import SERVER
+from harness.processes import talk
 
 REPLY_LINE = re.compile(rb"^\d{3}[ -]")
 

@@ -14,14 +14,10 @@ import pytest
 
 from qmail_esmtpd.protocol import COMMAND_LINE
 
-from support import (
-    FAKE_CHECKPASSWORD,
-    RELAY_LOCALHOST,
-    SERVER,
-    imported_modules,
-    talk,
-    write_program,
-)
+from harness.files import write_program
+from harness.frontend import RELAY_LOCALHOST
+from harness.paths import FAKE_CHECKPASSWORD, SERVER
+from harness.processes import imported_modules, talk
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from qmail_esmtpd.auth.accounts import USER_QUERY
 from qmail_esmtpd.auth.db import Database as ServerDatabase
 from qmail_esmtpd.auth.limit import CHARGE, REFUND, REMAINING
 
-from support import ROOT, Database
+from harness.paths import ROOT
+from harness.postgres import Database
 
 UPGRADE = ROOT / "sql" / "upgrade-2002.sql"
 GRANTS = ROOT / "sql" / "grants.sql"

@@ -5,7 +5,7 @@
 As the README's table was made: the installed qmail-esmtpd (from PREFIX, or
 installed into a temp folder from `make wheels`) runs as nobody under
 `softlimit -m N -s BYTES` through tcpserver, and N is bisected to 100 kB for
-each kind of session (tests/support.py SESSION_KINDS).  Run as root (setuidgid
+each kind of session (tests/harness/softlimit.py SESSION_KINDS).  Run as root (setuidgid
 and the throwaway PostgreSQL cluster need it).  Prints one line per kind.
 """
 
@@ -16,13 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import (  # noqa: E402
-    SESSION_KINDS,
-    SOFTLIMIT_STACK,
-    Cluster,
-    LimitedService,
-    installed_prefix,
-)
+from tests.harness.install import installed_prefix  # noqa: E402
+from tests.harness.postgres import Cluster  # noqa: E402
+from tests.harness.softlimit import SESSION_KINDS, SOFTLIMIT_STACK, LimitedService  # noqa: E402
 
 LOW, HIGH, STEP = 1_000_000, 400_000_000, 100_000
 
