@@ -21,7 +21,8 @@ real mail hosts decides how:
 - PREFIX is the qmail home the programs know, as qmail compiles in its
   conf-qmail: written into the installed config.py (QMAIL_HOME), so
   control/, users/cdb and bin/qmail-queue are found under it ($QMAIL_HOME,
-  $QMAIL_CONTROL and $QMAILQUEUE still override it).  So do the run scripts: copies of service/ with QMAIL=PREFIX, in
+  $QMAIL_CONTROL and $QMAILQUEUE still override it).  So do the run
+  scripts: copies of service/ with QMAIL=PREFIX, in
   PREFIX/lib/qmail-esmtpd/service, to copy into a supervise folder.
 - Before saying "installed", it runs the launcher once as the service user
   (the first of --user's list that exists, make's TRY_AS=; default qmaild,
