@@ -16,7 +16,7 @@ from qmail_esmtpd.auth.passwords import context
 
 from harness.files import write_program
 from harness.forkserver import ForkServer
-from harness.paths import FAKE_QUEUE, SERVER
+from harness.paths import FAKE_QUEUE, FORKSERVER, SERVER
 from harness.postgres import Cluster, Database
 from harness.system_users import let_service_user_in, pop3_service_env
 from harness.tcpserver import TcpServer
@@ -102,11 +102,13 @@ def forkserver(tmp_path: Path, control: Path, queue: Queue):
     servers = []
 
     def start(rules: str = ":allow\n", env: dict | None = None, argv: list | None = None,
-              options: list | None = None, wrapper: list | None = None) -> ForkServer:
+              options: list | None = None, wrapper: list | None = None,
+              program: Path = FORKSERVER) -> ForkServer:
         base = {"QMAIL_CONTROL": str(control), **queue.env, **(env or {})}
         if "AUTHDB" in base and "host=/" in base["AUTHDB"]:  # the cluster's socket
             let_service_user_in(Path(base["AUTHDB"].split("host=")[1].split()[0]))
-        server = ForkServer(tmp_path, rules, base, argv, options=options, wrapper=wrapper)
+        server = ForkServer(tmp_path, rules, base, argv, options=options, wrapper=wrapper,
+                            program=program)
         servers.append(server)
         return server
 

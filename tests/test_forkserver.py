@@ -3,6 +3,7 @@ tcprules/tcpserver on the same cdb), its limits, signals, privileges and logs.""
 
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -18,7 +19,7 @@ from qmail_esmtpd.config import MAX_SECONDS
 from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from harness.files import self_signed_pem, write_program
+from harness.files import self_signed_pem, write_launcher, write_program
 from harness.forkserver import ForkServer
 from harness.paths import FORKSERVER, ROOT, SERVER
 from harness.system_users import let_service_user_in, service_ids
@@ -486,3 +487,30 @@ def test_auth_over_starttls_under_the_documented_softlimit(db, forkserver, contr
         client.starttls(context=context)
         client.login(ALICE, ALICE_PW)
         client.sendmail(ALICE, ["x@elsewhere.test"], b"Subject: x\r\n\r\n" + b"y" * 4000)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sessions run as nobody")
+def test_checks_work_with_the_library_closed_to_the_session_user(forkserver, control, tmp_path):
+    """The server imports every check module before it drops privileges: a
+    session that cannot read the library (0700, root's) still checks."""
+    library = tmp_path / "library"
+    library.mkdir(mode=0o700)
+    shutil.copytree(ROOT / "qmail_esmtpd", library / "qmail_esmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
+                             library=library)
+    (control / "badrcptto").write_text("trap@example.com\n")
+    (control / "smtpplugins").write_text("[rcpt]\n:case \"$SMTPRCPTTO\" in no@*) echo E553 "
+                                         "plugin says no;; esac\n")
+    (control / "checkrecipients").write_text("1\n")
+    for name in ("badrcptto", "smtpplugins", "checkrecipients"):
+        (control / name).chmod(0o644)
+    server = forkserver(program=program)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+        client.ehlo("client.example.net")
+        client.mail("a@b.example")
+        assert client.rcpt("trap@example.com")[0] == 553  # badrcptto
+        assert client.rcpt("no@example.com") == (553, b"plugin says no")  # smtpplugins
+        assert client.rcpt("postmaster@example.com")[0] == 250  # checkrecipients: unsure here
+    log = server.log()
+    assert "Error" not in log and "Traceback" not in log, log

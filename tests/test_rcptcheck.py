@@ -65,13 +65,26 @@ def qmail_layout():
         f"alias:x:{ALIAS_UID}:{ALIAS_UID}::{alias_home}:/usr/sbin/nologin\n"
         + "".join(f"{name}:x:{uid}:{gid}::{home}:/usr/sbin/nologin\n"
                   for name, (uid, gid, home) in ids.items()))
-    # /usr/bin/python3: the unprivileged server cannot reach an interpreter in root's home
-    launcher = write_launcher(base / "qmail-esmtpd", "qmail_esmtpd.cli:run", "/usr/bin/python3")
+    yield control, passwd
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def layout_server(tcpserver, qmail_layout):
+    """start(env, rules) -> tcpserver running qmail-esmtpd in a mount namespace
+    where the layout's passwd is /etc/passwd, as the unprivileged SERVER_UID."""
+    control, passwd = qmail_layout
+    # in the layout's folder, which the unprivileged server can reach, as it can
+    # /usr/bin/python3 (not an interpreter in root's home)
+    launcher = write_launcher(passwd.parent / "qmail-esmtpd", "qmail_esmtpd.cli:run",
+                              "/usr/bin/python3")
     argv = ["unshare", "-m", "sh", "-c",
             'mount --bind "$0" /etc/passwd && exec setpriv --reuid="$1" --regid="$1" '
             '--clear-groups "$2"', passwd, SERVER_UID, launcher]
-    yield control, argv
-    shutil.rmtree(base, ignore_errors=True)
+
+    def start(env: dict[str, str], rules: str = ":allow\n"):
+        return tcpserver(rules, env=env, argv=argv)
+    return start
 
 
 def layout_env(control: Path, **more: str) -> dict[str, str]:
@@ -96,10 +109,9 @@ def rcpt_codes(port: int, addresses: list[str]) -> dict[str, int]:
     return codes
 
 
-def test_rcpt_refuses_exactly_what_qmail_bounced(tcpserver, qmail_layout):
-    control, argv = qmail_layout
-    server = tcpserver(env=layout_env(control, CHECKRECIPIENTS="1", UNKNOWNRCPTLIMIT="0"),
-                       argv=argv)
+def test_rcpt_refuses_exactly_what_qmail_bounced(layout_server, qmail_layout):
+    control, _ = qmail_layout
+    server = layout_server(layout_env(control, CHECKRECIPIENTS="1", UNKNOWNRCPTLIMIT="0"))
     rows = recorded()
     assert len(rows) >= 40
     codes = rcpt_codes(server.port, [address for address, _ in rows])
@@ -115,20 +127,20 @@ def test_rcpt_refuses_exactly_what_qmail_bounced(tcpserver, qmail_layout):
     assert "rcpt=rceve-foo@example.com (" in log and "Permission denied" in log
 
 
-def test_relayed_recipients_are_not_checked_unless_asked(tcpserver, qmail_layout):
-    control, argv = qmail_layout
+def test_relayed_recipients_are_not_checked_unless_asked(layout_server, qmail_layout):
+    control, _ = qmail_layout
     rules = '127.0.0.1:allow,RELAYCLIENT=""\n'
     env = layout_env(control, CHECKRECIPIENTS="1")
-    relayed = tcpserver(rules, env=env, argv=argv)
-    asked = tcpserver(rules, env={**env, "CHECKRELAYEDRECIPIENTS": "1"}, argv=argv)
+    relayed = layout_server(env, rules)
+    asked = layout_server({**env, "CHECKRELAYEDRECIPIENTS": "1"}, rules)
     addresses = ["nosuchuser@example.com", "rcann-news@example.com"]
     assert rcpt_codes(relayed.port, addresses) == dict(zip(addresses, (250, 250), strict=True))
     assert rcpt_codes(asked.port, addresses) == dict(zip(addresses, (550, 250), strict=True))
 
 
-def test_off_by_default_and_badrcptto_on_its_own(tcpserver, qmail_layout):
-    control, argv = qmail_layout
-    plain = tcpserver(env=layout_env(control), argv=argv)
+def test_off_by_default_and_badrcptto_on_its_own(layout_server, qmail_layout):
+    control, _ = qmail_layout
+    plain = layout_server(layout_env(control))
     assert rcpt_codes(plain.port, ["nosuchuser@example.com"]) == {"nosuchuser@example.com": 250}
     (control / "badrcptto").write_text("trap@example.com\n@virt.example\n")
     try:
@@ -141,10 +153,9 @@ def test_off_by_default_and_badrcptto_on_its_own(tcpserver, qmail_layout):
     assert "badrcptto refused ip=127.0.0.1 rcpt=TRAP@example.com" in plain.log()
 
 
-def test_harvesting_ends_the_session_after_the_limit(tcpserver, qmail_layout):
-    control, argv = qmail_layout
-    server = tcpserver(env=layout_env(control, CHECKRECIPIENTS="1", UNKNOWNRCPTLIMIT="3"),
-                       argv=argv)
+def test_harvesting_ends_the_session_after_the_limit(layout_server, qmail_layout):
+    control, _ = qmail_layout
+    server = layout_server(layout_env(control, CHECKRECIPIENTS="1", UNKNOWNRCPTLIMIT="3"))
     guesses = ["rcann@example.com"] + [f"guess{i}@example.com" for i in range(6)]
     codes = rcpt_codes(server.port, guesses)
     assert list(codes.values()) == [250, 550, 550, 550, 421]

@@ -45,7 +45,8 @@ def send(port: int, rcpts: list[str], sender: str = "a@example.net") -> dict:
 def test_greylisting_plugin_defers_the_first_attempt_and_passes_the_retry(
         tcpserver, plugins, queue, tmp_path):
     state = tmp_path / "greylist"
-    state.mkdir()
+    state.mkdir(mode=0o777)  # the warm server's sessions (test_forkserver_suites) run as nobody
+    state.chmod(0o777)
     plugins(f"[rcpt]\n{PLUGINS / 'greylist'}\n")
     server = tcpserver(env={"GREYLIST_DIR": str(state), "GREYLIST_DELAY": "300"})
     first = send(server.port, ["u@example.com"])
@@ -78,7 +79,7 @@ def test_rcpt_check_in_shell_refuses_and_redirects(tcpserver, plugins, queue, tm
 
 def test_header_plugin_and_variables_reach_later_plugins_and_qmail_queue(
         tcpserver, plugins, queue, tmp_path):
-    seen = tmp_path / "seen"
+    seen = queue.dir / "seen"  # a folder the sessions' user may write in
     wrapper = write_program(tmp_path / "queue-wrapper",
                             f'#!/bin/sh\necho "SPP_SEEN=$SPP_SEEN" > {seen}\n'
                             f'exec {queue.program}\n')

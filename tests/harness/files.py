@@ -14,20 +14,22 @@ def write_program(path: Path, text: str) -> Path:
     return path
 
 
-def write_launcher(output: Path, entry: str, interpreter: str | None = None) -> Path:
+def write_launcher(output: Path, entry: str, interpreter: str | None = None,
+                   library: Path = ROOT) -> Path:
     """A launcher for another console script of setup.cfg (MODULE:FUNCTION),
     made as `make venv` makes .venv/bin/qmail-esmtpd: tools/mklauncher.py,
     the venv's real interpreter with -IS, this checkout and the venv's
     packages on sys.path.  For programs started once per login, where pip's
     wrapper would cost more than the work.  `interpreter`: another Python of
     the same version to run it (e.g. /usr/bin/python3, which a user other
-    than root can run when the venv's lives in root's home)."""
+    than root can run when the venv's lives in root's home); `library`: the
+    folder that holds the qmail_esmtpd package instead of this checkout."""
     python = str(ROOT / ".venv" / "bin" / "python")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
                               "['purelib'])"], capture_output=True, text=True, check=True,
                              timeout=60).stdout.strip()
     subprocess.run([python, str(ROOT / "tools" / "mklauncher.py"), str(output),
-                    interpreter or python, entry, str(ROOT), purelib], check=True, timeout=60)
+                    interpreter or python, entry, str(library), purelib], check=True, timeout=60)
     return output
 
 

@@ -23,7 +23,8 @@ class ForkServer(Frontend):
 
     def __init__(self, workdir: Path, rules: str, env: dict, argv: list | None = None,
                  verbose: bool = True, host: str = "127.0.0.1",
-                 options: list | None = None, wrapper: list | None = None) -> None:
+                 options: list | None = None, wrapper: list | None = None,
+                 program: Path = FORKSERVER) -> None:
         argv = argv or [SERVER]
         if Path(argv[0]) != SERVER:
             raise StartError(f"qmail-esmtpd-server runs qmail-esmtpd only, not {argv[0]}")
@@ -35,7 +36,7 @@ class ForkServer(Frontend):
         path = "/usr/local/bin:/usr/bin:/bin" if os.geteuid() == 0 else os.environ["PATH"]
         with self.logpath.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*(wrapper or []), str(FORKSERVER), *flags, "-1", "-l", "localhost", "-c", "100",
+                [*(wrapper or []), str(program), *flags, "-1", "-l", "localhost", "-c", "100",
                  "-T", "5",
                  *service_ids(), "-x", str(self.cdb), *map(str, options or []), host, "0",
                  *map(str, argv[1:])],
