@@ -46,6 +46,12 @@ CANNOT_EXECUTE = 120  # the exit status qmail-spp reads as "can't execute"
 STOPS = b"ANODER"  # commands after which a plugin's output is not read further
 
 
+def _stage(stage: str) -> "Callable[[Plugins, Session, bytes], Verdict | None]":
+    def run(plugins: "Plugins", session: "Session", value: bytes) -> "Verdict | None":
+        return plugins.run_stage(session, stage, value)
+    return run
+
+
 class Plugins:
     """The configured plugins and the variables they share over one session."""
 
@@ -63,24 +69,13 @@ class Plugins:
         """The variables plugins set (value) or unset (None)."""
         return self.changed
 
-    # the stages, each with the variables the patch sets for it (STAGE_VARIABLES)
-    def on_connect(self, session: "Session", value: bytes) -> "Verdict | None":
-        return self.run_stage(session, AT_CONNECT, value)
-
-    def on_helo(self, session: "Session", value: bytes) -> "Verdict | None":
-        return self.run_stage(session, AT_HELO, value)
-
-    def on_mail(self, session: "Session", value: bytes) -> "Verdict | None":
-        return self.run_stage(session, AT_MAIL, value)
-
-    def on_rcpt(self, session: "Session", value: bytes) -> "Verdict | None":
-        return self.run_stage(session, AT_RCPT, value)
-
-    def on_data(self, session: "Session", value: bytes) -> "Verdict | None":
-        return self.run_stage(session, AT_DATA, value)
-
-    def on_auth(self, session: "Session", value: bytes) -> "Verdict | None":
-        return self.run_stage(session, AT_AUTH, value)
+    # each section's stage runs its plugins (STAGE_VARIABLES: what each tells them)
+    on_connect = _stage(AT_CONNECT)
+    on_helo = _stage(AT_HELO)
+    on_mail = _stage(AT_MAIL)
+    on_rcpt = _stage(AT_RCPT)
+    on_data = _stage(AT_DATA)
+    on_auth = _stage(AT_AUTH)
 
     def run_stage(self, session: "Session", stage: str, value: bytes) -> "Verdict | None":
         """The stage's variables set, then its plugins in order until one has
