@@ -2,12 +2,12 @@
 
 import base64
 
-from core_checks import Hooks, core_checks
-
 from qmail_esmtpd import auth, protocol, replies
 from qmail_esmtpd.auth import Authenticator, Verdict, sasl
 from qmail_esmtpd.config import MAX_SECONDS, Controls, auth_backend
 from qmail_esmtpd.protocol import Peer, Session
+
+from harness.core_checks import Hooks, core_checks
 
 
 class FakeLimit:

@@ -1,12 +1,13 @@
 """Unit tests of the pure protocol core: Session, DataDecoder, addresses, Received."""
 
 import pytest
-from core_checks import Hooks, core_checks, ours
 
 from qmail_esmtpd import protocol, replies
 from qmail_esmtpd.address import bracketed_ipv4, parse, rewrite_localiphost
 from qmail_esmtpd.message import BARE_LF, END, MORE, DataDecoder, date822, received, safe
 from qmail_esmtpd.protocol import Peer, Session
+
+from harness.core_checks import Hooks, core_checks, ours
 
 
 def make_session(rcpthosts=ours, badmailfrom=None, plugins=(), last=(), auth_checks=False,
@@ -390,3 +391,45 @@ def test_data_and_helo_checks_refuse_their_command():
     s.handle(b"RCPT TO:<u@example.com>")
     assert s.handle(b"DATA") == (REFUSED[0], protocol.FLUSH)
     assert s.seen_mail
+
+
+def test_a_command_check_answers_any_verb_before_the_verb_itself():
+    """As rblsmtpd would: every command but QUIT refused, QUIT left to the core."""
+    def blocked(session, line):
+        return None if line.lower().startswith(b"quit") else (b"451 blocked\r\n", protocol.FLUSH)
+
+    s = make_session(plugins=(Hooks(command=blocked),), tls_offered=True)
+    for line in (b"NOOP", b"RSET", b"VRFY x", b"HELP", b"STARTTLS", b"HELO x", b"XYZZY"):
+        assert s.handle(line) == (b"451 blocked\r\n", protocol.FLUSH), line
+    assert s.helo is None
+    assert s.handle(b"QUIT") == (b"221 mx.example.com\r\n", protocol.QUIT)
+
+
+def test_a_check_adds_an_ehlo_keyword_and_a_mail_parameter():
+    class Utf8:
+        def __init__(self):
+            self.mail_parameters = {b"SMTPUTF8": self.take}
+
+        def ehlo_keyword(self, session):
+            return b"SMTPUTF8"
+
+        def take(self, session, value):
+            return (b"555 no value wanted\r\n", protocol.BUFFER) if value else None
+
+    s = make_session(plugins=(Utf8(),))
+    assert s.handle(b"EHLO x")[0].endswith(b"250-8BITMIME\r\n250 SMTPUTF8\r\n")
+    assert s.handle(b"MAIL FROM:<a@b> smtputf8")[0] == replies.OK
+    assert s.handle(b"MAIL FROM:<a@b> SMTPUTF8=x")[0] == replies.OK  # `SMTPUTF8=` is another name
+    assert s.handle(b"MAIL FROM:<x@y> SMTPUTF8 SIZE=1")[0] == replies.OK
+
+
+def test_a_refusing_mail_parameter_keeps_the_transaction():
+    def refuse(session, value):
+        return (b"555 bad body\r\n", protocol.BUFFER) if value != b"7BIT" else None
+
+    check = Hooks()
+    check.mail_parameters = {b"BODY=": refuse}
+    s = make_session(plugins=(check,))
+    assert s.handle(b"MAIL FROM:<a@b> BODY=7BIT")[0] == replies.OK
+    assert s.handle(b"MAIL FROM:<c@d> BODY=8BITMIME") == (b"555 bad body\r\n", protocol.BUFFER)
+    assert s.sender == b"a@b"

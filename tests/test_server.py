@@ -4,12 +4,14 @@ The loop only moves bytes; these show it moves them as the core decides,
 including the cases that end a session (bare LF, timeout, client gone).
 """
 
-from core_checks import core_checks
+import pytest
 
 from qmail_esmtpd import replies
 from qmail_esmtpd.lineio import Gone, LineTooLong, Timeout
 from qmail_esmtpd.protocol import COMMAND_LINE, SASL_LINE, Peer, Session
 from qmail_esmtpd.server import serve
+
+from harness.core_checks import Hooks, core_checks
 
 
 class FakeChannel:
@@ -195,3 +197,11 @@ def test_an_auth_line_over_the_sasl_limit_gets_the_same_end():
     status, channel, notes = serve_auth(b"AUTH PLAIN " + b"A" * (SASL_LINE + 1) + b"\r\nNOOP\r\n")
     assert status == 1 and notes == [SASL_NOTE]
     assert channel.sent == b"220 mx.example.com ESMTP\r\n" + replies.AUTH_LINE_TOO_LONG
+
+
+@pytest.mark.parametrize("ending", [b"QUIT\r\n", b"", b"MAIL FROM:<a@b>\r\nDATA\r\nx\n"])
+def test_the_end_checks_hear_once_that_the_session_is_over(ending):
+    ended = []
+    checks = core_checks(plugins=(Hooks(end=lambda session, value: ended.append(value)),))
+    run(b"HELO x\r\n" + ending, checks=checks)
+    assert ended == [b""]

@@ -11,10 +11,13 @@ and the check answers the stages it cares about with methods
     on_<stage>(session, value) -> None | (reply, action) | ACCEPT_NOW
 
 (on_connect, on_command, on_helo, on_mail, on_rcpt, on_data, on_auth;
-on_end is told the session is over).  It may also offer an EHLO keyword,
-`ehlo_keyword(session) -> bytes | None`, and take MAIL parameters,
-`mail_parameters = {b"NAME=": handler}`, and change qmail-queue's
-environment, `queue_environment() -> {name: value or None to unset}`.
+on_end is told the session is over).  It may also
+
+    ehlo_keyword(session) -> bytes | None      offer an EHLO keyword
+    self.mail_parameters = {b"NAME=": handler}  take a MAIL parameter (`NAME`
+        without a value); handler(session, value) answers as on_mail does
+    queue_environment() -> {name: value, or None to unset}
+                                                change qmail-queue's environment
 
 A check that is switched off costs nothing: its Settings value decides
 without importing the module.  The warm server preloads every module named

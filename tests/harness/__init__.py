@@ -8,6 +8,10 @@
     install.py       `make install` into a temp prefix (installed_prefix, run_make)
     softlimit.py     the installed server under softlimit, as service/run starts it
 
+and, for the unit tests of the core, no process at all:
+
+    core_checks.py   the built-in checks in the registry's order, handed to a Session
+
 and the small helpers they are built on, which import none of the above:
 
     paths.py         where this checkout's programs are (ROOT, SERVER, FORKSERVER, ...)

@@ -1,0 +1,60 @@
+"""The registry of checks: each line's switch turns its module on, the order
+of the table is the order of asking, and a check that is off costs nothing."""
+
+import pytest
+
+from qmail_esmtpd import checks
+from qmail_esmtpd.config import Settings
+from qmail_esmtpd.protocol import AT_MAIL, AT_RCPT
+
+from harness.processes import imported_modules
+
+SESSION = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.com>\r\nQUIT\r\n"
+
+
+@pytest.fixture
+def everything_on(tmp_path):
+    """A qmail home whose control files switch every registered check on."""
+    control = tmp_path / "control"
+    control.mkdir()
+    files = {"me": "mx.example.com", "rcpthosts": "example.com", "badmailfrom": "spam@x.org",
+             "badrcptto": "trap@example.com", "checkrecipients": "1",
+             "smtpplugins": "[rcpt]\n:true", "authdb": "dbname=nowhere"}
+    for name, text in files.items():
+        (control / name).write_text(text + "\n")
+    return {b"QMAIL_HOME": str(tmp_path).encode(), b"QMAIL_CONTROL": str(control).encode()}
+
+
+def modules_asked(built, stage):
+    return [type(hook.__self__).__module__ for hook in built.stages.get(stage, ())]
+
+
+def test_each_switch_turns_its_module_on_in_table_order(everything_on):
+    settings = Settings(everything_on)
+    built = checks.build(settings)
+    asked = {module for hooks in built.stages.values()
+             for module in (type(hook.__self__).__module__ for hook in hooks)}
+    assert asked == set(checks.MODULES)
+    order = [f"qmail_esmtpd.checks.{module}" for module, _ in checks.CHECKS]
+    for stage in (AT_MAIL, AT_RCPT):
+        modules = modules_asked(built, stage)
+        assert modules == sorted(modules, key=order.index)
+    assert modules_asked(built, AT_RCPT) == [
+        "qmail_esmtpd.checks.badmailfrom", "qmail_esmtpd.checks.authsender",
+        "qmail_esmtpd.checks.spp", "qmail_esmtpd.checks.rcpthosts",
+        "qmail_esmtpd.checks.badrcptto", "qmail_esmtpd.checks.recipients"]
+    assert len(built.environment) == 1  # the plugins' S and U
+
+
+def test_without_control_files_no_check_is_built(tmp_path):
+    (tmp_path / "me").write_text("mx.example.com\n")
+    built = checks.build(Settings({b"QMAIL_CONTROL": str(tmp_path).encode()}))
+    assert (built.stages, built.keywords, built.parameters) == ({}, (), {})
+
+
+def test_a_check_that_is_off_is_not_imported(tmp_path):
+    (tmp_path / "me").write_text("mx.example.com\n")
+    (tmp_path / "rcpthosts").write_text("example.com\n")
+    loaded = imported_modules({"QMAIL_CONTROL": str(tmp_path), "QMAILQUEUE": "/bin/true"},
+                              SESSION)
+    assert set(checks.MODULES) & loaded == {"qmail_esmtpd.checks.rcpthosts"}
