@@ -130,7 +130,7 @@ class Bench:
     tls_control: Path  # control with servercert.pem
     sink: Path
     auth: AuthDB | None  # None: --no-auth
-    rcptcheck_control: Path  # control with checkrecipients (users/ beside it)
+    rcptcheck_control: Path  # control with checkrecipients (users/ in workdir, the qmail home)
     spp_control: Path  # control with one [rcpt] plugin
 
     def env(self, authdb: bool = False, tls: bool = False,
@@ -142,6 +142,7 @@ class Bench:
         """
         env = {
             "PATH": "/usr/bin:/bin",
+            "QMAIL_HOME": str(self.workdir),
             "QMAIL_CONTROL": str(control or (self.tls_control if tls else self.control)),
             "QMAILQUEUE": str(self.sink),
             "PROTO": "TCP",

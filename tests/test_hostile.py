@@ -226,7 +226,7 @@ def test_long_recipients_get_qmails_verdict(tcpserver, control, tmp_path):
     users.mkdir()
     (users / "assign").write_text(f"+:joe:{os.getuid()}:{os.getgid()}:{home}:-::\n.\n")
     compile_users(users / "assign", users / "cdb")
-    server = tcpserver(":allow\n")
+    server = tcpserver(":allow\n", env={"QMAIL_HOME": str(tmp_path)})  # users/cdb under it
     commands = (b"MAIL FROM:<a@b>\r\n"
                 b"RCPT TO:<a@" + b"." * 890 + b">\r\n"
                 b"RCPT TO:<a@" + b"x." * 440 + b"example.org>\r\n"
