@@ -3,9 +3,11 @@
 Replies are buffered and written when the protocol asks for a flush and
 always before we block waiting for input, as qmail's substdio does: that is
 what makes PIPELINING work without changing the bytes on the wire.
-`select` does the timeouts, so no signal handlers (and no `signal` import).
-The output fd is non-blocking, so a client that never reads its replies
-cannot hold a write for longer than the timeout: qmail's timeoutwrite.
+Every read and every write is bounded by an alarm (setitimer), as qmail's
+timeoutread and timeoutwrite bound theirs with select: a client that never
+sends, or never reads its replies, cannot hold the session longer than the
+timeout.  An alarm rather than `select`: that is a shared library every
+session would load for it.
 A line is read only up to the length its caller allows: a client that
 sends megabytes without a LF meets `LineTooLong`, not a growing buffer.
 
@@ -13,14 +15,18 @@ The server loop uses a channel only through the `Transport` interface
 below, so another channel (TLS over the same fds) can take over mid-session.
 """
 
+import _signal  # the C module behind `signal`, already loaded
 import posix
-import select
 
 READ_SIZE = 65536
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Protocol
+    from collections.abc import Callable
+    from typing import Protocol, TypeVar
+
+    A = TypeVar("A")
+    T = TypeVar("T")
 
     class Transport(Protocol):
         def readline(self, limit: int) -> bytes:
@@ -66,6 +72,19 @@ class Gone(Exception):
     seconds, or reading or writing failed."""
 
 
+class _Rang(Exception):
+    """The alarm rang during a bounded read or write."""
+
+
+_armed = False  # a bounded read or write is under way: the alarm may end it
+
+
+def _ring(signum: int, frame: object) -> None:
+    """An alarm that rings once its read or write is over is ignored."""
+    if _armed:
+        raise _Rang()
+
+
 class Channel:
     """The plain Transport: fds 0 and 1 as tcpserver hands them over."""
 
@@ -76,27 +95,36 @@ class Channel:
         self.inbuf = bytearray()  # unread input starts at self.pos
         self.pos = 0
         self.outbuf: list[bytes] = []
-        try:
-            posix.set_blocking(wfd, False)
-        except OSError:
-            pass  # not ours to change (a closed fd fails at the first write anyway)
+        for fd in (rfd, wfd):  # the alarm interrupts a blocking call
+            try:
+                posix.set_blocking(fd, True)
+            except OSError:
+                pass  # not ours to change (a closed fd fails at the first use anyway)
+        _signal.signal(_signal.SIGALRM, _ring)
 
     def _seconds(self) -> float:
         """How long the next read or write may wait: timeoutsmtpd, each time, as qmail."""
         return self.timeout
 
-    def _wait(self, fd: int, writing: bool) -> None:
-        """Until `fd` is ready, at most `_seconds()`."""
+    def _bounded(self, call: "Callable[[int, A], T]", fd: int, arg: "A", writing: bool) -> "T":
+        """call(fd, arg), one read or write, within `_seconds()`.  qmail: a read
+        timeout says 451 (Timeout), a write timeout just exits (Gone)."""
+        global _armed
+        expired = Gone("write timeout") if writing else Timeout()
         seconds = self._seconds()
+        if seconds <= 0:
+            raise expired
+        _signal.setitimer(_signal.ITIMER_REAL, seconds)
+        _armed = True
         try:
-            if writing:
-                ready = select.select([], [fd], [], seconds)[1]
-            else:
-                ready = select.select([fd], [], [], seconds)[0]
+            return call(fd, arg)
+        except _Rang:
+            raise expired from None
         except OSError as e:
             raise Gone(str(e)) from None
-        if not ready:  # qmail: a read timeout says 451, a write timeout just exits
-            raise Gone("write timeout") if writing else Timeout()
+        finally:
+            _armed = False
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
 
     def write(self, data: bytes) -> None:
         if data:
@@ -121,25 +149,11 @@ class Channel:
     def _send(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            self._wait(self.wfd, writing=True)
-            try:
-                done = posix.write(self.wfd, view)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                raise Gone(str(e)) from None
-            view = view[done:]
+            view = view[self._bounded(posix.write, self.wfd, view, writing=True):]
 
     def _receive(self) -> bytes:
         """The next read from the client (empty at end of input)."""
-        while True:
-            self._wait(self.rfd, writing=False)
-            try:
-                return posix.read(self.rfd, READ_SIZE)
-            except BlockingIOError:  # fd 0 may share fd 1's non-blocking mode
-                continue
-            except OSError as e:
-                raise Gone(str(e)) from None
+        return self._bounded(posix.read, self.rfd, READ_SIZE, writing=False)
 
     def readline(self, limit: int) -> bytes:
         """One command line without its LF and without one CR before it.
