@@ -8,10 +8,10 @@ where it is needed (AUTH at the first AUTH command).
 import posix
 import sys
 
-from . import checks, replies
-from .config import SERVERCERT, ControlError, Settings
+from . import replies
+from .config import SERVERCERT, ControlError, Settings, configured_checks
 from .lineio import Channel
-from .protocol import Peer, Session
+from .protocol import Checks, Peer, Session
 from .queue import QueueJob
 from .server import serve
 
@@ -34,7 +34,7 @@ def main(preloaded_tls: "OpenTLS | None" = None) -> int:
         settings = Settings(env, [arg.encode("utf-8", "surrogateescape") for arg in sys.argv[1:]])
         if settings.smtpauth == b"!" and settings.auth_backend is None:
             note(f"SMTPAUTH=! but no AUTH is configured ip={client}: every MAIL gets 530")
-        session_checks = checks.build(settings)
+        session_checks = Checks.assemble(configured_checks(settings))
     except ControlError as e:
         note(f"fatal ip={client}: {e}")
         _say(replies.CONTROLS)

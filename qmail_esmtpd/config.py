@@ -151,7 +151,7 @@ def flag_setting(controls: Controls, env: "Mapping[bytes, bytes]", name: bytes) 
 
 class Settings:
     """Everything a session needs from control files and the environment,
-    the switches of the checks (checks/__init__.py) among them.  What only
+    the switches of the checks (CHECKS, below) among them.  What only
     one check reads, it reads in its own build() from `controls` and `env`."""
 
     def __init__(self, env: "Mapping[bytes, bytes]", argv: "list[bytes] | None" = None) -> None:
@@ -244,3 +244,32 @@ def auth_backend(argv: list[bytes], env: "Mapping[bytes, bytes]",
         if setting is not None:
             return name, setting
     return None
+
+
+# configuration -> checks: a module qmail_esmtpd/check_NAME.py each, whose
+# build(settings) returns the check (protocol.Checks.assemble says what it
+# may answer), switched on by its Settings value when that is neither None
+# nor False.  The order is the order of asking: who may send, the admin's
+# plugins, where mail may go, which recipients exist.  A check that is off
+# is not imported; the warm server preloads them all (preload.py).
+CHECKS = (
+    ("badmailfrom", "badmailfrom"),     # control/badmailfrom
+    ("authsender", "auth_backend"),     # AUTH: SIZE within databytes, senderbinding, daily limit
+    ("spp", "smtpplugins"),             # qmail-spp plugins
+    ("rcpthosts", "rcpthosts"),         # control/rcpthosts, morercpthosts.cdb
+    ("badrcptto", "badrcptto"),         # control/badrcptto
+    ("recipients", "checkrecipients"),  # control/checkrecipients: qmail's own mailbox rules
+)
+CHECK_MODULES = tuple(f"qmail_esmtpd.check_{name}" for name, _ in CHECKS)
+
+
+def configured_checks(settings: Settings) -> list[object]:
+    """The checks the configuration switches on, in the order they are asked."""
+    checks = []
+    for (_, switch), module in zip(CHECKS, CHECK_MODULES, strict=True):
+        if getattr(settings, switch) in (None, False):
+            continue
+        check = __import__(module, fromlist=("build",)).build(settings)
+        if check is not None:
+            checks.append(check)
+    return checks

@@ -10,8 +10,7 @@ interpreter's library after the server dropped its privileges.
 import importlib
 import posix
 
-from . import checks
-from .config import SERVERCERT, ControlError, Controls, auth_backend, controls_of
+from .config import CHECK_MODULES, SERVERCERT, ControlError, Controls, auth_backend, controls_of
 from .log import log
 
 # Lazy imports of a session, always loaded: the TLS code, the rare paths
@@ -20,7 +19,7 @@ from .log import log
 # rules file or a control file may switch one on at any time).
 SESSION_MODULES = (
     "qmail_esmtpd.cli", "ssl", "qmail_esmtpd.tls", "qmail_esmtpd.log", "qmail_esmtpd.localips",
-    "qmail_esmtpd.cdb", "traceback", "base64", "binascii", *checks.MODULES,
+    "qmail_esmtpd.cdb", "traceback", "base64", "binascii", *CHECK_MODULES,
 )
 # The AUTH backends and what they import lazily: loaded when AUTH is
 # configured in the server's environment, its controls or its rules.

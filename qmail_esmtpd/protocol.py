@@ -9,8 +9,8 @@ The daily limit (auth/limit.py has its rules) is charged at
 the message.
 
 Every refusal that is policy rather than grammar is a check: at each stage
-(STAGES) the session asks the checks the registry in checks/ built, in
-order, and the first refusal wins.  Nothing here touches a file
+(STAGES) the session asks the checks the configuration switched on
+(config.CHECKS), in order, and the first refusal wins.  Nothing here touches a file
 descriptor, the environment, a file or a database: the adapters (server.py
 and cli.py) hand in plain values.
 """
@@ -24,7 +24,7 @@ from .message import MAX_HOPS, DataDecoder, received
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .auth import Authenticator, Limit
     from .auth.sasl import Exchange
@@ -48,8 +48,8 @@ STARTTLS = 5  # load the certificate, then call starttls_ready()
 COMMAND_LINE = 128 * 1024
 SASL_LINE = 12288
 
-# The stages at which checks are asked; a check module answers one with its
-# `on_<stage>` method (checks/__init__.py).  The value each check gets:
+# The stages at which checks are asked; a check answers one with its
+# `on_<stage>` method (Checks.assemble).  The value each check gets:
 AT_CONNECT = "connect"  # b"", before the greeting: a verdict replaces it
 AT_COMMAND = "command"  # every command line (not AUTH's answers), before its verb
 AT_HELO = "helo"        # the HELO/EHLO argument
@@ -65,9 +65,9 @@ ACCEPT_NOW = (replies.OK, BUFFER)
 
 
 class Checks:
-    """What the check registry hands a session: each stage's checks in the
-    order they are asked, and what they add to EHLO and to MAIL.  Also, for
-    the adapter that starts qmail-queue, what they change in its environment."""
+    """What a session asks its checks: each stage's hooks in order, and what
+    the checks add to EHLO and to MAIL.  Also, for the adapter that starts
+    qmail-queue, what they change in its environment."""
 
     __slots__ = ("stages", "keywords", "parameters", "environment")
 
@@ -80,6 +80,36 @@ class Checks:
         self.keywords = keywords  # EHLO keywords, offered before AUTH
         self.parameters = parameters or {}  # MAIL parameters by upper-case name (`SIZE=`)
         self.environment = environment  # variables set (or None: unset) for qmail-queue
+
+    @classmethod
+    def assemble(cls, checks: "Iterable[object]") -> "Checks":
+        """Check objects, in the order they are to be asked, read by their methods:
+
+            on_<stage>(session, value) -> None | (reply, action) | ACCEPT_NOW
+                for each stage of STAGES it answers (on_end: told only)
+            ehlo_keyword(session) -> bytes | None          an EHLO keyword
+            mail_parameters = {b"NAME=": handler}          MAIL parameters (`NAME`
+                without a value); handler(session, value) answers as on_mail
+            queue_environment() -> {name: value, or None to unset}
+        """
+        stages: dict[str, list[Check]] = {}
+        keywords: list[Keyword] = []
+        parameters: dict[bytes, Parameter] = {}
+        environment: list[Callable[[], dict[bytes, bytes | None]]] = []
+        for check in checks:
+            for stage in STAGES:
+                hook = getattr(check, "on_" + stage, None)
+                if hook is not None:
+                    stages.setdefault(stage, []).append(hook)
+            offer = getattr(check, "ehlo_keyword", None)
+            if offer is not None:
+                keywords.append(offer)
+            parameters.update(getattr(check, "mail_parameters", {}))
+            changes = getattr(check, "queue_environment", None)
+            if changes is not None:
+                environment.append(changes)
+        return cls({stage: tuple(hooks) for stage, hooks in stages.items()},
+                   tuple(keywords), parameters, tuple(environment))
 
 
 NO_CHECKS = Checks()

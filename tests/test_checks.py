@@ -3,9 +3,8 @@ of the table is the order of asking, and a check that is off costs nothing."""
 
 import pytest
 
-from qmail_esmtpd import checks
-from qmail_esmtpd.config import Settings
-from qmail_esmtpd.protocol import AT_MAIL, AT_RCPT
+from qmail_esmtpd.config import CHECK_MODULES, CHECKS, Settings, configured_checks
+from qmail_esmtpd.protocol import AT_MAIL, AT_RCPT, Checks
 
 from harness.processes import imported_modules
 
@@ -31,24 +30,25 @@ def modules_asked(built, stage):
 
 def test_each_switch_turns_its_module_on_in_table_order(everything_on):
     settings = Settings(everything_on)
-    built = checks.build(settings)
+    built = Checks.assemble(configured_checks(settings))
     asked = {module for hooks in built.stages.values()
              for module in (type(hook.__self__).__module__ for hook in hooks)}
-    assert asked == set(checks.MODULES)
-    order = [f"qmail_esmtpd.checks.{module}" for module, _ in checks.CHECKS]
+    assert asked == set(CHECK_MODULES)
+    order = [f"qmail_esmtpd.check_{name}" for name, _ in CHECKS]
     for stage in (AT_MAIL, AT_RCPT):
         modules = modules_asked(built, stage)
         assert modules == sorted(modules, key=order.index)
     assert modules_asked(built, AT_RCPT) == [
-        "qmail_esmtpd.checks.badmailfrom", "qmail_esmtpd.checks.authsender",
-        "qmail_esmtpd.checks.spp", "qmail_esmtpd.checks.rcpthosts",
-        "qmail_esmtpd.checks.badrcptto", "qmail_esmtpd.checks.recipients"]
+        "qmail_esmtpd.check_badmailfrom", "qmail_esmtpd.check_authsender",
+        "qmail_esmtpd.check_spp", "qmail_esmtpd.check_rcpthosts",
+        "qmail_esmtpd.check_badrcptto", "qmail_esmtpd.check_recipients"]
     assert len(built.environment) == 1  # the plugins' S and U
 
 
 def test_without_control_files_no_check_is_built(tmp_path):
     (tmp_path / "me").write_text("mx.example.com\n")
-    built = checks.build(Settings({b"QMAIL_CONTROL": str(tmp_path).encode()}))
+    built = Checks.assemble(configured_checks(Settings({b"QMAIL_CONTROL":
+                                                        str(tmp_path).encode()})))
     assert (built.stages, built.keywords, built.parameters) == ({}, (), {})
 
 
@@ -57,4 +57,4 @@ def test_a_check_that_is_off_is_not_imported(tmp_path):
     (tmp_path / "rcpthosts").write_text("example.com\n")
     loaded = imported_modules({"QMAIL_CONTROL": str(tmp_path), "QMAILQUEUE": "/bin/true"},
                               SESSION)
-    assert set(checks.MODULES) & loaded == {"qmail_esmtpd.checks.rcpthosts"}
+    assert set(CHECK_MODULES) & loaded == {"qmail_esmtpd.check_rcpthosts"}

@@ -166,7 +166,7 @@ def test_a_session_without_recipient_checks_loads_none_of_their_code(control):
     env = {"QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true"}
     session = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.com>\r\nQUIT\r\n"
     unchecked = imported_modules(env, session)
-    assert not {"qmail_esmtpd.checks.recipients", "qmail_esmtpd.mailboxes"} & unchecked
+    assert not {"qmail_esmtpd.check_recipients", "qmail_esmtpd.mailboxes"} & unchecked
     checked = imported_modules({**env, "CHECKRECIPIENTS": "1"}, session)
     assert "qmail_esmtpd.mailboxes" in checked and "qmail_esmtpd.cdb" not in checked  # no users/cdb
 

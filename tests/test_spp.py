@@ -193,6 +193,6 @@ def test_plugins_in_a_file_named_by_sppconffile(tcpserver, tmp_path):
 def test_a_session_without_plugins_loads_none_of_their_code(control, plugins):
     env = {"QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true"}
     session = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.com>\r\nQUIT\r\n"
-    assert "qmail_esmtpd.checks.spp" not in imported_modules(env, session)
+    assert "qmail_esmtpd.check_spp" not in imported_modules(env, session)
     plugins("[rcpt]\n:true\n")
-    assert "qmail_esmtpd.checks.spp" in imported_modules(env, session)
+    assert "qmail_esmtpd.check_spp" in imported_modules(env, session)

@@ -1,10 +1,9 @@
 """The built-in checks in the registry's order, for unit tests of the core
 that hand a Session its checks directly instead of reading control files."""
 
-from qmail_esmtpd.checks import assemble
-from qmail_esmtpd.checks.authsender import AuthenticatedSender
-from qmail_esmtpd.checks.badmailfrom import BadMailFrom
-from qmail_esmtpd.checks.rcpthosts import Relaying
+from qmail_esmtpd.check_authsender import AuthenticatedSender
+from qmail_esmtpd.check_badmailfrom import BadMailFrom
+from qmail_esmtpd.check_rcpthosts import Relaying
 from qmail_esmtpd.protocol import Checks
 
 
@@ -23,7 +22,7 @@ class Hooks:
 def core_checks(rcpthosts=ours, badmailfrom: frozenset | None = None, auth: bool = False,
                 plugins: tuple = (), last: tuple = ()) -> Checks:
     """badmailfrom, the AUTH sender's checks, `plugins`, rcpthosts (None: no
-    rcpthosts file), then `last`: the order of checks.CHECKS."""
+    rcpthosts file), then `last`: the order of config.CHECKS."""
     checks: list[object] = []
     if badmailfrom:
         checks.append(BadMailFrom(badmailfrom))
@@ -33,4 +32,4 @@ def core_checks(rcpthosts=ours, badmailfrom: frozenset | None = None, auth: bool
     if rcpthosts is not None:
         checks.append(Relaying(rcpthosts))
     checks += last
-    return assemble(checks)
+    return Checks.assemble(checks)

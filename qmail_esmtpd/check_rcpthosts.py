@@ -8,16 +8,16 @@ entry are not looked up, nor, in morercpthosts.cdb, longer than a domain can
 be (255 bytes, RFC 1035).
 """
 
-from .. import replies
-from ..protocol import BUFFER, DROP
+from . import replies
+from .protocol import BUFFER, DROP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from ..cdb import Cdb
-    from ..config import Settings
-    from ..protocol import Session, Verdict
+    from .cdb import Cdb
+    from .config import Settings
+    from .protocol import Session, Verdict
 
 
 DOMAIN_MAX = 255  # RFC 1035: no domain is longer, so morercpthosts.cdb is not asked for more
@@ -57,7 +57,7 @@ class RcptHosts:
             return True
         if self.cdb_path is None:
             return False
-        from ..cdb import CdbError
+        from .cdb import CdbError
 
         try:
             cdb = self._open_cdb()
@@ -68,7 +68,7 @@ class RcptHosts:
     def _open_cdb(self) -> "Cdb":
         """The cdb reader is imported only when rcpthosts alone did not decide."""
         if self._cdb is None:
-            from ..cdb import Cdb
+            from .cdb import Cdb
 
             assert self.cdb_path is not None
             self._cdb = Cdb(self.cdb_path)

@@ -6,13 +6,13 @@ Without AUTH none of this can apply: the module is switched on by an AUTH
 backend in the configuration.
 """
 
-from .. import replies
-from ..protocol import BUFFER
+from . import replies
+from .protocol import BUFFER
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..protocol import Session, Verdict
+    from .config import Settings
+    from .protocol import Session, Verdict
 
 
 class AuthenticatedSender:

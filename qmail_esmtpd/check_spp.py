@@ -10,10 +10,11 @@ import posix
 import select
 import time
 
-from .. import replies
-from ..config import Controls, clamp_seconds, number_setting
-from ..log import printable
-from ..protocol import (
+from . import replies
+from .check_rcpthosts import RcptHosts
+from .config import Controls, clamp_seconds, number_setting
+from .log import printable
+from .protocol import (
     ACCEPT_NOW,
     AT_AUTH,
     AT_CONNECT,
@@ -24,15 +25,14 @@ from ..protocol import (
     BUFFER,
     QUIT,
 )
-from ..queue import spawn
-from .rcpthosts import RcptHosts
+from .queue import spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from ..config import Settings
-    from ..protocol import Session, Verdict
+    from .config import Settings
+    from .protocol import Session, Verdict
 
     Variables = dict[bytes, bytes]
 

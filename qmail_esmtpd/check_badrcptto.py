@@ -1,17 +1,17 @@
 """control/badrcptto: recipients refused, whole addresses and `@domain`,
 as badmailfrom lists senders."""
 
-from .. import replies
-from ..address import listed
-from ..log import printable
-from ..protocol import BUFFER
+from . import replies
+from .address import listed
+from .log import printable
+from .protocol import BUFFER
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ..config import Settings
-    from ..protocol import Session, Verdict
+    from .config import Settings
+    from .protocol import Session, Verdict
 
 
 class BadRcptTo:

@@ -3,16 +3,16 @@
 session against directory harvesting.
 """
 
-from .. import replies
-from ..config import flag_setting, number_setting
-from ..log import printable
-from ..mailboxes import UNKNOWN, UNSURE, Mailboxes
-from ..protocol import BUFFER, DROP
+from . import replies
+from .config import flag_setting, number_setting
+from .log import printable
+from .mailboxes import UNKNOWN, UNSURE, Mailboxes
+from .protocol import BUFFER, DROP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..protocol import Session, Verdict
+    from .config import Settings
+    from .protocol import Session, Verdict
 
 DEFAULT_UNKNOWN_LIMIT = 10
 

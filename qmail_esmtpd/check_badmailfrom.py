@@ -5,14 +5,14 @@ at the first recipient; a plugin that accepted the sender outright (qmail-spp
 `O`) lets it pass.
 """
 
-from .. import replies
-from ..address import listed
-from ..protocol import BUFFER
+from . import replies
+from .address import listed
+from .protocol import BUFFER
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..protocol import Session, Verdict
+    from .config import Settings
+    from .protocol import Session, Verdict
 
 
 class BadMailFrom:
