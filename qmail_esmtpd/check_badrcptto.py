@@ -18,7 +18,8 @@ class BadRcptTo:
     def __init__(self, entries: "Iterable[bytes]") -> None:
         self.entries = frozenset(e.lower() for e in entries)
 
-    def on_rcpt(self, session: "Session", recipient: bytes) -> "Verdict | None":
+    def on_rcpt(self, session: "Session", given: bytes) -> "Verdict | None":
+        recipient = session.recipient  # what will be queued: a plugin's `C` may have changed it
         if listed(self.entries, recipient):
             session.note(f"badrcptto refused ip={printable(session.peer.remoteip)} "
                          f"rcpt={printable(recipient, 256)}")

@@ -29,9 +29,10 @@ class RecipientCheck:
         self.unknown = 0
         self.unsure_noted = False
 
-    def on_rcpt(self, session: "Session", recipient: bytes) -> "Verdict | None":
+    def on_rcpt(self, session: "Session", given: bytes) -> "Verdict | None":
         if session.relayclient is not None and not self.relayed_too:
             return None  # RELAYCLIENT or AUTH: their recipients are theirs to choose
+        recipient = session.recipient  # what will be queued: a plugin's `C` may have changed it
         verdict, why = self.mailboxes.verdict(recipient)
         ip = printable(session.peer.remoteip)
         if verdict == UNSURE:

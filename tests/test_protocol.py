@@ -433,3 +433,28 @@ def test_a_refusing_mail_parameter_keeps_the_transaction():
     assert s.handle(b"MAIL FROM:<a@b> BODY=7BIT")[0] == replies.OK
     assert s.handle(b"MAIL FROM:<c@d> BODY=8BITMIME") == (b"555 bad body\r\n", protocol.BUFFER)
     assert s.sender == b"a@b"
+
+
+def test_badrcptto_and_recipient_checks_judge_the_address_a_plugin_rewrote():
+    """qmail-spp's `C`: rcpthosts judges the address as given, the later checks
+    what will be queued (a rewrite to a trap is refused, to a real user taken)."""
+    from qmail_esmtpd.check_badrcptto import BadRcptTo
+    from qmail_esmtpd.check_recipients import RecipientCheck
+    from qmail_esmtpd.mailboxes import DELIVERED, UNKNOWN
+
+    class Known:
+        def verdict(self, address):
+            return (DELIVERED, "") if address == b"joe@example.com" else (UNKNOWN, "")
+
+    def rewrite(session, value):
+        session.recipient = {b"sales@example.com": b"joe@example.com",
+                             b"info@example.com": b"trap@example.com"}.get(value, value)
+        return None
+
+    s = make_session(plugins=(Hooks(rcpt=rewrite),),
+                     last=(BadRcptTo([b"trap@example.com"]), RecipientCheck(Known())))
+    s.handle(b"MAIL FROM:<a@b.c>")
+    assert s.handle(b"RCPT TO:<sales@example.com>")[0] == replies.OK
+    assert s.handle(b"RCPT TO:<info@example.com>")[0] == replies.BADRCPTTO
+    assert s.handle(b"RCPT TO:<nobody@example.com>")[0] == replies.NO_MAILBOX
+    assert s.recipients == [b"joe@example.com"]
