@@ -2,6 +2,7 @@
 tcprules/tcpserver on the same cdb), its limits, signals, privileges and logs."""
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -19,7 +20,7 @@ from qmail_esmtpd.config import MAX_SECONDS
 from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from harness.files import self_signed_pem, write_launcher, write_program
+from harness.files import compile_users, self_signed_pem, write_launcher, write_program
 from harness.forkserver import ForkServer
 from harness.paths import FORKSERVER, ROOT, SERVER
 from harness.system_users import let_service_user_in, service_ids
@@ -514,3 +515,38 @@ def test_checks_work_with_the_library_closed_to_the_session_user(forkserver, con
         assert client.rcpt("postmaster@example.com")[0] == 250  # checkrecipients: unsure here
     log = server.log()
     assert "Error" not in log and "Traceback" not in log, log
+
+
+def test_users_cdb_replaced_by_qmail_newu_counts_from_the_next_connection(forkserver, control,
+                                                                          tmp_path):
+    """The server never holds users/cdb: each session opens the one in place."""
+    (control / "locals").write_text("example.com\n")
+    (control / "checkrecipients").write_text("1\n")
+    users = tmp_path / "users"
+    users.mkdir()
+    homes = {}
+    for name, files in (("bare", ()), ("catchall", (".qmail-default",))):
+        homes[name] = tmp_path / name
+        homes[name].mkdir()
+        for file in files:
+            (homes[name] / file).write_text("./Maildir/\n")
+    nobody = pwd.getpwnam("nobody")
+
+    def newu(home: Path) -> None:  # compiled beside, then renamed into place, as qmail-newu
+        (users / "assign").write_text(
+            f"+:alias:{nobody.pw_uid}:{nobody.pw_gid}:{home}:-::\n.\n")
+        compile_users(users / "assign", users / "cdb.tmp")
+        (users / "cdb.tmp").chmod(0o644)
+        (users / "cdb.tmp").rename(users / "cdb")
+
+    newu(homes["bare"])
+    server = forkserver(env={"QMAIL_HOME": str(tmp_path)})
+
+    def rcpt_code() -> int:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+            client.mail("a@b.example")
+            return client.rcpt("pat-x@example.com")[0]
+
+    assert rcpt_code() == 550  # no .qmail-pat-x nor -default in the bare home
+    newu(homes["catchall"])
+    assert rcpt_code() == 250

@@ -32,6 +32,7 @@ from .commands import (
     cmd_show,
     cmd_top,
 )
+from .rcpt import cmd_rcpt
 from .values import (
     Failure,
     address_arg,
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     db = None
     try:
-        db = Database(conninfo(args.db))
+        if args.database:
+            db = Database(conninfo(args.db))
         return args.run(db, args)
     except Failure as e:
         return fail(str(e), e.status)
@@ -151,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
                    help="libpq connection string of a role that may change the tables "
                         "(default: $QMAIL_ESMTPD_ADMINDB, else control/admindb, else "
                         "libpq's PG* defaults)")
+    p.set_defaults(database=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("add", help="create a user (password from tty or stdin)")
@@ -204,4 +207,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("count", type=count_arg, nargs="?", default=10, metavar="N",
                    help="how many (default 10)")
     c.set_defaults(run=cmd_top)
+
+    c = sub.add_parser("rcpt", help="what RCPT TO:<ADDRESS> would get from a client that "
+                                    "may not relay, with recipient checking on, and why "
+                                    "(control files only, no database)")
+    c.add_argument("address")
+    c.set_defaults(run=cmd_rcpt, database=False)
     return p
