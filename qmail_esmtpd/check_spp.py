@@ -2,10 +2,12 @@
 MAIL, RCPT, DATA and AUTH whose output says what to do, with the interface
 of Pawel Foremski's qmail-spp patch (the README lists its commands).
 
-Each run is bounded in time (`spptimeout`) and in output; its stdin is
-closed and its stderr is our log.
+Each run is bounded in time (`spptimeout`) and in output, and ends with
+everything it started (its process group); its stdin is closed and its
+stderr is our log.
 """
 
+import _signal  # the C module behind `signal`, already loaded
 import posix
 import select
 import time
@@ -44,6 +46,12 @@ DEFAULT_TIMEOUT = 30  # seconds for one plugin run
 OUTPUT_MAX = 65536  # bytes of output read from one plugin run
 CANNOT_EXECUTE = 120  # the exit status qmail-spp reads as "can't execute"
 STOPS = b"ANODER"  # commands after which a plugin's output is not read further
+POLL_SECONDS = 0.01  # how often to look for the plugin's exit where no pidfd says it
+# In a plugin's `H` line every control character but tab becomes `?`, as in
+# qmail's Received line: CR ends a line for most readers of the queued
+# message, VT, FF and FS..RS for Python's str.splitlines(), none belongs there.
+HEADER_CONTROLS = bytes(c for c in range(32) if c != 0x09)
+HEADER_SAFE = bytes.maketrans(HEADER_CONTROLS, b"?" * len(HEADER_CONTROLS))
 
 
 def _stage(stage: str) -> "Callable[[Plugins, Session, bytes], Verdict | None]":
@@ -68,6 +76,16 @@ class Plugins:
     def queue_environment(self) -> "dict[bytes, bytes | None]":
         """The variables plugins set (value) or unset (None)."""
         return self.changed
+
+    def environment(self, session: "Session") -> "Mapping[bytes, bytes]":
+        """What the next plugin sees: after AUTH also RELAYCLIENT and
+        TCPREMOTEINFO, as the AUTH patch puts them in qmail-smtpd's environment
+        (a plugin's own S or U of them still wins, as for qmail-queue)."""
+        authenticated = session.child_environment()
+        if not authenticated:
+            return self.env
+        return {**self.env, **{name: value for name, value in authenticated.items()
+                               if name not in self.changed}}
 
     # each section's stage runs its plugins (STAGE_VARIABLES: what each tells them)
     on_connect = _stage(AT_CONNECT)
@@ -117,11 +135,14 @@ class Run:
         self.plugins = plugins
         self.session = session
         self.stage = stage
+        self.plugin = b""  # the configuration line of the plugin being run
         self.printed: list[bytes] = []  # `P` lines, sent before the reply
         self.last_word = False  # this plugin decided: no more plugins for the command
 
     def execute(self, plugin: bytes) -> "Verdict | None":
-        output, failure = run_program(plugin, self.plugins.env, self.plugins.timeout)
+        self.plugin = plugin
+        output, failure = run_program(plugin, self.plugins.environment(self.session),
+                                      self.plugins.timeout)
         if failure is not None:
             self.session.note(f"spp plugin {printable(plugin, 200)} failed: {failure}")
             self.last_word = True
@@ -144,7 +165,13 @@ class Run:
 
     # -- the commands a plugin prints, by their letter (COMMANDS) -----------
     def add_header(self, text: bytes) -> None:
-        self.session.headers += text + b"\n"
+        """Never a CR into the queue: a plugin's header carries client text
+        ($SMTPHELOHOST), which could otherwise add a header line of its own."""
+        safe = text.translate(HEADER_SAFE)
+        if safe != text:
+            self.session.note(f"spp plugin {printable(self.plugin, 200)} header with control "
+                              f"characters, queued with ? for them: {printable(text, 200)}")
+        self.session.headers += safe + b"\n"
 
     def change_address(self, text: bytes) -> None:
         if self.stage == AT_MAIL:
@@ -218,14 +245,19 @@ COMMANDS: "dict[int, Callable[[Run, bytes], Verdict | None]]" = {
 # -- running a program ---------------------------------------------------------
 def run_program(plugin: bytes, env: "Mapping[bytes, bytes]",
                 timeout: int) -> "tuple[bytes, str | None]":
-    """Its output up to the first stopping command, or why it could not run."""
+    """Its output up to the first stopping command, or why it could not run.
+
+    The plugin leads a process group of its own, and the whole group is
+    killed once the plugin has exited (or at the timeout): what it left
+    running without detaching (setsid) ends with it, and a background child
+    that still holds the pipe does not hold the session."""
     if plugin.startswith(b":"):
         argv = [b"/bin/sh", b"-c", plugin[1:]]
     else:
         argv = [plugin]
     read_end, write_end = posix.pipe()
     try:
-        pid = spawn(argv[0], argv, env, file_actions=[
+        pid = spawn(argv[0], argv, env, own_group=True, file_actions=[
             (posix.POSIX_SPAWN_CLOSE, 0),
             (posix.POSIX_SPAWN_DUP2, write_end, 1),
         ])
@@ -234,44 +266,98 @@ def run_program(plugin: bytes, env: "Mapping[bytes, bytes]",
         return b"", "can't execute"
     finally:
         posix.close(write_end)
-    deadline = time.monotonic() + timeout
+    output = Output()
     try:
-        output, failure = _read_output(read_end, deadline)
+        exited = _collect(pid, read_end, output, time.monotonic() + timeout)
     finally:
         posix.close(read_end)
-    status = _wait(pid, deadline)
-    if failure is None:
-        if status is None:
-            failure = "timed out"
-        elif posix.WIFSIGNALED(status):
-            failure = "child crashed"
-        elif posix.WEXITSTATUS(status) == CANNOT_EXECUTE:
-            failure = "can't execute"
-    return output, failure
+        try:  # still unreaped, the plugin keeps its pid: the group is ours to end
+            posix.killpg(pid, _signal.SIGKILL)
+        except OSError:
+            pass
+        _, status = posix.waitpid(pid, 0)
+    if output.size > OUTPUT_MAX:
+        return output.data, "too much output"
+    if not exited:
+        return output.data, "timed out"
+    if posix.WIFSIGNALED(status):
+        return output.data, "child crashed"
+    if posix.WEXITSTATUS(status) == CANNOT_EXECUTE:
+        return output.data, "can't execute"
+    return output.data, None
 
 
-def _read_output(fd: int, deadline: float) -> "tuple[bytes, str | None]":
-    """Everything up to EOF, bounded in time and size; what follows the first
-    stopping command is read but not kept (the plugin may still be writing,
-    and must not die of SIGPIPE for it)."""
-    data = b""
-    size = 0
-    stop = -1
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return (data, None) if stop >= 0 else (data, "timed out")
-        chunk = posix.read(fd, 4096)
-        if not chunk:
-            return data, None
-        size += len(chunk)
-        if stop < 0:
-            data += chunk
-            stop = _stop_at(data)
+class Output:
+    """What a plugin wrote: kept up to its first stopping command; what follows
+    is read but not kept (the plugin may still be writing, and must not die of
+    SIGPIPE for it)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.size = 0
+        self.stopped = False
+
+    def add(self, chunk: bytes) -> bool:
+        """Take a chunk; False once the output passed OUTPUT_MAX."""
+        self.size += len(chunk)
+        if not self.stopped:
+            self.data += chunk
+            stop = _stop_at(self.data)
             if stop >= 0:
-                data = data[:stop]
-        if size > OUTPUT_MAX:
-            return (data, None) if stop >= 0 else (data, "too much output")
+                self.data = self.data[:stop]
+                self.stopped = True
+        return self.size <= OUTPUT_MAX
+
+    def drain(self, fd: int) -> None:
+        """Take what is in the pipe now, without waiting for the rest."""
+        posix.set_blocking(fd, False)
+        try:
+            while (chunk := posix.read(fd, 4096)) and self.add(chunk):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def _collect(pid: int, fd: int, output: Output, deadline: float) -> bool:
+    """Read the plugin's output until it exits (True: what it wrote is all
+    taken), or until the deadline or OUTPUT_MAX (False)."""
+    watch = _exit_watch(pid)
+    waiting = [fd] if watch < 0 else [fd, watch]
+    try:
+        while True:
+            if _has_exited(pid):
+                output.drain(fd)
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready = select.select(waiting, [], [], left if watch >= 0
+                                  else min(left, POLL_SECONDS))[0]
+            if fd in ready:
+                chunk = posix.read(fd, 4096)
+                if not chunk:
+                    waiting.remove(fd)  # the plugin closed it: its exit is all we wait for
+                elif not output.add(chunk):
+                    return False
+    finally:
+        if watch >= 0:
+            posix.close(watch)
+
+
+def _exit_watch(pid: int) -> int:
+    """A descriptor that becomes readable when the plugin exits (Linux's
+    pidfd), or -1 where there is none: then we look every POLL_SECONDS."""
+    try:
+        return posix.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def _has_exited(pid: int) -> bool:
+    """The plugin has exited; it stays unreaped (WNOWAIT), so its pid still
+    names its process group."""
+    return posix.waitid(posix.P_PID, pid,
+                        posix.WEXITED | posix.WNOHANG | posix.WNOWAIT) is not None
 
 
 def _stop_at(data: bytes) -> int:
@@ -284,22 +370,6 @@ def _stop_at(data: bytes) -> int:
         if nl > start and data[start] in STOPS:
             return nl + 1
         start = nl + 1
-
-
-def _wait(pid: int, deadline: float) -> int | None:
-    """The plugin's wait status; killed (None) if it outlives its deadline."""
-    while True:
-        done, status = posix.waitpid(pid, posix.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() >= deadline:
-            try:
-                posix.kill(pid, 9)
-            except OSError:
-                pass
-            posix.waitpid(pid, 0)
-            return None
-        time.sleep(0.002)
 
 
 # -- the configuration ---------------------------------------------------------

@@ -25,10 +25,16 @@ RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 def spawn(program: bytes, argv: list[bytes], env: "Mapping[bytes, bytes]",
-          file_actions: "Sequence[tuple]", search_path: bool = False) -> int:
+          file_actions: "Sequence[tuple]", search_path: bool = False,
+          own_group: bool = False) -> int:
     """Start a child as qmail-smtpd would, with default signal dispositions;
-    its pid, or OSError.  posix_spawn keeps `subprocess` off the start-up path."""
+    its pid, or OSError.  posix_spawn keeps `subprocess` off the start-up path.
+    `own_group`: the child leads a new process group (its pid), so that what
+    it starts can be ended with it (killpg)."""
     start = posix.posix_spawnp if search_path else posix.posix_spawn
+    if own_group:  # named only when wanted: 3.11 refuses setpgroup=None
+        return start(program, argv, exportable(env), file_actions=file_actions,
+                     setsigdef=RESET_SIGNALS, setpgroup=0)
     return start(program, argv, exportable(env), file_actions=file_actions,
                  setsigdef=RESET_SIGNALS)
 

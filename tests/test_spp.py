@@ -2,12 +2,19 @@
 run (tests/spp/: a greylisting plugin, an RCPT check in shell, a Python
 plugin that adds a header) and the patch's commands one by one."""
 
+import errno
+import os
+import secrets
+import signal
 import smtplib
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from test_auth import ALICE, ALICE_PW, login
+
+from qmail_esmtpd import check_spp
 
 from harness.files import write_program
 from harness.processes import imported_modules, talk
@@ -196,3 +203,107 @@ def test_a_session_without_plugins_loads_none_of_their_code(control, plugins):
     assert "qmail_esmtpd.check_spp" not in imported_modules(env, session)
     plugins("[rcpt]\n:true\n")
     assert "qmail_esmtpd.check_spp" in imported_modules(env, session)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes with `marker` in their argv (a zombie's is empty)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass  # gone meanwhile
+    return pids
+
+
+def left_running(marker: str, grace: float = 2) -> list[int]:
+    """The processes with `marker` still alive after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while (pids := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def test_a_plugin_ends_with_its_process_group(tcpserver, plugins, queue):
+    """dash forks for `sleep; echo`: the timeout killed the shell alone and the
+    sleep ran on (five sessions reached qmaild's process limit); a child sent
+    to the background kept the pipe open, and the session waited the whole
+    timeout for it."""
+    hang, background, detached = (f"{n}.{secrets.randbelow(10**6):06d}" for n in (57, 58, 59))
+    plugins("[rcpt]\n"
+            f":case \"$SMTPRCPTTO\" in hang@*) sleep {hang}; echo N;;"
+            f" bg@*) (sleep {background}; echo late) & echo 'HX-Before-Exit: yes'; echo N;;"
+            f" detach@*) setsid -w sh -c 'sleep {detached} >/dev/null &'; echo N;; esac\n")
+    server = tcpserver(env={"SPPTIMEOUT": "4"})
+    try:
+        started = time.monotonic()
+        reply = talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<bg@example.com>\r\nDATA\r\n"
+                     b"Subject: bg\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        assert time.monotonic() - started < 2  # the plugin's exit, not the 4 s timeout
+        assert reply.split(b"\r\n")[1:4] == [b"250 ok", b"250 ok", b"354 go ahead"]
+        assert b"X-Before-Exit: yes\n" in queue.queued()[0]["message"]  # what it wrote
+        assert left_running(background) == []  # its group ended with it
+        reply = talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<hang@example.com>\r\nQUIT\r\n")
+        assert reply.split(b"\r\n")[2].endswith(b": timed out (#4.3.0)")
+        assert left_running(hang) == []  # the shell's sleep too, not the shell alone
+        reply = talk(server.port, b"MAIL FROM:<a@b>\r\nRCPT TO:<detach@example.com>\r\nQUIT\r\n")
+        assert reply.split(b"\r\n")[2] == b"250 ok"
+        assert len(processes_with(detached)) == 1  # as README says a plugin detaches work
+    finally:
+        for pid in processes_with(hang) + processes_with(background) + processes_with(detached):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_without_a_pidfd_the_plugins_exit_is_looked_for(monkeypatch):
+    """Where Linux's pidfd is missing (an old kernel, a seccomp filter) the
+    same bounds hold, by looking every POLL_SECONDS."""
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "no pidfd_open")
+    monkeypatch.setattr(check_spp.posix, "pidfd_open", no_pidfd)
+    background, hang = (f"{n}.{secrets.randbelow(10**6):06d}" for n in (57, 58))
+    env = {b"PATH": os.environ["PATH"].encode()}
+    try:
+        started = time.monotonic()
+        assert check_spp.run_program(b":(sleep %s) & echo N" % background.encode(), env,
+                                     4) == (b"N\n", None)
+        assert time.monotonic() - started < 2
+        assert check_spp.run_program(b":sleep %s; echo N" % hang.encode(), env,
+                                     1) == (b"", "timed out")
+        assert left_running(background) == left_running(hang) == []
+    finally:
+        for pid in processes_with(background) + processes_with(hang):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_header_from_a_plugin_never_carries_a_carriage_return(tcpserver, plugins, queue):
+    """The patch queues the client's CR inside a plugin's header line: a HELO
+    with one, through `HX-Helo: $SMTPHELOHOST`, became a Bcc: header."""
+    plugins('[mail]\n:echo "HX-Helo: $SMTPHELOHOST"; printf \'HX-Tab:\\ta\\v\\f\\033b\\n\'\n')
+    server = tcpserver()
+    talk(server.port, b"HELO foo\rBcc: victim@example.org\r\nMAIL FROM:<a@b>\r\n"
+         b"RCPT TO:<u@example.com>\r\nDATA\r\nSubject: cr\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    head = queue.queued()[0]["message"].split(b"\n\n")[0].split(b"\n")
+    assert head[2:] == [b"X-Helo: foo?Bcc: victim@example.org", b"X-Tab:\ta???b",
+                        b"Subject: cr"]
+    assert head[0].startswith(b"Received: from unknown (HELO foo?Bcc:?victim@")  # qmail's `?`
+    log = server.wait_log("X-Tab")
+    assert "spp plugin :echo" in log and "X-Helo:\\x20foo\\x0dBcc" in log
+
+
+def test_plugins_after_auth_see_relayclient_and_tcpremoteinfo(db, tcpserver, plugins, queue):
+    """As the AUTH patch sets them in qmail-smtpd's environment: a plugin that
+    lets authenticated senders through (${RELAYCLIENT+...}) works."""
+    db.add(ALICE, ALICE_PW)
+    plugins('[rcpt]\n:if [ -z "${RELAYCLIENT+set}" ]; then echo "E550 not for you"; else'
+            ' echo "HX-Auth: [$RELAYCLIENT] [$TCPREMOTEINFO]"; fi\n')
+    server = tcpserver(env=db.env())
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=60) as c:
+        c.ehlo()
+        c.mail("a@client.test")
+        assert c.rcpt("u@example.com") == (550, b"not for you")
+        c.rset()
+        login(c, ALICE, ALICE_PW)
+        c.sendmail("alice@client.test", ["u@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+    message = queue.queued()[0]["message"]
+    assert message.split(b"\n")[2] == b"X-Auth: [] [alice]"
