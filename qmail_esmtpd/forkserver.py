@@ -119,16 +119,25 @@ class Server:
 
         Run with the sessions' privileges, so it reads what they could read."""
         self.controls = preload.controls_from_environment()
-        self.settings.tls.load(self.controls)
         if self.rules is not None:
             self.rules.forget()
             try:
                 self.rules.lookup_function()
             except Exception as e:  # the children say so, connection by connection
                 log(f"warning: unable to read rules: {e}")
+        self.settings.tls.load(self.controls, self.cipher_lists_named())
         self.import_auth()
         gc.collect()
         gc.freeze()  # what is loaded stays shared with the children (no GC writes)
+
+    def cipher_lists_named(self) -> tuple[bytes, ...]:
+        """The values sessions' $TLSSERVERCIPHERS may take: the server's own, the rules'."""
+        from .tls import CIPHERS_VARIABLE
+
+        named = [posix.environ.get(CIPHERS_VARIABLE, b"")]
+        if self.rules is not None:
+            named += self.rules.values(CIPHERS_VARIABLE)
+        return tuple(named)
 
     def import_auth(self) -> None:
         """The AUTH libraries, once some session may use AUTH."""

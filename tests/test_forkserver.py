@@ -323,6 +323,50 @@ def test_sessions_keep_no_group_of_the_starter(forkserver, tmp_path):
     assert root_group.returncode == 111 and b"group 0" in root_group.stderr, root_group
 
 
+def starttls_cipher(port: int, source: str, cipher: str) -> tuple[str, bool] | None:
+    """STARTTLS from `source` offering TLS 1.2 with `cipher` only: the cipher taken
+    and whether a session ticket came with it; None when the handshake failed."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher)
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
+        try:
+            client.starttls(context=context)
+        except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError):
+            return None
+        assert isinstance(client.sock, ssl.SSLSocket) and client.sock.session is not None
+        taken = (client.sock.cipher()[0], client.sock.session.has_ticket)
+        assert client.noop()[0] == 250
+    return taken
+
+
+def test_a_context_per_cipher_list_is_preloaded(forkserver, control):
+    """Issue 24, item 7: port 25's list (OpenSSL's) and submission's (the strict
+    one) each get a context, and so does a list a rule names; a session asking
+    for another loads its own.  The preloaded ones issue no session ticket,
+    which tells them apart."""
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    server = forkserver('127.0.0.2:allow,SMTPAUTH="!"\n'
+                        '127.0.0.3:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES256-SHA384"\n:allow\n')
+    assert starttls_cipher(server.port, "127.0.0.1", "AES128-SHA") == ("AES128-SHA", False)
+    assert starttls_cipher(server.port, "127.0.0.2", "AES128-SHA") is None
+    assert starttls_cipher(server.port, "127.0.0.2", "ECDHE-RSA-AES128-GCM-SHA256") == \
+        ("ECDHE-RSA-AES128-GCM-SHA256", False)
+    assert starttls_cipher(server.port, "127.0.0.3", "ECDHE-RSA-AES256-SHA384") == \
+        ("ECDHE-RSA-AES256-SHA384", False)
+    server.compile_rules('127.0.0.4:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES128-SHA256"\n:allow\n')
+    assert starttls_cipher(server.port, "127.0.0.4", "ECDHE-RSA-AES128-SHA256") == \
+        ("ECDHE-RSA-AES128-SHA256", True)  # named since the last SIGHUP: the session's own
+    server.signal(signal.SIGHUP)
+    server.wait_log("SIGHUP")
+    assert starttls_cipher(server.port, "127.0.0.4", "ECDHE-RSA-AES128-SHA256") == \
+        ("ECDHE-RSA-AES128-SHA256", False)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run sessions as root")
 def test_refuses_to_run_sessions_as_root(tmp_path):
     out = subprocess.run([str(FORKSERVER), "127.0.0.1", "0"], capture_output=True, timeout=60)
@@ -489,7 +533,7 @@ def test_huge_numbers_are_cut_or_refused_at_parse():
     for option in ("-u", "-g"):
         with pytest.raises(UsageError):
             parse([option, str(2**32 - 1), "0", "25"])
-    assert parse(["-u", str(2**32 - 2), "0", "25"]).uid == 2**32 - 2
+    assert parse(["-u", str(2**32 - 2), "-g", "1", "0", "25"]).uid == 2**32 - 2
 
 
 def test_hostile_start_values_end_cleanly(tmp_path):
