@@ -313,13 +313,12 @@ def test_sessions_keep_no_group_of_the_starter(forkserver, tmp_path):
         "cat >/dev/null && cat <&1 >/dev/null\n"))
     server = forkserver(env={"QMAILQUEUE": str(queue), "ENVDIR": str(directory)},
                         wrapper=["setpriv", "--groups", "42"])
-    assert os.readlink(f"/proc/{server.proc.pid}/exe")  # started, through setpriv
     assert one_session(server.port, "127.0.0.1") == "queued"
     gid = str(pwd.getpwnam("nobody").pw_gid)
     assert (directory / "gid").read_text().split() == [gid]
     assert (directory / "groups").read_text().split() == [gid]
     root_group = subprocess.run([str(FORKSERVER), "-u", str(pwd.getpwnam("nobody").pw_uid),
-                                 "-g", "0", "127.0.0.1", "0"], capture_output=True, timeout=60)
+                                 "-g", "0", "127.0.0.1", "0"], capture_output=True, timeout=20)
     assert root_group.returncode == 111 and b"group 0" in root_group.stderr, root_group
 
 

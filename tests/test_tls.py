@@ -349,6 +349,14 @@ def test_opportunistic_tls_takes_what_openssl_offers(with_checkpassword, tls_con
         assert f"Cipher is {cipher}" in said and "221 mx.example.com" in said, said
 
 
+def test_opportunistic_tls_still_prefers_ecdhe_with_aead(tcpserver, tls_control):
+    """The server's order decides: a client offering both gets the better one."""
+    server = tcpserver(RELAY_LOCALHOST)
+    said = s_client_tls12(server.port, "AES128-SHA:ECDHE-RSA-AES128-SHA256:"
+                                       "ECDHE-RSA-AES128-GCM-SHA256")
+    assert "Cipher is ECDHE-RSA-AES128-GCM-SHA256" in said, said
+
+
 def test_tlsserverciphers_still_overrides_the_default(tcpserver, tls_control):
     (tls_control / "tlsserverciphers").write_text("ECDHE-RSA-AES128-SHA256\n")
     for env in ({}, {"SMTPAUTH": "!"}):  # both kinds of TLS: the file is the default of both
