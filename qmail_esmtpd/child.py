@@ -80,15 +80,19 @@ def reset_signals() -> None:
         _signal.signal(signum, _signal.SIG_DFL)
 
 
-def run(conn: "socket.socket", settings: ChildSettings,
+def run(conn: "socket.socket", remote: tuple, settings: ChildSettings,
         rule: "Rule | RulesUnreadable") -> int:
     """Everything a child does with one accepted connection; its exit status.
-    `rule` is what the server found for the client in its rules (ALLOW_ALL
-    without a rules file)."""
+    `remote` is the client's address as accept() gave it (a client that
+    reset the connection since has no peer name left to ask for); `rule`
+    is what the server found for it in its rules (ALLOW_ALL without a
+    rules file)."""
     reset_signals()
-    local, remote = conn.getsockname(), conn.getpeername()
     if settings.verbose:
         log(f"pid {posix.getpid()} from {remote[0]}")
+    local = local_address(conn)
+    if local is None:
+        return TROUBLE
     for name, value in tcp_environment(local, remote, settings.localhost):
         setenv(name, value, for_libpq=False)
     if isinstance(rule, RulesUnreadable):
@@ -110,16 +114,30 @@ def run(conn: "socket.socket", settings: ChildSettings,
     return session_main(settings.tls)
 
 
-def refuse(conn: "socket.socket", reply: bytes, settings: ChildSettings) -> int:
-    """A source over its limit: qmail's 421 from the child, never from the server."""
+def local_address(conn: "socket.socket") -> tuple | None:
+    """getsockname(), as tcpserver asks it; None (logged, tcpserver's words) if that fails."""
+    try:
+        return conn.getsockname()
+    except OSError as e:
+        log(f"warning: dropping connection, unable to get local address: {e.strerror}")
+        return None
+
+
+def refuse(conn: "socket.socket", remote: tuple, reply: bytes | None,
+           settings: ChildSettings) -> int:
+    """A source over its limit: qmail's 421 from the child, never from the server;
+    None: closed without a byte (a TLS port, where cleartext would be noise)."""
     reset_signals()
-    local, remote = conn.getsockname(), conn.getpeername()
+    local = local_address(conn)
+    if local is None:
+        return DENIED
     if settings.verbose:
         log(connection_line("limit", local, remote, settings.localhost))
-    conn.settimeout(10)
-    try:
-        conn.sendall(reply)
-    except OSError:
-        pass
+    if reply is not None:
+        conn.settimeout(10)
+        try:
+            conn.sendall(reply)
+        except OSError:
+            pass
     conn.close()
     return DENIED

@@ -76,12 +76,12 @@ def main(preloaded_tls: "OpenTLS | None" = None) -> int:
         return QueueJob(settings.paths.queue, child_env)
 
     def open_tls() -> "ServerTLS":
+        from .tls import ServerTLS, cipher_list  # `ssl` loads only when TLS is asked for
+
         controls = settings.controls
-        certfile, ciphers = controls.path(SERVERCERT), controls.line(b"tlsserverciphers")
+        certfile, ciphers = controls.path(SERVERCERT), cipher_list(env, controls)
         if preloaded_tls is not None:
             return preloaded_tls(certfile, ciphers, settings.remoteip)
-        from .tls import ServerTLS  # `ssl` loads only when TLS is asked for
-
         return ServerTLS(certfile, ciphers, settings.remoteip)
 
     channel = Channel(settings.timeout)

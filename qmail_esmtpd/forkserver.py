@@ -71,17 +71,23 @@ def listening_socket(opts: Options) -> socket.socket:
 
 
 def drop_privileges(opts: Options) -> None:
-    """As tcpserver -g/-u, right after binding; sessions never run as root."""
+    """As tcpserver -g/-u (prot_gid, prot_uid), right after binding: the group
+    alone in the supplementary list, then the user.  Sessions never run as
+    root, in group 0, or with a group of the starter's beside their own."""
     try:
-        if opts.gid:
+        if opts.gid is not None:
             os.setgroups([opts.gid])
             os.setgid(opts.gid)
-        if opts.uid:
+        if opts.uid is not None:
             os.setuid(opts.uid)
     except OSError as e:
         raise Fatal(f"unable to set uid/gid: {e}") from None
     if os.geteuid() == 0 or os.getuid() == 0:
         raise Fatal("refusing to run sessions as root: give -u and -g (or -U)")
+    if 0 in (os.getgid(), os.getegid(), *os.getgroups()):
+        raise Fatal("refusing to run sessions in group 0 (root): give -g")
+    if opts.gid is not None and set(os.getgroups()) - {opts.gid}:
+        raise Fatal("supplementary groups left after setgroups")
 
 
 class Server:
@@ -94,7 +100,8 @@ class Server:
         self.settings = settings
         self.rules = rules
         self.controls = preload.controls_from_environment()
-        self.children: dict[int, str] = {}  # pid -> remote IP ("" for a 421 child)
+        self.children: dict[int, str] = {}  # pid -> remote IP ("" when not counted)
+        self.smtps = b"SMTPS" in posix.environ  # every session starts TLS (a rule may say so too)
         self.per_source: dict[str, int] = {}
         self.hangup = False
         self.stopping = False
@@ -112,16 +119,25 @@ class Server:
 
         Run with the sessions' privileges, so it reads what they could read."""
         self.controls = preload.controls_from_environment()
-        self.settings.tls.load(self.controls)
         if self.rules is not None:
             self.rules.forget()
             try:
                 self.rules.lookup_function()
             except Exception as e:  # the children say so, connection by connection
                 log(f"warning: unable to read rules: {e}")
+        self.settings.tls.load(self.controls, self.cipher_lists_named())
         self.import_auth()
         gc.collect()
         gc.freeze()  # what is loaded stays shared with the children (no GC writes)
+
+    def cipher_lists_named(self) -> tuple[bytes, ...]:
+        """The values sessions' $TLSSERVERCIPHERS may take: the server's own, the rules'."""
+        from .tls import CIPHERS_VARIABLE
+
+        named = [posix.environ.get(CIPHERS_VARIABLE, b"")]
+        if self.rules is not None:
+            named += self.rules.values(CIPHERS_VARIABLE)
+        return tuple(named)
 
     def import_auth(self) -> None:
         """The AUTH libraries, once some session may use AUTH."""
@@ -189,23 +205,40 @@ class Server:
             return
         conn = socket.socket(fileno=fd)
         source = remote[0]
-        over = 0 < self.opts.per_source <= self.per_source.get(source, 0)
-        rule: "Rule | RulesUnreadable" = ALLOW_ALL
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if not over:
+            rule = self.rule(source)
+            # a denied connection is closed without a byte, however many its
+            # source has: it is neither counted nor refused with a 421
+            counted = isinstance(rule, Rule) and not rule.deny
+            over = counted and 0 < self.opts.per_source <= self.per_source.get(source, 0)
+            if counted and not over:
                 self.settings.tls.refresh(self.controls)
-                if self.rules is not None:
-                    try:  # looked up here, where the table stays read and cached
-                        rule = self.rules.rule(source.encode())
-                    except RulesUnreadable as e:  # the child drops the connection, says why
-                        rule = e
-            self.fork(conn, source, over, rule)
+            self.fork(conn, remote, rule, counted and not over, over)
         finally:
             conn.close()
 
-    def fork(self, conn: socket.socket, source: str, over: bool,
-             rule: "Rule | RulesUnreadable") -> None:
+    def rule(self, source: str) -> "Rule | RulesUnreadable":
+        """The rules' answer for `source`, looked up here, where the table stays
+        read and cached; RulesUnreadable: the child drops the connection, says why."""
+        if self.rules is None:
+            return ALLOW_ALL
+        try:
+            return self.rules.rule(source.encode())
+        except RulesUnreadable as e:
+            return e
+
+    def refusal(self, rule: "Rule | RulesUnreadable") -> bytes | None:
+        """The 421 for a source over -C; None on an SMTPS port, where a client
+        waits for a TLS handshake and cleartext would only be a protocol error."""
+        smtps = self.smtps or isinstance(rule, Rule) and \
+            any(name == b"SMTPS" for name, _ in rule.variables)
+        return None if smtps else replies.TOO_MANY_FROM_SOURCE
+
+    def fork(self, conn: socket.socket, remote: tuple, rule: "Rule | RulesUnreadable",
+             counted: bool, over: bool) -> None:
+        """One child for the connection: the session (`counted` against -C),
+        the rules' refusal, or the refusal of a source over -C."""
         try:
             pid = os.fork()
         except OSError as e:
@@ -218,14 +251,15 @@ class Server:
                 self.sock.close()
                 for fd in self.wake_fds:
                     os.close(fd)
-                status = refuse(conn, replies.TOO_MANY_FROM_SOURCE, self.settings) if over \
-                    else run(conn, self.settings, rule)
+                status = refuse(conn, remote, self.refusal(rule), self.settings) if over \
+                    else run(conn, remote, self.settings, rule)
             except BaseException as e:  # a bug: never back into the server's loop
                 log(f"session failed: {type(e).__name__}: {e}")
             finally:
                 os._exit(status if isinstance(status, int) else TROUBLE)
-        self.children[pid] = "" if over else source
-        if not over:
+        source = remote[0]
+        self.children[pid] = source if counted else ""
+        if counted:
             self.per_source[source] = self.per_source.get(source, 0) + 1
         self.log_status()
 

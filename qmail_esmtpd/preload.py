@@ -73,50 +73,66 @@ def _stamp(path: bytes) -> tuple[int, int, int, int] | None:
 
 
 class PreloadedTLS:
-    """control/servercert.pem loaded once; called as `cli.main`'s `preloaded_tls`.
+    """control/servercert.pem loaded once per cipher list; called as `cli.main`'s
+    `preloaded_tls`.
 
-    Sessions get the loaded context while the file and tlsserverciphers are
-    those it was loaded from; otherwise they load their own, as in tcpserver
-    mode.  The context issues no session tickets: its ticket key would be the
-    same in every child, so one child could resume another's session.
+    A context is loaded for each list a session may ask for (tls.possible_cipher_lists:
+    the values $TLSSERVERCIPHERS takes in the server's environment and rules, else
+    control/tlsserverciphers, else both defaults).  A session gets the one loaded
+    for its own list while the file is the one loaded; any other list, or a new
+    file, it loads itself, as in tcpserver mode.  The contexts issue no session
+    tickets: their key would be the same in every child, so one child could
+    resume another's session.
     """
 
+    MOST = 8  # contexts kept: a rules file naming more lists has sessions load the rest
+
     def __init__(self) -> None:
-        self.loaded: "tuple[bytes, bytes | None, object, ServerTLS] | None" = None
+        self.certfile = b""
+        self.contexts: "dict[bytes, ServerTLS]" = {}
+        self.named: tuple[bytes, ...] = ()  # the variable's values, kept for refresh()
         self.stamp: object = None  # the file's stamp at the last attempt, loaded or not
 
-    def load(self, controls: Controls) -> None:
-        """(Re)load from `controls`; without a usable certificate nothing is kept."""
+    def load(self, controls: Controls, named: "tuple[bytes, ...]" = ()) -> None:
+        """(Re)load from `controls`, for the lists $TLSSERVERCIPHERS may `name`;
+        without a usable certificate nothing is kept."""
         import ssl
 
         from .lineio import TLSUnavailable
-        from .tls import ServerTLS
+        from .tls import ServerTLS, possible_cipher_lists
 
-        self.loaded = None
-        certfile = controls.path(SERVERCERT)
-        self.stamp = stamp = _stamp(certfile)
-        if stamp is None:
+        self.contexts, self.named = {}, named
+        self.certfile = certfile = controls.path(SERVERCERT)
+        self.stamp = _stamp(certfile)
+        if self.stamp is None:
             return
         try:
-            ciphers = controls.line(b"tlsserverciphers")
-            tls = ServerTLS(certfile, ciphers)
-        except (ControlError, TLSUnavailable) as e:
+            lists = possible_cipher_lists(controls, named)[:self.MOST]
+        except ControlError as e:
             log(f"warning: certificate not preloaded, sessions load their own: {e}")
             return
-        tls.context.options |= ssl.OP_NO_TICKET
-        self.loaded = (certfile, ciphers, stamp, tls)
+        for ciphers in lists:
+            try:  # tls.py logs why; a session naming a list OpenSSL refuses gets 454
+                tls = ServerTLS(certfile, ciphers)
+            except TLSUnavailable:
+                if not self.contexts:  # the certificate itself, most likely: once is enough
+                    break
+                continue
+            tls.context.options |= ssl.OP_NO_TICKET
+            self.contexts[ciphers] = tls
+        if not self.contexts:
+            log("warning: certificate not preloaded, sessions load their own")
 
     def refresh(self, controls: Controls) -> None:
         """Reload when the certificate file was replaced (one stat)."""
         if _stamp(controls.path(SERVERCERT)) != self.stamp:
-            self.load(controls)
+            self.load(controls, self.named)
 
     def __call__(self, certfile: bytes, ciphers: bytes | None,
                  remoteip: bytes | None = None) -> "ServerTLS":
-        loaded = self.loaded
-        if loaded is not None and loaded[:2] == (certfile, ciphers) \
-                and _stamp(certfile) == loaded[2]:
-            return loaded[3]
+        loaded = self.contexts.get(ciphers) if ciphers is not None else None
+        if loaded is not None and certfile == self.certfile and _stamp(certfile) == self.stamp:
+            return loaded
         from .tls import ServerTLS
 
         return ServerTLS(certfile, ciphers, remoteip)

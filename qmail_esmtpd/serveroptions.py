@@ -4,7 +4,8 @@
   -C N   at most N sessions from one IPv4 address (0: no limit); more get 421
   -b N   listen backlog (20)
   -x CDB tcprules file; -X: allow all when it is missing
-  -u UID, -g GID, -U ($UID, $GID): run as that user and group after binding
+  -u UID, -g GID, -U ($UID, $GID): run as that user and group after binding,
+         with no supplementary groups; a user without a group is refused
   -l NAME  TCPLOCALHOST (no DNS: unset without -l)
   -H, -R   accepted: no DNS and no ident lookups is the only mode
   -v, -q, -Q  verbose (tcpserver -v's lines), quiet, errors only (default)
@@ -37,8 +38,8 @@ class Options:
         self.backlog = 20
         self.rules: str | None = None
         self.allow_missing_rules = False
-        self.uid = 0
-        self.gid = 0
+        self.uid: int | None = None  # None: not asked for, the starter's
+        self.gid: int | None = None
         self.localhost: str | None = None
         self.verbosity = 1
         self.print_port = False
@@ -80,6 +81,9 @@ def parse(argv: list[str]) -> Options:
         opts.host, opts.port = args[0], args[1]
         args = args[2:]
     opts.session_argv = args
+    if opts.uid is not None and opts.gid is None:
+        raise UsageError("-u needs -g (with -U: $UID needs $GID): sessions would keep "
+                         "the starter's group and supplementary groups")
     return opts
 
 
@@ -132,7 +136,10 @@ def _set_flag(opts: Options, letter: str) -> None:
         opts.systemd = True
     elif letter == "X":
         opts.allow_missing_rules = True
-    elif letter == "U":
-        opts.uid = _id("U", os.environ.get("UID", "0"))
-        opts.gid = _id("U", os.environ.get("GID", "0"))
+    elif letter == "U":  # as tcpserver: each from its variable when that is set
+        uid, gid = os.environ.get("UID"), os.environ.get("GID")
+        if uid is not None:
+            opts.uid = _id("U", uid)
+        if gid is not None:
+            opts.gid = _id("U", gid)
     # H, R: the only mode; D: TCP_NODELAY is always set, as tcpserver's default

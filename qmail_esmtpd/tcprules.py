@@ -98,6 +98,20 @@ class RulesFile:
         (a look at the raw file: a stray match costs only a preload)."""
         return b"+" + name + b"=" in self.data
 
+    def values(self, name: bytes) -> list[bytes]:
+        """The values entries of the table read last may give variable `name`
+        (the same look at the raw file: a stray match costs only a preload)."""
+        marker = b"+" + name + b"="
+        found = []
+        start = self.data.find(marker)
+        while start >= 0:
+            end = self.data.find(b"\0", start)
+            if end < 0:
+                break
+            found.append(self.data[start + len(marker):end])
+            start = self.data.find(marker, end)
+        return found
+
     def lookup_function(self) -> "Finder | None":
         """The table's lookup function; None when the file is missing (-X)."""
         try:

@@ -13,9 +13,41 @@ import time
 from .lineio import READ_SIZE, Channel, Gone, Timeout, TLSUnavailable
 from .log import log, printable
 
-# Without control/tlsserverciphers, TLS 1.2 offers forward secrecy and AEAD
-# only (no static RSA, no CBC); TLS 1.3's suites are OpenSSL's, untouched.
-DEFAULT_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from .config import Controls
+
+# The TLS 1.2 cipher list, unless $TLSSERVERCIPHERS or control/tlsserverciphers
+# names one; TLS 1.3's suites are OpenSSL's, untouched.  Where TLS is mandatory
+# (SMTPS, submission) forward secrecy and AEAD only: a client that cannot
+# negotiate them cannot log in anyway.  Where it is opportunistic (port 25) a
+# sender that cannot negotiate delivers in cleartext instead (RFC 7435), so
+# everything OpenSSL offers at its security level, CBC and static RSA included.
+CIPHERS_VARIABLE = b"TLSSERVERCIPHERS"
+MANDATORY_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+OPPORTUNISTIC_CIPHERS = b"DEFAULT"
+
+
+def tls_mandatory(env: "Mapping[bytes, bytes]") -> bool:
+    """SMTPS, or AUTH required before MAIL (submission): no cleartext to fall back to."""
+    return b"SMTPS" in env or env.get(b"SMTPAUTH") == b"!"
+
+
+def cipher_list(env: "Mapping[bytes, bytes]", controls: "Controls") -> bytes:
+    """$TLSSERVERCIPHERS (a rule can set it per service), else control/tlsserverciphers,
+    else the default for this session's kind of TLS.  An empty one counts as unset."""
+    return env.get(CIPHERS_VARIABLE) or controls.line(b"tlsserverciphers") or \
+        (MANDATORY_CIPHERS if tls_mandatory(env) else OPPORTUNISTIC_CIPHERS)
+
+
+def possible_cipher_lists(controls: "Controls", named: "Iterable[bytes]") -> list[bytes]:
+    """Every list cipher_list() may give, when $TLSSERVERCIPHERS can take the
+    `named` values: the file's or the defaults first, then those."""
+    configured = controls.line(b"tlsserverciphers")
+    lists = [configured] if configured else [MANDATORY_CIPHERS, OPPORTUNISTIC_CIPHERS]
+    return list(dict.fromkeys([*lists, *(value for value in named if value)]))
 
 
 def client(remoteip: bytes | None) -> str:
@@ -24,8 +56,8 @@ def client(remoteip: bytes | None) -> str:
 
 
 class ServerTLS:
-    """control/servercert.pem (chain and key) and control/tlsserverciphers
-    (else DEFAULT_CIPHERS), loaded.
+    """control/servercert.pem (chain and key) and a cipher list (cipher_list();
+    None: MANDATORY_CIPHERS), loaded.
 
     Every failure is logged here, where the file is known, then raised;
     `remoteip`, when given, names the client in that line.
@@ -38,7 +70,7 @@ class ServerTLS:
         context.options |= ssl.OP_NO_RENEGOTIATION  # a client may not restart the handshake
         try:
             context.load_cert_chain(certfile.decode("utf-8", "surrogateescape"))
-            context.set_ciphers((ciphers or DEFAULT_CIPHERS).decode("ascii", "replace"))
+            context.set_ciphers((ciphers or MANDATORY_CIPHERS).decode("ascii", "replace"))
         except (OSError, ssl.SSLError) as e:
             log(f"tls unavailable{client(remoteip)}: "
                 f"{certfile.decode('utf-8', 'replace')}: {e}")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -222,6 +223,149 @@ def test_per_source_limit_answers_421_from_a_child(forkserver):
                      server.wait_log(":127.0.0.7::"))
 
 
+def test_a_source_over_its_limit_that_the_rules_deny_is_closed_without_a_byte(forkserver):
+    """Issue 24, item 5: the rules first, then the count.  A source with a
+    session running that the rules now deny gets no 421, nor do many fast
+    connections from a denied address; neither counts against -C."""
+    server = forkserver(":allow\n", options=["-C", "1"])
+    first = socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                     source_address=("127.0.0.7", 0))
+    assert greeting(first).startswith(b"220 ")
+    server.compile_rules("127.0.0.7:deny\n127.0.0.9:deny\n:allow\n")
+    again = socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                     source_address=("127.0.0.7", 0))
+    assert again.makefile("rb").read() == b""
+    flood = [socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                      source_address=("127.0.0.9", 0)) for _ in range(100)]
+    assert [sock.makefile("rb").read() for sock in flood] == [b""] * 100
+    for sock in (first, again, *flood):
+        sock.close()
+    log = wait_count(server, ": end ", 102)
+    assert "limit " not in log and log.count(": deny ") == 101, log
+
+
+def test_a_source_over_its_limit_on_an_smtps_port_gets_no_cleartext(forkserver, control):
+    """Issue 24, item 5: a TLS client waits for a handshake; a cleartext 421 would
+    be a protocol error to it (WRONG_VERSION_NUMBER).  The connection is closed
+    without a byte, as SMTPS is set by a rule or in the server's environment."""
+    import ssl
+
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    for rules, env in ((':allow,SMTPS=""\n', {}), (":allow\n", {"SMTPS": ""})):
+        server = forkserver(rules, env=env, options=["-C", "1"])
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", server.port),
+                                                          timeout=20)) as first:
+            assert greeting(first).startswith(b"220 ")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=20) as again:
+                assert again.makefile("rb").read() == b""
+        assert re.search(r"limit \d+ localhost:127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+",
+                         server.wait_log("limit "))
+
+
+def test_a_client_that_resets_before_the_accept_gets_tcpservers_lines(forkserver):
+    """Issue 24, item 6: the address accept() gave is the one used (getpeername()
+    fails once the client reset): `pid` and `ok` lines, the session's own end."""
+    server = forkserver(":allow\n", options=["-c", "1"])
+    first = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert greeting(first).startswith(b"220 ")
+    resetting = socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                         source_address=("127.0.0.6", 0))
+    resetting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    resetting.close()  # an RST while it waits in the backlog (-c 1)
+    first.sendall(b"QUIT\r\n")
+    first.close()
+    log = wait_count(server, ": end ", 2)
+    assert "session failed" not in log, log
+    (pid,) = re.findall(r": pid (\d+) from 127\.0\.0\.6\n", log)
+    assert re.search(rf": ok {pid} localhost:127\.0\.0\.1:\d+ :127\.0\.0\.6::\d+\n", log), log
+    assert re.search(rf": end {pid} status 256\n", log), log  # the session's exit 1
+
+
+def test_a_user_without_a_group_is_refused(monkeypatch):
+    """Issue 24, item 4: -u alone would keep group 0 and the starter's
+    supplementary groups; so would -U with $UID and no $GID."""
+    for argv in (["-u", "65534", "0", "25"], ["-U", "0", "25"]):
+        monkeypatch.setenv("UID", "65534")
+        monkeypatch.delenv("GID", raising=False)
+        with pytest.raises(UsageError, match="needs -g"):
+            parse(argv)
+    monkeypatch.setenv("GID", "65534")
+    opts = parse(["-U", "0", "25"])
+    assert (opts.uid, opts.gid) == (65534, 65534)
+    out = subprocess.run([str(FORKSERVER), "-u", "65534", "127.0.0.1", "0"],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 100 and b"-u needs -g" in out.stderr, out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: changes ids")
+def test_sessions_keep_no_group_of_the_starter(forkserver, tmp_path):
+    """Issue 24, item 4: started with a supplementary group (42, shadow on
+    Debian), the server's sessions have only the group -g gave; -g 0 is refused."""
+    directory = tmp_path / "ids"
+    directory.mkdir()
+    directory.chmod(0o777)
+    queue = write_program(tmp_path / "ids-queue", (
+        "#!/bin/sh\n"
+        'id -g > "$ENVDIR/gid"; id -G > "$ENVDIR/groups"\n'
+        "cat >/dev/null && cat <&1 >/dev/null\n"))
+    server = forkserver(env={"QMAILQUEUE": str(queue), "ENVDIR": str(directory)},
+                        wrapper=["setpriv", "--groups", "42"])
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    gid = str(pwd.getpwnam("nobody").pw_gid)
+    assert (directory / "gid").read_text().split() == [gid]
+    assert (directory / "groups").read_text().split() == [gid]
+    root_group = subprocess.run([str(FORKSERVER), "-u", str(pwd.getpwnam("nobody").pw_uid),
+                                 "-g", "0", "127.0.0.1", "0"], capture_output=True, timeout=20)
+    assert root_group.returncode == 111 and b"group 0" in root_group.stderr, root_group
+
+
+def starttls_cipher(port: int, source: str, cipher: str) -> tuple[str, bool] | None:
+    """STARTTLS from `source` offering TLS 1.2 with `cipher` only: the cipher taken
+    and whether a session ticket came with it; None when the handshake failed."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher)
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
+        try:
+            client.starttls(context=context)
+        except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError):
+            return None
+        assert isinstance(client.sock, ssl.SSLSocket) and client.sock.session is not None
+        taken = (client.sock.cipher()[0], client.sock.session.has_ticket)
+        assert client.noop()[0] == 250
+    return taken
+
+
+def test_a_context_per_cipher_list_is_preloaded(forkserver, control):
+    """Issue 24, item 7: port 25's list (OpenSSL's) and submission's (the strict
+    one) each get a context, and so does a list a rule names; a session asking
+    for another loads its own.  The preloaded ones issue no session ticket,
+    which tells them apart."""
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    server = forkserver('127.0.0.2:allow,SMTPAUTH="!"\n'
+                        '127.0.0.3:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES256-SHA384"\n:allow\n')
+    assert starttls_cipher(server.port, "127.0.0.1", "AES128-SHA") == ("AES128-SHA", False)
+    assert starttls_cipher(server.port, "127.0.0.2", "AES128-SHA") is None
+    assert starttls_cipher(server.port, "127.0.0.2", "ECDHE-RSA-AES128-GCM-SHA256") == \
+        ("ECDHE-RSA-AES128-GCM-SHA256", False)
+    assert starttls_cipher(server.port, "127.0.0.3", "ECDHE-RSA-AES256-SHA384") == \
+        ("ECDHE-RSA-AES256-SHA384", False)
+    server.compile_rules('127.0.0.4:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES128-SHA256"\n:allow\n')
+    assert starttls_cipher(server.port, "127.0.0.4", "ECDHE-RSA-AES128-SHA256") == \
+        ("ECDHE-RSA-AES128-SHA256", True)  # named since the last SIGHUP: the session's own
+    server.signal(signal.SIGHUP)
+    server.wait_log("SIGHUP")
+    assert starttls_cipher(server.port, "127.0.0.4", "ECDHE-RSA-AES128-SHA256") == \
+        ("ECDHE-RSA-AES128-SHA256", False)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run sessions as root")
 def test_refuses_to_run_sessions_as_root(tmp_path):
     out = subprocess.run([str(FORKSERVER), "127.0.0.1", "0"], capture_output=True, timeout=60)
@@ -388,7 +532,7 @@ def test_huge_numbers_are_cut_or_refused_at_parse():
     for option in ("-u", "-g"):
         with pytest.raises(UsageError):
             parse([option, str(2**32 - 1), "0", "25"])
-    assert parse(["-u", str(2**32 - 2), "0", "25"]).uid == 2**32 - 2
+    assert parse(["-u", str(2**32 - 2), "-g", "1", "0", "25"]).uid == 2**32 - 2
 
 
 def test_hostile_start_values_end_cleanly(tmp_path):

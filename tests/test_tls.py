@@ -301,40 +301,86 @@ def test_the_command_phase_keeps_qmails_timeout_per_read(tcpserver, control):
 
 
 # -- issue 15, item 9: forward secrecy and AEAD only, unless tlsserverciphers says otherwise --
-def s_client_tls12(port: int, cipher: str) -> str:
-    """`openssl s_client` over STARTTLS offering TLS 1.2 with one cipher only: what it said."""
-    out = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+# -- issue 24, item 7: ... where TLS is mandatory; OpenSSL's list where it is opportunistic --
+def s_client_tls12(port: int, cipher: str, smtps: bool = False) -> str:
+    """`openssl s_client` over STARTTLS (or SMTPS) offering TLS 1.2 with one cipher
+    only: what it said."""
+    starttls = [] if smtps else ["-starttls", "smtp"]
+    out = subprocess.run(["openssl", "s_client", *starttls, "-connect",
                           f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher, "-crlf",
                           "-ign_eof", "-nocommands"],
                          input=b"QUIT\n", capture_output=True, timeout=60)
     return (out.stdout + out.stderr).decode(errors="replace")
 
 
-@pytest.mark.parametrize("cipher", [
+MANDATORY = [{"SMTPAUTH": "!"}, {"SMTPS": ""}]  # submission, SMTPS: no cleartext fallback
+NOT_FORWARD_SECRET_OR_CBC = [
     "AES128-SHA",  # static RSA key exchange, CBC: Debian's Python offers it by default
     "AES256-GCM-SHA384",  # AEAD, but static RSA: no forward secrecy
     "ECDHE-RSA-AES128-SHA256",  # forward secrecy, but CBC: in Python's own default list
-])
-def test_default_ciphers_refuse_static_rsa_and_cbc(tcpserver, tls_control, cipher):
-    server = tcpserver(RELAY_LOCALHOST)
-    said = s_client_tls12(server.port, cipher)
+]
+
+
+@pytest.mark.parametrize("env", MANDATORY, ids=["submission", "smtps"])
+@pytest.mark.parametrize("cipher", NOT_FORWARD_SECRET_OR_CBC)
+def test_mandatory_tls_refuses_static_rsa_and_cbc(tcpserver, tls_control, cipher, env):
+    server = tcpserver(RELAY_LOCALHOST, env=env)
+    said = s_client_tls12(server.port, cipher, smtps="SMTPS" in env)
     assert "221 mx.example.com" not in said and "handshake failure" in said, said
     assert "tls handshake failed ip=127.0.0.1: " in server.wait_log("tls handshake failed")
 
 
+@pytest.mark.parametrize("env", [{}, *MANDATORY], ids=["port 25", "submission", "smtps"])
 @pytest.mark.parametrize("cipher", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
                                     "ECDHE-RSA-CHACHA20-POLY1305"])
-def test_default_ciphers_serve_ecdhe_with_aead(tcpserver, tls_control, cipher):
-    server = tcpserver(RELAY_LOCALHOST)
-    said = s_client_tls12(server.port, cipher)
+def test_default_ciphers_serve_ecdhe_with_aead(tcpserver, tls_control, cipher, env):
+    server = tcpserver(RELAY_LOCALHOST, env=env)
+    said = s_client_tls12(server.port, cipher, smtps="SMTPS" in env)
     assert f"Cipher is {cipher}" in said and "221 mx.example.com" in said, said
+
+
+@pytest.mark.parametrize("cipher", NOT_FORWARD_SECRET_OR_CBC)
+def test_opportunistic_tls_takes_what_openssl_offers(with_checkpassword, tls_control, cipher):
+    """Port 25, AUTH offered there or not: a sender that cannot negotiate would
+    deliver in cleartext (RFC 7435), so OpenSSL's list at its security level."""
+    for server in (with_checkpassword({"SMTPAUTH": ""}),
+                   with_checkpassword({"SMTPAUTH": "-"})):
+        said = s_client_tls12(server.port, cipher)
+        assert f"Cipher is {cipher}" in said and "221 mx.example.com" in said, said
+
+
+def test_opportunistic_tls_still_prefers_ecdhe_with_aead(tcpserver, tls_control):
+    """The server's order decides: a client offering both gets the better one."""
+    server = tcpserver(RELAY_LOCALHOST)
+    said = s_client_tls12(server.port, "AES128-SHA:ECDHE-RSA-AES128-SHA256:"
+                                       "ECDHE-RSA-AES128-GCM-SHA256")
+    assert "Cipher is ECDHE-RSA-AES128-GCM-SHA256" in said, said
 
 
 def test_tlsserverciphers_still_overrides_the_default(tcpserver, tls_control):
     (tls_control / "tlsserverciphers").write_text("ECDHE-RSA-AES128-SHA256\n")
-    server = tcpserver(RELAY_LOCALHOST)
-    said = s_client_tls12(server.port, "ECDHE-RSA-AES128-SHA256")
-    assert "Cipher is ECDHE-RSA-AES128-SHA256" in said and "221 mx.example.com" in said, said
+    for env in ({}, {"SMTPAUTH": "!"}):  # both kinds of TLS: the file is the default of both
+        server = tcpserver(RELAY_LOCALHOST, env=env)
+        said = s_client_tls12(server.port, "ECDHE-RSA-AES128-SHA256")
+        assert "Cipher is ECDHE-RSA-AES128-SHA256" in said and "221 mx.example.com" in said, said
+        said = s_client_tls12(server.port, "ECDHE-RSA-AES128-GCM-SHA256")
+        assert "handshake failure" in said, said
+
+
+def test_a_rule_names_the_list_per_service_beside_one_control_folder(tcpserver, tls_control):
+    """Ports 25 and 587 sharing control/: $TLSSERVERCIPHERS from each service's
+    rules wins over control/tlsserverciphers; an empty one counts as unset."""
+    (tls_control / "tlsserverciphers").write_text("ECDHE+AESGCM\n")
+    port25 = tcpserver(':allow,TLSSERVERCIPHERS="DEFAULT"\n')
+    submission = tcpserver(':allow,SMTPAUTH="!",TLSSERVERCIPHERS="ECDHE+CHACHA20"\n')
+    unset = tcpserver(':allow,TLSSERVERCIPHERS=""\n')
+    for server, cipher, taken in (
+            (port25, "AES128-SHA", True), (port25, "ECDHE-RSA-CHACHA20-POLY1305", True),
+            (submission, "ECDHE-RSA-CHACHA20-POLY1305", True),
+            (submission, "ECDHE-RSA-AES128-GCM-SHA256", False),
+            (unset, "ECDHE-RSA-AES128-GCM-SHA256", True), (unset, "AES128-SHA", False)):
+        said = s_client_tls12(server.port, cipher)
+        assert (f"Cipher is {cipher}" in said and "221 " in said) == taken, (cipher, said)
 
 
 def test_a_line_too_long_inside_tls_gets_its_500_inside_tls(tcpserver, tls_control):
