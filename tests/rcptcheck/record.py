@@ -146,8 +146,8 @@ def main() -> int:
           "\tlayout.ALIAS_CONDITIONS")
     for pid, address, condition in sent:
         verdict, words = done.get(str(pid), ("unfinished", ""))
-        columns = [layout.escaped(address), verdict, words[:80]] + ([condition] if condition else [])
-        print("\t".join(columns))
+        line = f"{layout.escaped(address)}\t{verdict}\t{words[:80]}"
+        print(f"{line}\t{condition}" if condition else line)
     return 0
 
 
