@@ -36,7 +36,8 @@ as qmail-smtpd accepts everything.
 What it costs is bounded: no .qmail name over 255 bytes is looked for (the
 kernel refuses it, qmail-local reads that as "not there"), no virtualdomains
 key longer than the longest entry, users/cdb's prefixes are hashed in one
-pass, and the user database is asked only for names that can be users
+pass, a home is listed once rather than asked for many .qmail names, and the
+user database is asked only for names that can be users
 (`could_be_user`), the alias once a session, and for no more names once the
 recipient's lookups have taken LOOKUP_BUDGET of CPU, counting the next as
 long as the slowest so far: past it the answer is UNSURE.
@@ -66,6 +67,7 @@ BREAK = b"-"  # qmail's conf-break
 USERNAME_MAX = 31  # qmail-getpw's GETPW_USERLEN - 1
 PATRN = 0o002  # qmail's conf-patrn (notqmail's): bits not allowed in ~ and ~/.qmail*
 NAME_MAX = 255  # a longer .qmail file name is ENAMETOOLONG: "not there" to qmail-local
+LISTING_FROM = 8  # .qmail names to look for, past which the home is listed once instead
 LOOKUP_BUDGET = 0.002  # CPU seconds of user-database lookups per recipient (one always made)
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_ISVTX = 0o170000, 0o100000, 0o040000, 0o1000
 _FS_ENCODING = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
@@ -298,6 +300,8 @@ class Mailboxes:
         for i in range(min(len(safe), room - len(b"default")), -1, -1):
             if i == 0 or safe[i - 1:i] == b"-":
                 candidates.append(safe[:i] + b"default")
+        if len(candidates) > LISTING_FROM:
+            candidates = self._present(home, b".qmail" + dash, candidates)
         for name in candidates:
             path = base + name
             try:
@@ -316,6 +320,17 @@ class Mailboxes:
                     raise Unsure(f"{shown}: .qmail file is writable, qmail-local defers")
                 return DELIVERED, shown
         return UNKNOWN, ""
+
+    @staticmethod
+    def _present(home: bytes, stem: bytes, candidates: "list[bytes]") -> "list[bytes]":
+        """The candidates whose file (or first folder) is in the home: one
+        listing instead of hundreds of stat()s for an address of dashes.
+        A home we may not list keeps them all."""
+        try:
+            listed = frozenset(posix.listdir(home))
+        except OSError:
+            return candidates
+        return [name for name in candidates if (stem + name).partition(b"/")[0] in listed]
 
     @staticmethod
     def _check_home(uid: int, gid: int, home: bytes) -> None:

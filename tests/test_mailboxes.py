@@ -313,3 +313,28 @@ def test_the_real_passwd_is_read(tmp_path):
     assert mailboxes_module.getpwnam(entry.pw_name.encode()) == (0, 0, entry.pw_dir.encode())
     assert mailboxes_module.getpwnam(b"no-such-user-here") is None
     assert Path(mailboxes_module.getpwnam(b"root")[2].decode()).is_absolute()
+
+
+def test_many_dot_qmail_names_are_looked_for_in_one_listing(homes, monkeypatch):
+    """An extension of 200 dashes has 200 .qmail-...-default names to try:
+    the home is listed once instead, and a home that cannot be listed is
+    asked name by name, with the same answers."""
+    tmp_path, users = homes
+    (tmp_path / "joe" / (".qmail-" + "-" * 150 + "default")).write_text("./Maildir/\n")
+    near, far = b"joe-" + b"-" * 200 + b"@example.com", b"joe-x-" + b"-" * 200 + b"@example.com"
+    stats = []
+    real_stat = mailboxes_module.posix.stat
+    monkeypatch.setattr(mailboxes_module.posix, "stat", lambda p: stats.append(p) or real_stat(p))
+    m = mailboxes(tmp_path, users)
+    assert m.verdict(near)[0] == DELIVERED
+    assert m.verdict(far)[0] == UNKNOWN
+    assert len(stats) < 10
+    stats.clear()
+
+    def unlistable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mailboxes_module.posix, "listdir", unlistable)
+    assert m.verdict(near)[0] == DELIVERED
+    assert m.verdict(far)[0] == UNKNOWN
+    assert len(stats) > 200
