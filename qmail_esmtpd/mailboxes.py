@@ -43,7 +43,6 @@ recipient's lookups have taken LOOKUP_BUDGET of CPU, counting the next as
 long as the slowest so far: past it the answer is UNSURE.
 """
 
-import errno
 import posix
 import pwd
 import sys
@@ -71,14 +70,20 @@ LISTING_FROM = 8  # .qmail names to look for, past which the home is listed once
 LOOKUP_BUDGET = 0.002  # CPU seconds of user-database lookups per recipient (one always made)
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_ISVTX = 0o170000, 0o100000, 0o040000, 0o1000
 _FS_ENCODING = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-# qmail's error_temp(): an error that makes qmail-getpw and qmail-local defer
-_TEMPORARY = frozenset(getattr(errno, name) for name in (
-    "EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN", "EDEADLK",
-    "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN", "ENETUNREACH", "ENETRESET",
-    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "ETOOMANYREFS", "ECONNREFUSED", "EHOSTDOWN",
-    "EHOSTUNREACH", "EPROCLIM", "EUSERS", "EDQUOT", "ESTALE", "ENOLCK") if hasattr(errno, name))
-# what qmail-local's open of a .qmail file defers on, beyond the temporary ones
-_DENIED = frozenset((errno.EACCES, errno.EPERM))
+# qmail's error_temp(): an error after which qmail-getpw and qmail-local defer
+TEMPORARY_ERRORS = ("EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN",
+                    "EDEADLK", "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN",
+                    "ENETUNREACH", "ENETRESET", "ECONNABORTED", "ECONNRESET", "ENOBUFS",
+                    "ETOOMANYREFS", "ECONNREFUSED", "EHOSTDOWN", "EHOSTUNREACH", "EPROCLIM",
+                    "EUSERS", "EDQUOT", "ESTALE", "ENOLCK")
+
+
+def temporary(error: OSError) -> bool:
+    """Whether qmail's error_temp() calls `error` temporary.  errno is
+    imported only here: a session that meets no error does not load it."""
+    import errno
+
+    return any(error.errno == getattr(errno, name, None) for name in TEMPORARY_ERRORS)
 
 
 class Unsure(Exception):
@@ -276,7 +281,7 @@ class Mailboxes:
         try:
             return posix.stat(entry[2]).st_uid == entry[0]
         except OSError as e:
-            if e.errno in _TEMPORARY:
+            if temporary(e):
                 raise Unsure(f"home of {name.decode('utf-8', 'replace')}: {e.strerror}") from None
             return False
 
@@ -309,7 +314,7 @@ class Mailboxes:
                     self._check_folders(uid, gid, base, name)
                 st = posix.stat(path)
             except OSError as e:
-                if e.errno in _TEMPORARY or e.errno in _DENIED:
+                if temporary(e) or isinstance(e, PermissionError):  # EACCES, EPERM
                     raise Unsure(f"{path.decode('utf-8', 'replace')}: {e.strerror}") from None
                 continue  # ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG...: not there
             shown = path.decode("utf-8", "replace")
@@ -358,5 +363,5 @@ class Mailboxes:
         while cut >= 0:
             st = posix.stat(base + name[:cut])
             if st.st_mode & _S_IFMT == _S_IFDIR and not permits(st, uid, gid, 1):
-                raise PermissionError(errno.EACCES, "qmail-local may not open it")
+                raise PermissionError(13, "qmail-local may not pass through")  # EACCES
             cut = name.find(b"/", cut + 1)
