@@ -14,7 +14,9 @@ the repository root, prints in one run:
    sessions (the handshake alone, and AUTH PLAIN inside TLS), the server on
    pipes and the TLS client an `ssl.SSLObject` in the bench process; and,
    beside the AUTH session, CPU per POP3 login (qmail-esmtpd-checkpassword
-   on fd 3, as qmail-popup runs it: bench/pop3.py);
+   on fd 3, as qmail-popup runs it: bench/pop3.py); and CPU per RCPT with
+   recipient checking, with this machine's /etc/passwd and with 20 000 more
+   lines (bench/bigpasswd.py, as root);
 2. which heavy modules a plain session imports (also with servercert.pem),
    and what our imports cost;
 3. sessions per second through real tcpserver at concurrency 1, 4 and 16,
@@ -39,7 +41,7 @@ STARTTLS figures make a self-signed certificate with openssl(1).
 __main__.py lists the figures; figures.py prints each one; session.py is the
 SMTP session they run, setup.py what it runs against, starttls.py the TLS
 client on pipes, and pipes.py, imports.py, tcp.py, database.py and
-frontends.py measure; warm.py and forkfloor.py are figure 6.
+frontends.py and bigpasswd.py measure; warm.py and forkfloor.py are figure 6.
 """
 
 import sys

@@ -11,6 +11,7 @@ from tests.harness.processes import StartError
 
 from . import BenchError, figures, progress
 from . import __doc__ as OVERVIEW
+from .bigpasswd import rcpt_with_big_passwd
 from .pipes import measure_pipes
 from .pop3 import pop3_login_cpu
 from .setup import Launcher, prepared
@@ -56,6 +57,7 @@ def main() -> int:
             figures.authdb_session_cpu(pipes)
         figures.cert_session_cpu(pipes)
         figures.check_session_cpu(pipes)
+        rcpt_with_big_passwd(bench, max(args.split_runs, 1))
         if "auth" in pipes:
             figures.auth_session_cpu(pipes)
             figures.auth_session_split(bench, pipes, max(args.split_runs, 1))

@@ -58,7 +58,8 @@ def build(settings: "Settings") -> RecipientCheck:
         locals_ if locals_ is not None else [settings.me or b""],
         controls.lines(b"virtualdomains") or [],
         controls.line(b"envnoathost") or settings.me or b"envnoathost",
-        settings.paths.users_cdb)
+        settings.paths.users_cdb,
+        percenthack=controls.lines(b"percenthack") or ())
     return RecipientCheck(
         mailboxes,
         number_setting(controls, env, b"unknownrcptlimit", DEFAULT_UNKNOWN_LIMIT),

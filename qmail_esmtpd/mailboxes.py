@@ -3,34 +3,52 @@
 The rules are qmail's own, applied in qmail's order, by looking at the same
 files qmail-send, qmail-lspawn, qmail-getpw and qmail-local look at:
 
-1. qmail-send: an address without `@` gets `@envnoathost`; a domain in
-   `locals` is delivered locally as its local part; otherwise the first
-   `virtualdomains` entry matching the whole address, the domain, a
-   `.suffix` of it or the empty catch-all turns it into `prefix-local`
-   (an empty prefix means: not virtual).  Anything else is remote.
-2. qmail-lspawn: `users/cdb` (made from users/assign by qmail-newu): the
-   exact `=` entry, else the longest `+` prefix ending in a wildcard
-   character (or the bare `+` entry), its extension followed by the rest.
+1. qmail-send's rewrite(): an address without `@` gets `@envnoathost`;
+   while its domain is in `percenthack`, the last `%` before it becomes the
+   `@` (`user%host@pct` is `user@host`); a domain in `locals` is delivered
+   locally as its local part; otherwise the first `virtualdomains` key
+   matching the whole address, the domain, a `.suffix` of it or the empty
+   catch-all turns it into `prefix-local` (an empty prefix means: not
+   virtual).  A key listed twice means its last line (constmap).  Anything
+   else is remote.
+2. qmail-lspawn: an empty local part is delivered to no one, successfully;
+   `users/cdb` (made from users/assign by qmail-newu): the exact `=` entry,
+   else the longest `+` prefix ending in a wildcard character (or the bare
+   `+` entry), its extension followed by the rest.  An entry with uid 0 is
+   deferred ("not allowed to perform deliveries as root").
 3. qmail-getpw, without a users/cdb entry: the longest prefix of the local
-   part ending at a `-` (or the whole of it) that names a system user with a
-   uid other than 0 whose home directory it owns; else the alias user with
-   the whole local part as extension.
-4. qmail-local: no extension (no dash) always delivers (the default
-   delivery); otherwise `.qmail-EXT` (lower case, `.` as `:`), then
-   `.qmail-EXT-default` cut at each `-` down to `.qmail-default`, must be a
-   regular file, else "Sorry, no mailbox here by that name".
+   part ending at a `-` (or the whole of it), shorter than 32 bytes and
+   lower-cased in ASCII, that names a system user with a uid other than 0
+   whose home directory it owns; else the alias user with the whole local
+   part as extension.
+4. qmail-local, as the user: it defers when it cannot enter the home, or the
+   home is sticky or writable by others (conf-patrn); then no extension (no
+   dash) always delivers (the default delivery); otherwise `.qmail-EXT`
+   (lower case, `.` as `:`), then `.qmail-EXT-default` cut at each `-` down
+   to `.qmail-default`: the first regular file delivers (or defers, when
+   writable by others); one it may not open defers; else "Sorry, no mailbox
+   here by that name".
 
-Where qmail would defer (a file it cannot read) or where we, as qmaild,
-cannot see what qmail-local would see (a 0700 home), the answer is UNSURE
-and the recipient is accepted, as qmail-smtpd accepts everything.
+Where qmail would defer, or where we, as qmaild, cannot see what qmail-local
+would see (a 0700 home), the answer is UNSURE and the recipient is accepted,
+as qmail-smtpd accepts everything.
 
-Only what can exist is asked for: no .qmail name over 255 bytes (the kernel
-refuses it, qmail-local reads that as "not there"), no virtualdomains key
-longer than the longest entry, and users/cdb's prefixes hashed in one pass.
+What it costs is bounded: no .qmail name over 255 bytes is looked for (the
+kernel refuses it, qmail-local reads that as "not there"), no virtualdomains
+key longer than the longest entry, users/cdb's prefixes are hashed in one
+pass, a home is listed once rather than asked for many .qmail names, and the
+user database is asked only for names that can be users
+(`could_be_user`), the alias once a session, and for no more names once the
+recipient's lookups have taken LOOKUP_BUDGET of CPU, counting the next as
+long as the slowest so far: past it the answer is UNSURE.
 """
 
 import posix
 import pwd
+import sys
+import time
+
+from .config import leading_number
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,29 +56,67 @@ if TYPE_CHECKING:
 
     from .cdb import Cdb
 
+    # (uid, gid, home) of a system user, or None: what getpwnam() gives qmail-getpw
+    PasswdEntry = tuple[int, int, bytes] | None
+
 # verdicts
 DELIVERED, UNKNOWN, UNSURE, REMOTE = "delivered", "unknown", "unsure", "remote"
 ALIAS_USER = b"alias"  # qmail's conf-users, first line
 BREAK = b"-"  # qmail's conf-break
 USERNAME_MAX = 31  # qmail-getpw's GETPW_USERLEN - 1
+PATRN = 0o002  # qmail's conf-patrn (notqmail's): bits not allowed in ~ and ~/.qmail*
 NAME_MAX = 255  # a longer .qmail file name is ENAMETOOLONG: "not there" to qmail-local
-_S_IFMT, _S_IFREG = 0o170000, 0o100000
-# ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG: qmail-local and qmail-getpw take these
-# for "not there"; EACCES, EPERM and errors qmail counts as temporary defer
-_GONE = (2, 20, 40, 36)
+LISTING_FROM = 8  # .qmail names to look for, past which the home is listed once instead
+LOOKUP_BUDGET = 0.002  # CPU seconds of user-database lookups per recipient (one always made)
+_S_IFMT, _S_IFREG, _S_IFDIR, _S_ISVTX = 0o170000, 0o100000, 0o040000, 0o1000
+_FS_ENCODING = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+# qmail's error_temp(): an error after which qmail-getpw and qmail-local defer
+TEMPORARY_ERRORS = ("EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN",
+                    "EDEADLK", "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN",
+                    "ENETUNREACH", "ENETRESET", "ECONNABORTED", "ECONNRESET", "ENOBUFS",
+                    "ETOOMANYREFS", "ECONNREFUSED", "EHOSTDOWN", "EHOSTUNREACH", "EPROCLIM",
+                    "EUSERS", "EDQUOT", "ESTALE", "ENOLCK")
+
+
+def temporary(error: OSError) -> bool:
+    """Whether qmail's error_temp() calls `error` temporary.  errno is
+    imported only here: a session that meets no error does not load it."""
+    import errno
+
+    return any(error.errno == getattr(errno, name, None) for name in TEMPORARY_ERRORS)
 
 
 class Unsure(Exception):
     """qmail would defer, or we cannot see what qmail-local would: accept."""
 
 
-def getpwnam(name: bytes) -> "tuple[int, bytes] | None":
-    """(uid, home) of a system user, as qmail-getpw's getpwnam() sees it."""
+def getpwnam(name: bytes) -> "PasswdEntry":
+    """(uid, gid, home) of a system user, as qmail-getpw's getpwnam() sees it:
+    the name's bytes exactly (pwd encodes a str with the filesystem encoding
+    and surrogateescape, so decoding so gives it back the same bytes)."""
     try:
-        entry = pwd.getpwnam(name.decode("latin-1"))
-    except KeyError:
+        entry = pwd.getpwnam(name.decode(*_FS_ENCODING))
+    except (KeyError, ValueError):  # ValueError: a NUL, where C's string would end
         return None
-    return entry.pw_uid, entry.pw_dir.encode("utf-8", "surrogateescape")
+    return entry.pw_uid, entry.pw_gid, entry.pw_dir.encode(*_FS_ENCODING)
+
+
+def could_be_user(name: bytes) -> bool:
+    """Whether getpwnam() could give qmail-getpw a user by this name: in
+    /etc/passwd, whose accounts qmail-getpw speaks of, a name starting with
+    `+` or `-` is a NIS compat line that getpwnam() never returns (POSIX and
+    useradd forbid both for a name, too); a longer name qmail-getpw never asks."""
+    return len(name) <= USERNAME_MAX and name[:1] not in (b"+", b"-")
+
+
+def permits(st: "posix.stat_result", uid: int, gid: int, bit: int) -> bool:
+    """Whether user uid, group gid alone (qmail-lspawn's prot_gid) has
+    permission `bit` (4 read, 1 search) on what `st` describes."""
+    if st.st_uid == uid:
+        return bool(st.st_mode >> 6 & bit)
+    if st.st_gid == gid:
+        return bool(st.st_mode >> 3 & bit)
+    return bool(st.st_mode & bit)
 
 
 class Mailboxes:
@@ -68,19 +124,23 @@ class Mailboxes:
 
     def __init__(self, locals_: "Iterable[bytes]", virtualdomains: "Iterable[bytes]",
                  envnoathost: bytes, users_cdb: bytes,
-                 getpw: "Callable[[bytes], tuple[int, bytes] | None]" = getpwnam) -> None:
+                 getpw: "Callable[[bytes], PasswdEntry]" = getpwnam,
+                 percenthack: "Iterable[bytes]" = ()) -> None:
         self.locals = frozenset(d.lower() for d in locals_)
+        self.percenthack = frozenset(d.lower() for d in percenthack)
         self.virtual: dict[bytes, bytes] = {}
         for line in virtualdomains:
             key, colon, prefix = line.partition(b":")
             if colon:
-                self.virtual.setdefault(key.lower(), prefix)  # qmail: the first entry wins
+                self.virtual[key.lower()] = prefix  # constmap: the last entry wins
         self.longest_virtual = max(map(len, self.virtual), default=0)
         self.envnoathost = envnoathost
         self.users_cdb = users_cdb
         self.getpw = getpw
         self._cdb: "Cdb | None" = None
         self._wildchars: bytes | None = None
+        self._alias: "PasswdEntry" = None
+        self._alias_asked = False
 
     def verdict(self, address: bytes) -> tuple[str, str]:
         local = self.local_part(address)
@@ -94,10 +154,17 @@ class Mailboxes:
     # -- qmail-send ----------------------------------------------------------
     def local_part(self, address: bytes) -> bytes | None:
         """What qmail-send hands qmail-lspawn as the local part, or None: remote."""
-        at = address.rfind(b"@")
-        if at < 0:
+        i = address.rfind(b"@")
+        if i < 0:
+            i = len(address)
             address += b"@" + self.envnoathost
-            at = address.rfind(b"@")
+        while address[i + 1:].lower() in self.percenthack:
+            j = address.rfind(b"%", 0, i)
+            if j < 0:
+                break
+            address = address[:j] + b"@" + address[j + 1:i]
+            i = j
+        at = address.rfind(b"@")
         if address[at + 1:].lower() in self.locals:
             return address[:at]
         low = address.lower()
@@ -111,14 +178,15 @@ class Mailboxes:
 
     # -- qmail-lspawn: users/cdb, else qmail-getpw ---------------------------
     def mailbox(self, local: bytes) -> tuple[str, str]:
+        if not local:
+            return DELIVERED, "empty local part: qmail-lspawn delivers it to no one"
         found = self.assigned(local)
         if found is None:
             found = self.system_user(local)
-        home, dash, ext = found
-        return self.dot_qmail(home, dash, ext)
+        return self.dot_qmail(*found)
 
-    def assigned(self, local: bytes) -> "tuple[bytes, bytes, bytes] | None":
-        """(home, dash, ext) from users/cdb, or None: no entry (or no users/cdb)."""
+    def assigned(self, local: bytes) -> "tuple[int, int, bytes, bytes, bytes] | None":
+        """(uid, gid, home, dash, ext) from users/cdb, or None: no entry (or no users/cdb)."""
         cdb = self._open_users()
         if cdb is None:
             return None
@@ -146,7 +214,10 @@ class Mailboxes:
         fields = data.split(b"\0")
         if len(fields) < 6:
             raise Unsure("users/cdb entry malformed")
-        return fields[3], fields[4], fields[5] + rest
+        uid = leading_number(fields[1]) or 0  # qmail-lspawn's scan_ulong: no digits is 0
+        if uid == 0:
+            raise Unsure("users/assign gives uid 0: qmail-lspawn does not deliver as root")
+        return uid, leading_number(fields[2]) or 0, fields[3], fields[4], fields[5] + rest
 
     def _open_users(self) -> "Cdb | None":
         if self._cdb is not None:
@@ -170,51 +241,127 @@ class Mailboxes:
         self._cdb, self._wildchars = cdb, wild
         return cdb
 
-    def system_user(self, local: bytes) -> tuple[bytes, bytes, bytes]:
-        """qmail-getpw: a user owning its home, longest prefix first; else alias."""
+    def system_user(self, local: bytes) -> tuple[int, int, bytes, bytes, bytes]:
+        """qmail-getpw: a user owning its home, longest prefix first; else alias.
+
+        The alias is asked for first, once a session: that first lookup also
+        loads the C library's NSS modules, which the budget should not pay."""
+        alias = self._alias_entry()
+        spent, slowest, asked = 0.0, 0.0, 0
         end = min(len(local), USERNAME_MAX)
         while True:
-            if end <= USERNAME_MAX and (end == len(local) or local[end:end + 1] == BREAK):
-                entry = self.getpw(local[:end].lower())
-                if entry is not None and entry[0] != 0:
-                    try:
-                        st = posix.stat(entry[1])
-                    except OSError as e:
-                        if e.errno not in _GONE and e.errno != 13:  # EACCES: qmail skips it too
-                            who = local[:end].decode("latin-1")
-                            raise Unsure(f"home of {who}: {e.strerror}") from None
-                    else:
-                        if st.st_uid == entry[0]:
-                            if end == len(local):
-                                return entry[1], b"", b""
-                            return entry[1], b"-", local[end + 1:]
+            if end == len(local) or local[end:end + 1] == BREAK:
+                name = local[:end].lower()
+                if could_be_user(name):
+                    if asked and spent + slowest > LOOKUP_BUDGET:
+                        raise Unsure(f"user database slow: {asked} names took "
+                                     f"{spent * 1000:.1f} ms of CPU, more to ask")
+                    started = time.thread_time()
+                    entry = self.getpw(name)
+                    took = time.thread_time() - started
+                    spent, slowest, asked = spent + took, max(slowest, took), asked + 1
+                    if entry is not None and entry[0] != 0 and self._owns_home(name, entry):
+                        uid, gid, home = entry
+                        if end == len(local):
+                            return uid, gid, home, b"", b""
+                        return uid, gid, home, b"-", local[end + 1:]
             if end == 0:
                 break
             end -= 1
-        alias = self.getpw(ALIAS_USER)
         if alias is None:
             raise Unsure("no alias user")
-        return alias[1], b"-", local
+        if alias[0] == 0:
+            raise Unsure("the alias user has uid 0: qmail-lspawn does not deliver as root")
+        return *alias, b"-", local
+
+    @staticmethod
+    def _owns_home(name: bytes, entry: "tuple[int, int, bytes]") -> bool:
+        """qmail-getpw's test: the home exists and is the user's; a temporary
+        error defers, any other (EACCES too) means "not a user"."""
+        try:
+            return posix.stat(entry[2]).st_uid == entry[0]
+        except OSError as e:
+            if temporary(e):
+                raise Unsure(f"home of {name.decode('utf-8', 'replace')}: {e.strerror}") from None
+            return False
+
+    def _alias_entry(self) -> "PasswdEntry":
+        """The alias user's entry, asked for once a session."""
+        if not self._alias_asked:
+            self._alias, self._alias_asked = self.getpw(ALIAS_USER), True
+        return self._alias
 
     # -- qmail-local ---------------------------------------------------------
-    def dot_qmail(self, home: bytes, dash: bytes, ext: bytes) -> tuple[str, str]:
-        """qmail-local's search; no dash: the default delivery, always."""
+    def dot_qmail(self, uid: int, gid: int, home: bytes, dash: bytes,
+                  ext: bytes) -> tuple[str, str]:
+        """qmail-local's search, as user uid; no dash: the default delivery."""
         if not dash:
             return DELIVERED, ""
+        self._check_home(uid, gid, home)
         safe = ext.lower().replace(b".", b":")
         base = home + b"/.qmail" + dash
         room = NAME_MAX - len(b".qmail" + dash)  # for EXT, or a prefix of it and "default"
-        candidates = [base + safe] if len(safe) <= room else []
+        candidates = [safe] if len(safe) <= room else []
         for i in range(min(len(safe), room - len(b"default")), -1, -1):
             if i == 0 or safe[i - 1:i] == b"-":
-                candidates.append(base + safe[:i] + b"default")
-        for path in candidates:
+                candidates.append(safe[:i] + b"default")
+        if len(candidates) > LISTING_FROM:
+            candidates = self._present(home, b".qmail" + dash, candidates)
+        for name in candidates:
+            path = base + name
             try:
+                if b"/" in name:
+                    self._check_folders(uid, gid, base, name)
                 st = posix.stat(path)
             except OSError as e:
-                if e.errno in _GONE:
-                    continue
-                raise Unsure(f"{path.decode('utf-8', 'replace')}: {e.strerror}") from None
+                if temporary(e) or isinstance(e, PermissionError):  # EACCES, EPERM
+                    raise Unsure(f"{path.decode('utf-8', 'replace')}: {e.strerror}") from None
+                continue  # ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG...: not there
+            shown = path.decode("utf-8", "replace")
+            if not permits(st, uid, gid, 4):
+                raise Unsure(f"{shown}: qmail-local may not open it")
             if st.st_mode & _S_IFMT == _S_IFREG:
-                return DELIVERED, path.decode("utf-8", "replace")
+                if st.st_mode & PATRN:
+                    raise Unsure(f"{shown}: .qmail file is writable, qmail-local defers")
+                return DELIVERED, shown
         return UNKNOWN, ""
+
+    @staticmethod
+    def _present(home: bytes, stem: bytes, candidates: "list[bytes]") -> "list[bytes]":
+        """The candidates whose file (or first folder) is in the home: one
+        listing instead of hundreds of stat()s for an address of dashes.
+        A home we may not list keeps them all."""
+        try:
+            listed = frozenset(posix.listdir(home))
+        except OSError:
+            return candidates
+        return [name for name in candidates if (stem + name).partition(b"/")[0] in listed]
+
+    @staticmethod
+    def _check_home(uid: int, gid: int, home: bytes) -> None:
+        """qmail-local's chdir to the home and checkhome(): each failure defers."""
+        shown = home.decode("utf-8", "replace")
+        if not home.startswith(b"/"):
+            raise Unsure(f"home {shown} is not absolute: qmail-local refuses it")
+        try:
+            st = posix.stat(home)
+        except OSError as e:
+            raise Unsure(f"Unable to switch to {shown}: {e.strerror}") from None
+        if st.st_mode & _S_IFMT != _S_IFDIR or not permits(st, uid, gid, 1):
+            raise Unsure(f"Unable to switch to {shown}: not a folder the user may enter")
+        if st.st_mode & PATRN:
+            raise Unsure(f"{shown}: home directory is writable, qmail-local defers")
+        if st.st_mode & _S_ISVTX:
+            raise Unsure(f"{shown}: home directory is sticky, qmail-local defers")
+
+    @staticmethod
+    def _check_folders(uid: int, gid: int, base: bytes, name: bytes) -> None:
+        """An extension with a `/` names a file in a folder (`.qmail-a/b`):
+        each folder on the way must let the user through, or the open fails
+        with EACCES and qmail-local defers.  Raises OSError as open() would."""
+        cut = name.find(b"/")
+        while cut >= 0:
+            st = posix.stat(base + name[:cut])
+            if st.st_mode & _S_IFMT == _S_IFDIR and not permits(st, uid, gid, 1):
+                raise PermissionError(13, "qmail-local may not pass through")  # EACCES
+            cut = name.find(b"/", cut + 1)

@@ -1,7 +1,7 @@
 """`qmail-esmtpd-user rcpt ADDRESS`: the server's answer to RCPT with recipient
 checking on, and qmail's rule, from the control files alone (no database)."""
 
-import os
+import pwd
 import subprocess
 
 import pytest
@@ -23,8 +23,9 @@ def home(tmp_path):
     mailbox.mkdir()
     (mailbox / ".qmail-sales").write_text("./Maildir/\n")
     (tmp_path / "users").mkdir()
+    nobody = pwd.getpwnam("nobody")  # qmail-lspawn never delivers as root
     (tmp_path / "users" / "assign").write_text(
-        f"+joe-:joe:{os.getuid()}:{os.getgid()}:{mailbox}:-::\n.\n")
+        f"+joe-:joe:{nobody.pw_uid}:{nobody.pw_gid}:{mailbox}:-::\n.\n")
     compile_users(tmp_path / "users" / "assign", tmp_path / "users" / "cdb")
     return tmp_path
 

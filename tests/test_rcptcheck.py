@@ -1,18 +1,21 @@
 """Recipient validation against what real qmail did (tests/rcptcheck/), through
 real tcpserver, the server running as an unprivileged user as qmaild does.
 
-The layout real notqmail judged (rcptcheck/layout.py, rcptcheck/verdicts.txt,
-recorded by rcptcheck/record.py) is rebuilt in a temporary folder: the same
-control files, users/assign compiled as qmail-newu compiles it, the same homes
-and .qmail files.  The system users are real to getpwnam(): each connection
-runs in its own mount namespace where our passwd file is bound over
-/etc/passwd, then drops to an unprivileged uid.  So this needs root (and
+The layout real notqmail judged (rcptcheck/layout.py; rcptcheck/verdicts.txt,
+the first recording, and verdicts-2.txt, the second on the layout grown since,
+both recorded by rcptcheck/record.py) is rebuilt in a temporary folder: the
+same control files, users/assign compiled as qmail-newu compiles it, the same
+homes and .qmail files.  Each recording is replayed in full: every address
+qmail delivered, relayed or deferred gets 250, every one it bounced 550.
+The system users (8-bit names among them) are real to getpwnam(): each
+connection runs in its own mount namespace where our passwd file is bound
+over /etc/passwd, then drops to an unprivileged uid.  So this needs root (and
 unshare, setpriv); elsewhere it is skipped.
 """
 
 import os
 import shutil
-import smtplib
+import socket
 import sys
 from pathlib import Path
 
@@ -25,20 +28,29 @@ from harness.system_users import world_readable_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent / "rcptcheck"))
 import layout  # noqa: E402
 
-VERDICTS = Path(__file__).resolve().parent / "rcptcheck" / "verdicts.txt"
+RECORDINGS = Path(__file__).resolve().parent / "rcptcheck"
 FIRST_UID = 47001
 ALIAS_UID = 47100
 SERVER_UID = 47200  # plays qmaild
-RCPTHOSTS = "example.com\nlocalhost\nvirt.example\n.sub.example\nother.example\nremote.example\n"
+RCPTHOSTS = ("example.com\nlocalhost\nvirt.example\n.sub.example\nother.example\n"
+             "remote.example\ndup.example\ndup2.example\npct.example\n")
 
 
-def recorded() -> list[tuple[str, str]]:
+def recorded(name: str = "verdicts.txt") -> list[tuple[bytes, str, str]]:
+    """(address, qmail's verdict, the alias condition it held under) of a recording."""
     rows = []
-    for line in VERDICTS.read_text().splitlines():
+    for line in (RECORDINGS / name).read_text().splitlines():
         if line and not line.startswith("#"):
-            address, verdict, _words = line.split("\t")
-            rows.append((address, verdict))
+            address, verdict, _words, *condition = line.split("\t")
+            rows.append((layout.unescaped(address), verdict, "".join(condition)))
     return rows
+
+
+def expected_code(address: bytes, verdict: str) -> int:
+    """550 for what qmail bounced; 250 for what it delivered, relayed or deferred,
+    and for what qmaild cannot see (homes of mode 0700)."""
+    unreadable = any(address.lower().startswith(user.encode()) for user in layout.UNREADABLE)
+    return 550 if verdict == "bounced" and not unreadable else 250
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +63,20 @@ def qmail_layout():
     alias_home.mkdir()
     os.chown(alias_home, ALIAS_UID, ALIAS_UID)
     ids = {name: (FIRST_UID + i, FIRST_UID + i, str(base / "homes" / name))
-           for i, name in enumerate(layout.USERS)}
+           for i, name in enumerate(layout.USERS)}  # names with 8-bit bytes among them
     (base / "homes").mkdir()
     layout.build(base / "qmail", alias_home, ids)
     compile_users(base / "qmail" / "users" / "assign", base / "qmail" / "users" / "cdb")
     control = base / "qmail" / "control"
     (control / "rcpthosts").write_text(RCPTHOSTS)
     passwd = base / "passwd"
-    passwd.write_text(
+    passwd.write_bytes(os.fsencode(
         "root:x:0:0:root:/root:/bin/sh\n"
         "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         f"alias:x:{ALIAS_UID}:{ALIAS_UID}::{alias_home}:/usr/sbin/nologin\n"
         + "".join(f"{name}:x:{uid}:{gid}::{home}:/usr/sbin/nologin\n"
-                  for name, (uid, gid, home) in ids.items()))
+                  for name, (uid, gid, home) in ids.items())))
     yield control, passwd
     shutil.rmtree(base, ignore_errors=True)
 
@@ -93,38 +105,65 @@ def layout_env(control: Path, **more: str) -> dict[str, str]:
     return {"QMAIL_HOME": str(control.parent), "QMAIL_CONTROL": f"{control}/", **more}
 
 
-def rcpt_codes(port: int, addresses: list[str]) -> dict[str, int]:
-    """One session, one RCPT each; the reply code each got (421 ends it)."""
-    codes = {}
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("client.example.net")
-        client.mail("sender@example.net")
+def rcpt_codes(port: int, addresses: "list[str] | list[bytes]") -> dict:
+    """One session, one RCPT each; the reply code each got (421 ends it).
+    Addresses go on the wire as their bytes (a str as os.fsencode makes them)."""
+    codes: dict = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        replies = sock.makefile("rb")
+
+        def ask(line: bytes) -> int:
+            if line:
+                sock.sendall(line + b"\r\n")
+            while True:
+                reply = replies.readline()
+                if reply[3:4] != b"-":
+                    return int(reply[:3] or b"0")
+
+        assert ask(b"") == 220
+        assert ask(b"EHLO client.example.net") == 250
+        assert ask(b"MAIL FROM:<sender@example.net>") == 250
         for address in addresses:
-            try:
-                codes[address] = client.rcpt(address)[0]
-            except smtplib.SMTPServerDisconnected:
-                break
-            if codes[address] == 421:
+            codes[address] = ask(b"RCPT TO:<" + os.fsencode(address) + b">")
+            if codes[address] in (421, 0):
                 break
     return codes
 
 
-def test_rcpt_refuses_exactly_what_qmail_bounced(layout_server, qmail_layout):
+@pytest.mark.parametrize("recording", ["verdicts.txt", "verdicts-2.txt"])
+def test_rcpt_refuses_exactly_what_qmail_bounced(layout_server, qmail_layout, recording):
     control, _ = qmail_layout
     server = layout_server(layout_env(control, CHECKRECIPIENTS="1", UNKNOWNRCPTLIMIT="0"))
-    rows = recorded()
-    assert len(rows) >= 40
+    rows = [(address, verdict) for address, verdict, condition in recorded(recording)
+            if not condition]
+    assert len(rows) >= 50
     codes = rcpt_codes(server.port, [address for address, _ in rows])
-    expected = {}
-    for address, verdict in rows:
-        unreadable = any(address.lower().startswith(user) for user in layout.UNREADABLE)
-        expected[address] = 550 if verdict == "bounced" and not unreadable else 250
-    assert codes == expected
+    assert codes == {address: expected_code(address, verdict) for address, verdict in rows}
     log = server.wait_log("recipient accepted unchecked")
     assert "recipient unknown ip=127.0.0.1 rcpt=nosuchuser@example.com" in log
     # once a session: rcfrank-foo is just as unreadable, and was not logged again
     assert log.count("recipient accepted unchecked") == 1
     assert "rcpt=rceve-foo@example.com (" in log and "Permission denied" in log
+
+
+def test_what_qmail_defers_for_the_alias_home_is_accepted(layout_server, qmail_layout):
+    """The alias user's home missing, sticky or writable by others: qmail-local
+    defers, so postmaster@ and even unknown addresses get 250 (logged); a
+    group-writable home (conf-patrn 002) changes nothing."""
+    control, _ = qmail_layout
+    alias_home = control.parent.parent / "alias"
+    server = layout_server(layout_env(control, CHECKRECIPIENTS="1", UNKNOWNRCPTLIMIT="0"))
+    rows = [row for row in recorded("verdicts-2.txt") if row[2]]
+    assert {condition for _, _, condition in rows} == set(layout.ALIAS_CONDITIONS)
+    for condition in layout.ALIAS_CONDITIONS:
+        mine = [(address, verdict) for address, verdict, c in rows if c == condition]
+        with layout.alias_condition(condition, alias_home):
+            codes = rcpt_codes(server.port, [address for address, _ in mine])
+        assert codes == {address: expected_code(address, verdict)
+                         for address, verdict in mine}, condition
+    log = server.wait_log("home directory is writable")
+    assert f"rcpt=postmaster@example.com (Unable to switch to {alias_home}" in log
+    assert "home directory is sticky" in log and "home directory is writable" in log
 
 
 def test_relayed_recipients_are_not_checked_unless_asked(layout_server, qmail_layout):
@@ -172,4 +211,11 @@ def test_a_session_without_recipient_checks_loads_none_of_their_code(control):
 
 
 def test_every_address_of_the_layout_has_its_recorded_verdict():
-    assert [address for address, _ in recorded()] == layout.ADDRESSES
+    """verdicts-2.txt judged every address of the layout and of each alias
+    condition; verdicts.txt the first 52, the layout before it grew."""
+    addresses = [os.fsencode(address) for address in layout.ADDRESSES]
+    assert [address for address, _, c in recorded("verdicts-2.txt") if not c] == addresses
+    assert [address for address, _, _ in recorded("verdicts.txt")] == addresses[:52]
+    assert [(address, c) for address, _, c in recorded("verdicts-2.txt") if c] == [
+        (os.fsencode(address), condition)
+        for condition, mine in layout.ALIAS_CONDITIONS.items() for address in mine]

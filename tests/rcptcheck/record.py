@@ -5,17 +5,25 @@ Run as root on a throwaway machine where qmail (notqmail) is installed in
 /var/qmail with its users and groups, and nothing else uses it:
 
     python3 tests/rcptcheck/record.py /var/tmp/rcptcheck-homes "notqmail a7012e4" \
-        > tests/rcptcheck/verdicts.txt
+        > tests/rcptcheck/verdicts-2.txt
 
-It creates the system users of layout.USERS with useradd (homes under the
-folder given), writes the layout into /var/qmail (control/locals,
-virtualdomains, envnoathost, me, users/assign, then qmail-newu), starts
-qmail-send with ./Mailbox as default delivery, hands one message per address
-to qmail-queue, and reads qmail-send's log: each address is `delivered`
-(success), `bounced` (failure, with qmail-local's words), `deferred`, or
-`remote` (qmail-send gave it to qmail-remote: not ours).  Standard library only.
+(An /etc of its own keeps the accounts off the machine: `unshare -m`, then
+`mount --bind` a copy of /etc over /etc, and do qmail's INSTALL.ids and
+`make setup check` and this in there.)
+
+It adds the system users of layout.USERS to /etc/passwd and /etc/group (homes
+under the folder given; names useradd would refuse, 8-bit ones, too), writes
+the layout into /var/qmail (control/locals, virtualdomains, percenthack,
+envnoathost, me, users/assign, then qmail-newu), starts qmail-send with
+./Mailbox as default delivery, hands one message per address to qmail-queue,
+then again one per address of each layout.ALIAS_CONDITIONS while the alias
+home is so, and reads qmail-send's log: each address is `delivered`
+(success), `bounced` (failure, with qmail-local's words), `deferred` (with
+why), or `remote` (qmail-send gave it to qmail-remote: not ours).  Only a
+message's first delivery attempt counts.  Standard library only.
 """
 
+import grp
 import os
 import pwd
 import re
@@ -32,26 +40,45 @@ QMAIL = Path("/var/qmail")
 MESSAGE = b"From: recorder@example.com\nSubject: rcptcheck\n\nIs there a mailbox?\n"
 
 
+FIRST_UID = 47001
+
+
 def make_users(homes: Path) -> dict:
-    """layout.USERS as real accounts; name -> (uid, gid, home)."""
+    """layout.USERS as real accounts (a group each); name -> (uid, gid, home)."""
     homes.mkdir(parents=True, exist_ok=True)
     homes.chmod(0o755)
     ids = {}
+    uid = FIRST_UID
     for name in layout.USERS:
-        home = homes / name
         try:
-            pwd.getpwnam(name)
+            entry = pwd.getpwnam(name)
         except KeyError:
-            subprocess.run(["useradd", "-M", "-U", "-d", str(home), "-s", "/usr/sbin/nologin",
-                            name], check=True)
-        entry = pwd.getpwnam(name)
+            while _taken(uid):
+                uid += 1
+            line = f"{name}:x:{uid}:{uid}::{homes / name}:/usr/sbin/nologin\n"
+            with open("/etc/passwd", "ab") as f:
+                f.write(os.fsencode(line))
+            with open("/etc/group", "ab") as f:
+                f.write(os.fsencode(f"{name}:x:{uid}:\n"))
+            entry = pwd.getpwnam(name)
         ids[name] = (entry.pw_uid, entry.pw_gid, entry.pw_dir)
     return ids
 
 
+def _taken(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        try:
+            grp.getgrgid(uid)
+        except KeyError:
+            return False
+    return True
+
+
 def inject(address: str) -> int:
     """One message from <> to `address` through qmail-queue; its pid (qmail's `qp`)."""
-    envelope = b"F\0T" + address.encode() + b"\0\0"
+    envelope = b"F\0T" + os.fsencode(address) + b"\0\0"
     read_env, write_env = os.pipe()
     os.write(write_env, envelope)
     os.close(write_env)
@@ -65,7 +92,7 @@ def inject(address: str) -> int:
 
 
 def outcomes(log: str) -> dict:
-    """qp -> (verdict, qmail's words) for every message whose delivery ended.
+    """qp -> (verdict, qmail's words) for every message whose first delivery ended.
 
     Read in order: qmail's message numbers are inode numbers, reused as soon
     as a message ends (the bounces take them)."""
@@ -82,7 +109,7 @@ def outcomes(log: str) -> dict:
                 continue
             verdict = {"success": "delivered", "failure": "bounced",
                        "deferral": "deferred"}[m[2]]
-            result[qp] = ("remote" if kind == "remote" else verdict, m[3])
+            result.setdefault(qp, ("remote" if kind == "remote" else verdict, m[3]))
     return result
 
 
@@ -100,25 +127,38 @@ def main() -> int:
          "/bin/sh", "-c", f"exec cat >> {logpath}"],
         env={"PATH": "/var/qmail/bin:/usr/bin:/bin"}, stdout=subprocess.DEVNULL,
         start_new_session=True)
+    sent = []  # (qp, address, condition)
     try:
         time.sleep(1)
-        pids = {inject(address): address for address in layout.ADDRESSES}
-        deadline = time.monotonic() + 120
-        while True:
-            done = outcomes(logpath.read_text(errors="replace"))
-            if all(str(pid) in done for pid in pids) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        sent += [(inject(address), address, "") for address in layout.ADDRESSES]
+        done = wait_for(logpath, sent)
+        for condition, addresses in layout.ALIAS_CONDITIONS.items():
+            with layout.alias_condition(condition, QMAIL / "alias"):
+                batch = [(inject(address), address, condition) for address in addresses]
+                done = wait_for(logpath, batch)
+            sent += batch
     finally:
         os.killpg(send.pid, signal.SIGTERM)
         send.wait(timeout=30)
     built = sys.argv[2] if len(sys.argv) > 2 else "qmail"
     print(f"# what {built} did with one message to each address of layout.py (record.py)")
-    print("# address\tverdict\tqmail-send's log: the delivery's words")
-    for pid, address in pids.items():
+    print("# address (escaped)\tverdict\tqmail-send's log: the delivery's words"
+          "\tlayout.ALIAS_CONDITIONS")
+    for pid, address, condition in sent:
         verdict, words = done.get(str(pid), ("unfinished", ""))
-        print(f"{address}\t{verdict}\t{words[:80]}")
+        line = f"{layout.escaped(address)}\t{verdict}\t{words[:80]}"
+        print(f"{line}\t{condition}" if condition else line)
     return 0
+
+
+def wait_for(logpath: Path, sent: list) -> dict:
+    """qmail-send's outcomes once every message of `sent` has one (or 120 s passed)."""
+    deadline = time.monotonic() + 120
+    while True:
+        done = outcomes(logpath.read_text(errors="replace"))
+        if all(str(pid) in done for pid, _, _ in sent) or time.monotonic() > deadline:
+            return done
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":
