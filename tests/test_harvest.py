@@ -4,6 +4,7 @@ session wrote through tcpserver (stamped by daemontools' tai64n, as multilog
 stamps them); the window per source in `unknownrcpts` on real PostgreSQL,
 failing open when the database cannot answer."""
 
+import os
 import re
 import shutil
 import smtplib
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_auth import ALICE, ALICE_PW, login
 
-from harness.files import compile_users
+from harness.files import compile_users, write_launcher
 from harness.frontend import RELAY_LOCALHOST
 from harness.paths import ROOT
 from harness.postgres import Cluster
@@ -219,6 +220,26 @@ def test_ipv6_clients_are_counted_by_their_64(db, mailboxes, control):
     assert open_memory({}, controls, b"192.0.2.7") is None  # no database: off
     assert open_memory(env, controls, b"unknown") is None  # not a client address: off
     assert rows(db) == [("2001:db8:1:2::", 4), ("2001:db8:1:3::", 1)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sessions run as nobody")
+def test_the_warm_server_remembers_across_its_sessions(db, forkserver, mailboxes, tmp_path):
+    """Its sessions cannot read the library (0700, root's): the memory, like every
+    module a session loads lazily, is imported before privileges are dropped."""
+    library = tmp_path / "library"
+    library.mkdir(mode=0o700)
+    shutil.copytree(ROOT / "qmail_esmtpd", library / "qmail_esmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
+                             library=library)
+    server = forkserver(env={**db.env(), **mailboxes, "UNKNOWNRCPTWINDOWLIMIT": "2"},
+                        program=program)
+    assert rcpt_codes(server, [KNOWN, *unseen(0, 3)]) == [250, 550, 550, 421]
+    wait_count(server, COUNT_LINE, 1)
+    assert rcpt_codes(server, [KNOWN, *unseen(3, 1)]) == [250, 421]
+    log = wait_count(server, COUNT_LINE, 2)
+    assert "Traceback" not in log and "Error" not in log, log
+    assert rows(db) == [("127.0.0.1", 4)]
 
 
 # -- failing open --------------------------------------------------------------
