@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_auth import ALICE, ALICE_PW, login
 
-from harness.files import compile_users, write_launcher
+from harness.files import closed_library_server, compile_users
 from harness.frontend import RELAY_LOCALHOST
 from harness.paths import ROOT
 from harness.postgres import Cluster
@@ -29,17 +29,14 @@ DB_TROUBLE = "recipient harvesting database: ip=127.0.0.1: "
 
 @pytest.fixture
 def mailboxes(tmp_path: Path, control: Path) -> dict:
-    """Recipient checking on: example.com is local, users/assign sends every
-    local part to one home, where only `.qmail-joe` exists."""
+    """Recipient checking on, example.com local: users/assign has joe, and
+    sends every other local part to a `.qmail-LOCAL` that does not exist."""
     (control / "locals").write_text("example.com\n")
     (control / "checkrecipients").write_text("1\n")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / ".qmail-joe").write_text("./Maildir/\n")
-    users = tmp_path / "users"
-    users.mkdir()
-    (users / "assign").write_text(f"+:joe:47001:47001:{home}:-::\n.\n")
-    compile_users(users / "assign", users / "cdb")
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "assign").write_text(
+        f"=joe:joe:47001:47001:{tmp_path}:::\n+:joe:47001:47001:{tmp_path}:-::\n.\n")
+    compile_users(tmp_path / "users" / "assign", tmp_path / "users" / "cdb")
     return {"QMAIL_HOME": str(tmp_path)}  # users/cdb under it
 
 
@@ -226,12 +223,7 @@ def test_ipv6_clients_are_counted_by_their_64(db, mailboxes, control):
 def test_the_warm_server_remembers_across_its_sessions(db, forkserver, mailboxes, tmp_path):
     """Its sessions cannot read the library (0700, root's): the memory, like every
     module a session loads lazily, is imported before privileges are dropped."""
-    library = tmp_path / "library"
-    library.mkdir(mode=0o700)
-    shutil.copytree(ROOT / "qmail_esmtpd", library / "qmail_esmtpd",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
-                             library=library)
+    program = closed_library_server(tmp_path)
     server = forkserver(env={**db.env(), **mailboxes, "UNKNOWNRCPTWINDOWLIMIT": "2"},
                         program=program)
     assert rcpt_codes(server, [KNOWN, *unseen(0, 3)]) == [250, 550, 550, 421]
