@@ -20,6 +20,7 @@ from .log import log
 SESSION_MODULES = (
     "qmail_esmtpd.cli", "ssl", "qmail_esmtpd.tls", "qmail_esmtpd.log", "qmail_esmtpd.localips",
     "qmail_esmtpd.cdb", "traceback", "base64", "binascii", *CHECK_MODULES,
+    "qmail_esmtpd.harvest",  # check_recipients' memory across connections
 )
 # The AUTH backends and what they import lazily: loaded when AUTH is
 # configured in the server's environment, its controls or its rules.

@@ -13,10 +13,14 @@
 --               UPDATE of its time when the same attempt comes again), and
 --               expire rows older than a day (DELETE).  The key the attempts
 --               are digested with is a file (control/authfailkey), never here.
+--   unknownrcpts: with checkrecipients, sum a source's recent unknown
+--               recipients (SELECT), record a session's (INSERT), expire rows
+--               older than a day (DELETE); no UPDATE.
 GRANT SELECT ON poppass TO qmaild;
 GRANT SELECT ON sendas TO qmaild;
 GRANT SELECT, INSERT, UPDATE ON sendcounts TO qmaild;
 GRANT SELECT, INSERT, DELETE, UPDATE (at) ON authfailures TO qmaild;
+GRANT SELECT, INSERT, DELETE ON unknownrcpts TO qmaild;
 
 -- Optional: lets a successful login replace a deprecated hash (DES, MD5, SHA
 -- crypt, bcrypt, plaintext) by the current default, with one log line

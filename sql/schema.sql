@@ -65,3 +65,19 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Unknown recipients named by each source, across connections (harvest.py):
+-- a source (IPv4 address or IPv6 /64) that named more than
+-- unknownrcptwindowlimit of them lately gets 421 at its next unknown
+-- recipient.  One row at a session's first unknown recipient, one more for
+-- the rest of them as it ends.  Relaying and authenticated clients are never
+-- counted.  Rows older than a day are deleted as new ones arrive.  Added
+-- after the first release, like sendas.
+CREATE TABLE IF NOT EXISTS unknownrcpts (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source  inet NOT NULL,
+    unknown integer NOT NULL DEFAULT 1 CHECK (unknown > 0),
+    at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS unknownrcpts_source ON unknownrcpts (source, at);
+CREATE INDEX IF NOT EXISTS unknownrcpts_at ON unknownrcpts (at);

@@ -4,7 +4,6 @@ tcprules/tcpserver on the same cdb), its limits, signals, privileges and logs.""
 import os
 import pwd
 import re
-import shutil
 import signal
 import smtplib
 import socket
@@ -21,7 +20,7 @@ from qmail_esmtpd.config import MAX_SECONDS
 from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from harness.files import compile_users, self_signed_pem, write_launcher, write_program
+from harness.files import closed_library_server, compile_users, self_signed_pem, write_program
 from harness.forkserver import ForkServer
 from harness.paths import FORKSERVER, ROOT, SERVER
 from harness.system_users import let_service_user_in, service_ids
@@ -638,12 +637,7 @@ def test_auth_over_starttls_under_the_documented_softlimit(db, forkserver, contr
 def test_checks_work_with_the_library_closed_to_the_session_user(forkserver, control, tmp_path):
     """The server imports every check module before it drops privileges: a
     session that cannot read the library (0700, root's) still checks."""
-    library = tmp_path / "library"
-    library.mkdir(mode=0o700)
-    shutil.copytree(ROOT / "qmail_esmtpd", library / "qmail_esmtpd",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
-                             library=library)
+    program = closed_library_server(tmp_path)
     (control / "badrcptto").write_text("trap@example.com\n")
     (control / "smtpplugins").write_text("[rcpt]\n:case \"$SMTPRCPTTO\" in no@*) echo E553 "
                                          "plugin says no;; esac\n")

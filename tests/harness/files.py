@@ -33,6 +33,20 @@ def write_launcher(output: Path, entry: str, interpreter: str | None = None,
     return output
 
 
+def closed_library_server(directory: Path) -> Path:
+    """A qmail-esmtpd-server launcher whose library is a copy of this checkout's
+    package in a folder only root may enter (0700): its sessions, run as
+    nobody, can use only what the server imported before it dropped privileges."""
+    import shutil
+
+    library = directory / "library"
+    library.mkdir(mode=0o700)
+    shutil.copytree(ROOT / "qmail_esmtpd", library / "qmail_esmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return write_launcher(directory / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
+                          library=library)
+
+
 def self_signed_pem(path: Path, host: str = "localhost") -> Path:
     """A self-signed certificate and its key in one PEM file, as servercert.pem wants."""
     with tempfile.TemporaryDirectory() as tmp:
