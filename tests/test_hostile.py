@@ -2,7 +2,7 @@
 bounded, every odd number gets an SMTP reply, children start as under qmail."""
 
 import base64
-import os
+import pwd
 import re
 import socket
 import sys
@@ -224,7 +224,8 @@ def test_long_recipients_get_qmails_verdict(tcpserver, control, tmp_path):
     home.mkdir()
     users = tmp_path / "users"
     users.mkdir()
-    (users / "assign").write_text(f"+:joe:{os.getuid()}:{os.getgid()}:{home}:-::\n.\n")
+    nobody = pwd.getpwnam("nobody")  # qmail-lspawn defers a uid-0 entry: not for root
+    (users / "assign").write_text(f"+:joe:{nobody.pw_uid}:{nobody.pw_gid}:{home}:-::\n.\n")
     compile_users(users / "assign", users / "cdb")
     server = tcpserver(":allow\n", env={"QMAIL_HOME": str(tmp_path)})  # users/cdb under it
     commands = (b"MAIL FROM:<a@b>\r\n"
