@@ -33,9 +33,12 @@ def mailboxes(tmp_path: Path, control: Path) -> dict:
     sends every other local part to a `.qmail-LOCAL` that does not exist."""
     (control / "locals").write_text("example.com\n")
     (control / "checkrecipients").write_text("1\n")
+    home = tmp_path / "joe"
+    home.mkdir()
+    home.chmod(0o755)  # a home the user may enter: else qmail-local defers (accepted)
     (tmp_path / "users").mkdir()
     (tmp_path / "users" / "assign").write_text(
-        f"=joe:joe:47001:47001:{tmp_path}:::\n+:joe:47001:47001:{tmp_path}:-::\n.\n")
+        f"=joe:joe:47001:47001:{home}:::\n+:joe:47001:47001:{home}:-::\n.\n")
     compile_users(tmp_path / "users" / "assign", tmp_path / "users" / "cdb")
     return {"QMAIL_HOME": str(tmp_path)}  # users/cdb under it
 
