@@ -62,19 +62,22 @@ class RcptHosts:
         host = address[at + 1:].lower()
         if any(c in self.entries for c in suffixes(host, self.longest)):
             return True
-        forms = [host]
-        if not host.isascii() or b"xn--" in host:  # international: other forms to try
-            from .idn import ascii_form, unicode_form
+        international = not host.isascii() or b"xn--" in host  # other forms to try
+        if international:
+            from .idn import ascii_form
 
-            ascii_host = ascii_form(host)
             entries = self._entries_in_ascii()
-            if any(c in entries for c in suffixes(ascii_host, self.longest_ascii)):
+            if any(c in entries for c in suffixes(ascii_form(host), self.longest_ascii)):
                 return True
-            forms += {ascii_host, unicode_form(host)} - {host}
         if self.cdb_path is None:
             return False
         from .cdb import CdbError
 
+        forms = [host]
+        if international:  # a cdb cannot be converted: the address is, both ways
+            from .idn import ascii_form, unicode_form
+
+            forms += {ascii_form(host), unicode_form(host)} - {host}
         try:
             cdb = self._open_cdb()
             return any(cdb.get(c) is not None

@@ -88,6 +88,11 @@ def test_on_a_plain_session_loads_no_idna(tmp_path):
     assert not loaded & {"idna", "qmail_esmtpd.idn", "unicodedata"}
     international = plain.replace(b"u@example.com", b"u@xn--mller-kva.example")
     assert {"idna", "qmail_esmtpd.idn"} <= imported_modules(env, international)
+    (tmp_path / "rcpthosts").write_text("xn--mller-kva.example\nexample.com\n")
+    assert not {"idna", "qmail_esmtpd.idn"} & imported_modules(env, international)  # as listed
+    unlisted = plain.replace(b"u@example.com", b"u@xn--fsqu00a.xn--fiqs8s")
+    loaded = imported_modules(env, unlisted)  # an A-label against A-labels: no idna
+    assert "qmail_esmtpd.idn" in loaded and "idna" not in loaded
 
 
 # -- keyword, parameter, Received ------------------------------------------------
