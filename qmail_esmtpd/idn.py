@@ -13,6 +13,10 @@ way, one with a non-ASCII byte or an A-label (`xn--`): a plain session loads
 neither it nor `idna`.
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
 ACE = b"xn--"  # the prefix of an A-label
 
 
@@ -36,20 +40,42 @@ def unicode_form(domain: bytes) -> bytes:
 
 
 def _alabel(label: str) -> bytes:
-    import idna
-
-    try:
-        return idna.encode(label, uts46=True)
-    except (idna.IDNAError, UnicodeError):
-        return label.encode("utf-8")
+    idna = _library()
+    if idna is not None:
+        try:
+            return idna.encode(label, uts46=True)
+        except UnicodeError:  # idna.IDNAError among them
+            pass
+    return label.encode("utf-8")
 
 
 def _ulabel(label: bytes) -> bytes:
     if not label.startswith(ACE):
         return label
-    import idna
+    idna = _library()
+    if idna is not None:
+        try:
+            return idna.decode(label).encode("utf-8")
+        except UnicodeError:
+            pass
+    return label
 
+
+_missing = False
+
+
+def _library() -> "ModuleType | None":
+    """`idna`, or None when the installation lacks it: then a domain matches
+    only as written, as under qmail-smtpd, and the log says so once."""
+    global _missing
+    if _missing:
+        return None
     try:
-        return idna.decode(label).encode("utf-8")
-    except (idna.IDNAError, UnicodeError):
-        return label
+        import idna
+    except ImportError as e:
+        from .log import log
+
+        _missing = True
+        log(f"warning: international domains compared as written: {e}")
+        return None
+    return idna

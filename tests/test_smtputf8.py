@@ -10,6 +10,7 @@ import base64
 import os
 import smtplib
 import subprocess
+import sys
 
 import cdblib
 import pytest
@@ -170,6 +171,18 @@ def test_domain_forms(domain, a_form, u_form):
 
 def test_domains_that_are_not_utf8_stay_as_they_are():
     assert ascii_form(b"\xff.Example") == b"\xff.example"
+
+
+def test_without_the_library_domains_match_as_written(monkeypatch, capfd):
+    """A broken installation refuses no more than qmail-smtpd would, and says so once."""
+    from qmail_esmtpd import idn
+
+    monkeypatch.setitem(sys.modules, "idna", None)  # import idna fails
+    monkeypatch.setattr(idn, "_missing", False)
+    assert ascii_form("MÜLLER.example".encode()) == "mÜller.example".encode()
+    assert unicode_form(b"xn--mller-kva.example") == b"xn--mller-kva.example"
+    assert not RcptHosts([b"xn--mller-kva.example"])(JORG.encode())
+    assert capfd.readouterr().err.count("international domains compared as written") == 1
 
 
 @pytest.mark.parametrize("entries, listed, refused", [
