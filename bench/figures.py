@@ -39,6 +39,7 @@ TARGET_RATIO = 1.25  # a plain session's CPU over a bare interpreter start
 TARGET_AUTH_RATIO = 10.0  # an AUTH PLAIN session's CPU over a bare interpreter start
 TARGET_CERT_RATIO = 1.00  # servercert.pem configured, STARTTLS never used: `ssl` not loaded
 TARGET_RCPTCHECK_RATIO = 1.10  # recipient validation on, over the plain session
+TARGET_SMTPUTF8_RATIO = 1.05  # SMTPUTF8 offered, a plain session: over the plain session
 TARGET_BANNER_MS = 15.0
 CONCURRENCY_LEVELS = (1, 4, 16)
 AUTH_CONCURRENCY = 4
@@ -126,12 +127,15 @@ def cert_session_cpu(pipes: PipeSamples) -> None:
 
 
 def check_session_cpu(pipes: PipeSamples) -> None:
-    """The plain session with recipient validation on, and with one qmail-spp plugin."""
+    """The plain session with recipient validation on, with one qmail-spp
+    plugin, and with SMTPUTF8 offered."""
     session = pipes.median("session")
     for name, label, target in (
             ("rcptcheck", "checkrecipients on (users/cdb, one .qmail stat)",
              f"target <= {TARGET_RCPTCHECK_RATIO:.2f}"),
-            ("spp", "one qmail-spp plugin per RCPT (/bin/sh -c)", "measured")):
+            ("spp", "one qmail-spp plugin per RCPT (/bin/sh -c)", "measured"),
+            ("smtputf8", "control/smtputf8 1 (SMTPUTF8 offered in EHLO, never asked for)",
+             f"target <= {TARGET_SMTPUTF8_RATIO:.2f}")):
         median = pipes.median(name)
         paired = statistics.median(a - b for a, b in zip(pipes.samples[name],
                                                          pipes.samples["session"], strict=True))

@@ -85,7 +85,8 @@ class PipeSamples:
 
     Variants: "session" (plain), "authdb" (plain, $AUTHDB set), "cert"
     (plain, control/servercert.pem present), "rcptcheck" (plain, recipient
-    validation on), "spp" (plain, one qmail-spp plugin per RCPT), "bare" (`python -I -S -c pass`),
+    validation on), "spp" (plain, one qmail-spp plugin per RCPT), "smtputf8" (plain,
+    SMTPUTF8 offered, never asked for), "bare" (`python -I -S -c pass`),
     "import" (start + import cli), "sink", "ehlo" (EHLO, QUIT; certificate
     present), "handshake" (EHLO, STARTTLS, handshake, QUIT inside TLS),
     "auth" (an AUTH PLAIN session) and "tls_auth" (the same inside STARTTLS).  `backend_ms`:
@@ -172,6 +173,8 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
                                     control=bench.rcptcheck_control)
     variants["spp"] = session(SESSION_INPUT, False, "qmail-esmtpd, one plugin per RCPT",
                               control=bench.spp_control)
+    variants["smtputf8"] = session(SESSION_INPUT, False, "qmail-esmtpd, SMTPUTF8 offered",
+                                   control=bench.smtputf8_control)
     ehlo_env = bench.env(tls=True)
 
     def ehlo_quit() -> float:
@@ -194,7 +197,7 @@ def measure_pipes(bench: Bench, iterations: int, auth_iterations: int) -> PipeSa
         variants["tls_auth"] = tls_session(TLS_AUTH_INPUT, True,
                                            "AUTH over STARTTLS session on pipes")
         sparse = min(auth_iterations, iterations)
-    plain = [name for name in ("session", "authdb", "cert", "rcptcheck", "spp")
+    plain = [name for name in ("session", "authdb", "cert", "rcptcheck", "spp", "smtputf8")
              if name in variants]
     rest = [name for name in variants if name not in plain]
     for run in variants.values():  # warm the page cache and __pycache__

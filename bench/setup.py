@@ -97,16 +97,18 @@ def write_tls_control(directory: Path, control: Path) -> Path:
 SPP_PLUGIN = ':case "$SMTPRCPTTO" in spam@*) echo "E550 no spam here";; esac'
 
 
-def write_check_controls(directory: Path, control: Path) -> tuple[Path, Path]:
-    """Two more control directories: recipient validation on; one [rcpt] plugin."""
+def write_check_controls(directory: Path, control: Path) -> tuple[Path, Path, Path]:
+    """Three more control directories: recipient validation on; one [rcpt]
+    plugin; SMTPUTF8 offered (control/smtputf8)."""
     made = []
-    for name in ("control-rcptcheck", "control-spp"):
+    for name in ("control-rcptcheck", "control-spp", "control-smtputf8"):
         other = directory / name
         other.mkdir()
         for base in ("me", "rcpthosts"):
             (other / base).write_bytes((control / base).read_bytes())
         made.append(other)
-    rcptcheck, spp = made
+    rcptcheck, spp, smtputf8 = made
+    (smtputf8 / "smtputf8").write_text("1\n")
     (rcptcheck / "checkrecipients").write_text("1\n")
     (rcptcheck / "locals").write_text(RCPTHOSTS + "\n")
     home = directory / "home-b"
@@ -117,7 +119,7 @@ def write_check_controls(directory: Path, control: Path) -> tuple[Path, Path]:
     (users / "assign").write_text(f"=b:b:{1000}:{1000}:{home}:-:b:\n.\n")
     compile_users(users / "assign", users / "cdb")
     (spp / "smtpplugins").write_text(f"[rcpt]\n{SPP_PLUGIN}\n")
-    return rcptcheck, spp
+    return rcptcheck, spp, smtputf8
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Bench:
     auth: AuthDB | None  # None: --no-auth
     rcptcheck_control: Path  # control with checkrecipients (users/ in workdir, the qmail home)
     spp_control: Path  # control with one [rcpt] plugin
+    smtputf8_control: Path  # control with smtputf8 1
 
     def env(self, authdb: bool = False, tls: bool = False,
             control: Path | None = None) -> dict[str, str]:
@@ -171,10 +174,11 @@ def prepared(with_auth: bool) -> Iterator[Bench]:
             tempfile.TemporaryDirectory(prefix="qmail-esmtpd-bench.")))
         control, sink = write_fixture(workdir)
         tls_control = write_tls_control(workdir, control)
-        rcptcheck_control, spp_control = write_check_controls(workdir, control)
+        rcptcheck_control, spp_control, smtputf8_control = write_check_controls(workdir,
+                                                                                control)
         auth = None
         if with_auth:
             progress("throwaway PostgreSQL cluster for AUTH ...")
             auth = stack.enter_context(auth_database())
         yield Bench(read_launcher(), workdir, control, tls_control, sink, auth,
-                    rcptcheck_control, spp_control)
+                    rcptcheck_control, spp_control, smtputf8_control)

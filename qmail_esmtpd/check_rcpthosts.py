@@ -6,6 +6,11 @@ always passes; otherwise the text after the last `@`, lower-cased, or any of
 its suffixes starting with `.`, must be listed.  Suffixes longer than any
 entry are not looked up, nor, in morercpthosts.cdb, longer than a domain can
 be (255 bytes, RFC 1035).
+
+Ours besides: an international domain (idn.py) that is not listed as written
+is looked up in its other forms, so an admin lists `müller.example` or
+`xn--mller-kva.example`, and a client may write either.  Only such a domain
+costs the conversion; the rcpthosts entries are converted once, when one is met.
 """
 
 from . import replies
@@ -45,6 +50,8 @@ class RcptHosts:
         self.longest = max(map(len, self.entries), default=0)
         self.cdb_path = morercpthosts
         self._cdb: "Cdb | None" = None
+        self._ascii_entries: frozenset[bytes] | None = None  # in A-label form, once needed
+        self.longest_ascii = 0
 
     def __call__(self, address: bytes) -> bool | None:
         if not self.enabled:
@@ -55,15 +62,36 @@ class RcptHosts:
         host = address[at + 1:].lower()
         if any(c in self.entries for c in suffixes(host, self.longest)):
             return True
+        international = not host.isascii() or b"xn--" in host  # other forms to try
+        if international:
+            from .idn import ascii_form
+
+            entries = self._entries_in_ascii()
+            if any(c in entries for c in suffixes(ascii_form(host), self.longest_ascii)):
+                return True
         if self.cdb_path is None:
             return False
         from .cdb import CdbError
 
+        forms = [host]
+        if international:  # a cdb cannot be converted: the address is, both ways
+            from .idn import ascii_form, unicode_form
+
+            forms += {ascii_form(host), unicode_form(host)} - {host}
         try:
             cdb = self._open_cdb()
-            return any(cdb.get(c) is not None for c in suffixes(host, DOMAIN_MAX))
+            return any(cdb.get(c) is not None
+                       for form in forms for c in suffixes(form, DOMAIN_MAX))
         except (OSError, CdbError):  # as in qmail: a control error
             return None
+
+    def _entries_in_ascii(self) -> frozenset[bytes]:
+        if self._ascii_entries is None:
+            from .idn import ascii_form
+
+            self._ascii_entries = frozenset(ascii_form(e) for e in self.entries)
+            self.longest_ascii = max(map(len, self._ascii_entries), default=0)
+        return self._ascii_entries
 
     def _open_cdb(self) -> "Cdb":
         """The cdb reader is imported only when rcpthosts alone did not decide."""

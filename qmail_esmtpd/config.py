@@ -196,6 +196,7 @@ class Settings:
         self.badrcptto = controls.lines(b"badrcptto") or None
         self.checkrecipients = flag_setting(controls, env, b"checkrecipients")
         self.smtpplugins = self._plugin_file(controls, env)
+        self.smtputf8 = flag_setting(controls, env, b"smtputf8")
 
     def _plugin_file(self, controls: Controls, env: "Mapping[bytes, bytes]") -> bytes | None:
         """qmail-spp's configuration: $SPPCONFFILE (a relative one from the
@@ -249,10 +250,11 @@ def auth_backend(argv: list[bytes], env: "Mapping[bytes, bytes]",
 # configuration -> checks: a module qmail_esmtpd/check_NAME.py each, whose
 # build(settings) returns the check (protocol.Checks.assemble says what it
 # may answer), switched on by its Settings value when that is neither None
-# nor False.  The order is the order of asking: who may send, the admin's
-# plugins, where mail may go, which recipients exist.  A check that is off
+# nor False.  The order is the order of asking: what we offer, who may send,
+# the admin's plugins, where mail may go, which recipients exist.  A check that is off
 # is not imported; the warm server preloads them all (preload.py).
 CHECKS = (
+    ("smtputf8", "smtputf8"),           # control/smtputf8: RFC 6531 offered (refuses nothing)
     ("badmailfrom", "badmailfrom"),     # control/badmailfrom
     ("authsender", "auth_backend"),     # AUTH: SIZE within databytes, senderbinding, daily limit
     ("spp", "smtpplugins"),             # qmail-spp plugins

@@ -19,7 +19,23 @@ def log(message: str) -> None:
 
 
 def printable(text: bytes, limit: int = 64) -> str:
-    """A client-chosen name made safe for a log line (no spaces, no escapes)."""
-    out = "".join(chr(c) if 0x21 <= c < 0x7F and c != 0x5C else f"\\x{c:02x}"
-                  for c in text[:limit])
-    return out + ("..." if len(text) > limit else "")
+    """A client-chosen name made safe for a log line, at most `limit` characters:
+    printable ASCII as itself, but the backslash; valid UTF-8 that prints as
+    itself (`jörg@例子.中国`); everything else as \\xHH per byte: blanks, control
+    and format characters (a bidi override, a line separator), invalid bytes.
+    So no client can end a line, start another or disguise one."""
+    chars = text[:limit * 4].decode("utf-8", "surrogateescape")[:limit]
+    out = "".join(map(_shown, chars))
+    taken = len(chars.encode("utf-8", "surrogateescape"))
+    return out + ("..." if len(text) > taken else "")
+
+
+def _shown(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return char if 0x21 <= code < 0x7F and code != 0x5C else f"\\x{code:02x}"
+    if char.isprintable():  # not Cc, Cf, Zs, Zl, Zp, Co, Cn: no blank, no control
+        return char
+    return "".join(f"\\x{c:02x}" for c in char.encode("utf-8"))

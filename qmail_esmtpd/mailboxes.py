@@ -10,7 +10,11 @@ files qmail-send, qmail-lspawn, qmail-getpw and qmail-local look at:
    matching the whole address, the domain, a `.suffix` of it or the empty
    catch-all turns it into `prefix-local` (an empty prefix means: not
    virtual).  A key listed twice means its last line (constmap).  Anything
-   else is remote.
+   else is remote.  Ours besides: a domain qmail-send would send remote
+   that is listed in its other international form (idn.py: `müller.example`
+   for `xn--mller-kva.example`, or back) is taken as listed, so its unknown
+   recipients are refused rather than bounced as a loop; where qmail-send
+   matches the bytes (a catch-all too) its answer stands.
 2. qmail-lspawn: an empty local part is delivered to no one, successfully;
    `users/cdb` (made from users/assign by qmail-newu): the exact `=` entry,
    else the longest `+` prefix ending in a wildcard character (or the bare
@@ -134,6 +138,7 @@ class Mailboxes:
             if colon:
                 self.virtual[key.lower()] = prefix  # constmap: the last entry wins
         self.longest_virtual = max(map(len, self.virtual), default=0)
+        self._ascii_tables: "tuple[frozenset[bytes], dict[bytes, bytes], int] | None" = None
         self.envnoathost = envnoathost
         self.users_cdb = users_cdb
         self.getpw = getpw
@@ -165,16 +170,44 @@ class Mailboxes:
             address = address[:j] + b"@" + address[j + 1:i]
             i = j
         at = address.rfind(b"@")
-        if address[at + 1:].lower() in self.locals:
-            return address[:at]
+        listed, local = self._route(address, at, self.locals, self.virtual,
+                                    self.longest_virtual)
+        domain = address[at + 1:].lower()
+        if not listed and (not domain.isascii() or b"xn--" in domain):  # international
+            from .idn import ascii_form
+
+            listed, local = self._route(address[:at + 1] + ascii_form(domain), at,
+                                        *self._tables_in_ascii())
+        return local
+
+    @staticmethod
+    def _route(address: bytes, at: int, locals_: "frozenset[bytes]",
+               virtual: "dict[bytes, bytes]", longest: int) -> "tuple[bool, bytes | None]":
+        """(listed in locals or virtualdomains, the local part or None: remote)."""
+        if address[at + 1:].lower() in locals_:
+            return True, address[:at]
         low = address.lower()
         # no key is longer than the longest entry: the rest cannot match
-        for i in range(max(0, len(address) - self.longest_virtual), len(address) + 1):
+        for i in range(max(0, len(address) - longest), len(address) + 1):
             if i == 0 or i == at + 1 or i == len(address) or (i > at and low[i] == 0x2E):
-                prefix = self.virtual.get(low[i:])
+                prefix = virtual.get(low[i:])
                 if prefix is not None:
-                    return prefix + b"-" + address[:at] if prefix else None
-        return None
+                    return True, prefix + b"-" + address[:at] if prefix else None
+        return False, None
+
+    def _tables_in_ascii(self) -> "tuple[frozenset[bytes], dict[bytes, bytes], int]":
+        """locals and virtualdomains with their domains in A-label form, made
+        at the first international domain of the session."""
+        if self._ascii_tables is None:
+            from .idn import ascii_form
+
+            virtual = {}
+            for key, prefix in self.virtual.items():
+                at = key.rfind(b"@")
+                virtual[key[:at + 1] + ascii_form(key[at + 1:])] = prefix
+            self._ascii_tables = (frozenset(ascii_form(d) for d in self.locals), virtual,
+                                  max(map(len, virtual), default=0))
+        return self._ascii_tables
 
     # -- qmail-lspawn: users/cdb, else qmail-getpw ---------------------------
     def mailbox(self, local: bytes) -> tuple[str, str]:

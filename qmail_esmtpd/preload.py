@@ -14,12 +14,16 @@ from .config import CHECK_MODULES, SERVERCERT, ControlError, Controls, auth_back
 from .log import log
 
 # Lazy imports of a session, always loaded: the TLS code, the rare paths
-# (an address literal, an internal error, morercpthosts.cdb), what AUTH
-# decoding uses, and every check the registry names, configured or not (a
-# rules file or a control file may switch one on at any time).
+# (an address literal, an internal error, morercpthosts.cdb, an international
+# domain and its IDNA tables), what AUTH decoding uses, and every check the
+# registry names, configured or not (a rules file or a control file may
+# switch one on at any time).
 SESSION_MODULES = (
     "qmail_esmtpd.cli", "ssl", "qmail_esmtpd.tls", "qmail_esmtpd.log", "qmail_esmtpd.localips",
-    "qmail_esmtpd.cdb", "traceback", "base64", "binascii", *CHECK_MODULES,
+    "qmail_esmtpd.cdb", "traceback", "base64", "binascii",
+    "qmail_esmtpd.idn", "idna", "idna.core", "idna.idnadata", "idna.uts46data", "unicodedata",
+    "encodings.punycode",  # the codec idna encodes A-labels with, found by name
+    *CHECK_MODULES,
     "qmail_esmtpd.harvest",  # check_recipients' memory across connections
 )
 # The AUTH backends and what they import lazily: loaded when AUTH is

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     Verdict = tuple[bytes, int]  # a refusal: the reply, and what the caller does next
     Check = Callable[["Session", bytes], Verdict | None]
     Keyword = Callable[["Session"], bytes | None]
+    Offer = tuple[Keyword, bytes | None]  # the keyword, and the one it follows (None: the last)
     Parameter = Callable[["Session", bytes], Verdict | None]
 
 # What the caller does after writing the reply.
@@ -72,12 +73,12 @@ class Checks:
     __slots__ = ("stages", "keywords", "parameters", "environment")
 
     def __init__(self, stages: "dict[str, tuple[Check, ...]] | None" = None,
-                 keywords: "tuple[Keyword, ...]" = (),
+                 keywords: "tuple[Offer, ...]" = (),
                  parameters: "dict[bytes, Parameter] | None" = None,
                  environment: "tuple[Callable[[], dict[bytes, bytes | None]], ...]" = ()
                  ) -> None:
         self.stages = stages or {}
-        self.keywords = keywords  # EHLO keywords, offered before AUTH
+        self.keywords = keywords  # EHLO keywords, offered before AUTH, or after a named one
         self.parameters = parameters or {}  # MAIL parameters by upper-case name (`SIZE=`)
         self.environment = environment  # variables set (or None: unset) for qmail-queue
 
@@ -87,13 +88,14 @@ class Checks:
 
             on_<stage>(session, value) -> None | (reply, action) | ACCEPT_NOW
                 for each stage of STAGES it answers (on_end: told only)
-            ehlo_keyword(session) -> bytes | None          an EHLO keyword
+            ehlo_keyword(session) -> bytes | None          an EHLO keyword, before
+                AUTH, or right after `ehlo_after` (b"PIPELINING") when that is offered
             mail_parameters = {b"NAME=": handler}          MAIL parameters (`NAME`
                 without a value); handler(session, value) answers as on_mail
             queue_environment() -> {name: value, or None to unset}
         """
         stages: dict[str, list[Check]] = {}
-        keywords: list[Keyword] = []
+        keywords: list[Offer] = []
         parameters: dict[bytes, Parameter] = {}
         environment: list[Callable[[], dict[bytes, bytes | None]]] = []
         for check in checks:
@@ -103,7 +105,7 @@ class Checks:
                     stages.setdefault(stage, []).append(hook)
             offer = getattr(check, "ehlo_keyword", None)
             if offer is not None:
-                keywords.append(offer)
+                keywords.append((offer, getattr(check, "ehlo_after", None)))
             parameters.update(getattr(check, "mail_parameters", {}))
             changes = getattr(check, "queue_environment", None)
             if changes is not None:
@@ -177,6 +179,7 @@ class Session:
         self.sender = b""
         self.sender_accepted_now = False  # a check vouched for it: qmail's own sender checks pass
         self.size = 0  # the MAIL SIZE= parameter (AUTH sessions only)
+        self.given: frozenset[bytes] = frozenset()  # the MAIL parameters this transaction took
         self.recipient = b""  # the address of the RCPT being asked about
         self.recipients: list[bytes] = []
         self.rcpt_asked = 0  # RCPT commands with a valid address in this transaction
@@ -290,16 +293,17 @@ class Session:
 
     def ehlo_keywords(self) -> list[bytes]:
         """The extensions we offer, in the order qmail and the AUTH patch list
-        them; the checks' own (Checks.keywords) before AUTH."""
+        them; the checks' own (Checks.keywords) before AUTH, or where they ask."""
         keywords = [b"PIPELINING", b"8BITMIME"]
         if self.tls_offered and self.tls is None:
             keywords.insert(0, b"STARTTLS")
         if self.auth is not None:
             keywords.append(b"SIZE %d" % self.databytes)
-        for offer in self.checks.keywords:
+        for offer, after in self.checks.keywords:
             keyword = offer(self)
             if keyword is not None:
-                keywords.append(keyword)
+                at = keywords.index(after) + 1 if after in keywords else len(keywords)
+                keywords.insert(at, keyword)
         if self.auth is not None and (self.tls is not None or not self.auth_needs_tls):
             keywords.append(b"AUTH " + b" ".join(self.auth.mechanisms))
         return keywords
@@ -315,32 +319,33 @@ class Session:
         if addr is None:
             return replies.SYNTAX, BUFFER
         previous, self.sender = self.sender, addr  # checks see it, may change it (qmail-spp `C`)
-        verdict = self._mail_parameters(arg)
+        verdict, given = self._mail_parameters(arg)
         if verdict is None:
             verdict = self.ask(AT_MAIL, addr)
         if verdict is not None and verdict is not ACCEPT_NOW:
             self.sender = previous
             return verdict
+        self.given = given
         self.sender_accepted_now = verdict is ACCEPT_NOW
         self.seen_mail = True
         self.recipients = []
         self.rcpt_asked = 0
         return replies.OK, BUFFER
 
-    def _mail_parameters(self, arg: bytes) -> "Verdict | None":
+    def _mail_parameters(self, arg: bytes) -> "tuple[Verdict | None, frozenset[bytes]]":
         """Each parameter the table knows, the first of each name (unknown ones
-        are ignored, as qmail ignores them all)."""
+        are ignored, as qmail ignores them all): a refusal, and the names taken."""
         self.size = 0
         table = self.parameters
-        seen = set()
+        seen: set[bytes] = set()
         for name, value in mail_parameters(arg):
             handler = table.get(name)
             if handler is not None and name not in seen:
                 seen.add(name)
                 verdict = handler(self, value)
                 if verdict is not None:
-                    return verdict
-        return None
+                    return verdict, frozenset()
+        return None, frozenset(seen)
 
     def rcpt(self, arg: bytes) -> tuple[bytes, int]:
         if not self.seen_mail:
@@ -491,12 +496,14 @@ class Session:
                         peer.localhost, self.protocol(), self.clock()) + headers
 
     def protocol(self) -> bytes:
-        """The Received line's `with`, as the AUTH and TLS patches write it."""
-        if self.tls is not None:
-            if self.user is None:
-                return b"ESMTPS (" + self.tls + b" encrypted)"
-            return b"ESMTPSA (" + self.tls + b" encrypted, authenticated)"
-        return b"SMTP" if self.user is None else b"ESMTPA"
+        """The Received line's `with`, as the AUTH and TLS patches write it, and
+        the SMTPUTF8 patch for a transaction that asked for SMTPUTF8 (WITH)."""
+        word = WITH[self.tls is not None, self.user is not None, b"SMTPUTF8" in self.given]
+        if self.tls is None:
+            return word
+        if self.user is None:
+            return word + b" (" + self.tls + b" encrypted)"
+        return word + b" (" + self.tls + b" encrypted, authenticated)"
 
     def finish_message(self) -> bytes | None:
         """The stream ended with `.`: the envelope for qmail-queue, or None to drop it.
@@ -567,6 +574,16 @@ def size_parameter(session: Session, value: bytes) -> "Verdict | None":
         session.size = leading_number(value) or 0
     return None
 
+
+# The Received line's `with` word by (TLS, AUTH, SMTPUTF8 asked for): the
+# SMTPUTF8 patch drops the E and puts UTF8 before it, which gives RFC 6531's
+# registered names (the TLS words are followed by the cipher, as above).
+WITH = {
+    (False, False, False): b"SMTP", (False, False, True): b"UTF8SMTP",
+    (False, True, False): b"ESMTPA", (False, True, True): b"UTF8SMTPA",
+    (True, False, False): b"ESMTPS", (True, False, True): b"UTF8SMTPS",
+    (True, True, False): b"ESMTPSA", (True, True, True): b"UTF8SMTPSA",
+}
 
 # The MAIL parameters the core knows; checks add theirs (Checks.parameters).
 MAIL_PARAMETERS: "dict[bytes, Parameter]" = {b"SIZE=": size_parameter}

@@ -18,7 +18,7 @@ def everything_on(tmp_path):
     control.mkdir()
     files = {"me": "mx.example.com", "rcpthosts": "example.com", "badmailfrom": "spam@x.org",
              "badrcptto": "trap@example.com", "checkrecipients": "1",
-             "smtpplugins": "[rcpt]\n:true", "authdb": "dbname=nowhere"}
+             "smtpplugins": "[rcpt]\n:true", "authdb": "dbname=nowhere", "smtputf8": "1"}
     for name, text in files.items():
         (control / name).write_text(text + "\n")
     return {b"QMAIL_HOME": str(tmp_path).encode(), b"QMAIL_CONTROL": str(control).encode()}
@@ -33,7 +33,10 @@ def test_each_switch_turns_its_module_on_in_table_order(everything_on):
     built = Checks.assemble(configured_checks(settings))
     asked = {module for hooks in built.stages.values()
              for module in (type(hook.__self__).__module__ for hook in hooks)}
-    assert asked == set(CHECK_MODULES)
+    offering = {type(offer.__self__).__module__ for offer, _ in built.keywords}
+    assert asked | offering == set(CHECK_MODULES)
+    assert offering == {"qmail_esmtpd.check_smtputf8"}  # no stage: a keyword and a parameter
+    assert set(built.parameters) == {b"SMTPUTF8"}
     order = [f"qmail_esmtpd.check_{name}" for name, _ in CHECKS]
     for stage in (AT_MAIL, AT_RCPT):
         modules = modules_asked(built, stage)

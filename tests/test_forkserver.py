@@ -582,7 +582,8 @@ CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 
 
 @pytest.mark.parametrize("golden, scenarios", [("golden", "scenarios"),
-                                               ("golden-auth", "scenarios-auth")])
+                                               ("golden-auth", "scenarios-auth"),
+                                               ("golden-utf8", "scenarios-utf8")])
 def test_recorded_transcripts_through_the_server(golden, scenarios):
     """`make conformance` with tests/conformance/through-server in the launcher's
     place: a connection through qmail-esmtpd-server per scenario.  Left out:

@@ -9,7 +9,8 @@ from .postgres import Cluster
 from .tcpserver import TcpServer
 
 # The kinds of session the README's softlimit table has a row for.
-SESSION_KINDS = ("plain", "starttls", "auth", "auth-starttls", "auth-argon2-cffi-default")
+SESSION_KINDS = ("plain", "starttls", "auth", "auth-starttls", "auth-argon2-cffi-default",
+                 "smtputf8-idna")
 SOFTLIMIT_STACK = 2097152  # -s of service/run: thread stacks are as large as this limit
 
 
@@ -35,6 +36,12 @@ class LimitedService:
         self.control = workdir / "control"
         self.control.mkdir()
         (self.control / "me").write_text("mx.example.com\n")
+        # SMTPUTF8 on, and a domain listed as its A-label: a U-label recipient loads idna
+        self.utf8_control = workdir / "control-smtputf8"
+        self.utf8_control.mkdir()
+        for name, text in (("me", "mx.example.com"), ("smtputf8", "1"),
+                           ("rcpthosts", "xn--mller-kva.example")):
+            (self.utf8_control / name).write_text(text + "\n")
         self_signed_pem(self.control / "servercert.pem").chmod(0o644)
         self.queue = write_program(workdir / "qmail-queue",
                                    "#!/bin/sh\ncat >/dev/null && cat <&1 >/dev/null\n")
@@ -56,7 +63,8 @@ class LimitedService:
         import smtplib
         import ssl
 
-        env = {"QMAIL_CONTROL": str(self.control), "QMAILQUEUE": str(self.queue), **self.env}
+        control = self.utf8_control if kind.startswith("smtputf8") else self.control
+        env = {"QMAIL_CONTROL": str(control), "QMAILQUEUE": str(self.queue), **self.env}
         if kind.startswith("auth"):
             env["AUTHDB"] = str(self.authdb)
             if kind != "auth-starttls":
@@ -75,8 +83,11 @@ class LimitedService:
                     client.ehlo("client.test")
                 if kind.startswith("auth"):
                     client.login("bob" if "argon2-cffi" in kind else "alice", self.PASSWORD)
-                client.sendmail("a@example.com", ["b@example.org"], b"Subject: x\r\n\r\n" +
-                                b"0123456789abcde\r\n" * 256)
+                recipient, options = "b@example.org", []
+                if kind.startswith("smtputf8"):
+                    recipient, options = "jörg@müller.example", ["SMTPUTF8"]
+                client.sendmail("a@example.com", [recipient], b"Subject: x\r\n\r\n" +
+                                b"0123456789abcde\r\n" * 256, mail_options=options)
             return "ok"
         except (OSError, smtplib.SMTPException) as e:
             log = server.log().strip().splitlines()
