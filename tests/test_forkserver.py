@@ -112,7 +112,7 @@ SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.5.5", "127.1.2.4", "127.1.2.9", "127
 # what differs by nature between two servers: ports, and where each records
 DIFFERENT = {"TCPLOCALPORT", "TCPREMOTEPORT", "TCP6LOCALPORT", "TCP6REMOTEPORT", "ENVDIR"}
 # ucspi-tcp 0.88 has none of these; the server sets them as ucspi-tcp-ipv6 does
-TCP6_VARIABLES = {"TCP6LOCALIP", "TCP6LOCALHOST", "TCP6REMOTEIP"}
+TCP6_VARIABLES = frozenset({"TCP6LOCALIP", "TCP6LOCALHOST", "TCP6REMOTEIP"})
 
 
 def env_queue(directory: Path) -> Path:
@@ -135,7 +135,7 @@ def one_session(port: int, source: str, destination: str = "127.0.0.1") -> str:
     return "queued"
 
 
-def recorded(directory: Path, source: str, ignore: "set[str]" = set()) -> dict:
+def recorded(directory: Path, source: str, ignore: frozenset[str] = frozenset()) -> dict:
     path = directory / source
     if not path.exists():
         return {}
