@@ -19,6 +19,7 @@ from .cli import main as session_main
 from .log import log
 from .tcpaddress import proto, tcp_ips
 from .tcprules import Rule, RulesUnreadable
+from .upgrade import REFUSED, Upgraded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,7 +157,15 @@ def run(conn: "socket.socket", remote: Remote, settings: ChildSettings,
     posix.close(fd)
     logmodule.PROGRAM = "qmail-esmtpd"
     sys.argv = ["qmail-esmtpd", *settings.session_argv]
-    return session_main(settings.tls)
+    try:
+        return session_main(settings.tls)
+    except Upgraded as e:  # needed a module of a newer install: none of it ran
+        log(f"warning: ip={remote.ip}: {e}")
+        try:
+            posix.write(1, REFUSED)
+        except OSError:
+            pass
+        return TROUBLE
 
 
 def local_address(conn: "socket.socket", force6: bool) -> Local | None:

@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import log as logmodule
-from . import preload, replies
+from . import preload, replies, upgrade
 from .child import TROUBLE, ChildSettings, Remote, refuse, reset_signals, run
 from .log import log
 from .serveroptions import USAGE, Options, UsageError, parse
@@ -153,6 +153,8 @@ class Server:
         self.stopping = False
         self.auth_loaded = False
         self.wake_fds: tuple[int, ...] = ()
+        self.installation: upgrade.Installation | None = None  # set once the code is loaded
+        self.upgraded = False  # said so in the log
 
     def log_status(self) -> None:
         """tcpserver -v's `status: running/limit` line."""
@@ -250,6 +252,9 @@ class Server:
             time.sleep(0.1)
             return
         conn = socket.socket(fileno=fd)
+        if not self.upgraded and self.installation and self.installation.replaced():
+            self.upgraded = True
+            log(f"warning: {upgrade.RESTART}")
         try:
             remote = Remote(*tcp_ips(address[0], self.opts.force6), address[1])
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -467,6 +472,8 @@ def main() -> int:
         except Exception:
             pass
     server.import_auth()
+    # from here on, a module of a newer installation is refused, never mixed in
+    server.installation = upgrade.guard(os.path.dirname(os.path.abspath(__file__)))
     try:
         drop_privileges(opts)
     except Fatal as e:

@@ -22,7 +22,8 @@ from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcpaddress import ip6_text, tcp_ips
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from harness.files import closed_library_server, compile_users, self_signed_pem, write_program
+from harness.files import (closed_library_server, compile_users, self_signed_pem,
+                           write_launcher, write_program)
 from harness.forkserver import ForkServer
 from harness.netns import own_network
 from harness.paths import FORKSERVER, ROOT, SERVER
@@ -912,3 +913,74 @@ def test_users_cdb_replaced_by_qmail_newu_counts_from_the_next_connection(forkse
     assert rcpt_code() == 550  # no .qmail-pat-x nor -default in the bare home
     newu(homes["catchall"])
     assert rcpt_code() == 250
+
+
+# --- make install over a running server -------------------------------------------
+
+
+def data_replies(port: int, source: str = "127.0.0.1") -> tuple[bytes, bytes]:
+    """The 354 and the final reply of one message: which code answered."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        code, text = client.docmd("DATA")
+        assert code == 354
+        client.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        return text, client.getreply()[1]
+
+
+def install_tree(library: Path, new: bool) -> None:
+    """This checkout's package into `library`, as tools/install.py puts it: a new
+    tree renamed into place.  The `new` one says so in its 354, and its AUTH
+    package (which the server does not preload without AUTH) on stderr."""
+    import shutil
+
+    stage = library.with_name(library.name + ".new")
+    shutil.copytree(ROOT / "qmail_esmtpd", stage / "qmail_esmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if new:
+        replies_py = stage / "qmail_esmtpd" / "replies.py"
+        replies_py.write_text(replies_py.read_text().replace(
+            'GO_AHEAD = b"354 go ahead\\r\\n"', 'GO_AHEAD = b"354 go ahead, new code\\r\\n"'))
+        auth_py = stage / "qmail_esmtpd" / "auth" / "__init__.py"
+        auth_py.write_text('import posix\nposix.write(2, b"new AUTH code loaded\\n")\n' +
+                           auth_py.read_text())
+    old = library.with_name(library.name + ".old")
+    if library.exists():
+        library.rename(old)
+    stage.rename(library)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def test_an_install_over_the_running_server_never_mixes_old_and_new_code(forkserver, tmp_path):
+    """Issue 25, item 3: the server runs the code it started with until it is
+    restarted.  After an install renamed a new tree into place, a session that
+    would need a module the server had not loaded (the AUTH package, switched
+    on by a rule since) is refused with a 421, not run with the new module
+    under the old code; every other session runs wholly old code, and after a
+    restart wholly new code."""
+    from qmail_esmtpd.upgrade import REFUSED
+
+    library = tmp_path / "lib"
+    install_tree(library, new=False)
+    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
+                             library=library)
+    rules = '127.0.0.2:allow,AUTHDB="dbname=nothing host=/nonexistent"\n:allow\n'
+    server = forkserver(":allow\n", program=program)
+    assert data_replies(server.port)[0] == b"go ahead"  # the first install's
+    install_tree(library, new=True)
+    server.compile_rules(rules)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                  source_address=("127.0.0.2", 0)) as needs_auth:
+        assert needs_auth.makefile("rb").read() == REFUSED
+    assert data_replies(server.port)[0] == b"go ahead"  # old, whole
+    log = server.wait_log("installed anew under this server")
+    assert "new AUTH code loaded" not in log, log
+    assert "Traceback" not in log, log
+    server.stop()
+    restarted = forkserver(rules, program=program)
+    assert data_replies(restarted.port)[0] == b"go ahead, new code"  # new, whole
+    with smtplib.SMTP("127.0.0.1", restarted.port, timeout=20,
+                      source_address=("127.0.0.2", 0)) as client:
+        assert client.ehlo("client.test")[0] == 250
+    assert "new AUTH code loaded" in restarted.wait_log("new AUTH code loaded")
