@@ -22,8 +22,13 @@ from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
 from qmail_esmtpd.tcpaddress import ip6_text, tcp_ips
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from harness.files import (closed_library_server, compile_users, self_signed_pem,
-                           write_launcher, write_program)
+from harness.files import (
+    closed_library_server,
+    compile_users,
+    self_signed_pem,
+    write_launcher,
+    write_program,
+)
 from harness.forkserver import ForkServer
 from harness.netns import own_network
 from harness.paths import FORKSERVER, ROOT, SERVER
@@ -806,18 +811,21 @@ def test_no_session_byte_comes_from_the_server(forkserver):
 CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("golden, scenarios", [("golden", "scenarios"),
                                                ("golden-auth", "scenarios-auth")])
-def test_recorded_transcripts_through_the_server(golden, scenarios):
+def test_recorded_transcripts_through_the_server(golden, scenarios, host):
     """`make conformance` with tests/conformance/through-server in the launcher's
-    place: a connection through qmail-esmtpd-server per scenario.  Left out:
-    scenarios without TCPREMOTEIP or TCPLOCALIP, which no TCP server makes."""
+    place: a connection through qmail-esmtpd-server per scenario, over IPv4
+    and over IPv6 (the scenario's TCP variables come from its rules either
+    way).  Left out: scenarios without TCPREMOTEIP or TCPLOCALIP, which no
+    TCP server makes."""
     chosen = [str(path) for path in sorted((CONFORMANCE / scenarios).glob("*.scn"))
               if not re.search(r"^unset TCP(REMOTE|LOCAL)IP$", path.read_text(), re.M)]
     assert len(chosen) >= 10
     out = subprocess.run([sys.executable, str(CONFORMANCE / "dialog.py"), "--check",
                           str(CONFORMANCE / golden), *chosen, "--",
-                          str(CONFORMANCE / "through-server"), str(FORKSERVER)],
+                          str(CONFORMANCE / "through-server"), "--host", host, str(FORKSERVER)],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert f"{len(chosen)} scenario(s), 0 failed" in out.stdout
