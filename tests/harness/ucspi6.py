@@ -27,8 +27,11 @@ def ucspi6_bin() -> Path:
         return bindir
     with tempfile.TemporaryDirectory(prefix="ucspi6-") as tmp:
         try:
-            subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, check=True,
-                           capture_output=True, timeout=300)
+            download = ["apt-get", "download", PACKAGE]
+            if subprocess.run(download, cwd=tmp, capture_output=True,
+                              timeout=300).returncode != 0:  # no package lists yet
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+                subprocess.run(download, cwd=tmp, check=True, capture_output=True, timeout=300)
             (deb,) = Path(tmp).glob("*.deb")
             staged = Path(tmp) / "root"
             subprocess.run(["dpkg", "-x", str(deb), str(staged)], check=True,
