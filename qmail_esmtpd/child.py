@@ -1,8 +1,10 @@
 """One connection in a child of qmail-esmtpd-server: tcpserver's part, then the session.
 
 What tcpserver does between fork and exec happens here in the same order:
-the TCP variables, the rules (deny, or their variables on top), the `pid`
-and `ok`/`deny` log lines, the socket on fds 0 and 1.  Then the very
+the TCP variables (Debian's ucspi-tcp-ipv6 tcpserver's: the TCP6 ones too,
+addresses written as tcpaddress.py says), the rules (deny, or their
+variables on top), the `pid` and `ok`/`deny` log lines, the socket on fds
+0 and 1.  Then the very
 session code tcpserver mode runs (`cli.main`), with the preloaded TLS
 context, and the child's exit status is the session's.
 """
@@ -15,7 +17,9 @@ import sys
 from . import log as logmodule
 from .cli import main as session_main
 from .log import log
+from .tcpaddress import proto, tcp_ips
 from .tcprules import Rule, RulesUnreadable
+from .upgrade import REFUSED, Upgraded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,11 +35,43 @@ class ChildSettings:
     """What every session child shares: how the server was told to behave."""
 
     def __init__(self, localhost: bytes | None, verbose: bool,
-                 session_argv: list[str], tls: "PreloadedTLS") -> None:
+                 session_argv: list[str], tls: "PreloadedTLS", force6: bool = False) -> None:
         self.localhost = localhost
         self.verbose = verbose
         self.session_argv = session_argv
         self.tls = tls
+        self.force6 = force6  # -6: IPv4 clients written as ::ffff:a.b.c.d, PROTO=TCP6
+
+
+class Remote:
+    """The client as the server found it at accept(): TCPREMOTEIP's text (what
+    the rules were looked up by), TCP6REMOTEIP's, and the port."""
+
+    __slots__ = ("ip", "ip6", "port")
+
+    def __init__(self, ip: str, ip6: str, port: int) -> None:
+        self.ip = ip
+        self.ip6 = ip6
+        self.port = port
+
+
+class Local:
+    """The server's end of the connection, from getsockname(); `interface`:
+    TCP6INTERFACE, the name of a link-local address's scope."""
+
+    __slots__ = ("ip", "ip6", "port", "interface")
+
+    def __init__(self, sockname: tuple, force6: bool) -> None:
+        self.ip, self.ip6 = tcp_ips(sockname[0], force6)
+        self.port = sockname[1]
+        self.interface: bytes | None = None
+        if len(sockname) == 4 and sockname[3] and ":" in self.ip:
+            import socket
+
+            try:
+                self.interface = socket.if_indextoname(sockname[3]).encode()
+            except OSError:
+                pass
 
 
 def setenv(name: bytes, value: bytes | None, for_libpq: bool = True) -> None:
@@ -56,21 +92,31 @@ def setenv(name: bytes, value: bytes | None, for_libpq: bool = True) -> None:
             os.putenv(name, value)
 
 
-def tcp_environment(local: tuple, remote: tuple, localhost: bytes | None) -> \
+def tcp_environment(local: Local, remote: Remote, localhost: bytes | None) -> \
         list[tuple[bytes, bytes | None]]:
-    """tcpserver -H -R's variables: no remote host name, no remote info."""
-    return [(b"PROTO", b"TCP"),
-            (b"TCPLOCALIP", local[0].encode()), (b"TCPLOCALPORT", str(local[1]).encode()),
-            (b"TCPLOCALHOST", localhost),
-            (b"TCPREMOTEIP", remote[0].encode()), (b"TCPREMOTEPORT", str(remote[1]).encode()),
-            (b"TCPREMOTEHOST", None), (b"TCPREMOTEINFO", None)]
+    """ucspi-tcp-ipv6's tcpserver -H -R's variables: no remote host name, no
+    remote info; each TCP variable has its TCP6 twin.  TCP6INTERFACE is set
+    only for a link-local address, as there."""
+    local_port, remote_port = str(local.port).encode(), str(remote.port).encode()
+    variables = [(b"PROTO", proto(remote.ip)),
+                 (b"TCPLOCALIP", local.ip.encode()), (b"TCP6LOCALIP", local.ip6.encode()),
+                 (b"TCPLOCALPORT", local_port), (b"TCP6LOCALPORT", local_port),
+                 (b"TCPLOCALHOST", localhost), (b"TCP6LOCALHOST", localhost),
+                 (b"TCPREMOTEIP", remote.ip.encode()), (b"TCP6REMOTEIP", remote.ip6.encode()),
+                 (b"TCPREMOTEPORT", remote_port), (b"TCP6REMOTEPORT", remote_port),
+                 (b"TCPREMOTEHOST", None), (b"TCP6REMOTEHOST", None),
+                 (b"TCPREMOTEINFO", None), (b"TCP6REMOTEINFO", None)]
+    if local.interface is not None:
+        variables.append((b"TCP6INTERFACE", local.interface))
+    return variables
 
 
-def connection_line(word: str, local: tuple, remote: tuple, localhost: bytes | None) -> str:
-    """tcpserver -v's `ok`/`deny` line: local name:ip:port, remote host:ip:info:port."""
+def connection_line(word: str, local: Local, remote: Remote, localhost: bytes | None) -> str:
+    """tcpserver -v's `ok`/`deny` line: local name:ip:port, remote host:ip:info:port,
+    the addresses as TCPLOCALIP and TCPREMOTEIP have them."""
     name = (localhost or b"").decode("ascii", "replace")
-    return (f"{word} {posix.getpid()} {name}:{local[0]}:{local[1]} "
-            f":{remote[0]}::{remote[1]}")
+    return (f"{word} {posix.getpid()} {name}:{local.ip}:{local.port} "
+            f":{remote.ip}::{remote.port}")
 
 
 def reset_signals() -> None:
@@ -80,7 +126,7 @@ def reset_signals() -> None:
         _signal.signal(signum, _signal.SIG_DFL)
 
 
-def run(conn: "socket.socket", remote: tuple, settings: ChildSettings,
+def run(conn: "socket.socket", remote: Remote, settings: ChildSettings,
         rule: "Rule | RulesUnreadable") -> int:
     """Everything a child does with one accepted connection; its exit status.
     `remote` is the client's address as accept() gave it (a client that
@@ -89,8 +135,8 @@ def run(conn: "socket.socket", remote: tuple, settings: ChildSettings,
     rules file)."""
     reset_signals()
     if settings.verbose:
-        log(f"pid {posix.getpid()} from {remote[0]}")
-    local = local_address(conn)
+        log(f"pid {posix.getpid()} from {remote.ip}")
+    local = local_address(conn, settings.force6)
     if local is None:
         return TROUBLE
     for name, value in tcp_environment(local, remote, settings.localhost):
@@ -111,24 +157,32 @@ def run(conn: "socket.socket", remote: tuple, settings: ChildSettings,
     posix.close(fd)
     logmodule.PROGRAM = "qmail-esmtpd"
     sys.argv = ["qmail-esmtpd", *settings.session_argv]
-    return session_main(settings.tls)
+    try:
+        return session_main(settings.tls)
+    except Upgraded as e:  # needed a module of a newer install: none of it ran
+        log(f"warning: ip={remote.ip}: {e}")
+        try:
+            posix.write(1, REFUSED)
+        except OSError:
+            pass
+        return TROUBLE
 
 
-def local_address(conn: "socket.socket") -> tuple | None:
+def local_address(conn: "socket.socket", force6: bool) -> Local | None:
     """getsockname(), as tcpserver asks it; None (logged, tcpserver's words) if that fails."""
     try:
-        return conn.getsockname()
+        return Local(conn.getsockname(), force6)
     except OSError as e:
         log(f"warning: dropping connection, unable to get local address: {e.strerror}")
         return None
 
 
-def refuse(conn: "socket.socket", remote: tuple, reply: bytes | None,
+def refuse(conn: "socket.socket", remote: Remote, reply: bytes | None,
            settings: ChildSettings) -> int:
     """A source over its limit: qmail's 421 from the child, never from the server;
     None: closed without a byte (a TLS port, where cleartext would be noise)."""
     reset_signals()
-    local = local_address(conn)
+    local = local_address(conn, settings.force6)
     if local is None:
         return DENIED
     if settings.verbose:

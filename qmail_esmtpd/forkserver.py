@@ -3,7 +3,8 @@
 usage: qmail-esmtpd-server [options] HOST PORT [ARG...]
        qmail-esmtpd-server [options] -S [ARG...]
 
-It listens (on HOST:PORT, or on the socket systemd passes with -S), loads
+It listens (on HOST:PORT, IPv6 and IPv4 alike, or on the sockets systemd
+passes with -S), loads
 once what sessions need (preload.py), drops privileges, and forks one
 child per connection that runs the session exactly as qmail-esmtpd under
 tcpserver does (child.py); ARGs are qmail-esmtpd's arguments (the
@@ -20,10 +21,12 @@ import sys
 import time
 
 from . import log as logmodule
-from . import preload, replies
-from .child import TROUBLE, ChildSettings, refuse, reset_signals, run
+from . import preload, replies, upgrade
+from .child import TROUBLE, ChildSettings, Remote, refuse, reset_signals, run
 from .log import log
 from .serveroptions import USAGE, Options, UsageError, parse
+from .sources import source_of
+from .tcpaddress import MAPPED, tcp_ips
 from .tcprules import ALLOW_ALL, Rule, RulesFile, RulesUnreadable
 
 MAX_PORT = 65535
@@ -34,33 +37,75 @@ class Fatal(Exception):
     """Start-up cannot go on (tcpserver's exit 111)."""
 
 
-def listening_socket(opts: Options) -> socket.socket:
+def listening_sockets(opts: Options) -> list[socket.socket]:
     """Bound and listening: our own, or systemd's (LISTEN_PID must be ours)."""
-    if opts.systemd:
-        fds = os.environ.get("LISTEN_FDS", "")
-        if os.environ.get("LISTEN_PID") != str(os.getpid()) or not fds.isdigit() or \
-                int(fds) < 1:
-            raise Fatal("-S: no socket from systemd (LISTEN_FDS, LISTEN_PID)")
-        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            os.environ.pop(name, None)  # not for the sessions
-            posix.environ.pop(name.encode(), None)
+    return systemd_sockets() if opts.systemd else [own_socket(opts)]
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """Every socket systemd passes (LISTEN_FDS of them from fd 3 on: one per
+    ListenStream=, an IPv6 and an IPv4 one, say), each a TCP one."""
+    fds = os.environ.get("LISTEN_FDS", "")
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not fds.isdigit() or int(fds) < 1:
+        raise Fatal("-S: no socket from systemd (LISTEN_FDS, LISTEN_PID)")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for the sessions
+        posix.environ.pop(name.encode(), None)
+    socks = []
+    for fd in range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + int(fds)):
         try:
-            sock = socket.socket(fileno=SYSTEMD_FIRST_FD)
+            sock = socket.socket(fileno=fd)
         except OSError as e:
-            raise Fatal(f"-S: fd {SYSTEMD_FIRST_FD} is not a socket: {e}") from None
-        if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
-            raise Fatal("-S: the socket must be IPv4 TCP (ListenStream=ADDRESS:PORT)")
-        return sock
-    host = "0.0.0.0" if opts.host in ("", "0") else opts.host
+            raise Fatal(f"-S: fd {fd} is not a socket: {e}") from None
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+                sock.type != socket.SOCK_STREAM:
+            raise Fatal(f"-S: fd {fd} is not a TCP socket (ListenStream=ADDRESS:PORT)")
+        socks.append(sock)
+    return socks
+
+
+def bind_address(opts: Options) -> tuple[int, tuple]:
+    """The family and address HOST PORT name, as ucspi-tcp-ipv6's tcpserver reads
+    them: 0 (or ::) is every address, IPv6 and IPv4 on one socket (with -4:
+    IPv4 only); an IPv4 or IPv4-mapped address an IPv4 socket; a name its
+    first address; -I the scope of a link-local IPv6 address."""
     try:
         port = int(opts.port) if opts.port.isdigit() else socket.getservbyname(opts.port, "tcp")
         if port > MAX_PORT:
             raise OSError(f"port {opts.port} is above {MAX_PORT}")
-        address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+        scope = socket.if_nametoindex(opts.interface) if opts.interface else 0
+        if opts.host in ("", "0"):
+            if opts.ipv4_only or not socket.has_ipv6:
+                return socket.AF_INET, ("0.0.0.0", port)
+            return socket.AF_INET6, ("::", port, 0, scope)
+        family = socket.AF_INET if opts.ipv4_only else socket.AF_UNSPEC
+        found = socket.getaddrinfo(opts.host, port, family, socket.SOCK_STREAM)[0]
     except OSError as e:
         raise Fatal(f"unable to figure out address {opts.host}:{opts.port}: {e}") from None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family, address = found[0], found[4]
+    host = str(address[0])
+    if family == socket.AF_INET6:
+        if host.startswith(MAPPED) and "." in host:
+            return socket.AF_INET, (host[len(MAPPED):], port)
+        return family, (host, port, 0, scope or int(address[3]))  # type: ignore[misc]
+    return family, address
+
+
+def own_socket(opts: Options) -> socket.socket:
+    """HOST PORT bound and listening; an IPv6 one takes IPv4 clients too
+    (IPV6_V6ONLY off, as tcpserver sets it).  Where the kernel has no IPv6,
+    0 falls back to IPv4, as tcpserver does."""
+    family, address = bind_address(opts)
     try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        if family != socket.AF_INET6 or opts.host not in ("", "0"):
+            raise Fatal(f"unable to create socket: {e}") from None
+        family, address = socket.AF_INET, ("0.0.0.0", address[1])
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(opts.backlog)
@@ -93,20 +138,23 @@ def drop_privileges(opts: Options) -> None:
 class Server:
     """The accept loop: limits, children, signals, tcpserver -v's status lines."""
 
-    def __init__(self, sock: socket.socket, opts: Options, settings: ChildSettings,
+    def __init__(self, socks: list[socket.socket], opts: Options, settings: ChildSettings,
                  rules: RulesFile | None) -> None:
-        self.sock = sock
+        self.socks = socks
+        self.listening = {sock.fileno(): sock for sock in socks}
         self.opts = opts
         self.settings = settings
         self.rules = rules
         self.controls = preload.controls_from_environment()
-        self.children: dict[int, str] = {}  # pid -> remote IP ("" when not counted)
+        self.children: dict[int, str] = {}  # pid -> its source (-C; "" when not counted)
         self.smtps = b"SMTPS" in posix.environ  # every session starts TLS (a rule may say so too)
         self.per_source: dict[str, int] = {}
         self.hangup = False
         self.stopping = False
         self.auth_loaded = False
         self.wake_fds: tuple[int, ...] = ()
+        self.installation: upgrade.Installation | None = None  # set once the code is loaded
+        self.upgraded = False  # said so in the log
 
     def log_status(self) -> None:
         """tcpserver -v's `status: running/limit` line."""
@@ -192,11 +240,11 @@ class Server:
                 log(f"end {pid} status {wstat}")
             self.log_status()
 
-    def accept(self) -> None:
+    def accept(self, sock: socket.socket) -> None:
         try:
             # _accept(): socket.accept() turns family and type into enums for
             # the new socket object, pages every child would then copy
-            fd, remote = self.sock._accept()  # type: ignore[attr-defined]
+            fd, address = sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as e:  # out of descriptors, for instance: try again shortly
@@ -204,19 +252,30 @@ class Server:
             time.sleep(0.1)
             return
         conn = socket.socket(fileno=fd)
-        source = remote[0]
+        if not self.upgraded and self.installation and self.installation.replaced():
+            self.upgraded = True
+            log(f"warning: {upgrade.RESTART}")
         try:
+            remote = Remote(*tcp_ips(address[0], self.opts.force6), address[1])
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            rule = self.rule(source)
+            rule = self.rule(remote.ip)
             # a denied connection is closed without a byte, however many its
             # source has: it is neither counted nor refused with a 421
             counted = isinstance(rule, Rule) and not rule.deny
+            source = self.source(remote.ip)
             over = counted and 0 < self.opts.per_source <= self.per_source.get(source, 0)
             if counted and not over:
                 self.settings.tls.refresh(self.controls)
-            self.fork(conn, remote, rule, counted and not over, over)
+            self.fork(conn, remote, rule, source if counted and not over else "", over)
         finally:
             conn.close()
+
+    def source(self, ip: str) -> str:
+        """What -C counts `ip` as: its IPv4 address or IPv6 /64 (sources.py);
+        without -C the address itself, which costs nothing to work out."""
+        if not self.opts.per_source:
+            return ip
+        return source_of(ip) or ip
 
     def rule(self, source: str) -> "Rule | RulesUnreadable":
         """The rules' answer for `source`, looked up here, where the table stays
@@ -235,10 +294,11 @@ class Server:
             any(name == b"SMTPS" for name, _ in rule.variables)
         return None if smtps else replies.TOO_MANY_FROM_SOURCE
 
-    def fork(self, conn: socket.socket, remote: tuple, rule: "Rule | RulesUnreadable",
-             counted: bool, over: bool) -> None:
-        """One child for the connection: the session (`counted` against -C),
-        the rules' refusal, or the refusal of a source over -C."""
+    def fork(self, conn: socket.socket, remote: Remote, rule: "Rule | RulesUnreadable",
+             counted: str, over: bool) -> None:
+        """One child for the connection: the session (counted against -C as the
+        source `counted`, unless that is empty), the rules' refusal, or the
+        refusal of a source over -C."""
         try:
             pid = os.fork()
         except OSError as e:
@@ -248,7 +308,8 @@ class Server:
             status = TROUBLE
             try:
                 reset_signals()  # no handler may write to the pipe closed next
-                self.sock.close()
+                for sock in self.socks:
+                    sock.close()
                 for fd in self.wake_fds:
                     os.close(fd)
                 status = refuse(conn, remote, self.refusal(rule), self.settings) if over \
@@ -257,16 +318,16 @@ class Server:
                 log(f"session failed: {type(e).__name__}: {e}")
             finally:
                 os._exit(status if isinstance(status, int) else TROUBLE)
-        source = remote[0]
-        self.children[pid] = source if counted else ""
+        self.children[pid] = counted
         if counted:
-            self.per_source[source] = self.per_source.get(source, 0) + 1
+            self.per_source[counted] = self.per_source.get(counted, 0) + 1
         self.log_status()
 
     # -- the loop --------------------------------------------------------------
     def serve(self) -> int:
         wake = self.install_signals()
-        self.sock.setblocking(False)
+        for sock in self.socks:
+            sock.setblocking(False)
         self.log_status()
         import select
 
@@ -278,21 +339,25 @@ class Server:
                 self.load()
             waiting = [wake]
             if len(self.children) < self.opts.limit:
-                waiting.append(self.sock.fileno())
+                waiting += self.listening
             ready = select.select(waiting, [], [])[0]
             if wake in ready:
+                ready.remove(wake)
                 try:
                     while os.read(wake, 512):
                         pass
                 except BlockingIOError:
                     pass
-            if self.sock.fileno() in ready and not self.stopping:
-                self.accept()
+            for fd in ready:
+                if self.stopping or len(self.children) >= self.opts.limit:
+                    break
+                self.accept(self.listening[fd])
         return self.shutdown(wake)
 
     def shutdown(self, wake: int) -> int:
         """SIGTERM: no new connections; running sessions get `grace` seconds, then SIGTERM."""
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
         self.reap()  # sessions that ended while the signal came: no wake-up will say so
         if self.children:
             log(f"SIGTERM: waiting up to {self.opts.grace} s for "
@@ -377,12 +442,12 @@ def main() -> int:
         log(f"{e}\n{USAGE}")
         return 100
     try:
-        sock = listening_socket(opts)
+        socks = listening_sockets(opts)
     except Fatal as e:
         log(f"fatal: {e}")
         return 111
     if opts.print_port:
-        print(sock.getsockname()[1], flush=True)
+        print(socks[0].getsockname()[1], flush=True)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)  # the server never talks on its own stdin and stdout
     os.dup2(null, 1)
@@ -390,12 +455,14 @@ def main() -> int:
     rules = RulesFile(opts.rules.encode(), opts.allow_missing_rules) if opts.rules else None
     localhost = opts.localhost.encode() if opts.localhost is not None else None
     settings = ChildSettings(localhost, opts.verbosity >= 2, opts.session_argv,
-                          preload.PreloadedTLS())
-    server = Server(sock, opts, settings, rules)
+                             preload.PreloadedTLS(), opts.force6)
+    server = Server(socks, opts, settings, rules)
     # Code is loaded with the privileges the server started with (the
     # interpreter's library may be closed to the service user), configuration
     # is read after dropping them, as every session reads it.
     missing = preload.import_modules(preload.SESSION_MODULES)
+    if opts.per_source:
+        source_of("::")  # -C counts IPv6 clients with ipaddress: loaded now, not as the user
     if missing:
         log(f"fatal: unable to load {' '.join(missing)}")
         return 111
@@ -405,6 +472,8 @@ def main() -> int:
         except Exception:
             pass
     server.import_auth()
+    # from here on, a module of a newer installation is refused, never mixed in
+    server.installation = upgrade.guard(os.path.dirname(os.path.abspath(__file__)))
     try:
         drop_privileges(opts)
     except Fatal as e:

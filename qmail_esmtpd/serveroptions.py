@@ -1,7 +1,8 @@
 """qmail-esmtpd-server's command line: tcpserver's options, where they exist.
 
   -c N   at most N sessions at once (40); more connections wait in the backlog
-  -C N   at most N sessions from one IPv4 address (0: no limit); more get 421
+  -C N   at most N sessions from one source, an IPv4 address or an IPv6 /64
+         (0: no limit); more get 421
   -b N   listen backlog (20)
   -x CDB tcprules file; -X: allow all when it is missing
   -u UID, -g GID, -U ($UID, $GID): run as that user and group after binding,
@@ -10,7 +11,10 @@
   -H, -R   accepted: no DNS and no ident lookups is the only mode
   -v, -q, -Q  verbose (tcpserver -v's lines), quiet, errors only (default)
   -1     print the local port on stdout once listening
-  -S     take the listening socket from systemd (LISTEN_FDS, Accept=no)
+  -S     take the listening sockets from systemd (LISTEN_FDS, Accept=no)
+  -4     IPv4 only: HOST 0 listens on 0.0.0.0 (default: :: for IPv6 and IPv4)
+  -6     IPv4 clients in IPv6 form too: PROTO=TCP6, TCPREMOTEIP=::ffff:a.b.c.d
+  -I IF  the interface of a link-local HOST (fe80::...)
   -T S   on SIGTERM, wait at most S seconds (60) for running sessions
 """
 
@@ -18,11 +22,11 @@ import os
 
 from .config import MAX_SECONDS
 
-USAGE = ("usage: qmail-esmtpd-server [-vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
-         "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] "
+USAGE = ("usage: qmail-esmtpd-server [-46vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
+         "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] [-I interface] "
          "{host port | -S} [arg ...]")
-OPTIONS_WITH_VALUE = "cCbxuglT"
-OPTIONS_FLAGS = "vqQHR1SXUD"
+OPTIONS_WITH_VALUE = "cCbxuglTI"
+OPTIONS_FLAGS = "46vqQHR1SXUD"
 
 
 class UsageError(Exception):
@@ -44,6 +48,9 @@ class Options:
         self.verbosity = 1
         self.print_port = False
         self.systemd = False
+        self.ipv4_only = False  # -4
+        self.force6 = False  # -6
+        self.interface: str | None = None  # -I
         self.grace = 60
         self.host = ""
         self.port = ""
@@ -121,6 +128,8 @@ def _set_value(opts: Options, letter: str, value: str) -> None:
         opts.rules = value
     elif letter == "l":
         opts.localhost = value
+    elif letter == "I":
+        opts.interface = value
 
 
 def _set_flag(opts: Options, letter: str) -> None:
@@ -136,6 +145,10 @@ def _set_flag(opts: Options, letter: str) -> None:
         opts.systemd = True
     elif letter == "X":
         opts.allow_missing_rules = True
+    elif letter == "4":
+        opts.ipv4_only = True
+    elif letter == "6":
+        opts.force6 = True
     elif letter == "U":  # as tcpserver: each from its variable when that is set
         uid, gid = os.environ.get("UID"), os.environ.get("GID")
         if uid is not None:

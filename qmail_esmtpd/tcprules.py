@@ -1,10 +1,15 @@
 """tcpserver's access rules: the admin's `tcp.smtp.cdb`, as `tcprules` compiled it.
 
-The lookup is tcpserver's (ucspi-tcp 0.88, rules.c) for a server that does
-no DNS and no ident lookups (`tcpserver -H -R`): the exact address, then each
-shorter prefix ending in a dot (`1.2.3.`, `1.2.`, `1.`), then the empty key.
-`=host` and `info@` keys are never looked up, as tcpserver skips them when it
-has no remote host name or remote info.  The first key found decides.
+The lookup is tcpserver's (ucspi-tcp 0.88 with Debian's IPv6 patch, rules.c)
+for a server that does no DNS and no ident lookups (`tcpserver -H -R`): the
+exact address as TCPREMOTEIP writes it (tcpaddress.py), then each shorter
+prefix ending in a dot or a colon (`1.2.3.`, `1.2.`, `1.`; `2001:db8:1::`,
+`2001:db8:1:`, `2001:db8:`, `2001:`), then the empty key.  The keys are
+strings, not networks: `2001:db8::` is no prefix of `2001:db8:0:1::5`'s
+text `2001:db8:0:1::5`, and an IPv4 client's rules are its IPv4 ones, mapped
+or not.  `=host` and `info@` keys are never looked up, as tcpserver skips
+them when it has no remote host name or remote info.  The first key found
+decides.
 
 A value is tcprules' encoding: NUL-terminated instructions, `D` for deny and
 `+NAME=VALUE` for each variable, in the order of the rules line.
@@ -29,13 +34,14 @@ class Rule:
         self.variables = variables
 
 
+PREFIX_ENDS = b".:"  # a key shorter than the address ends in one of these
 ALLOW_ALL = Rule(False, [])  # no rule matched (or -X without a file): allow, nothing set
 
 
 def lookup_keys(ip: bytes) -> list[bytes]:
     """The keys tcpserver tries for `ip`, in its order (without host or info)."""
     keys = [ip]
-    keys += [ip[:i + 1] for i in range(len(ip) - 2, -1, -1) if ip[i:i + 1] == b"."]
+    keys += [ip[:i + 1] for i in range(len(ip) - 2, -1, -1) if ip[i] in PREFIX_ENDS]
     keys.append(b"")
     return keys
 

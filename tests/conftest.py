@@ -103,12 +103,13 @@ def forkserver(tmp_path: Path, control: Path, queue: Queue):
 
     def start(rules: str = ":allow\n", env: dict | None = None, argv: list | None = None,
               options: list | None = None, wrapper: list | None = None,
-              program: Path = FORKSERVER) -> ForkServer:
+              program: Path = FORKSERVER, host: str = "127.0.0.1",
+              rules6: bool = False) -> ForkServer:
         base = {"QMAIL_CONTROL": str(control), **queue.env, **(env or {})}
         if "AUTHDB" in base and "host=/" in base["AUTHDB"]:  # the cluster's socket
             let_service_user_in(Path(base["AUTHDB"].split("host=")[1].split()[0]))
         server = ForkServer(tmp_path, rules, base, argv, options=options, wrapper=wrapper,
-                            program=program)
+                            program=program, host=host, rules6=rules6)
         servers.append(server)
         return server
 

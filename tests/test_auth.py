@@ -13,6 +13,7 @@ from qmail_esmtpd.auth.passwords import context
 
 from conftest import Accounts
 from harness.files import write_program
+from harness.frontend import LOOPBACK
 from harness.paths import FAKE_CHECKPASSWORD, FAKE_QUEUE, SERVER
 from harness.postgres import Cluster
 from harness.processes import imported_modules
@@ -22,7 +23,7 @@ ELSEWHERE = "someone@elsewhere.example.org"
 
 
 def smtp(server) -> smtplib.SMTP:
-    return smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=60)
+    return smtplib.SMTP(LOOPBACK, server.port, local_hostname="client.test", timeout=60)
 
 
 def login(c: smtplib.SMTP, user: str, password: str, mechanism: str = "PLAIN") -> None:
@@ -43,7 +44,7 @@ def test_authenticated_client_may_relay_and_is_counted(db, tcpserver, queue, mec
     (run,) = queue.queued()
     assert run["recipients"] == [ELSEWHERE]
     first, second = run["message"].split(b"\n")[:2]
-    assert first == b"Received: from unknown (HELO client.test) (alice@127.0.0.1)"
+    assert first == b"Received: from unknown (HELO client.test) (alice@%s)" % LOOPBACK.encode()
     assert second.startswith(b"  by localhost with ESMTPA; ")
     assert db.counts(ALICE) == (1, 1)
 
@@ -69,7 +70,7 @@ def test_swaks_auth(db, tcpserver, queue):
     server = tcpserver(":allow\n", env=db.env())
 
     def swaks(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["swaks", "--server", f"127.0.0.1:{server.port}",
+        return subprocess.run(["swaks", "--server", LOOPBACK, "--port", str(server.port),
                                "--from", "alice@client.test", "--to", ELSEWHERE,
                                "--auth-user", ALICE, *args], capture_output=True, timeout=60)
 
@@ -153,7 +154,7 @@ def test_inactive_user_and_odd_credentials_are_a_clean_535(db, tcpserver):
     server = tcpserver(":allow\n", env=db.env(AUTHMAXFAIL="10"))
     attempts = [b"\0sleepy\0pw", b"\0alice\0" + ALICE_PW.encode() + b"\0extra",
                 b"\0\xff\xfe\0pw", b"\0alice\0" + b"a" * 5000]
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+    with socket.create_connection((LOOPBACK, server.port), timeout=30) as s:
         f = s.makefile("rb")
         f.readline()
         for plain in attempts:
@@ -204,7 +205,7 @@ def test_repeated_failures_are_slow_then_421(db, tcpserver):
     db.add(ALICE, ALICE_PW)
     server = tcpserver(":allow\n", env=db.env(AUTHFAILDELAY="1", AUTHMAXFAIL="2"))
     bad = base64.b64encode(b"\0alice\0wrong")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+    with socket.create_connection((LOOPBACK, server.port), timeout=30) as s:
         f = s.makefile("rb")
         f.readline()
         start = time.monotonic()
@@ -224,8 +225,8 @@ def test_log_lines_name_the_outcome_never_the_secret(db, tcpserver):
     with smtp(server) as c:
         with pytest.raises(smtplib.SMTPAuthenticationError):
             login(c, "mallory", "hunter2-secret")
-    ok = "auth ok user=alice ip=127.0.0.1 mech=LOGIN"
-    fail = "auth fail user=mallory ip=127.0.0.1 mech=PLAIN"
+    ok = f"auth ok user=alice ip={LOOPBACK} mech=LOGIN"
+    fail = f"auth fail user=mallory ip={LOOPBACK} mech=PLAIN"
     log = server.wait_log(ok, fail)
     assert ok in log
     assert fail in log
@@ -241,7 +242,7 @@ def test_unauthenticated_auth_parameter_does_not_reach_received(db, tcpserver, q
         c.sendmail("a@client.test", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n",
                    mail_options=["AUTH=mallory@evil.example"])
     (run,) = queue.queued()
-    assert b"mallory" not in run["message"] and b"(127.0.0.1)" in run["message"]
+    assert b"mallory" not in run["message"] and b"(%s)" % LOOPBACK.encode() in run["message"]
 
 
 def test_checkpassword_command_line(tcpserver, queue, tmp_path):
@@ -376,7 +377,7 @@ def test_database_trouble_is_a_454(pg, db, tcpserver, trouble):
     finally:
         if trouble == "statement timeout":
             db.database.conn.rollback()
-    assert "auth database: ip=127.0.0.1: " in server.logpath.read_text()
+    assert f"auth database: ip={LOOPBACK}: " in server.logpath.read_text()
 
 
 def test_sender_bound_to_the_login(db, tcpserver, queue):

@@ -1,5 +1,6 @@
 """qmail-esmtpd-server: tcpserver's rules and environment (checked against real
-tcprules/tcpserver on the same cdb), its limits, signals, privileges and logs."""
+tcprules/tcpserver on the same cdb, and Debian's ucspi-tcp-ipv6 for IPv6),
+its limits, signals, privileges and logs."""
 
 import os
 import pwd
@@ -18,19 +19,56 @@ import pytest
 from qmail_esmtpd import replies
 from qmail_esmtpd.config import MAX_SECONDS
 from qmail_esmtpd.serveroptions import MAX_COUNT, UsageError, parse
+from qmail_esmtpd.tcpaddress import ip6_text, tcp_ips
 from qmail_esmtpd.tcprules import RulesFile, decode, find_rule, lookup_keys
 
-from harness.files import closed_library_server, compile_users, self_signed_pem, write_program
+from harness.files import (
+    closed_library_server,
+    compile_users,
+    self_signed_pem,
+    write_launcher,
+    write_program,
+)
 from harness.forkserver import ForkServer
+from harness.netns import own_network
 from harness.paths import FORKSERVER, ROOT, SERVER
 from harness.system_users import let_service_user_in, service_ids
 from harness.tcpserver import TcpServer
+from harness.ucspi6 import Ucspi6Server, compile_rules6
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root: a network namespace of its own")
 
 # --- the lookup, pure ---------------------------------------------------------
 
 
 def test_lookup_order_is_tcpservers_without_host_names():
     assert lookup_keys(b"10.1.2.3") == [b"10.1.2.3", b"10.1.2.", b"10.1.", b"10.", b""]
+
+
+def test_ipv6_lookup_tries_each_prefix_ending_in_a_colon():
+    """As ucspi-tcp-ipv6's rules.c (seen on the real binary: the table test below)."""
+    assert lookup_keys(b"2001:db8:aa:bb::cc") == [
+        b"2001:db8:aa:bb::cc", b"2001:db8:aa:bb::", b"2001:db8:aa:bb:", b"2001:db8:aa:",
+        b"2001:db8:", b"2001:", b""]
+    assert lookup_keys(b"::1") == [b"::1", b"::", b":", b""]
+
+
+def test_addresses_are_written_as_ucspi_tcp_ipv6_writes_them():
+    """Its ip6_fmt, not inet_ntop: a lone zero group is `::` too, the first of
+    two equally long runs is, and only a mapped address has a dotted tail."""
+    table = {"2001:db8:0:1:1:1:1:1": "2001:db8::1:1:1:1:1",
+             "2001:db8:1:0:0:1:0:0": "2001:db8:1::1:0:0",
+             "2001:DB8:0:0:1::": "2001:db8:0:0:1::", "::": "::", "::1": "::1",
+             "::1.2.3.4": "::102:304", "1::": "1::", "fe80::1:2": "fe80::1:2",
+             "1:2:3:4:5:6:7:8": "1:2:3:4:5:6:7:8", "::ffff:10.0.0.1": "::ffff:10.0.0.1"}
+    for address, text in table.items():
+        assert ip6_text(socket.inet_pton(socket.AF_INET6, address)) == text, address
+    assert tcp_ips("10.0.0.1") == ("10.0.0.1", "::ffff:10.0.0.1")
+    assert tcp_ips("::ffff:10.0.0.1") == ("10.0.0.1", "::ffff:10.0.0.1")
+    assert tcp_ips("::ffff:10.0.0.1", force6=True) == ("::ffff:10.0.0.1",) * 2
+    assert tcp_ips("10.0.0.1", force6=True) == ("::ffff:10.0.0.1",) * 2
+    assert tcp_ips("fe80::1%lo") == ("fe80::1", "fe80::1")
 
 
 def test_values_decode_as_tcpservers_found():
@@ -78,7 +116,9 @@ RULES = """\
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.5.5", "127.1.2.4", "127.1.2.9", "127.1.9.9",
            "127.9.9.9"]
 # what differs by nature between two servers: ports, and where each records
-DIFFERENT = {"TCPLOCALPORT", "TCPREMOTEPORT", "ENVDIR"}
+DIFFERENT = {"TCPLOCALPORT", "TCPREMOTEPORT", "TCP6LOCALPORT", "TCP6REMOTEPORT", "ENVDIR"}
+# ucspi-tcp 0.88 has none of these; the server sets them as ucspi-tcp-ipv6 does
+TCP6_VARIABLES = frozenset({"TCP6LOCALIP", "TCP6LOCALHOST", "TCP6REMOTEIP"})
 
 
 def env_queue(directory: Path) -> Path:
@@ -90,10 +130,10 @@ def env_queue(directory: Path) -> Path:
         "cat >/dev/null && cat <&1 >/dev/null\n"))
 
 
-def one_session(port: int, source: str) -> str:
+def one_session(port: int, source: str, destination: str = "127.0.0.1") -> str:
     """'denied' (closed before a greeting) or 'queued'."""
     try:
-        client = smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0))
+        client = smtplib.SMTP(destination, port, timeout=20, source_address=(source, 0))
     except smtplib.SMTPServerDisconnected:
         return "denied"
     with client:
@@ -101,12 +141,12 @@ def one_session(port: int, source: str) -> str:
     return "queued"
 
 
-def recorded(directory: Path, source: str) -> dict:
+def recorded(directory: Path, source: str, ignore: frozenset[str] = frozenset()) -> dict:
     path = directory / source
     if not path.exists():
         return {}
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k: v for k, v in pairs if k not in DIFFERENT}
+    return {k: v for k, v in pairs if k not in DIFFERENT | ignore}
 
 
 def verbose_lines(log: str, program: str) -> tuple[list[str], set[str]]:
@@ -143,7 +183,7 @@ def test_same_decisions_and_environment_as_tcpserver(tmp_path, control, env_dirs
             expected = one_session(reference.port, source)
             assert one_session(ours.port, source) == expected, source
             theirs = recorded(env_dirs["tcpserver"], source)
-            mine = recorded(env_dirs["forkserver"], source)
+            mine = recorded(env_dirs["forkserver"], source, ignore=TCP6_VARIABLES)
             assert mine == theirs, source
             if expected == "queued":
                 assert mine["TCPREMOTEIP"] == source and "WHICH" in mine
@@ -161,6 +201,155 @@ def test_same_decisions_and_environment_as_tcpserver(tmp_path, control, env_dirs
         uid = (env_dirs["forkserver"] / "127.0.0.1.uid").read_text().strip()
         assert uid == str(subprocess.run(["id", "-u", "nobody"], capture_output=True,
                                          text=True).stdout.strip())
+
+
+# --- against real ucspi-tcp-ipv6 (Debian's tcpserver with the IPv6 patch) ---------
+
+RULES6 = """\
+::1:allow,WHICH="v6 exact",RELAYCLIENT=""
+2001:db8:aa:bb:::allow,WHICH="ends in two colons"
+2001:db8:aa:bb::allow,WHICH="four groups"
+2001:db8:aa::allow,WHICH="three groups"
+2001:db8:dead::deny
+2001:db8::1:1:1:1:1:allow,WHICH="one zero group written ::"
+2001:db8::allow,WHICH="two groups",DATABYTES="100000"
+::102:304:allow,WHICH="hex, not dotted"
+127.0.0.1:allow,WHICH="v4 exact"
+127.0.0.:allow,WHICH="v4 three"
+127.0.:deny
+::ffff:127.1.0.1:allow,WHICH="mapped key: only under -6"
+127.1.2.3-5:allow,WHICH="range"
+127.1.:allow,WHICH="v4 two"
+=localhost:deny
+:::allow,WHICH="double colon"
+:allow,WHICH="default",TCPLOCALHOST="from-a-rule"
+"""
+# (source, destination): IPv6 clients, IPv4 ones (mapped on the dual-stack
+# socket), and IPv4 ones from an IPv6 socket (::ffff:a.b.c.d on the wire alike)
+SOURCES6 = [
+    ("::1", "::1"), ("2001:db8:aa:bb::cc", "::1"), ("2001:db8:aa:bb:1:2:3:4", "::1"),
+    ("2001:db8:aa:cc::1", "2001:db8:0:1:1:1:1:1"), ("2001:db8:dead::1", "::1"),
+    ("2001:db8:0:1:1:1:1:1", "::1"), ("2001:db8:1:0:0:1:0:0", "::1"),
+    ("2001:db8:0:1::5", "::1"), ("::102:304", "::1"), ("::5", "::1"), ("2001:db9::1", "::1"),
+    ("127.0.0.1", "127.0.0.1"), ("127.0.0.2", "127.0.0.1"), ("127.0.5.5", "127.0.0.1"),
+    ("127.1.2.4", "127.0.0.1"), ("127.1.0.1", "127.0.0.1"), ("127.9.9.9", "127.0.0.1"),
+    ("::ffff:127.0.0.3", "::ffff:127.0.0.1"), ("::ffff:127.1.0.1", "::ffff:127.0.0.1"),
+]
+OWN_ADDRESSES = [source for source, _ in SOURCES6 if ":" in source and source != "::1" and
+                 not source.startswith("::ffff:")]
+
+
+def recorded_as(directory: Path, address: str) -> dict:
+    """What the session from `address` recorded, under whichever name its
+    TCPREMOTEIP gave the file (IPv6 written ucspi-tcp-ipv6's way, -6 or not)."""
+    ip6 = tcp_ips(address)[1]
+    for path in directory.iterdir():
+        if not path.name.endswith(".uid"):
+            seen = recorded(directory, path.name)
+            if seen.get("TCP6REMOTEIP") == ip6:
+                return seen
+    return {}
+
+
+@needs_root
+@pytest.mark.parametrize("options", [[], ["-6"]], ids=["default", "force6"])
+def test_same_decisions_and_environment_as_ucspi_tcp_ipv6(tmp_path, control, env_dirs, options):
+    """Issue 25, item 1: on one cdb from ucspi-tcp-ipv6's own tcprules, both
+    listening on 0 (IPv6 and IPv4 on one socket): the same allow or deny and
+    the same environment (TCPREMOTEIP/TCPLOCALIP written alike, TCP6 twins,
+    PROTO) for each IPv6, IPv4 and mapped source; the same -v lines for the
+    IPv6 ones (an IPv4 client's keep ucspi-tcp 0.88's dotted form)."""
+    queue = env_queue(tmp_path)
+    cdb = tmp_path / "tcp.smtp6.cdb"
+    compile_rules6(RULES6, cdb)
+    base = {"QMAIL_CONTROL": str(control), "QMAILQUEUE": str(queue),
+            "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    with own_network(OWN_ADDRESSES):
+        reference = Ucspi6Server(tmp_path, cdb, {**base, "ENVDIR": str(env_dirs["tcpserver"])},
+                                 options=options)
+        ours = ForkServer(tmp_path, "", {**base, "ENVDIR": str(env_dirs["forkserver"])},
+                          host="0", cdb=cdb, options=options)
+        try:
+            decisions = {}
+            for source, destination in SOURCES6:
+                decisions[source] = one_session(reference.port, source, destination)
+                assert one_session(ours.port, source, destination) == decisions[source], source
+            theirs_lines, _ = verbose_lines(reference.log(), "tcpserver")
+            mine_lines, _ = verbose_lines(ours.log(), "qmail-esmtpd-server")
+        finally:
+            reference.stop()
+            ours.stop()
+    for source, _ in SOURCES6:
+        plain = source.removeprefix("::ffff:")
+        theirs = recorded_as(env_dirs["tcpserver"], plain)
+        assert recorded_as(env_dirs["forkserver"], plain) == theirs, source
+        assert bool(theirs) == (decisions[source] == "queued"), source
+    if not options:  # what the table is for: each kind of key matched somewhere
+        assert {source for source, decision in decisions.items() if decision == "denied"} == \
+            {"2001:db8:dead::1", "127.0.5.5"}
+        which = {recorded_as(env_dirs["forkserver"], s.removeprefix("::ffff:")).get("WHICH")
+                 for s, _ in SOURCES6}
+        assert which >= {"v6 exact", "ends in two colons", "four groups", "three groups",
+                         "one zero group written ::", "two groups", "hex, not dotted",
+                         "double colon", "v4 exact", "v4 three", "range", "v4 two",
+                         "default"}, which
+        seen = recorded_as(env_dirs["forkserver"], "2001:db8:aa:cc::1")
+        assert (seen["PROTO"], seen["TCPLOCALIP"]) == ("TCP6", "2001:db8::1:1:1:1:1")
+        assert recorded_as(env_dirs["forkserver"], "127.0.0.3")["TCP6REMOTEIP"] == \
+            "::ffff:127.0.0.3"
+    else:  # -6: an IPv4 client is written, and looked up, as ::ffff:a.b.c.d
+        seen = recorded_as(env_dirs["forkserver"], "127.1.0.1")
+        assert (seen["WHICH"], seen["PROTO"], seen["TCPREMOTEIP"]) == \
+            ("mapped key: only under -6", "TCP6", "::ffff:127.1.0.1")
+    ipv6_lines = [line for line in theirs_lines if "." not in line]
+    assert len(ipv6_lines) >= 9
+    assert [line for line in mine_lines if "." not in line] == ipv6_lines
+
+
+@needs_root
+def test_per_source_limit_counts_an_ipv6_64(forkserver, tmp_path):
+    """Issue 25, item 1: -C counts an IPv6 client's /64 as one source, as the
+    AUTH throttle does, and an IPv4 client alike whether mapped or not."""
+    with own_network(["2001:db8:aa:bb::1", "2001:db8:aa:bb::2", "2001:db8:aa:cc::1"]):
+        server = forkserver(":allow\n", options=["-C", "1"], host="0")
+        try:
+            def connect(source: str, destination: str = "::1") -> socket.socket:
+                return socket.create_connection((destination, server.port), timeout=20,
+                                                source_address=(source, 0))
+
+            first = connect("2001:db8:aa:bb::1")
+            assert greeting(first).startswith(b"220 ")
+            same_64 = connect("2001:db8:aa:bb::2")
+            assert same_64.makefile("rb").read() == replies.TOO_MANY_FROM_SOURCE
+            other_64 = connect("2001:db8:aa:cc::1")
+            assert greeting(other_64).startswith(b"220 ")
+            ipv4 = connect("127.0.0.7", "127.0.0.1")
+            assert greeting(ipv4).startswith(b"220 ")
+            mapped = connect("::ffff:127.0.0.7", "::ffff:127.0.0.1")
+            assert mapped.makefile("rb").read() == replies.TOO_MANY_FROM_SOURCE
+            for sock in (first, same_64, other_64, ipv4, mapped):
+                sock.close()
+            log = wait_count(server, ": end ", 5)
+        finally:
+            server.stop()
+    assert re.search(r"limit \d+ localhost:::1:\d+ :2001:db8:aa:bb::2::\d+", log), log
+    assert re.search(r"limit \d+ localhost:127\.0\.0\.1:\d+ :127\.0\.0\.7::\d+", log), log
+
+
+def test_listens_as_ucspi_tcp_ipv6_on_0_and_an_ipv6_address(forkserver):
+    """0 takes IPv6 and IPv4 clients on one socket, -4 IPv4 only, ::1 IPv6 only."""
+    both = forkserver(":allow\n", host="0")
+    assert one_session(both.port, "::1", "::1") == "queued"
+    assert one_session(both.port, "127.0.0.1") == "queued"
+    assert re.search(r"ok \d+ localhost:::1:\d+ :::1::\d+", both.wait_log(":::1::"))
+    ipv4 = forkserver(":allow\n", host="0", options=["-4"])
+    assert one_session(ipv4.port, "127.0.0.1") == "queued"
+    with pytest.raises(OSError):
+        socket.create_connection(("::1", ipv4.port), timeout=5).close()
+    ipv6 = forkserver(":allow\n", host="::1", rules6=True)
+    assert one_session(ipv6.port, "::1", "::1") == "queued"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", ipv6.port), timeout=5).close()
 
 
 def test_a_replaced_rules_file_counts_from_the_next_connection(forkserver, queue):
@@ -516,6 +705,47 @@ def test_systemd_socket(tmp_path, control, queue):
     assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", log.read_text())
 
 
+def test_systemd_sockets_one_per_family(tmp_path, control, queue):
+    """Issue 25, item 1: LISTEN_FDS=2, an IPv6 socket on fd 3 and an IPv4 one
+    on fd 4 (two ListenStream= lines): the server accepts on both."""
+    let_service_user_in(tmp_path)
+    listeners = [socket.socket(socket.AF_INET6), socket.socket(socket.AF_INET)]
+    listeners[0].setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listeners[0].bind(("::1", 0))
+    listeners[1].bind(("127.0.0.1", 0))
+    for listener in listeners:
+        listener.listen(5)
+    shim = ("import os, sys\n"
+            "os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4)\n"
+            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+            "os.execv(sys.argv[3], sys.argv[3:])\n")
+    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true",
+           "LISTEN_FDS": "2"}
+    log = tmp_path / "systemd.log"
+    fds = [listener.fileno() for listener in listeners]
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", shim, *map(str, fds),
+                                 str(FORKSERVER), "-v", "-S", "-T", "5", *service_ids()],
+                                env=env, pass_fds=fds, stderr=err, start_new_session=True)
+    try:
+        for listener in listeners:
+            with smtplib.SMTP(*listener.getsockname()[:2], timeout=20) as client:
+                assert client.ehlo("client.test")[0] == 250
+    finally:
+        for listener in listeners:
+            listener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=20) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert re.search(r"ok \d+ :::1:\d+ :::1::\d+", text), text
+    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", text), text
+
+
 def test_usage_errors_are_exit_100():
     out = subprocess.run([str(FORKSERVER), "-h", "0", "25"], capture_output=True, timeout=60)
     assert out.returncode == 100 and b"not supported" in out.stderr
@@ -581,19 +811,22 @@ def test_no_session_byte_comes_from_the_server(forkserver):
 CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("golden, scenarios", [("golden", "scenarios"),
                                                ("golden-auth", "scenarios-auth"),
                                                ("golden-utf8", "scenarios-utf8")])
-def test_recorded_transcripts_through_the_server(golden, scenarios):
+def test_recorded_transcripts_through_the_server(golden, scenarios, host):
     """`make conformance` with tests/conformance/through-server in the launcher's
-    place: a connection through qmail-esmtpd-server per scenario.  Left out:
-    scenarios without TCPREMOTEIP or TCPLOCALIP, which no TCP server makes."""
+    place: a connection through qmail-esmtpd-server per scenario, over IPv4
+    and over IPv6 (the scenario's TCP variables come from its rules either
+    way).  Left out: scenarios without TCPREMOTEIP or TCPLOCALIP, which no
+    TCP server makes."""
     chosen = [str(path) for path in sorted((CONFORMANCE / scenarios).glob("*.scn"))
               if not re.search(r"^unset TCP(REMOTE|LOCAL)IP$", path.read_text(), re.M)]
     assert len(chosen) >= 10
     out = subprocess.run([sys.executable, str(CONFORMANCE / "dialog.py"), "--check",
                           str(CONFORMANCE / golden), *chosen, "--",
-                          str(CONFORMANCE / "through-server"), str(FORKSERVER)],
+                          str(CONFORMANCE / "through-server"), "--host", host, str(FORKSERVER)],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert f"{len(chosen)} scenario(s), 0 failed" in out.stdout
@@ -689,3 +922,74 @@ def test_users_cdb_replaced_by_qmail_newu_counts_from_the_next_connection(forkse
     assert rcpt_code() == 550  # no .qmail-pat-x nor -default in the bare home
     newu(homes["catchall"])
     assert rcpt_code() == 250
+
+
+# --- make install over a running server -------------------------------------------
+
+
+def data_replies(port: int, source: str = "127.0.0.1") -> tuple[bytes, bytes]:
+    """The 354 and the final reply of one message: which code answered."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        code, text = client.docmd("DATA")
+        assert code == 354
+        client.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        return text, client.getreply()[1]
+
+
+def install_tree(library: Path, new: bool) -> None:
+    """This checkout's package into `library`, as tools/install.py puts it: a new
+    tree renamed into place.  The `new` one says so in its 354, and its AUTH
+    package (which the server does not preload without AUTH) on stderr."""
+    import shutil
+
+    stage = library.with_name(library.name + ".new")
+    shutil.copytree(ROOT / "qmail_esmtpd", stage / "qmail_esmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if new:
+        replies_py = stage / "qmail_esmtpd" / "replies.py"
+        replies_py.write_text(replies_py.read_text().replace(
+            'GO_AHEAD = b"354 go ahead\\r\\n"', 'GO_AHEAD = b"354 go ahead, new code\\r\\n"'))
+        auth_py = stage / "qmail_esmtpd" / "auth" / "__init__.py"
+        auth_py.write_text('import posix\nposix.write(2, b"new AUTH code loaded\\n")\n' +
+                           auth_py.read_text())
+    old = library.with_name(library.name + ".old")
+    if library.exists():
+        library.rename(old)
+    stage.rename(library)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def test_an_install_over_the_running_server_never_mixes_old_and_new_code(forkserver, tmp_path):
+    """Issue 25, item 3: the server runs the code it started with until it is
+    restarted.  After an install renamed a new tree into place, a session that
+    would need a module the server had not loaded (the AUTH package, switched
+    on by a rule since) is refused with a 421, not run with the new module
+    under the old code; every other session runs wholly old code, and after a
+    restart wholly new code."""
+    from qmail_esmtpd.upgrade import REFUSED
+
+    library = tmp_path / "lib"
+    install_tree(library, new=False)
+    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
+                             library=library)
+    rules = '127.0.0.2:allow,AUTHDB="dbname=nothing host=/nonexistent"\n:allow\n'
+    server = forkserver(":allow\n", program=program)
+    assert data_replies(server.port)[0] == b"go ahead"  # the first install's
+    install_tree(library, new=True)
+    server.compile_rules(rules)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20,
+                                  source_address=("127.0.0.2", 0)) as needs_auth:
+        assert needs_auth.makefile("rb").read() == REFUSED
+    assert data_replies(server.port)[0] == b"go ahead"  # old, whole
+    log = server.wait_log("installed anew under this server")
+    assert "new AUTH code loaded" not in log, log
+    assert "Traceback" not in log, log
+    server.stop()
+    restarted = forkserver(rules, program=program)
+    assert data_replies(restarted.port)[0] == b"go ahead, new code"  # new, whole
+    with smtplib.SMTP("127.0.0.1", restarted.port, timeout=20,
+                      source_address=("127.0.0.2", 0)) as client:
+        assert client.ehlo("client.test")[0] == 250
+    assert "new AUTH code loaded" in restarted.wait_log("new AUTH code loaded")

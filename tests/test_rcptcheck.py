@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.files import compile_users, write_launcher
+from harness.frontend import LOOPBACK
 from harness.processes import imported_modules
 from harness.system_users import world_readable_dir
 
@@ -109,7 +110,7 @@ def rcpt_codes(port: int, addresses: "list[str] | list[bytes]") -> dict:
     """One session, one RCPT each; the reply code each got (421 ends it).
     Addresses go on the wire as their bytes (a str as os.fsencode makes them)."""
     codes: dict = {}
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+    with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
         replies = sock.makefile("rb")
 
         def ask(line: bytes) -> int:
@@ -140,7 +141,7 @@ def test_rcpt_refuses_exactly_what_qmail_bounced(layout_server, qmail_layout, re
     codes = rcpt_codes(server.port, [address for address, _ in rows])
     assert codes == {address: expected_code(address, verdict) for address, verdict in rows}
     log = server.wait_log("recipient accepted unchecked")
-    assert "recipient unknown ip=127.0.0.1 rcpt=nosuchuser@example.com" in log
+    assert f"recipient unknown ip={LOOPBACK} rcpt=nosuchuser@example.com" in log
     # once a session: rcfrank-foo is just as unreadable, and was not logged again
     assert log.count("recipient accepted unchecked") == 1
     assert "rcpt=rceve-foo@example.com (" in log and "Permission denied" in log
@@ -189,7 +190,7 @@ def test_off_by_default_and_badrcptto_on_its_own(layout_server, qmail_layout):
         (control / "badrcptto").unlink()
     assert codes == {"TRAP@example.com": 553, "joe@virt.example": 553,
                      "nosuchuser@example.com": 250}
-    assert "badrcptto refused ip=127.0.0.1 rcpt=TRAP@example.com" in plain.log()
+    assert f"badrcptto refused ip={LOOPBACK} rcpt=TRAP@example.com" in plain.log()
 
 
 def test_harvesting_ends_the_session_after_the_limit(layout_server, qmail_layout):
@@ -198,7 +199,7 @@ def test_harvesting_ends_the_session_after_the_limit(layout_server, qmail_layout
     guesses = ["rcann@example.com"] + [f"guess{i}@example.com" for i in range(6)]
     codes = rcpt_codes(server.port, guesses)
     assert list(codes.values()) == [250, 550, 550, 550, 421]
-    assert "recipient harvesting ip=127.0.0.1 unknown=4: closing" in server.wait_log("harvesting")
+    assert f"recipient harvesting ip={LOOPBACK} unknown=4: closing" in server.wait_log("harvesting")
 
 
 def test_a_session_without_recipient_checks_loads_none_of_their_code(control):

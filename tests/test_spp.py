@@ -17,6 +17,7 @@ from test_auth import ALICE, ALICE_PW, login
 from qmail_esmtpd import check_spp
 
 from harness.files import write_program
+from harness.frontend import LOOPBACK
 from harness.processes import imported_modules, talk
 
 PLUGINS = Path(__file__).resolve().parent / "spp"
@@ -36,7 +37,7 @@ def plugins(control: Path):
 def send(port: int, rcpts: list[str], sender: str = "a@example.net") -> dict:
     """One transaction: each RCPT's (code, text), and DATA's if any was accepted."""
     out = {}
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+    with smtplib.SMTP(LOOPBACK, port, timeout=30) as client:
         client.ehlo("client.example.net")
         code, text = client.mail(sender)
         out["MAIL"] = (code, text)
@@ -66,7 +67,7 @@ def test_greylisting_plugin_defers_the_first_attempt_and_passes_the_retry(
     assert retry["u@example.com"][0] == 250 and retry["DATA"][0] == 250
     assert send(server.port, ["v@example.com"])["v@example.com"][0] == 451  # another triplet
     assert [r["recipients"] for r in queue.queued()] == [["u@example.com"]]
-    assert "greylisted 127.0.0.1 <a@example.net> <u@example.com>" in server.log()  # its stderr
+    assert f"greylisted {LOOPBACK} <a@example.net> <u@example.com>" in server.log()  # its stderr
 
 
 def test_rcpt_check_in_shell_refuses_and_redirects(tcpserver, plugins, queue, tmp_path):
@@ -81,7 +82,7 @@ def test_rcpt_check_in_shell_refuses_and_redirects(tcpserver, plugins, queue, tm
     assert out["abuse@example.com"][0] == 250
     assert out["u@elsewhere.org"][0] == 553  # N: qmail's own rcpthosts still applies
     assert queue.queued()[0]["recipients"] == ["abuse-trap@example.com", "u@example.com"]
-    assert "blocked recipient <blocked@example.com> from 127.0.0.1" in server.log()
+    assert f"blocked recipient <blocked@example.com> from {LOOPBACK}" in server.log()
 
 
 def test_header_plugin_and_variables_reach_later_plugins_and_qmail_queue(
@@ -98,7 +99,7 @@ def test_header_plugin_and_variables_reach_later_plugins_and_qmail_queue(
     lines = message.split(b"\n")
     assert lines[0].startswith(b"Received: from ") and lines[1].startswith(b"  by ")
     assert lines[2:5] == [b"X-Spp-Checked: helo=client.example.net from=<a@example.net> "
-                          b"ip=127.0.0.1", b"X-Seen-By-Data: yes", b"Subject: spp"]
+                          b"ip=" + LOOPBACK.encode(), b"X-Seen-By-Data: yes", b"Subject: spp"]
     assert seen.read_text() == "SPP_SEEN=1\n"
 
 
@@ -150,9 +151,9 @@ def test_a_nul_in_plugin_output_ends_the_line_as_in_the_patch(tcpserver, plugins
 
 
 def test_connect_plugins_can_replace_the_greeting_or_refuse(tcpserver, plugins):
-    plugins("[connection]\n:[ \"$TCPREMOTEIP\" = 127.0.0.1 ] && echo 'R554 no service for you'\n")
+    plugins(f"[connection]\n:[ \"$TCPREMOTEIP\" = {LOOPBACK} ] && echo 'R554 no service for you'\n")
     server = tcpserver()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as client:
+    with socket.create_connection((LOOPBACK, server.port), timeout=20) as client:
         assert client.makefile("rb").read() == b"554 no service for you\r\n"
 
 
@@ -298,7 +299,7 @@ def test_plugins_after_auth_see_relayclient_and_tcpremoteinfo(db, tcpserver, plu
     plugins('[rcpt]\n:if [ -z "${RELAYCLIENT+set}" ]; then echo "E550 not for you"; else'
             ' echo "HX-Auth: [$RELAYCLIENT] [$TCPREMOTEINFO]"; fi\n')
     server = tcpserver(env=db.env())
-    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=60) as c:
+    with smtplib.SMTP(LOOPBACK, server.port, local_hostname="client.test", timeout=60) as c:
         c.ehlo()
         c.mail("a@client.test")
         assert c.rcpt("u@example.com") == (550, b"not for you")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.files import write_program
-from harness.frontend import RELAY_LOCALHOST
+from harness.frontend import LOOPBACK, RELAY_LOCALHOST
 from harness.paths import SERVER
 from harness.processes import talk
 
@@ -19,7 +19,7 @@ REPLY_LINE = re.compile(rb"^\d{3}[ -]")
 
 
 def smtp(server) -> smtplib.SMTP:
-    return smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30)
+    return smtplib.SMTP(LOOPBACK, server.port, local_hostname="client.test", timeout=30)
 
 
 def test_a_rule_variable_with_an_empty_name_does_not_stop_delivery(tcpserver, queue):
@@ -40,7 +40,7 @@ def test_relaying_allowed_by_a_relayclient_rule(tcpserver, queue):
     (run,) = queue.queued()
     assert run["sender"] == "a@client.test" and run["recipients"] == ["b@elsewhere.org"]
     header = run["message"].split(b"\n")[:2]
-    assert header[0] == b"Received: from unknown (HELO client.test) (127.0.0.1)"
+    assert header[0] == b"Received: from unknown (HELO client.test) (%s)" % LOOPBACK.encode()
     assert header[1].startswith(b"  by localhost with SMTP; ")
 
 
@@ -69,7 +69,7 @@ def test_several_messages_in_one_session(tcpserver, queue):
 def test_swaks(tcpserver, queue):
     server = tcpserver(RELAY_LOCALHOST)
     out = subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{server.port}", "--from", "s@client.test",
+        ["swaks", "--server", LOOPBACK, "--port", str(server.port), "--from", "s@client.test",
          "--to", "r@elsewhere.org", "--helo", "swaks.test", "--header", "Subject: swaks"],
         capture_output=True, timeout=60)
     assert out.returncode == 0, out.stdout.decode(errors="replace")
@@ -110,7 +110,7 @@ def test_50_mb_message_streams_with_bounded_memory(tcpserver, tmp_path):
     line = b"x" * 998 + b"\r\n"
     body = b"x" * 998 + b"\n"  # as queued
     count = 50 * 1024 * 1024 // len(body) + 1
-    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+    with socket.create_connection((LOOPBACK, server.port), timeout=60) as s:
         f = s.makefile("rb")
         assert f.readline().startswith(b"220 ")
         s.sendall(b"MAIL FROM:<big@client.test>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
@@ -124,7 +124,8 @@ def test_50_mb_message_streams_with_bounded_memory(tcpserver, tmp_path):
     assert final.startswith(b"250 ok ")
     record = json.loads(result.read_text())
     received = record["received"].encode("latin-1")
-    assert received.startswith(b"Received: from unknown (127.0.0.1)\n  by localhost with SMTP; ")
+    assert received.startswith(b"Received: from unknown (%s)\n  by localhost with SMTP; "
+                               % LOOPBACK.encode())
     received += b"Subject: big\n\n"
     digest = hashlib.sha256(received)
     for _ in range(count):
@@ -137,7 +138,7 @@ def test_50_mb_message_streams_with_bounded_memory(tcpserver, tmp_path):
 
 def test_client_dropping_mid_data_queues_nothing(tcpserver, queue):
     server = tcpserver(RELAY_LOCALHOST)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+    with socket.create_connection((LOOPBACK, server.port), timeout=30) as s:
         f = s.makefile("rb")
         f.readline()
         s.sendall(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
@@ -189,7 +190,7 @@ def test_timeout_ends_the_session(tcpserver, control):
     (control / "timeoutsmtpd").write_text("1\n")
     server = tcpserver(RELAY_LOCALHOST)
     start = time.monotonic()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+    with socket.create_connection((LOOPBACK, server.port), timeout=10) as s:
         f = s.makefile("rb")
         assert f.readline().startswith(b"220 ")
         assert f.readline() == b"451 timeout (#4.4.2)\r\n"

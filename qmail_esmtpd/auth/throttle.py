@@ -28,6 +28,7 @@ Rows older than a day are deleted as new failures arrive.
 
 from ..config import ControlError, number_setting
 from ..log import log
+from ..sources import source_of
 from .db import Database
 
 TYPE_CHECKING = False
@@ -58,27 +59,6 @@ WITH expired AS (
 INSERT INTO authfailures (source, name, attempt) VALUES (%(source)s, %(name)s, %(attempt)s)
 ON CONFLICT (source, name, attempt) DO UPDATE SET at = now()
 """
-
-
-def source_of(remoteip: str) -> str | None:
-    """The network a client answers for: its IPv4 address, or its IPv6 /64
-    (an IPv4-mapped IPv6 address is the IPv4 one).  None when not an address."""
-    parts = remoteip.split(".")
-    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
-        return ".".join(str(int(p)) for p in parts)  # the usual case, without ipaddress
-    if ":" not in remoteip:
-        return None
-    import ipaddress  # (13 ms: IPv6 clients only)
-
-    try:
-        address = ipaddress.ip_address(remoteip.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 class Status:

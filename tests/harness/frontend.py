@@ -8,6 +8,9 @@ from pathlib import Path
 from .processes import StartError
 
 RELAY_LOCALHOST = '127.0.0.1:allow,RELAYCLIENT=""\n:allow\n'  # tcprules: we may relay
+# where the end-to-end suites' clients connect from and to; the IPv6 run of
+# test_forkserver_suites.py has their tests and helpers see ::1 here instead
+LOOPBACK = "127.0.0.1"
 
 
 def compile_rules(rules: str, cdb: Path) -> None:

@@ -36,9 +36,9 @@ def wait_listening(port: int, proc: subprocess.Popen, what: str, timeout: float 
             time.sleep(0.02)
 
 
-def talk(port: int, data: bytes, timeout: float = 20) -> bytes:
+def talk(port: int, data: bytes, timeout: float = 20, host: str = "127.0.0.1") -> bytes:
     """Send everything, then read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         chunks = []
