@@ -12,6 +12,7 @@ import signal
 import smtplib
 import socket
 import statistics
+import subprocess
 import time
 
 import bcrypt
@@ -410,6 +411,104 @@ def test_pop3_under_qmail_popup_answers_only_after_the_delay(db, control, tcpser
 ])
 def test_sources_are_ipv4_addresses_and_ipv6_slash_64s(ip, source):
     assert source_of(ip) == source
+
+
+# -- an AUTH session cannot be read by its user's other processes ---------------
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def service_python() -> str:
+    """An interpreter the service user may run: ours, unless we are root and it
+    lives in root's home; then the system's, if it is the same version."""
+    import sys
+
+    if os.geteuid() != 0:
+        return sys.executable
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip() \
+        if os.path.exists(SYSTEM_PYTHON) else ""
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"no {SYSTEM_PYTHON} of this version for the service user")
+    return SYSTEM_PYTHON
+
+
+def as_its_user(pid: int) -> list[str]:
+    """The argv prefix that runs a command as the user of process `pid`."""
+    owner = os.stat(f"/proc/{pid}")  # the directory keeps the process's own ids
+    if owner.st_uid == os.geteuid():
+        return []
+    return ["setpriv", f"--reuid={owner.st_uid}", f"--regid={owner.st_gid}", "--clear-groups"]
+
+
+def assert_unreadable_by_its_user(pid: int) -> None:
+    """Its /proc entries belong to root (how the kernel shows a process that is
+    not dumpable), and a process of its own user cannot open its memory."""
+    assert os.stat(f"/proc/{pid}").st_uid != 0, "a session as root would prove nothing"
+    for entry in ("mem", "environ", "maps", "status"):
+        assert os.stat(f"/proc/{pid}/{entry}").st_uid == 0, f"/proc/{pid}/{entry}"
+    probe = subprocess.run([*as_its_user(pid), service_python(), "-c",
+                            f"open('/proc/{pid}/mem', 'rb')"],
+                           capture_output=True, text=True, timeout=30)
+    assert "PermissionError" in probe.stderr, probe.stderr
+
+
+def session_pid(server) -> int:
+    """The newest session's process, from the frontend's `pid N from IP` line."""
+    import re
+
+    return int(re.findall(r"pid (\d+) from 127\.0\.0\.1", server.wait_log(" from "))[-1])
+
+
+def auth_server(request, frontend: str, db, tmp_path):
+    """The frontend with AUTH, its sessions as an ordinary user: the warm
+    server's (nobody as root), or under tcpserver `setuidgid nobody` as root,
+    as tcpserver -u runs them."""
+    if frontend == "forkserver":
+        return request.getfixturevalue("forkserver")(":allow\n", env=db.env())
+    argv = None
+    if os.geteuid() == 0:
+        from harness.files import write_launcher
+        from harness.system_users import let_service_user_in
+
+        let_service_user_in(tmp_path)
+        launcher = write_launcher(tmp_path / "qmail-esmtpd", "qmail_esmtpd.cli:run",
+                                  interpreter=service_python())
+        argv = ["setuidgid", "nobody", launcher]
+    return request.getfixturevalue("tcpserver")(":allow\n", env=db.env(), argv=argv)
+
+
+@pytest.mark.parametrize("frontend", ["tcpserver", "forkserver"])
+def test_an_auth_session_is_unreadable_by_its_users_other_processes(db, request, tmp_path,
+                                                                    frontend):
+    """Made so at the AUTH command: before AUTH LOGIN's password is read, and
+    after a login; the warm server's sessions are so from the fork (the server
+    changed its uid), tcpserver's only from there."""
+    db.add(ALICE, ALICE_PW)
+    server = auth_server(request, frontend, db, tmp_path)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO client.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"AUTH LOGIN\r\n")
+        assert f.readline().startswith(b"334 ")
+        s.sendall(base64.b64encode(ALICE.encode()) + b"\r\n")
+        assert f.readline().startswith(b"334 ")  # the password is next
+        pid = session_pid(server)
+        assert_unreadable_by_its_user(pid)
+        s.sendall(base64.b64encode(ALICE_PW.encode()) + b"\r\n")
+        assert f.readline().startswith(b"235 ")
+        assert_unreadable_by_its_user(pid)
+
+
+def test_only_sessions_that_say_auth_load_what_prctl_needs(db, control):
+    from harness.processes import imported_modules
+
+    env = {"QMAIL_CONTROL": str(control), **db.env()}
+    assert "_ctypes" not in imported_modules(env, b"EHLO x\r\nMAIL FROM:<a@b>\r\nQUIT\r\n")
+    auth = base64.b64encode(b"\0alice\0" + ALICE_PW.encode())
+    assert "_ctypes" in imported_modules(env, b"EHLO x\r\nAUTH PLAIN " + auth + b"\r\nQUIT\r\n")
 
 
 # -- 4, 5, 10. the limit counts recipients and follows the account -----------

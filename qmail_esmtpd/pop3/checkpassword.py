@@ -60,6 +60,11 @@ class Configuration:
 def main() -> int:
     """The console script: exec's the subprogram on success, else the exit status."""
     logging.PROGRAM = PROGRAM
+    from ..undumpable import make_undumpable
+
+    why = make_undumpable()  # before the password is read: no sibling may read it
+    if why is not None:
+        logging.log(f"this login stays readable by its user's other processes: {why}")
     argv = sys.argv[1:]
     if not argv:
         logging.log("usage: qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...] 3< input")
