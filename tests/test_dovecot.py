@@ -144,7 +144,10 @@ def cluster():
         fresh.destroy()
 
 
-def test_dovecot_pop3_login_through_the_checkpassword_passdb(cluster, mailbox):
+@pytest.fixture
+def dovecot(cluster, mailbox):
+    """The README's steps run, alice added with `sysuser` and `dir`, and Dovecot
+    running with the README's configuration."""
     (steps,) = readme_blocks(SECTION)
     done = subprocess.run(["sh", "-exc", steps], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": os.environ["PATH"], "PGHOST": str(cluster.sock)},
@@ -161,45 +164,66 @@ def test_dovecot_pop3_login_through_the_checkpassword_passdb(cluster, mailbox):
     prefix = installed_prefix()
     conf = readme_conf().replace("/var/qmail", str(prefix)).replace(
         "/var/run/postgresql", str(cluster.sock))
-    dovecot = Dovecot(conf)
-    try:
-        client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
-        try:
-            client.user("alice")
-            with pytest.raises(poplib.error_proto, match="Authentication failed"):
-                client.pass_("not " + PASSWORD)
-        finally:
-            client.close()
-        log = dovecot.wait_log("login fail user=alice")
-        assert "auth: Error: qmail-esmtpd-checkpassword: login fail user=alice " \
-               "ip=127.0.0.1: wrong password" in log
-        errors = [line for line in log.splitlines() if "Error" in line]
+    server = Dovecot(conf)
+    yield server
+    server.stop()
 
-        client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
-        try:
-            client.user("alice")
-            assert client.pass_(PASSWORD).startswith(b"+OK"), dovecot.log()
-            assert client.stat()[0] == 1
-            _, lines, _ = client.retr(1)
-            assert b"Subject: over POP3" in lines
-            assert b"Delivered by qmail, read through Dovecot." in lines
-            assert client.quit().startswith(b"+OK")
-        finally:
-            client.close()
-        log = dovecot.wait_log("Disconnected")
-        assert "pop3-login: Info: Login: user=<alice>" in log, log
-        # a success writes nothing Dovecot would log as an error
-        assert [line for line in log.splitlines() if "Error" in line] == errors, log
-        assert "login ok" not in log
-        assert PASSWORD not in log
-        # the POP3 session ran as the sysuser: what it wrote in the Maildir is nobody's
-        owners = {path.stat().st_uid for path in (mailbox / "Maildir").rglob("*")}
-        assert owners == {pwd.getpwnam(SYSUSER).pw_uid}
-        # and the program connected as the auth user's own role, with its grants
-        with Database(cluster, "mail") as mail:
-            assert mail.sql("SELECT name FROM authfailures") == [("alice",)]
+
+def test_dovecot_pop3_login_through_the_checkpassword_passdb(cluster, mailbox, dovecot):
+    client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
+    try:
+        client.user("alice")
+        with pytest.raises(poplib.error_proto, match="Authentication failed"):
+            client.pass_("not " + PASSWORD)
     finally:
-        dovecot.stop()
+        client.close()
+    log = dovecot.wait_log("login fail user=alice")
+    assert "auth: Error: qmail-esmtpd-checkpassword: login fail user=alice " \
+           "ip=127.0.0.1: wrong password" in log
+    errors = [line for line in log.splitlines() if "Error" in line]
+
+    client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
+    try:
+        client.user("alice")
+        assert client.pass_(PASSWORD).startswith(b"+OK"), dovecot.log()
+        assert client.stat()[0] == 1
+        _, lines, _ = client.retr(1)
+        assert b"Subject: over POP3" in lines
+        assert b"Delivered by qmail, read through Dovecot." in lines
+        assert client.quit().startswith(b"+OK")
+    finally:
+        client.close()
+    log = dovecot.wait_log("Disconnected")
+    assert "pop3-login: Info: Login: user=<alice>" in log, log
+    # a success writes nothing Dovecot would log as an error
+    assert [line for line in log.splitlines() if "Error" in line] == errors, log
+    assert "login ok" not in log
+    assert PASSWORD not in log
+    # the POP3 session ran as the sysuser: what it wrote in the Maildir is nobody's
+    owners = {path.stat().st_uid for path in (mailbox / "Maildir").rglob("*")}
+    assert owners == {pwd.getpwnam(SYSUSER).pw_uid}
+    # and the program connected as the auth user's own role, with its grants
+    with Database(cluster, "mail") as mail:
+        assert mail.sql("SELECT name FROM authfailures") == [("alice",)]
+
+
+def test_while_the_database_cannot_write_no_login_is_checked(cluster, dovecot):
+    """The right password too: the user sees a failed login (temporary), the
+    log says why, and the guesser gets no free check."""
+    with Database(cluster, "mail") as mail:
+        mail.sql("REVOKE INSERT ON authfailures FROM dovecot")
+    client = poplib.POP3("127.0.0.1", dovecot.port, timeout=20)
+    try:
+        client.user("alice")
+        with pytest.raises(poplib.error_proto,
+                           match=r"^b'-ERR \[SYS/TEMP\] Temporary authentication failure"):
+            client.pass_(PASSWORD)
+    finally:
+        client.close()
+    log = dovecot.wait_log("login tempfail user=alice")
+    assert ("qmail-esmtpd-checkpassword: login tempfail user=alice ip=127.0.0.1: not checked: "
+            "the attempt cannot be recorded: permission denied") in log, log
+    assert "Login: user=<alice>" not in log
 
 
 def test_the_readme_shows_the_configuration_as_tested():

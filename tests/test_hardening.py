@@ -1,8 +1,9 @@
 """AUTH hardening end to end (real PostgreSQL, real tcpserver): locked rows,
 timing, the cross-connection throttle (keyed, so guesses cannot be chosen
-to share a count; failing closed when the database cannot record a
-failure), a limit that counts recipients and follows the account as it is
-now, no idle database connections, bounded database calls, the
+to share a count; checking nothing the database cannot record, on both
+frontends and in the POP3 program), sessions their user's other processes
+cannot read, a limit that counts recipients and follows the account as it
+is now, no idle database connections, bounded database calls, the
 authorization identity, legacy bcrypt and the log line of a hash upgrade."""
 
 import base64
@@ -12,6 +13,7 @@ import signal
 import smtplib
 import socket
 import statistics
+import subprocess
 import time
 
 import bcrypt
@@ -157,7 +159,8 @@ def test_old_failures_expire_and_the_window_is_at_most_a_day(db):
     try:
         throttle = Throttle(server, "192.0.2.1", window=10**30)
         assert throttle.window == RETENTION
-        throttle.failed("bob", b"guess")  # a new failure sweeps out what is over a day old
+        throttle.begin("bob", b"guess")  # a new attempt sweeps out what is over a day old
+        throttle.settle(right=False)
     finally:
         server.close()
     assert db.sql("SELECT attempt FROM authfailures WHERE name = 'alice'") == [(2,)]
@@ -306,53 +309,92 @@ def test_an_old_database_gets_the_wide_column_and_keeps_its_rows(pg):
         server.close()
 
 
-# -- a database that reads but cannot write fails closed -----------------------
+# -- a database that reads but cannot write: nothing is checked -----------------
 READ_ONLY = {
     "read-only role": "ALTER ROLE qmaild IN DATABASE {db} SET default_transaction_read_only = on",
     "no INSERT": "REVOKE INSERT ON authfailures FROM qmaild",
 }
+UNCHECKED = b"454 temporary authentication failure, try again later (#4.3.0)\r\n"
+UNCHECKED_LOG = ("auth tempfail user=alice ip=127.0.0.1 mech=PLAIN refused unchecked: "
+                 "failed logins cannot be recorded")
 
 
 def cannot_record(db, how: str) -> None:
     db.sql(READ_ONLY[how].format(db=db.database.name))
 
 
+def outcomes(server, word: str, count: int, timeout: float = 30) -> str:
+    """The log once it holds `count` lines with `word` (each session's outcome)."""
+    deadline = time.monotonic() + timeout
+    while (log := server.log()).count(word) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
+
+
+def guesses_from_one_address(port: int, count: int = 30, parallel: int = 10) -> list[bytes]:
+    """`count` connections from 127.0.0.1, `parallel` at a time, one AUTH
+    PLAIN guess each, every one a new password: the replies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lines = [plain(b"alice", f"guess{n}".encode()) for n in range(count)]
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(lambda line: answer(port, line), lines))
+
+
+@pytest.mark.parametrize("frontend", ["tcpserver", "forkserver"])
 @pytest.mark.parametrize("how", READ_ONLY)
-def test_an_unrecordable_failure_waits_counts_and_closes_auth_for_the_session(
+def test_no_more_password_checks_from_one_address_than_the_limit(db, request, frontend, how):
+    """The bound holds across connections whatever the database can do: an
+    attempt that cannot be recorded is not checked."""
+    db.add(ALICE, ALICE_PW)
+    cannot_record(db, how)
+    server = request.getfixturevalue(frontend)(":allow\n", env=db.env(AUTHFAILLIMIT="5"))
+    replies = guesses_from_one_address(server.port)
+    log = outcomes(server, "auth t", 30)  # tempfail, or throttled
+    checked = log.count("auth fail user=alice")
+    assert checked <= 5, f"{checked} passwords checked from one address"
+    assert replies.count(UNCHECKED) == 30 - checked, replies
+    assert log.count(UNCHECKED_LOG) == 30 - checked
+    assert "Traceback" not in log
+    # the right password in a new session is refused as well: it cannot be told apart
+    assert answer(server.port, plain(b"alice", ALICE_PW.encode())) == UNCHECKED
+    assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
+
+
+@pytest.mark.parametrize("how", READ_ONLY)
+def test_an_attempt_that_cannot_be_recorded_waits_and_ends_auth_for_the_session(
         db, tcpserver, how):
     db.add(ALICE, ALICE_PW)
     cannot_record(db, how)
     server = tcpserver(":allow\n", env=db.env(AUTHFAILDELAY="2"))
     right = plain(b"alice", ALICE_PW.encode())
-    (failed, t1), (refused, t2), (again, t3) = timed(
-        server.port, [plain(b"alice", b"guess1"), right, right])
-    assert failed == b"535 authentication failed (#5.7.1)\r\n"
-    assert refused == again == b"454 temporary authentication failure, try again later (#4.3.0)\r\n"
-    assert min(t1, t2, t3) >= 1.9  # every answer waited authfaildelay
-    log = server.wait_log("auth tempfail", "refused: an earlier failure")
-    assert log.count("auth fail user=alice") == 1  # one password checked, no more
-    assert log.count("auth failure not recorded source=127.0.0.1: ") == 1
-    assert log.count("auth tempfail user=alice ip=127.0.0.1 mech=PLAIN refused: an earlier"
-                     " failure of this session could not be recorded") == 2
+    replies = timed(server.port, [plain(b"alice", b"guess1"), right, right])
+    assert [reply for reply, _ in replies] == [UNCHECKED] * 3
+    assert min(waited for _, waited in replies) >= 1.9  # every answer waited authfaildelay
+    log = outcomes(server, "auth tempfail", 3)
+    assert "auth fail" not in log and "auth ok" not in log  # no password checked
+    assert log.count("auth attempt not recorded source=127.0.0.1: ") == 1
+    assert log.count(UNCHECKED_LOG) == 3
     assert "Traceback" not in log
-    assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
-    # a new session with the right password still gets in: reading works
-    assert answer(server.port, right).startswith(b"235")
 
 
-def test_an_unrecordable_failure_counts_toward_authmaxfail(db, tcpserver):
+def test_a_right_password_is_not_counted_and_a_wrong_one_is(db, tcpserver):
     db.add(ALICE, ALICE_PW)
-    cannot_record(db, "read-only role")
-    server = tcpserver(":allow\n", env=db.env(AUTHFAILDELAY="1", AUTHMAXFAIL="1"))
-    replies = timed(server.port, [plain(b"alice", b"guess1"), plain(b"alice", b"guess2")])
-    assert replies[0][0].startswith(b"421 too many failed authentication attempts")
-    assert replies[0][1] >= 0.9
-    assert replies[1][0] == b""  # hung up
-    assert server.wait_log("auth fail").count("auth fail user=alice") == 1
+    server = tcpserver(":allow\n", env=db.env())
+    assert answer(server.port, plain(b"alice", ALICE_PW.encode())).startswith(b"235")
+    assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
+    assert answer(server.port, plain(b"alice", b"guess")).startswith(b"535")
+    assert answer(server.port, plain(b"alice", ALICE_PW.encode())).startswith(b"235")
+    assert db.sql("SELECT host(source), name FROM authfailures") == [("127.0.0.1", "alice")]
+
+
+def pop3_env(db, control, **extra: str) -> dict:
+    return {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "TCPREMOTEIP": "192.0.2.7",
+            **db.env(**extra)}
 
 
 @pytest.mark.parametrize("how", READ_ONLY)
-def test_pop3_waits_the_delay_when_a_failure_cannot_be_recorded(db, control, how):
+def test_pop3_does_not_check_what_it_cannot_record(db, control, how):
     from test_pop3 import ENTRY, login
 
     from harness.files import write_launcher
@@ -360,20 +402,46 @@ def test_pop3_waits_the_delay_when_a_failure_cannot_be_recorded(db, control, how
     db.add(ALICE, ALICE_PW, sysuser="nobody")
     cannot_record(db, how)
     program = write_launcher(control.parent / "qmail-esmtpd-checkpassword", ENTRY)
-    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "TCPREMOTEIP": "192.0.2.7",
-           **db.env(AUTHFAILDELAY="2")}
-    start = time.monotonic()
-    proc = run_with_fd3([str(program), "/bin/true"], login(ALICE, "guess1"), env=env,
-                        capture_output=True, text=True, timeout=60)
-    waited = time.monotonic() - start
-    assert proc.returncode == 1, proc.stderr
-    assert waited >= 1.9
-    assert "login fail user=alice ip=192.0.2.7: wrong password" in proc.stderr
-    assert "(failure not recorded: " in proc.stderr
+    for password in ("guess1", ALICE_PW):  # the right one as well
+        start = time.monotonic()
+        proc = run_with_fd3([str(program), "/bin/true"], login(ALICE, password),
+                            env=pop3_env(db, control, AUTHFAILDELAY="2"),
+                            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 111, proc.stderr
+        assert time.monotonic() - start >= 1.9  # authfaildelay, as before a 454
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("qmail-esmtpd-checkpassword: login tempfail user=alice "
+                               "ip=192.0.2.7: not checked: the attempt cannot be recorded: ")
     assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
 
 
-QMAIL_POPUP = "/var/qmail/bin/qmail-popup"
+@pytest.mark.parametrize("how", READ_ONLY)
+def test_pop3_logins_from_one_address_check_no_more_than_the_limit(db, control, how):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_pop3 import ENTRY, login
+
+    from harness.files import write_launcher
+
+    db.add(ALICE, ALICE_PW, sysuser="nobody")
+    cannot_record(db, how)
+    program = write_launcher(control.parent / "qmail-esmtpd-checkpassword", ENTRY)
+    env = pop3_env(db, control, AUTHFAILLIMIT="5")
+
+    def one(n: int) -> tuple[int, str]:
+        proc = run_with_fd3([str(program), "/bin/true"], login(ALICE, f"guess{n}"), env=env,
+                            capture_output=True, text=True, timeout=60)
+        return proc.returncode, proc.stderr
+
+    with ThreadPoolExecutor(10) as pool:
+        runs = list(pool.map(one, range(30)))
+    checked = sum("login fail user=alice" in stderr for _, stderr in runs)
+    assert checked <= 5, f"{checked} passwords checked from one address"
+    assert [status for status, _ in runs].count(111) == 30 - checked
+    assert db.sql("SELECT count(*) FROM authfailures") == [(0,)]
+
+
+QMAIL_POPUP = os.environ.get("QMAIL_POPUP", "/var/qmail/bin/qmail-popup")  # as test_popup.py
 
 
 @pytest.mark.skipif(not os.path.exists(QMAIL_POPUP), reason="needs qmail's qmail-popup")
@@ -394,13 +462,13 @@ def test_pop3_under_qmail_popup_answers_only_after_the_delay(db, control, tcpser
         client.user(ALICE)
         start = time.monotonic()
         with pytest.raises(poplib.error_proto):
-            client.pass_("guess1")
+            client.pass_(ALICE_PW)
         assert time.monotonic() - start >= 1.9
     finally:
         client.close()
-    log = server.wait_log("login fail")
-    assert "login fail user=alice ip=127.0.0.1: wrong password" in log
-    assert "(failure not recorded: " in log
+    log = server.wait_log("login tempfail")
+    assert ("login tempfail user=alice ip=127.0.0.1: not checked: the attempt cannot be "
+            "recorded: ") in log
 
 
 @pytest.mark.parametrize("ip, source", [
@@ -410,6 +478,104 @@ def test_pop3_under_qmail_popup_answers_only_after_the_delay(db, control, tcpser
 ])
 def test_sources_are_ipv4_addresses_and_ipv6_slash_64s(ip, source):
     assert source_of(ip) == source
+
+
+# -- an AUTH session cannot be read by its user's other processes ---------------
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def service_python() -> str:
+    """An interpreter the service user may run: ours, unless we are root and it
+    lives in root's home; then the system's, if it is the same version."""
+    import sys
+
+    if os.geteuid() != 0:
+        return sys.executable
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip() \
+        if os.path.exists(SYSTEM_PYTHON) else ""
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"no {SYSTEM_PYTHON} of this version for the service user")
+    return SYSTEM_PYTHON
+
+
+def as_its_user(pid: int) -> list[str]:
+    """The argv prefix that runs a command as the user of process `pid`."""
+    owner = os.stat(f"/proc/{pid}")  # the directory keeps the process's own ids
+    if owner.st_uid == os.geteuid():
+        return []
+    return ["setpriv", f"--reuid={owner.st_uid}", f"--regid={owner.st_gid}", "--clear-groups"]
+
+
+def assert_unreadable_by_its_user(pid: int) -> None:
+    """Its /proc entries belong to root (how the kernel shows a process that is
+    not dumpable), and a process of its own user cannot open its memory."""
+    assert os.stat(f"/proc/{pid}").st_uid != 0, "a session as root would prove nothing"
+    for entry in ("mem", "environ", "maps", "status"):
+        assert os.stat(f"/proc/{pid}/{entry}").st_uid == 0, f"/proc/{pid}/{entry}"
+    probe = subprocess.run([*as_its_user(pid), service_python(), "-c",
+                            f"open('/proc/{pid}/mem', 'rb')"],
+                           capture_output=True, text=True, timeout=30)
+    assert "PermissionError" in probe.stderr, probe.stderr
+
+
+def session_pid(server) -> int:
+    """The newest session's process, from the frontend's `pid N from IP` line."""
+    import re
+
+    return int(re.findall(r"pid (\d+) from 127\.0\.0\.1", server.wait_log(" from "))[-1])
+
+
+def auth_server(request, frontend: str, db, tmp_path):
+    """The frontend with AUTH, its sessions as an ordinary user: the warm
+    server's (nobody as root), or under tcpserver `setuidgid nobody` as root,
+    as tcpserver -u runs them."""
+    if frontend == "forkserver":
+        return request.getfixturevalue("forkserver")(":allow\n", env=db.env())
+    argv = None
+    if os.geteuid() == 0:
+        from harness.files import write_launcher
+        from harness.system_users import let_service_user_in
+
+        let_service_user_in(tmp_path)
+        launcher = write_launcher(tmp_path / "qmail-esmtpd", "qmail_esmtpd.cli:run",
+                                  interpreter=service_python())
+        argv = ["setuidgid", "nobody", launcher]
+    return request.getfixturevalue("tcpserver")(":allow\n", env=db.env(), argv=argv)
+
+
+@pytest.mark.parametrize("frontend", ["tcpserver", "forkserver"])
+def test_an_auth_session_is_unreadable_by_its_users_other_processes(db, request, tmp_path,
+                                                                    frontend):
+    """Made so at the AUTH command: before AUTH LOGIN's password is read, and
+    after a login; the warm server's sessions are so from the fork (the server
+    changed its uid), tcpserver's only from there."""
+    db.add(ALICE, ALICE_PW)
+    server = auth_server(request, frontend, db, tmp_path)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO client.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"AUTH LOGIN\r\n")
+        assert f.readline().startswith(b"334 ")
+        s.sendall(base64.b64encode(ALICE.encode()) + b"\r\n")
+        assert f.readline().startswith(b"334 ")  # the password is next
+        pid = session_pid(server)
+        assert_unreadable_by_its_user(pid)
+        s.sendall(base64.b64encode(ALICE_PW.encode()) + b"\r\n")
+        assert f.readline().startswith(b"235 ")
+        assert_unreadable_by_its_user(pid)
+
+
+def test_only_sessions_that_say_auth_load_what_prctl_needs(db, control):
+    from harness.processes import imported_modules
+
+    env = {"QMAIL_CONTROL": str(control), **db.env()}
+    assert "_ctypes" not in imported_modules(env, b"EHLO x\r\nMAIL FROM:<a@b>\r\nQUIT\r\n")
+    auth = base64.b64encode(b"\0alice\0" + ALICE_PW.encode())
+    assert "_ctypes" in imported_modules(env, b"EHLO x\r\nAUTH PLAIN " + auth + b"\r\nQUIT\r\n")
 
 
 # -- 4, 5, 10. the limit counts recipients and follows the account -----------

@@ -407,6 +407,53 @@ def test_dovecot_running_it_as_root_is_refused(program, pop):
         proc, "login tempfail user=alice ip=192.0.2.7: ")
 
 
+def test_the_program_is_unreadable_by_its_users_other_processes(dovecot_pop):
+    """Before it reads the password: run as Dovecot's auth user (whose other
+    processes might read it), it is not dumpable while it waits for fd 3."""
+    from test_hardening import assert_unreadable_by_its_user, service_python
+
+    folder = world_readable_dir("qmail-esmtpd-pop3-bin-")
+    try:
+        program = write_launcher(folder / "qmail-esmtpd-checkpassword", ENTRY,
+                                 interpreter=service_python())
+        argv = [str(program), "/bin/true"]
+        if os.geteuid() == 0:
+            argv = ["setuidgid", AUTH_USER, *argv]
+        read_end, write_end = os.pipe()
+
+        def give_fd3() -> None:  # as harness.processes.run_with_fd3, with fd 3 kept open
+            os.dup2(read_end, 3)
+            os.set_inheritable(3, True)
+
+        proc = subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin", **dovecot_env(dovecot_pop)},
+                                stderr=subprocess.PIPE, close_fds=False, preexec_fn=give_fd3)
+        os.close(read_end)
+        try:
+            os.write(write_end, b"alice\0")  # the password is yet to come
+            deadline = time.monotonic() + 10
+            while not program_is_undumpable(proc.pid, program):
+                assert time.monotonic() < deadline, "still dumpable, waiting for the password"
+                time.sleep(0.01)
+            assert_unreadable_by_its_user(proc.pid)
+            os.write(write_end, PASSWORD.encode() + b"\0\0")
+        finally:
+            os.close(write_end)
+            _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def program_is_undumpable(pid: int, program: Path) -> bool:
+    """Whether process `pid` runs `program` by now, as its user, not dumpable."""
+    try:
+        running = str(program).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return running and os.stat(f"/proc/{pid}").st_uid != 0 and \
+            os.stat(f"/proc/{pid}/mem").st_uid == 0
+    except FileNotFoundError:
+        return False
+
+
 def test_dovecot_userdb_lookup_answers_authorized_2(installed_program, dovecot_pop):
     """AUTHORIZED=1: a lookup without password (checkpassword as userdb)."""
     pop = dovecot_pop

@@ -4,19 +4,21 @@ Independent of SMTP, so every program that logs users in from this table
 (SMTP AUTH, a POP3 checkpassword) asks the same question the same way:
 
     account, status = login(db, name, password, throttle)   # Unavailable on trouble
+    ...                       # the caller's own conditions for the account
+    upgrade(db, account, password)                           # a deprecated hash
 
-`login()` asks the throttle (throttle.py) first, refusing a client that
-failed too often without checking anything, then `verify()`s, and counts
-a failure before the caller delays or answers.  One round trip per check.
-A failure the database cannot store (read-only, full, gone) fails closed:
-it is still a failure for the caller (who delays and counts it), and every
-later try through the same throttle is refused unchecked, so a database
-that reads but cannot write gives no free guesses.
+`login()` has the throttle (throttle.py) record the attempt as a failure
+first, refusing a client that failed too often, or whose attempt cannot be
+recorded, without checking anything; then it `verify()`s, and takes the
+record back for a right password.  The bound on guesses holds whatever the
+database can do: no attempt is checked that was not recorded first.
 An unknown, inactive or undecodable user costs the same hash work as a
 wrong password (passwords.check), so timing does not tell which names
-exist.  A deprecated hash is replaced on success when the role may UPDATE
-pw (the optional grant in sql/grants.sql); either way one log line says
-what happened to it.
+exist, and a right password costs the same database round trips as a wrong
+one.  `upgrade()` replaces a deprecated hash when the role may UPDATE pw
+(the optional grant in sql/grants.sql), with one log line either way;
+callers run it once the login is good, so that an account refused for
+other reasons costs no more than a wrong password.
 """
 
 from ..log import log, printable
@@ -27,6 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .throttle import Status, Throttle
 
+# id, pw, active, sendlimit first; a caller's own query may read more columns
 USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
 ADDRESSES = "SELECT address FROM sendas WHERE id = %s"
 REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s RETURNING id"
@@ -37,64 +40,67 @@ class Unavailable(Exception):
 
 
 class Account:
-    """A verified row of poppass; `sendlimit` None means the site's default."""
+    """A verified row of poppass; `sendlimit` None means the site's default;
+    `more`: the columns a caller's query reads after the first four;
+    `stale`: the stored hash while it is a deprecated one (upgrade())."""
 
-    __slots__ = ("id", "name", "sendlimit")
+    __slots__ = ("id", "name", "sendlimit", "more", "stale")
 
-    def __init__(self, id: int, name: str, sendlimit: int | None) -> None:
+    def __init__(self, id: int, name: str, sendlimit: int | None, more: tuple = (),
+                 stale: str | None = None) -> None:
         self.id = id
         self.name = name
         self.sendlimit = sendlimit
+        self.more = more
+        self.stale = stale
 
 
 def login(db: Database, name: bytes, password: bytes, throttle: "Throttle | None",
-          plaintext: bool = False) -> "tuple[Account | None, Status | None]":
+          plaintext: bool = False, query: str = USER_QUERY
+          ) -> "tuple[Account | None, Status | None]":
     """verify() behind the throttle: (account or None, the throttle's status).
 
-    A refused status means nothing was checked.  A failure is counted
-    before this returns; when it cannot be, the status says why
-    (`unrecorded`) and the throttle refuses every later try.
+    A refused status means nothing was checked: too many failures from the
+    source, or (`unrecorded`) the attempt could not be recorded.
     """
     if throttle is None:
-        return verify(db, name, password, plaintext), None
-    if throttle.unrecorded is not None:  # fail closed: no more checks this session
-        from .throttle import Status
-
-        return None, Status(refused=True, unrecorded=throttle.unrecorded)
+        return verify(db, name, password, plaintext, query), None
     tried = decoded_name(name) or name.decode("utf-8", "replace").replace("\0", "?")
     try:
-        status = throttle.check(tried)
+        status = throttle.begin(tried, password)
         if status.refused:
             return None, status
-        account = verify(db, name, password, plaintext)
+        account = verify(db, name, password, plaintext, query)
+        throttle.settle(account is not None)
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
-    if account is None:
-        try:
-            throttle.failed(tried, password)
-        except DatabaseError as e:
-            throttle.unrecorded = status.unrecorded = str(e)
     return account, status
 
 
-def verify(db: Database, name: bytes, password: bytes,
-           plaintext: bool = False) -> Account | None:
+def verify(db: Database, name: bytes, password: bytes, plaintext: bool = False,
+           query: str = USER_QUERY) -> Account | None:
     """The account if `password` is right for an active `name`, else None."""
     text = decoded_name(name)
     if text is None:
         passwords.check(password, "")
         return None
     try:
-        rows = db.query(USER_QUERY, (text,))
+        rows = db.query(query, (text,))
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
-    user_id, stored, active, sendlimit = rows[0] if rows else (0, "", False, None)
+    user_id, stored, active, sendlimit, *more = rows[0] if rows else (0, "", False, None)
     ok, stale = passwords.check(password, stored, plaintext)
     if not (ok and active):
         return None
-    if stale:
-        _rehash(db, name, password, user_id, stored)
-    return Account(user_id, text, sendlimit)
+    return Account(user_id, text, sendlimit, tuple(more), stored if stale else None)
+
+
+def upgrade(db: Database, account: Account, password: bytes) -> None:
+    """Replace the account's deprecated hash, if it has one; one log line
+    either way (the schemes, never a hash)."""
+    if account.stale is not None:
+        _rehash(db, account.name.encode(), password, account.id, account.stale)
+        account.stale = None
 
 
 def addresses(db: Database, account: Account) -> frozenset[bytes]:

@@ -15,14 +15,14 @@ kept readable can check; argon2 and crypt hashes cannot.  So a 32-hex-digit
   this way, and such a password, chosen at random, is beyond guessing;
 - checked as the digest where the row keeps its password in plaintext and
   authplaintext allows it: right logs in, wrong is a wrong password,
-  counted by accounts.login() as every other one (failing closed alike);
+  recorded by the throttle before the check as every other one (an
+  attempt that cannot be recorded is not checked);
 - else it cannot be checked: the caller refuses it at once, without the
   failure delay and without counting it.
 The throttle's refusal of a source applies first, as for any login.
 """
 
 from .accounts import USER_QUERY, Account, Unavailable, decoded_name, verify
-from .accounts import login as password_login
 from .db import Database, DatabaseError
 from .passwords import stored_plaintext
 
@@ -40,30 +40,36 @@ def looks_like_apop(password: bytes, timestamp: bytes) -> bool:
 
 
 def login(db: Database, name: bytes, digest: bytes, timestamp: bytes, throttle: "Throttle",
-          plaintext: bool) -> "tuple[Account | None, Status | None, bool]":
+          plaintext: bool, query: str = USER_QUERY
+          ) -> "tuple[Account | None, Status | None, bool]":
     """(account or None, the throttle's status, whether the attempt could be
-    checked) for what looks like an APOP digest; Unavailable on trouble."""
+    checked) for what looks like an APOP digest; Unavailable on trouble.
+    `query` reads the row as accounts.verify() does."""
     import hashlib
     import hmac
 
     text = decoded_name(name)
+    tried = text if text is not None else name.decode("utf-8", "replace")
     try:
-        status = throttle.check(text if text is not None else name.decode("utf-8", "replace"))
+        status = throttle.check(tried)
         if status.refused:
             return None, status, True
-        account = verify(db, name, digest, plaintext)
+        account = verify(db, name, digest, plaintext, query)
         if account is not None:
             return account, status, True
-        rows = db.query(USER_QUERY, (text,)) if text is not None else []
+        rows = db.query(query, (text,)) if text is not None else []
+        secret = stored_plaintext(rows[0][1], plaintext) if rows and rows[0][2] else None
+        if secret is None:
+            return None, status, False
+        status = throttle.begin(tried, digest)  # a wrong digest is a wrong password
+        if status.refused:
+            return None, status, True
+        expected = hashlib.md5(timestamp + secret, usedforsecurity=False).hexdigest()
+        right = hmac.compare_digest(expected.encode("ascii"), digest)
+        throttle.settle(right)
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
-    secret = stored_plaintext(rows[0][1], plaintext) if rows and rows[0][2] else None
-    if secret is None:
-        return None, status, False
-    expected = hashlib.md5(timestamp + secret, usedforsecurity=False).hexdigest()
-    if hmac.compare_digest(expected.encode("ascii"), digest):
-        user_id, _, _, sendlimit = rows[0]
-        return Account(user_id, text or "", sendlimit), status, True
-    # a wrong digest is a wrong password: counted as every other one is
-    account, counted = password_login(db, name, digest, throttle, plaintext)
-    return account, counted, True
+    if not right:
+        return None, status, True
+    user_id, _, _, sendlimit, *more = rows[0]
+    return Account(user_id, text or "", sendlimit, tuple(more)), status, True

@@ -4,16 +4,15 @@ Maps what accounts.login() says onto SMTP's terms: database trouble and a
 throttled client are temporary failures, and a verified account brings its
 DailyLimit (its own `sendlimit` column, else control/sendlimit or
 $SENDLIMIT, else 50).  The throttle counts by $TCPREMOTEIP; a client that
-tcpserver gave RELAYCLIENT is trusted and not throttled.  A failure the
-database could not record is still a 535 (after the delay, counted toward
-authmaxfail); every later AUTH of the session is a 454, after the delay,
-with no password checked.
+tcpserver gave RELAYCLIENT is trusted and not throttled.  An attempt the
+database cannot record is not checked: a 454 after the failure delay, for
+that AUTH and every later one of the session (logged once).
 """
 
 from ..config import flag_setting, number_setting
 from ..log import log, printable
 from . import DATABASE, THROTTLED, Verdict
-from .accounts import Account, Unavailable, addresses, login
+from .accounts import Account, Unavailable, addresses, login, upgrade
 from .db import Database
 from .limit import DailyLimit
 from .throttle import Throttle, open_throttle
@@ -53,6 +52,7 @@ class PostgresAuth:
         self.plaintext = plaintext
         self.per_message = per_message
         self.account: Account | None = None  # the last one verified
+        self.said_unrecorded = False  # logged once a session
 
     def verify(self, user: bytes, password: bytes) -> Verdict:
         try:
@@ -61,25 +61,23 @@ class PostgresAuth:
             log(f"auth database: ip={self.client_ip}: {e}")
             return Verdict(False, tempfail=DATABASE)
         self.account = account
-        if status is None or not (status.refused or status.slowed):
-            detail = ""
-        elif status.unrecorded is not None:
-            detail = " refused: an earlier failure of this session could not be recorded"
-        elif status.refused:
-            source = self.throttle.source if self.throttle else ""
-            detail = f" source={source} failures={status.failures}"
-        else:
-            detail = f" slowed: {status.failures} failures against this name lately"
+        if status is not None and status.unrecorded is not None:
+            if not self.said_unrecorded and self.throttle is not None:
+                self.said_unrecorded = True
+                log(f"auth attempt not recorded source={self.throttle.source}: "
+                    f"{status.unrecorded}; AUTH refused unchecked in this session")
+            return Verdict(False, tempfail=DATABASE, slowed=True,
+                           detail=" refused unchecked: failed logins cannot be recorded")
         if status is not None and status.refused:
-            if status.unrecorded is not None:
-                return Verdict(False, tempfail=DATABASE, slowed=True, detail=detail)
-            return Verdict(False, tempfail=THROTTLED, detail=detail)
+            source = self.throttle.source if self.throttle else ""
+            return Verdict(False, tempfail=THROTTLED,
+                           detail=f" source={source} failures={status.failures}")
         slowed = status is not None and status.slowed
+        detail = f" slowed: {status.failures} failures against this name lately" \
+            if slowed and status is not None else ""
         if account is None:
-            if status is not None and status.unrecorded is not None and self.throttle:
-                log(f"auth failure not recorded source={self.throttle.source}: "
-                    f"{status.unrecorded}; further AUTH in this session refused")
             return Verdict(False, slowed=slowed, detail=detail)
+        upgrade(self.db, account, password)
         limit = DailyLimit(self.db, account.id, self.default_limit, self.per_message,
                            self.client_ip)
         return Verdict(True, user=user, limit=limit, slowed=slowed, detail=detail)

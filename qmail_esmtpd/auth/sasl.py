@@ -1,8 +1,10 @@
 """SASL LOGIN and PLAIN (RFC 4954, RFC 4616) as the qmail AUTH patch speaks them.
 
-Pure: an `Exchange` takes the AUTH argument and the client's lines and gives
+An `Exchange` takes the AUTH argument and the client's lines and gives
 back either the next reply (a 334 prompt, or a 501 that ends the exchange)
-or the decoded credentials for the caller to verify.
+or the decoded credentials for the caller to verify.  `start()`, the first
+AUTH command, also makes the session unreadable to its user's other
+processes (undumpable.py) before any password is decoded or read.
 """
 
 import binascii
@@ -72,6 +74,13 @@ class Exchange:
 
 def start(arg: bytes) -> Exchange | None:
     """Parse `AUTH mechanism [initial-response]`; None for an unknown mechanism."""
+    from ..undumpable import make_undumpable
+
+    why = make_undumpable()
+    if why is not None:
+        from ..log import log
+
+        log(f"auth: this session stays readable by its user's other processes: {why}")
     words = arg.split()
     if not words or words[0].upper() not in MECHANISMS:
         return None

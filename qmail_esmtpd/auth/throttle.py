@@ -1,9 +1,18 @@
 """Failed logins counted across connections and frontends, in `authfailures`.
 
 Every program that checks passwords from poppass (SMTP AUTH, the POP3
-checkpassword) asks here first and reports each failure here, before it
-delays or answers, so hanging up early does not escape the count.
+checkpassword) goes through here: `begin()` before a password is checked,
+`settle()` after.
 
+- begin() records the attempt as a failure before the password is
+  checked, in the statement that reads the counts, so that hanging up
+  early, or a database that cannot write, gives no free guess: an attempt
+  that cannot be recorded (a read-only role, a standby, a revoked INSERT,
+  a full disk) is not checked at all, and neither is any later one of the
+  session (the caller answers 454 or 111).
+- settle() takes a right password's record back, so a right password is
+  never counted; a wrong one's time is set anew instead: the same round
+  trip either way, so the time to an answer does not tell which it was.
 - A source (an IPv4 address, or the /64 an IPv6 client owns) with
   `limit` distinct failed attempts within `window` seconds is refused
   without any password check, a correct one included (else the refusal
@@ -11,25 +20,25 @@ delays or answers, so hanging up early does not escape the count.
 - A name with `name_limit` distinct failures within the window (guessing
   spread over many addresses) is slowed, not locked: every answer for it,
   right or wrong, waits the failure delay, so the owner still gets in.
-- Attempts are distinct by a keyed digest (HMAC-SHA256, 63 bits) of
-  (source, name, password) under the secret in control/authfailkey: a
+- Attempts are distinct by a keyed digest (BLAKE2b with the secret in
+  control/authfailkey as its key, 63 bits) of (source, name, password): a
   phone retrying one stale password counts once, a guesser counts each
   guess, and nobody without the key can tell in advance which guesses
   would share a value, or test a password against the stored one.  The key
   is a file the database role never sees (`make install` creates it).
   Without it (missing, unreadable, too short) nothing is guessable either:
   every failure counts as a new attempt, and the session logs that once.
-- A failure that cannot be recorded (a read-only or full database) fails
-  closed: the caller refuses the rest of the session (accounts.login).
 - Trusted clients (RELAYCLIENT set by tcpserver, or AUTHTRUSTED in the
   environment, e.g. from tcprules) are neither counted nor refused.
-Rows older than a day are deleted as new failures arrive.
+Rows older than a day are deleted as new attempts arrive.
 """
+
+import posix
 
 from ..config import ControlError, number_setting
 from ..log import log
 from ..sources import source_of
-from .db import Database
+from .db import Database, DatabaseError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,26 +53,52 @@ RETENTION = 86400  # seconds a failure is kept; the window is at most this
 MAX_NAME = 256  # characters of a tried name kept (names are client-chosen)
 KEY_FILE = b"authfailkey"  # the digest's secret, in the control directory
 MIN_KEY = 16  # characters; a shorter key is treated as none
+MAX_KEY = 64  # bytes BLAKE2b takes as a key; a longer one is digested first
+# SQLSTATEs of a database that answers but cannot write: a read-only
+# transaction (default_transaction_read_only, a hot standby), no privilege
+# (INSERT revoked), insufficient resources (a full disk), an I/O error.
+# Anything else is the database being unavailable (accounts.Unavailable).
+CANNOT_WRITE = ("25", "42501", "53", "58")
 
-COUNTS = """
-SELECT (SELECT count(*) FROM authfailures
-        WHERE source = %(source)s AND at > now() - %(window)s * interval '1 second'),
-       (SELECT count(*) FROM authfailures
-        WHERE name = %(name)s AND at > now() - %(window)s * interval '1 second')
+_WINDOW = "at > now() - %(window)s * interval '1 second'"
+COUNTS = f"""
+SELECT (SELECT count(*) FROM authfailures WHERE source = %(source)s AND {_WINDOW}) AS by_source,
+       (SELECT count(*) FROM authfailures WHERE name = %(name)s AND {_WINDOW}) AS by_name
 """
 
-RECORD = """
-WITH expired AS (
+# The counts as they were, and this attempt recorded as a failure unless the
+# source is refused by them: one statement, one snapshot.
+BEGIN = f"""
+WITH counts AS ({COUNTS}),
+expired AS (
     DELETE FROM authfailures WHERE at < now() - %(retention)s * interval '1 second'
+),
+pending AS (
+    INSERT INTO authfailures (source, name, attempt)
+    SELECT %(source)s::inet, %(name)s, %(attempt)s::bigint FROM counts
+    WHERE %(limit)s = 0 OR by_source < %(limit)s
+    ON CONFLICT (source, name, attempt) DO UPDATE SET at = now()
 )
-INSERT INTO authfailures (source, name, attempt) VALUES (%(source)s, %(name)s, %(attempt)s)
-ON CONFLICT (source, name, attempt) DO UPDATE SET at = now()
+SELECT * FROM counts
+"""
+
+# After the check, the same statement either way: a right password's record
+# is taken back, a wrong one's time set to the answer's.
+SETTLE = """
+WITH taken_back AS (
+    DELETE FROM authfailures
+    WHERE %(right)s AND source = %(source)s AND name = %(name)s AND attempt = %(attempt)s
+)
+UPDATE authfailures SET at = now()
+WHERE NOT %(right)s AND source = %(source)s AND name = %(name)s AND attempt = %(attempt)s
 """
 
 
 class Status:
-    """What the counts say about one attempt, before the password is checked;
-    `unrecorded`: why a failure of this session could not be stored."""
+    """What the counts say about one attempt, before the password is checked.
+
+    `unrecorded`: why the attempt could not be recorded (it is then refused,
+    and so is every later one of the session)."""
 
     __slots__ = ("refused", "slowed", "failures", "unrecorded")
 
@@ -76,9 +111,10 @@ class Status:
 
 
 class Throttle:
-    """One client's standing: `check(name)` before, `failed(name, password)` after.
+    """One client's standing: `begin(name, password)` before the check,
+    `settle(right)` after; `check(name)` only reads the counts.
 
-    `unrecorded` is why a failure of this session could not be stored
+    `unrecorded` is why an attempt of this session could not be recorded
     (None while every one was): the session is then refused further tries.
     """
 
@@ -93,8 +129,10 @@ class Throttle:
         self.name_limit = name_limit
         self.controls = controls
         self.unrecorded: str | None = None
+        self._pending: dict[str, object] | None = None  # begin()'s row, for settle()
         self._key: bytes | None = None
         self._key_read = False
+        self._keyless: str | None = None  # why there is no key, until logged
 
     @property
     def active(self) -> bool:
@@ -102,42 +140,73 @@ class Throttle:
             self.limit > 0 or self.name_limit > 0)
 
     def check(self, name: str) -> Status:
-        """Refused (too many failures from this source), slowed, or clear.
-        Raises DatabaseError."""
+        """Refused (too many failures from this source), slowed, or clear,
+        recording nothing.  Raises DatabaseError."""
         if not self.active:
             return Status()
+        if self.unrecorded is not None:
+            return Status(refused=True, unrecorded=self.unrecorded)
         rows = self.db.query(COUNTS, {"source": self.source, "name": name[:MAX_NAME],
                                       "window": self.window})
-        by_source, by_name = rows[0]
+        return self._status(*rows[0])
+
+    def begin(self, name: str, password: bytes) -> Status:
+        """check(), and unless refused the attempt recorded as a failure until
+        settle() says otherwise.  An attempt a database that answers cannot
+        write comes back refused, with `unrecorded` saying why; any other
+        trouble raises DatabaseError (and nothing is checked either)."""
+        if not self.active:
+            return Status()
+        if self.unrecorded is not None:
+            return Status(refused=True, unrecorded=self.unrecorded)
+        name = name[:MAX_NAME]
+        row: dict[str, object] = {"source": self.source, "name": name,
+                                  "attempt": self.attempt(name, password)}
+        try:
+            rows = self.db.query(BEGIN, {**row, "window": self.window, "limit": self.limit,
+                                         "retention": RETENTION})
+        except DatabaseError as e:
+            if e.code is None or not e.code.startswith(CANNOT_WRITE):
+                raise
+            self.unrecorded = str(e)
+            return Status(refused=True, unrecorded=self.unrecorded)
+        status = self._status(*rows[0])
+        self._pending = None if status.refused else row
+        return status
+
+    def settle(self, right: bool) -> None:
+        """After the check begin() let through: a right password's record is
+        taken back, a wrong one's kept with the time of the answer.
+        Raises DatabaseError (a right password then stays counted)."""
+        row, self._pending = self._pending, None
+        if row is None:
+            return
+        if not right and self._keyless is not None:  # said once, where a failure is stored
+            log(self._keyless)
+            self._keyless = None
+        self.db.query(SETTLE, {**row, "right": right})
+
+    def _status(self, by_source: int, by_name: int) -> Status:
         if self.limit and by_source >= self.limit:
             return Status(refused=True, failures=by_source)
         return Status(slowed=bool(self.name_limit and by_name >= self.name_limit),
                       failures=by_name)
-
-    def failed(self, name: str, password: bytes) -> None:
-        """Count one failed attempt.  Raises DatabaseError."""
-        if not self.active:
-            return
-        name = name[:MAX_NAME]
-        self.db.query(RECORD, {"source": self.source, "name": name,
-                               "attempt": self.attempt(name, password),
-                               "retention": RETENTION})
 
     def attempt(self, name: str, password: bytes) -> int:
         """The stored value of one try: the same for a retry, unpredictable
         without the key; a fresh random one for every try when there is no key."""
         key = self.key()
         if key is None:
-            import posix
-
             return int.from_bytes(posix.urandom(8), "big") >> 1
-        import hmac  # only on failure: OpenSSL's libcrypto is not free to load
+        import _blake2  # keyed BLAKE2b: `hmac` would load OpenSSL's libcrypto (~6 ms)
 
         seed = f"{self.source}\0{name}\0".encode("utf-8", "surrogateescape")
-        return int.from_bytes(hmac.digest(key, seed + password, "sha256")[:8], "big") >> 1
+        digest = _blake2.blake2b(seed + password, key=key, digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
 
     def key(self) -> bytes | None:
-        """control/authfailkey's first line, read once; None (logged once) without it."""
+        """control/authfailkey's first line, read once; None without it (logged
+        by settle() with the session's first failure: a right password says nothing)."""
         if not self._key_read:
             self._key_read = True
             try:
@@ -148,8 +217,13 @@ class Throttle:
             if key is not None and len(key) < MIN_KEY:
                 key, why = None, f"is shorter than {MIN_KEY} characters"
             if key is None:
-                log(f"auth throttle: control/authfailkey {why}: every failure counts "
-                    "as a new attempt, retries of one password too (make install creates it)")
+                self._keyless = (f"auth throttle: control/authfailkey {why}: every failure "
+                                 "counts as a new attempt, retries of one password too "
+                                 "(make install creates it)")
+            elif len(key) > MAX_KEY:
+                import _blake2
+
+                key = _blake2.blake2b(key).digest()
             self._key = key
         return self._key
 

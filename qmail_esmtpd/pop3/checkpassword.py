@@ -27,7 +27,11 @@ PROGRAM = "qmail-esmtpd-checkpassword"
 MAX_INPUT = 512  # bytes of user NUL password NUL timestamp NUL, as the interface allows
 INPUT_TIMEOUT = 10  # seconds the caller has to write fd 3 and close it
 
-POP_QUERY = "SELECT name, sysuser, dir, hostname, ip FROM poppass WHERE id = %s"
+# accounts.USER_QUERY's columns, then what the session needs: one read on
+# every path, so that a right password on a row that cannot be served takes
+# the time a wrong one takes
+POP_QUERY = ("SELECT id, pw, active, sendlimit, name, sysuser, dir, hostname, ip "
+             "FROM poppass WHERE name = %s")
 LOOKUP_QUERY = ("SELECT id, name, sysuser, dir, hostname, ip FROM poppass "
                 "WHERE name = %s AND active")
 SERVICE_USER = b"qmaild"  # whose uid connects to the database when started as root
@@ -60,6 +64,11 @@ class Configuration:
 def main() -> int:
     """The console script: exec's the subprogram on success, else the exit status."""
     logging.PROGRAM = PROGRAM
+    from ..undumpable import make_undumpable
+
+    why = make_undumpable()  # before the password is read: no sibling may read it
+    if why is not None:
+        logging.log(f"this login stays readable by its user's other processes: {why}")
     argv = sys.argv[1:]
     if not argv:
         logging.log("usage: qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...] 3< input")
@@ -156,14 +165,17 @@ def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, byte
         try:
             if apop.looks_like_apop(password, timestamp):
                 account, status, checkable = apop.login(db, user, password, timestamp,
-                                                        throttle, config.plaintext)
+                                                        throttle, config.plaintext, POP_QUERY)
             else:
                 account, status = accounts.login(db, user, password, throttle,
-                                                 config.plaintext)
+                                                 config.plaintext, POP_QUERY)
         except accounts.Unavailable as e:
             raise Refused(TEMPORARY, f"database: {e}") from None
         if status is not None and status.refused:
             _sleep(config.delay)  # as SMTP AUTH waits before its 454
+            if status.unrecorded is not None:
+                raise Refused(TEMPORARY, "not checked: the attempt cannot be recorded: "
+                                         f"{status.unrecorded}")
             raise Refused(TEMPORARY, f"throttled: source={throttle.source} "
                                      f"failures={status.failures}")
         slowed = status is not None and status.slowed
@@ -173,13 +185,9 @@ def check(user: bytes, password: bytes, timestamp: bytes, env: "dict[bytes, byte
         if account is None:
             note = f" (slowed: {status.failures} failures against this name lately)" \
                 if slowed and status is not None else ""
-            if status is not None and status.unrecorded is not None:  # waited all the same
-                note += f" (failure not recorded: {status.unrecorded})"
             raise Refused(BAD_LOGIN, "wrong password, or no such active user" + note)
-        rows = _query(db, POP_QUERY, (account.id,))
-        if not rows:  # deleted between the two statements
-            raise Refused(BAD_LOGIN, "account deleted during the login")
-        login = session_for(rows[0], config.this_host)
+        login = session_for(account.more, config.this_host)
+        accounts.upgrade(db, account, password)  # only for a row that can log in
         if slowed:
             _sleep(config.delay)
             return login, " slowed"
