@@ -47,13 +47,16 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios
-# add the `{checkpassword} /bin/true` arguments themselves).  tests/conformance/README.md
+# add the `{checkpassword} /bin/true` arguments themselves), qmail-spp's and
+# rblsmtpd's.  tests/conformance/README.md
 conformance: venv
 	$(CONFORMANCE) --check tests/conformance/golden tests/conformance/scenarios \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 	$(CONFORMANCE) --check tests/conformance/golden-auth tests/conformance/scenarios-auth \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 	$(CONFORMANCE) --check tests/conformance/golden-spp tests/conformance/scenarios-spp \
+	    -- $(abspath $(VENV))/bin/qmail-esmtpd
+	$(CONFORMANCE) --check tests/conformance/golden-rbl tests/conformance/scenarios-rbl \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
 unit: venv

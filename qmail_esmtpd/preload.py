@@ -13,6 +13,14 @@ import posix
 from .config import CHECK_MODULES, SERVERCERT, ControlError, Controls, auth_backend, controls_of
 from .log import log
 
+# check_rbl's DNS library, and the record types its answers bring (each type's
+# class is imported when a packet first holds one): TXT and A asked, CNAME on
+# the way, SOA and NS in the authority section, AAAA beside them.
+DNS_MODULES = (
+    "dns.exception", "dns.name", "dns.resolver", "dns.reversename", "dns.rdtypes.ANY.TXT",
+    "dns.rdtypes.IN.A", "dns.rdtypes.IN.AAAA", "dns.rdtypes.ANY.CNAME", "dns.rdtypes.ANY.SOA",
+    "dns.rdtypes.ANY.NS",
+)
 # Lazy imports of a session, always loaded: the TLS code, the rare paths
 # (an address literal, an internal error, morercpthosts.cdb), what AUTH
 # decoding uses, and every check the registry names, configured or not (a
@@ -21,6 +29,7 @@ SESSION_MODULES = (
     "qmail_esmtpd.cli", "ssl", "qmail_esmtpd.tls", "qmail_esmtpd.log", "qmail_esmtpd.localips",
     "qmail_esmtpd.cdb", "traceback", "base64", "binascii", *CHECK_MODULES,
     "qmail_esmtpd.harvest",  # check_recipients' memory across connections
+    *DNS_MODULES,
 )
 # The AUTH backends and what they import lazily: loaded when AUTH is
 # configured in the server's environment, its controls or its rules.
