@@ -38,7 +38,7 @@ AUTH_MODULES = (
     "qmail_esmtpd.auth.postgres", "qmail_esmtpd.auth.accounts", "qmail_esmtpd.auth.db",
     "qmail_esmtpd.auth.limit", "qmail_esmtpd.auth.throttle", "qmail_esmtpd.auth.passwords",
     "psycopg2", "psycopg2.extensions", "psycopg2.errors", "_argon2_cffi_bindings",
-    "hmac", "hashlib", "unicodedata", "ipaddress",
+    "hmac", "hashlib", "unicodedata", "ipaddress", "grp",  # grp: who cannot read authfailkey
     # legacy hashes of imported tables (passlib's handlers, loaded per hash)
     "passlib.context", "importlib.metadata", "bcrypt", "passlib.handlers.bcrypt",
     "passlib.handlers.sha2_crypt", "passlib.handlers.md5_crypt", "passlib.handlers.des_crypt",
