@@ -24,7 +24,7 @@ from test_auth import ALICE, ALICE_PW, login
 
 from qmail_esmtpd.check_rbl import dns_servers, options
 
-from harness.paths import ROOT, SERVER
+from harness.paths import FORKSERVER, ROOT, SERVER
 from harness.processes import StartError, imported_modules
 
 CLEAN = "127.0.0.1"  # in no list
@@ -38,11 +38,13 @@ LONG_TEXT = "long " + "y" * 235
 BROKEN = "x" * 64 + ".test"  # a label longer than DNS allows: the lookup fails at once
 SESSION = b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@example.com>\r\nVRFY b\r\nNOOP\r\nQUIT\r\n"
 
-needs_dns = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("dnsmasq") or not shutil.which("rblsmtpd"),
-    reason="a DNS server on port 53 (what djbdns and rblsmtpd ask) needs root; "
-           "dnsmasq (dnsmasq-base) and rblsmtpd (ucspi-tcp): tools/install-deps")
-pytestmark = needs_dns
+
+
+def need_port_53() -> None:
+    """A DNS server on port 53 (the only one djbdns and rblsmtpd ask) needs root;
+    the real one is dnsmasq (dnsmasq-base), compared with rblsmtpd (ucspi-tcp)."""
+    if os.geteuid() != 0 or not shutil.which("dnsmasq") or not shutil.which("rblsmtpd"):
+        pytest.skip("needs root, dnsmasq and rblsmtpd (tools/install-deps)")
 
 
 def reversed_name(ip: str, base: str) -> str:
@@ -114,6 +116,7 @@ class DnsServer:
 
 @pytest.fixture(scope="module")
 def dns(tmp_path_factory):
+    need_port_53()
     server = DnsServer(tmp_path_factory.mktemp("dns"))
     yield server
     server.stop()
@@ -122,6 +125,7 @@ def dns(tmp_path_factory):
 @pytest.fixture
 def silent():
     """A DNS server that never answers: a UDP socket on port 53 nobody reads."""
+    need_port_53()
     for _ in range(5):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -326,6 +330,18 @@ print(sorted(set(sys.modules) - before))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.stdout == "[]\n", out
+
+
+def test_the_recorded_rblsmtpd_transcripts_through_the_server():
+    """`make conformance`'s rblsmtpd transcripts, through qmail-esmtpd-server
+    (tests/conformance/through-server in the launcher's place)."""
+    conformance = ROOT / "tests" / "conformance"
+    out = subprocess.run([sys.executable, str(conformance / "dialog.py"), "--check",
+                          str(conformance / "golden-rbl"), str(conformance / "scenarios-rbl"),
+                          "--", str(conformance / "through-server"), str(FORKSERVER)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "10 scenario(s), 0 failed" in out.stdout, \
+        out.stdout[-3000:] + out.stderr[-2000:]
 
 
 # -- through tcpserver and the warm server ------------------------------------------------
