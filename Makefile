@@ -47,8 +47,9 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # The recorded qmail-smtpd transcripts, then the AUTH patch's (their scenarios
-# add the `{checkpassword} /bin/true` arguments themselves), qmail-spp's, and
-# the SMTPUTF8 patch's (their scenarios switch it on).  tests/conformance/README.md
+# add the `{checkpassword} /bin/true` arguments themselves), qmail-spp's,
+# the SMTPUTF8 patch's (their scenarios switch it on) and rblsmtpd's.
+# tests/conformance/README.md
 conformance: venv
 	$(CONFORMANCE) --check tests/conformance/golden tests/conformance/scenarios \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
@@ -57,6 +58,8 @@ conformance: venv
 	$(CONFORMANCE) --check tests/conformance/golden-spp tests/conformance/scenarios-spp \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 	$(CONFORMANCE) --check tests/conformance/golden-utf8 tests/conformance/scenarios-utf8 \
+	    -- $(abspath $(VENV))/bin/qmail-esmtpd
+	$(CONFORMANCE) --check tests/conformance/golden-rbl tests/conformance/scenarios-rbl \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
 unit: venv

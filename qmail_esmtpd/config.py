@@ -197,6 +197,20 @@ class Settings:
         self.checkrecipients = flag_setting(controls, env, b"checkrecipients")
         self.smtpplugins = self._plugin_file(controls, env)
         self.smtputf8 = flag_setting(controls, env, b"smtputf8")
+        self.rbl = self._rblsmtpd(controls, env)
+
+    def _rblsmtpd(self, controls: Controls, env: "Mapping[bytes, bytes]") -> list[bytes] | None:
+        """rblsmtpd's options ($RBLLISTS, else control/rbllists), or None when
+        there is nothing to do: no lists and no $RBLSMTPD text, or an empty
+        $RBLSMTPD (rblsmtpd's "do not block this client")."""
+        text = env.get(b"RBLSMTPD")
+        if text == b"":
+            return None
+        words = env.get(b"RBLLISTS")
+        if words is None:
+            words = b" ".join(controls.lines(b"rbllists") or ())
+        options = words.split()
+        return options if options or text is not None else None
 
     def _plugin_file(self, controls: Controls, env: "Mapping[bytes, bytes]") -> bytes | None:
         """qmail-spp's configuration: $SPPCONFFILE (a relative one from the
@@ -250,10 +264,13 @@ def auth_backend(argv: list[bytes], env: "Mapping[bytes, bytes]",
 # configuration -> checks: a module qmail_esmtpd/check_NAME.py each, whose
 # build(settings) returns the check (protocol.Checks.assemble says what it
 # may answer), switched on by its Settings value when that is neither None
-# nor False.  The order is the order of asking: what we offer, who may send,
-# the admin's plugins, where mail may go, which recipients exist.  A check that is off
-# is not imported; the warm server preloads them all (preload.py).
+# nor False.  The order is the order of asking: who may talk at all (a
+# listed client is refused before anything else), what we offer, who may
+# send, the admin's plugins, where mail may go, which recipients exist.  A
+# check that is off is not imported; the warm server preloads them all
+# (preload.py).
 CHECKS = (
+    ("rbl", "rbl"),                     # $RBLSMTPD, control/rbllists: DNS blocklists, as rblsmtpd
     ("smtputf8", "smtputf8"),           # control/smtputf8: RFC 6531 offered (refuses nothing)
     ("badmailfrom", "badmailfrom"),     # control/badmailfrom
     ("authsender", "auth_backend"),     # AUTH: SIZE within databytes, senderbinding, daily limit

@@ -13,6 +13,14 @@ import posix
 from .config import CHECK_MODULES, SERVERCERT, ControlError, Controls, auth_backend, controls_of
 from .log import log
 
+# check_rbl's DNS library, and the record types its answers bring (each type's
+# class is imported when a packet first holds one): TXT and A asked, CNAME on
+# the way, SOA and NS in the authority section, AAAA beside them.
+DNS_MODULES = (
+    "dns.exception", "dns.name", "dns.resolver", "dns.reversename", "dns.rdtypes.ANY.TXT",
+    "dns.rdtypes.IN.A", "dns.rdtypes.IN.AAAA", "dns.rdtypes.ANY.CNAME", "dns.rdtypes.ANY.SOA",
+    "dns.rdtypes.ANY.NS",
+)
 # Lazy imports of a session, always loaded: the TLS code, the rare paths
 # (an address literal, an internal error, morercpthosts.cdb, an international
 # domain and its IDNA tables), what AUTH decoding uses, and every check the
@@ -25,6 +33,7 @@ SESSION_MODULES = (
     "encodings.punycode",  # the codec idna encodes A-labels with, found by name
     *CHECK_MODULES,
     "qmail_esmtpd.harvest",  # check_recipients' memory across connections
+    *DNS_MODULES,
 )
 # The AUTH backends and what they import lazily: loaded when AUTH is
 # configured in the server's environment, its controls or its rules.
@@ -33,7 +42,7 @@ AUTH_MODULES = (
     "qmail_esmtpd.auth.postgres", "qmail_esmtpd.auth.accounts", "qmail_esmtpd.auth.db",
     "qmail_esmtpd.auth.limit", "qmail_esmtpd.auth.throttle", "qmail_esmtpd.auth.passwords",
     "psycopg2", "psycopg2.extensions", "psycopg2.errors", "_argon2_cffi_bindings",
-    "hmac", "hashlib", "unicodedata", "ipaddress",
+    "hmac", "hashlib", "unicodedata", "ipaddress", "grp",  # grp: who cannot read authfailkey
     # legacy hashes of imported tables (passlib's handlers, loaded per hash)
     "passlib.context", "importlib.metadata", "bcrypt", "passlib.handlers.bcrypt",
     "passlib.handlers.sha2_crypt", "passlib.handlers.md5_crypt", "passlib.handlers.des_crypt",

@@ -46,6 +46,12 @@ LINE_TOO_LONG = b"500 line too long, closing connection (#5.5.2)\r\n"
 NO_MAILBOX = b"550 sorry, no mailbox here by that name (#5.1.1)\r\n"
 BADRCPTTO = b"553 sorry, mail to that recipient is not accepted (#5.7.1)\r\n"
 TOO_MANY_UNKNOWN = b"421 too many unknown recipients, closing connection (#4.7.1)\r\n"
+# rblsmtpd's (ucspi-tcp 0.88) to a listed client: its greeting and its answer
+# to HELO, EHLO, MAIL, RSET and NOOP; the refusal itself is 451 or 553 and the
+# list's text (check_rbl.py)
+RBL_GREETING = b"220 rblsmtpd.local\r\n"
+RBL_OK = b"250 rblsmtpd.local\r\n"
+RBL_QUIT = b"221 rblsmtpd.local\r\n"
 
 
 def spp_failure(plugin: bytes, reason: str) -> bytes:

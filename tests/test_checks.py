@@ -21,7 +21,8 @@ def everything_on(tmp_path):
              "smtpplugins": "[rcpt]\n:true", "authdb": "dbname=nowhere", "smtputf8": "1"}
     for name, text in files.items():
         (control / name).write_text(text + "\n")
-    return {b"QMAIL_HOME": str(tmp_path).encode(), b"QMAIL_CONTROL": str(control).encode()}
+    return {b"QMAIL_HOME": str(tmp_path).encode(), b"QMAIL_CONTROL": str(control).encode(),
+            b"RBLSMTPD": b"listed"}  # rblsmtpd's text from the rules: refused, no DNS
 
 
 def modules_asked(built, stage):

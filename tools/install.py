@@ -23,11 +23,15 @@ real mail hosts decides how:
   control/, users/cdb and bin/qmail-queue are found under it ($QMAIL_HOME,
   $QMAIL_CONTROL and $QMAILQUEUE still override it).  So do the run
   scripts: copies of service/ with QMAIL=PREFIX, in
-  PREFIX/lib/qmail-esmtpd/service, to copy into a supervise folder.
+  PREFIX/lib/qmail-esmtpd/service, to copy into a supervise folder; and
+  the systemd units of systemd/, PREFIX in their paths, in
+  PREFIX/lib/qmail-esmtpd/systemd, to copy into /etc/systemd/system.
+  Nothing is written outside PREFIX.
 - Before saying "installed", it runs the launcher once as the service user
   (the first of --user's list that exists, make's TRY_AS=; default qmaild,
-  else nobody), and the AUTH imports (psycopg2, argon2) too, and fails with
-  what to do if that does not work.  Not with --destdir (the
+  else nobody), and the AUTH imports (psycopg2, argon2) too, then starts
+  qmail-esmtpd-server with its sessions as that user and talks to it once,
+  and fails with what to do if that does not work.  Not with --destdir (the
   files are not where they will run yet).
 
 wheels: every dependency as a wheel, and the build backend, in DIR: copy DIR
@@ -40,8 +44,11 @@ import configparser
 import os
 import pwd
 import secrets
+import select
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,8 +66,13 @@ LAUNCHERS = (("qmail-esmtpd", "qmail_esmtpd.cli:run"),
              ("qmail-esmtpd-server", "qmail_esmtpd.forkserver:main"))
 SERVICE_USERS = ("qmaild", "nobody")
 # daemontools scripts, each with one QMAIL=/var/qmail line that names qmail's home
-SERVICE_SCRIPTS = ("run", "run-submission", "run-smtps", "log/run")
+SERVICE_SCRIPTS = ("run", "run-submission", "run-smtps", "run-server", "log/run")
 QMAIL_LINE = "QMAIL=/var/qmail\n"
+# systemd units, examples to copy: no variables there, so every /var/qmail in
+# them becomes PREFIX
+SYSTEMD_UNITS = ("qmail-esmtpd.socket", "qmail-esmtpd.service")
+QMAIL_HOME_DEFAULT = "/var/qmail"
+SERVER_START_SECONDS = 60  # the trial server: loading its code, then a greeting
 # What the first AUTH command loads, and one hash made and checked the way the
 # server does it: proves the compiled parts (libpq, libargon2, bcrypt) load for
 # the service user.
@@ -222,6 +234,14 @@ def service_scripts(folder: Path, prefix: str) -> None:
         os.chmod(path, 0o755)
 
 
+def systemd_units(folder: Path, prefix: str) -> None:
+    """systemd/'s unit files in `folder`, /var/qmail in them replaced by `prefix`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SYSTEMD_UNITS:
+        text = (ROOT / "systemd" / name).read_text()
+        (folder / name).write_text(text.replace(QMAIL_HOME_DEFAULT, prefix))
+
+
 def make_dirs(path: Path) -> None:
     """Create missing directories 0755 (existing ones, qmail's, are left alone)."""
     missing = []
@@ -255,6 +275,7 @@ def install(args: argparse.Namespace) -> None:
     if compiled.returncode != 0:
         raise InstallError(f"compileall failed: {compiled.stdout}{compiled.stderr}")
     service_scripts(stage / "service", prefix)
+    systemd_units(stage / "systemd", prefix)
     fix_modes(stage)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -272,9 +293,10 @@ def install(args: argparse.Namespace) -> None:
         return
     print(failure_key(Path(prefix) / "control", service_user(args.user)))
     user = check(bindir, libdir, python, args.user)
-    print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
-          f"qmail-esmtpd-checkpassword for {python} "
-          f"(qmail-smtpd untouched; tried as {user}: it starts, and AUTH's libraries load)")
+    print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user, qmail-esmtpd-checkpassword "
+          f"and qmail-esmtpd-server for {python} (qmail-smtpd untouched; tried as {user}: "
+          f"it starts, AUTH's libraries load, and the server serves)")
+    print(f"run scripts in {libdir}/service, systemd units in {libdir}/systemd")
 
 
 def compile_in_home(config: Path, prefix: str) -> None:
@@ -323,6 +345,10 @@ def check(bindir: str, libdir: str, python: str, usernames: str) -> str:
     user = service_user(usernames)
     who = user.pw_name if user else pwd.getpwuid(os.geteuid()).pw_name
     ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    advice = (f"{who} must be able to run {python} (every folder above it must be "
+              f"searchable by {who}: not under a 0700 home such as pyenv's) and read "
+              f"{libdir}; choose another interpreter with PYTHON=/usr/bin/python3.x, "
+              f"or another user with TRY_AS=.")
     with tempfile.TemporaryDirectory(prefix="qmail-esmtpd-check-") as tmp:
         control = Path(tmp)
         os.chmod(control, 0o755)
@@ -343,12 +369,50 @@ def check(bindir: str, libdir: str, python: str, usernames: str) -> str:
             said = (out.stderr or out.stdout).decode(errors="replace").strip().splitlines()[-3:]
             raise InstallError(
                 f"the installed {argv[0] if data else 'AUTH code'} does not work as user {who}:\n"
-                f"    {' / '.join(said) or f'exit {out.returncode}'}\n"
-                f"{who} must be able to run {python} (every folder above it must be "
-                f"searchable by {who}: not under a 0700 home such as pyenv's) and read "
-                f"{libdir}; choose another interpreter with PYTHON=/usr/bin/python3.x, "
-                f"or another user with TRY_AS=.")
+                f"    {' / '.join(said) or f'exit {out.returncode}'}\n" + advice)
+        ids_options = ["-u", str(user.pw_uid), "-g", str(user.pw_gid)] if user else []
+        said = try_server(f"{bindir}/qmail-esmtpd-server", ids_options, env)
+        if said is not None:
+            raise InstallError(f"the installed {bindir}/qmail-esmtpd-server does not serve with "
+                               f"its sessions as user {who}:\n    {said}\n" + advice)
     return who
+
+
+def try_server(program: str, ids_options: list[str], env: dict[str, str]) -> str | None:
+    """Start the server on a port of 127.0.0.1 (-1 says which), its sessions as
+    the service user (`ids_options`), and read one greeting: None if that
+    worked, else what went wrong (the server's last words)."""
+    proc = subprocess.Popen([program, "-1", *ids_options, "127.0.0.1", "0"], env=env, cwd="/",
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    failure = None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_SECONDS)
+        port = proc.stdout.readline().strip() if ready else b""
+        if not port.isdigit():
+            failure = (f"not listening after {SERVER_START_SECONDS} s" if not ready
+                       else "no port printed")
+        else:
+            with socket.create_connection(("127.0.0.1", int(port)),
+                                          timeout=SERVER_START_SECONDS) as client:
+                greeting = client.recv(4096)
+                client.sendall(b"QUIT\r\n")
+            if not greeting.startswith(b"220 install-check"):
+                failure = f"its session said {greeting[:200]!r}"
+    except OSError as e:
+        failure = str(e)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if failure is None:
+        return None
+    last = proc.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+    return " / ".join([failure, *last])
 
 
 if __name__ == "__main__":

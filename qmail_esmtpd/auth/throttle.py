@@ -213,7 +213,7 @@ class Throttle:
                 key = self.controls.line(KEY_FILE) if self.controls is not None else None
                 why = "is missing"
             except ControlError as e:
-                key, why = None, f"cannot be read ({e})"
+                key, why = None, f"cannot be read by {reader()} ({e})"
             if key is not None and len(key) < MIN_KEY:
                 key, why = None, f"is shorter than {MIN_KEY} characters"
             if key is None:
@@ -226,6 +226,25 @@ class Throttle:
                 key = _blake2.blake2b(key).digest()
             self._key = key
         return self._key
+
+
+def reader() -> str:
+    """Who this process reads files as, by name: what an admin compares with
+    the key file's owner and group (make install gives it the service user's)."""
+    import grp
+    import posix
+    import pwd
+
+    uid, gid = posix.geteuid(), posix.getegid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = "?"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = "?"
+    return f"user {user} (uid {uid}) group {group} (gid {gid})"
 
 
 def open_throttle(db: Database, controls: "Controls", env: "Mapping[bytes, bytes]",
