@@ -461,6 +461,7 @@ def main() -> int:
     # interpreter's library may be closed to the service user), configuration
     # is read after dropping them, as every session reads it.
     missing = preload.import_modules(preload.SESSION_MODULES)
+    preload.load_user_database()
     if opts.per_source:
         source_of("::")  # -C counts IPv6 clients with ipaddress: loaded now, not as the user
     if missing:

@@ -67,6 +67,17 @@ def auth_configured(argv: list[bytes], controls: Controls, rules_set_authdb: boo
         return True  # unreadable now: load the libraries in case a session can read it
 
 
+def load_user_database() -> None:
+    """glibc loads its NSS modules at the first getpwnam(): once here, not in
+    every child whose recipient check asks (within a CPU budget per recipient)."""
+    import pwd
+
+    try:
+        pwd.getpwnam("alias")
+    except KeyError:
+        pass
+
+
 def import_modules(names: "tuple[str, ...]") -> list[str]:
     """Import each module; the names that could not be imported (logged by the caller)."""
     missing = []
