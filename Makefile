@@ -10,7 +10,7 @@ BINDIR  := $(PREFIX)/bin
 LIBDIR  := $(PREFIX)/lib/qmail-esmtpd
 CONFORMANCE := $(VPY) tests/conformance/dialog.py
 
-.PHONY: deps deps-demo venv test lint conformance unit cdb install wheels demo bench clean
+.PHONY: deps deps-demo venv test lint conformance unit cdb install uninstall wheels demo bench clean
 
 # The Debian packages the tests (or just the demo) need: installed as root,
 # otherwise the apt-get command to run is printed.
@@ -70,7 +70,8 @@ cdb: tcp.smtp.cdb
 tcp.smtp.cdb: tcp.smtp.example
 	tcprules tcp.smtp.cdb tcp.smtp.tmp < tcp.smtp.example
 
-# Installs beside qmail, never over qmail-smtpd: the run script chooses.
+# Installs beside qmail, never over qmail-smtpd: the run script chooses; the
+# manual pages go to PREFIX/man (man -M PREFIX/man qmail-esmtpd).
 # tools/install.py says how (interpreter qmaild can run, explicit modes, nothing
 # written into the checkout, defaults that follow PREFIX, a trial run as qmaild).
 # PYTHON=... names the interpreter the launchers use (default /usr/bin/python3);
@@ -84,6 +85,11 @@ TRY_AS  ?=
 install:
 	$(PYTHON) tools/install.py install --prefix '$(PREFIX)' --destdir '$(DESTDIR)' \
 	    $(INSTALL_PYTHON) $(if $(WHEELS),--wheels '$(WHEELS)') $(if $(TRY_AS),--user '$(TRY_AS)')
+
+# What install put under PREFIX (programs, library, run scripts, systemd units,
+# manual pages) taken away; the control files, authfailkey among them, stay.
+uninstall:
+	$(PYTHON) tools/install.py uninstall --prefix '$(PREFIX)' --destdir '$(DESTDIR)'
 
 # On a connected machine: every dependency as a wheel in one folder (default
 # wheels/) to copy to an offline mail host and `make install WHEELS=...` there.

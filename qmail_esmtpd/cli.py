@@ -125,5 +125,20 @@ def run() -> None:
 
     Nothing is left to flush (all output goes through raw fds), and
     finalization would be CPU spent once per connection for nothing.
+    Only an exact first argument --help or --version is ours: the others are
+    the AUTH patch's checkpassword command line.
     """
+    if len(sys.argv) > 1 and sys.argv[1] in ("--help", "--version"):
+        posix._exit(_about(sys.argv[1]))
     posix._exit(main())
+
+
+USAGE = "usage: qmail-esmtpd [checkpassword subprogram [arg ...]]"
+
+
+def _about(argument: str) -> int:
+    """--help or --version on stdout, nothing else: no session, no log line."""
+    from . import about
+
+    _say(about("qmail-esmtpd", USAGE, argument).encode())
+    return 0

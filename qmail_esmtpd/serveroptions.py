@@ -16,9 +16,11 @@
   -6     IPv4 clients in IPv6 form too: PROTO=TCP6, TCPREMOTEIP=::ffff:a.b.c.d
   -I IF  the interface of a link-local HOST (fe80::...)
   -T S   on SIGTERM, wait at most S seconds (60) for running sessions
+  --help, --version (as the first argument): say so on stdout and exit 0
 """
 
 import os
+import sys
 
 from .config import MAX_SECONDS
 
@@ -59,6 +61,12 @@ class Options:
 
 def parse(argv: list[str]) -> Options:
     """tcpserver-style getopt: options first, then HOST PORT (not with -S), then ARGs."""
+    if argv[:1] in (["--help"], ["--version"]):
+        from . import about
+
+        sys.stdout.write(about("qmail-esmtpd-server", USAGE, argv[0]))
+        sys.stdout.flush()
+        raise SystemExit(0)  # as argparse's --help: before any socket or log line
     opts = Options()
     args = list(argv)
     while args and args[0].startswith("-") and args[0] != "-":

@@ -398,3 +398,52 @@ def serveroptions_usage() -> str:
     from qmail_esmtpd.serveroptions import USAGE
 
     return USAGE
+
+
+def contents(top: Path) -> dict:
+    """Every path under `top`: a folder, or a file's bytes and mode."""
+    return {str(p.relative_to(top)): "folder" if p.is_dir() and not p.is_symlink()
+            else (p.read_bytes(), stat.S_IMODE(p.lstat().st_mode)) for p in top.rglob("*")}
+
+
+def test_uninstall_leaves_prefix_as_it_was_but_the_control_files(checkout: Path, prefix: Path):
+    """qmail's own programs, pages and control files stay; so does the authfailkey
+    install made (the admin's data: a new key would forget the throttle's records)."""
+    for path, text in (("bin/qmail-smtpd", "#!/bin/sh\n"), ("control/me", "x.example\n"),
+                       ("control/rcpthosts", "x.example\n"), ("man/man8/qmail-smtpd.8", ".TH\n")):
+        (prefix / path).parent.mkdir(parents=True, exist_ok=True)
+        (prefix / path).write_text(text)
+    before = contents(prefix)
+
+    said = run_make("install", f"PREFIX={prefix}", f"WHEELS={wheel_folder()}", cwd=checkout,
+                    env=UNREACHABLE_INDEX)
+    assert f"manual pages in {prefix}/man" in said, said
+    for name in ("man8/qmail-esmtpd.8", "man8/qmail-esmtpd-server.8", "man8/qmail-esmtpd-user.8",
+                 "man8/qmail-esmtpd-checkpassword.8", "man5/qmail-esmtpd-control.5"):
+        page = prefix / "man" / name
+        assert page.read_bytes() == (ROOT / "man" / page.name).read_bytes()
+        assert stat.S_IMODE(page.stat().st_mode) == 0o644
+    manual = subprocess.run(["man", "-M", str(prefix / "man"), "-P", "cat", "qmail-esmtpd"],
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "MANWIDTH": "80"})
+    assert manual.returncode == 0 and "qmail-esmtpd-control(5)" in manual.stdout, manual
+    key = (prefix / "control" / "authfailkey").read_bytes()
+    (prefix / "control" / "authfaillimit").write_text("5\n")  # the admin's, after install
+
+    said = run_make("uninstall", f"PREFIX={prefix}", cwd=checkout)
+
+    assert "the control files stay" in said, said
+    after = contents(prefix)
+    assert after.pop("control/authfailkey")[0] == key
+    assert after.pop("control/authfaillimit")[0] == b"5\n"
+    assert after == before
+
+
+def test_uninstall_with_destdir_takes_away_what_install_staged(checkout: Path, tmp_path: Path):
+    stage = tmp_path / "stage"
+    run_make("install", "PREFIX=/opt/qmail", f"DESTDIR={stage}", f"WHEELS={wheel_folder()}",
+             cwd=checkout, env=UNREACHABLE_INDEX)
+    assert (stage / "opt/qmail/man/man5/qmail-esmtpd-control.5").exists()
+    run_make("uninstall", "PREFIX=/opt/qmail", f"DESTDIR={stage}", cwd=checkout)
+    assert [p for p in stage.rglob("*") if not p.is_dir()] == []
+    assert [p.name for p in (stage / "opt" / "qmail").iterdir()] == []

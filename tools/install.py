@@ -2,6 +2,7 @@
 
     install.py install --prefix PREFIX [--destdir DIR] [--python PY] [--wheels DIR]
                        [--user NAME,...]
+    install.py uninstall --prefix PREFIX [--destdir DIR]
     install.py wheels DIR [--python PY]
 
 install: the package and its dependencies go to PREFIX/lib/qmail-esmtpd, the
@@ -26,6 +27,7 @@ real mail hosts decides how:
   PREFIX/lib/qmail-esmtpd/service, to copy into a supervise folder; and
   the systemd units of systemd/, PREFIX in their paths, in
   PREFIX/lib/qmail-esmtpd/systemd, to copy into /etc/systemd/system.
+  The manual pages of man/ go to PREFIX/man/man5 and man8.
   Nothing is written outside PREFIX.
 - Before saying "installed", it runs the launcher once as the service user
   (the first of --user's list that exists, make's TRY_AS=; default qmaild,
@@ -33,6 +35,11 @@ real mail hosts decides how:
   qmail-esmtpd-server with its sessions as that user and talks to it once,
   and fails with what to do if that does not work.  Not with --destdir (the
   files are not where they will run yet).
+
+uninstall: takes away what install put in place (the launchers, the library
+with its run scripts and systemd units, the manual pages, and the folders
+left empty by that); the admin's data stays: every control file, the
+authfailkey install created among them.
 
 wheels: every dependency as a wheel, and the build backend, in DIR: copy DIR
 to the mail host and `make install WHEELS=DIR`.  Run it with the same Python
@@ -71,6 +78,7 @@ QMAIL_LINE = "QMAIL=/var/qmail\n"
 # systemd units, examples to copy: no variables there, so every /var/qmail in
 # them becomes PREFIX
 SYSTEMD_UNITS = ("qmail-esmtpd.socket", "qmail-esmtpd.service")
+MANUAL = ROOT / "man"  # roff pages, each named NAME.SECTION
 QMAIL_HOME_DEFAULT = "/var/qmail"
 SERVER_START_SECONDS = 60  # the trial server: loading its code, then a greeting
 # What the first AUTH command loads, and one hash made and checked the way the
@@ -91,6 +99,8 @@ def main() -> int:
     try:
         if args.command == "wheels":
             collect_wheels(Path(args.dir), interpreter(args.python))
+        elif args.command == "uninstall":
+            uninstall(os.path.abspath(args.prefix), args.destdir.rstrip("/"))
         else:
             install(args)
     except InstallError as e:
@@ -110,6 +120,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--user", default=",".join(SERVICE_USERS), metavar="NAME,...",
                    help="try the install as the first of these users that exists "
                         "(default: qmaild,nobody)")
+    u = sub.add_parser("uninstall")
+    u.add_argument("--prefix", required=True)
+    u.add_argument("--destdir", default="")
     w = sub.add_parser("wheels")
     w.add_argument("dir")
     w.add_argument("--python", default="")
@@ -285,6 +298,7 @@ def install(args: argparse.Namespace) -> None:
     shutil.rmtree(old, ignore_errors=True)
     for name, entry in LAUNCHERS:
         write_launcher(f"{dest}{bindir}/{name}", launcher_text(python, entry, [libdir]))
+    install_manual(Path(dest + prefix))
     where = f"{dest}{bindir}"
     if dest:
         print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user and "
@@ -296,7 +310,46 @@ def install(args: argparse.Namespace) -> None:
     print(f"installed {where}/qmail-esmtpd, qmail-esmtpd-user, qmail-esmtpd-checkpassword "
           f"and qmail-esmtpd-server for {python} (qmail-smtpd untouched; tried as {user}: "
           f"it starts, AUTH's libraries load, and the server serves)")
-    print(f"run scripts in {libdir}/service, systemd units in {libdir}/systemd")
+    print(f"run scripts in {libdir}/service, systemd units in {libdir}/systemd, "
+          f"manual pages in {prefix}/man (MANPATH)")
+
+
+def manual_pages() -> list[Path]:
+    """man/'s pages: qmail-esmtpd.8 goes to man8, qmail-esmtpd-control.5 to man5."""
+    return sorted(p for p in MANUAL.iterdir() if p.suffix[1:].isdigit())
+
+
+def install_manual(home: Path) -> None:
+    """Each page in HOME/man/manN, 0644, as qmail installs its own under its home."""
+    for page in manual_pages():
+        folder = home / "man" / f"man{page.suffix[1:]}"
+        make_dirs(folder)
+        shutil.copyfile(page, folder / page.name)
+        os.chmod(folder / page.name, 0o644)
+
+
+def uninstall(prefix: str, dest: str) -> None:
+    """What install put under PREFIX, taken away; the control files stay."""
+    home = Path(dest + prefix)
+    library = home / "lib" / "qmail-esmtpd"
+    for path in (library, library.with_name(library.name + ".new"),
+                 library.with_name(library.name + ".old")):
+        shutil.rmtree(path, ignore_errors=True)
+    files = [home / "bin" / name for name, _ in LAUNCHERS]
+    files += [home / "man" / f"man{page.suffix[1:]}" / page.name for page in manual_pages()]
+    for path in files:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    # folders install may have made, if nothing else is in them (never control/)
+    folders = {path.parent for path in files} | {home / "man", home / "lib"}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (qmail's own files), or not there
+            pass
+    print(f"uninstalled qmail-esmtpd from {home}; the control files stay in {home}/control")
 
 
 def compile_in_home(config: Path, prefix: str) -> None:

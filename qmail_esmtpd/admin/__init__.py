@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from .. import __version__
 from ..auth.db import NO_PRIVILEGE, Database, DatabaseError
 from ..config import ControlError, controls_of
 from .commands import (
@@ -148,7 +149,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Manage qmail-esmtpd AUTH users (table poppass) and daily limits.",
-        epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=HELP + "\nThe manual: man 8 qmail-esmtpd-user\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--db", metavar="CONNINFO",
                    help="libpq connection string of a role that may change the tables "
                         "(default: $QMAIL_ESMTPD_ADMINDB, else control/admindb, else "

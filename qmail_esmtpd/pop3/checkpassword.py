@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..auth.db import Database
 
 PROGRAM = "qmail-esmtpd-checkpassword"
+USAGE = "usage: qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...] 3< input"
 MAX_INPUT = 512  # bytes of user NUL password NUL timestamp NUL, as the interface allows
 INPUT_TIMEOUT = 10  # seconds the caller has to write fd 3 and close it
 
@@ -63,6 +64,12 @@ class Configuration:
 
 def main() -> int:
     """The console script: exec's the subprogram on success, else the exit status."""
+    if sys.argv[1:2] in (["--help"], ["--version"]):  # before fd 3 is read or a line logged
+        from .. import about
+
+        sys.stdout.write(about(PROGRAM, USAGE, sys.argv[1]))
+        sys.stdout.flush()
+        return 0
     logging.PROGRAM = PROGRAM
     from ..undumpable import make_undumpable
 
@@ -71,7 +78,7 @@ def main() -> int:
         logging.log(f"this login stays readable by its user's other processes: {why}")
     argv = sys.argv[1:]
     if not argv:
-        logging.log("usage: qmail-esmtpd-checkpassword SUBPROGRAM [ARGS...] 3< input")
+        logging.log(USAGE)
         return MISUSE
     env = dict(posix.environ)
     remoteip = env.get(b"TCPREMOTEIP", b"")
