@@ -109,6 +109,12 @@ MAX_ID = 2**32 - 2  # uid_t and gid_t; 2**32 - 1 is -1, "leave unchanged"
 NUMBER_OPTIONS = {"c": ("limit", MAX_COUNT), "C": ("per_source", MAX_COUNT),
                   "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS)}
 ID_OPTIONS = {"u": "uid", "g": "gid"}
+TEXT_OPTIONS = {"x": "rules", "l": "localhost", "I": "interface"}
+# letter -> (attribute, value); U reads $UID and $GID (_set_flag)
+FLAG_OPTIONS = {"v": ("verbosity", 2), "q": ("verbosity", 0), "Q": ("verbosity", 1),
+                "1": ("print_port", True), "S": ("systemd", True),
+                "X": ("allow_missing_rules", True), "4": ("ipv4_only", True),
+                "6": ("force6", True)}
 
 
 def _number(letter: str, value: str) -> int:
@@ -132,31 +138,13 @@ def _set_value(opts: Options, letter: str, value: str) -> None:
         opts.limit = max(1, opts.limit)
     elif letter in ID_OPTIONS:
         setattr(opts, ID_OPTIONS[letter], _id(letter, value))
-    elif letter == "x":
-        opts.rules = value
-    elif letter == "l":
-        opts.localhost = value
-    elif letter == "I":
-        opts.interface = value
+    else:
+        setattr(opts, TEXT_OPTIONS[letter], value)
 
 
 def _set_flag(opts: Options, letter: str) -> None:
-    if letter == "v":
-        opts.verbosity = 2
-    elif letter == "q":
-        opts.verbosity = 0
-    elif letter == "Q":
-        opts.verbosity = 1
-    elif letter == "1":
-        opts.print_port = True
-    elif letter == "S":
-        opts.systemd = True
-    elif letter == "X":
-        opts.allow_missing_rules = True
-    elif letter == "4":
-        opts.ipv4_only = True
-    elif letter == "6":
-        opts.force6 = True
+    if letter in FLAG_OPTIONS:
+        setattr(opts, *FLAG_OPTIONS[letter])
     elif letter == "U":  # as tcpserver: each from its variable when that is set
         uid, gid = os.environ.get("UID"), os.environ.get("GID")
         if uid is not None:

@@ -670,61 +670,24 @@ def test_checkpassword_arguments_and_queue_environment(forkserver, tmp_path):
     assert seen["TCPREMOTEINFO"] == "alice" and seen["RELAYCLIENT"] == ""
 
 
-def test_systemd_socket(tmp_path, control, queue):
-    """As systemd starts it: the listening socket on fd 3, LISTEN_FDS=1 and
-    LISTEN_PID naming the server's own pid (a Python shim moves the socket
-    to fd 3 and execs, keeping its pid)."""
+def served_by_systemd(tmp_path: Path, control: Path, listeners: list) -> str:
+    """The server as systemd starts it: `listeners` on fds 3, 4, ..., LISTEN_FDS
+    and LISTEN_PID naming the server's own pid (a Python shim moves the sockets
+    and execs, keeping its pid); an EHLO on each, then SIGTERM.  Its log."""
     let_service_user_in(tmp_path)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-    shim = ("import os, sys\n"
-            "os.dup2(int(sys.argv[1]), 3)\n"
-            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-            "os.execv(sys.argv[2], sys.argv[2:])\n")
-    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true",
-           "LISTEN_FDS": "1"}
-    log = tmp_path / "systemd.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", shim, str(listener.fileno()),
-                                 str(FORKSERVER), "-v", "-S", "-T", "5", *service_ids()],
-                                env=env, pass_fds=(listener.fileno(),), stderr=err,
-                                start_new_session=True)
-    try:
-        with smtplib.SMTP(*listener.getsockname(), timeout=20) as client:
-            assert client.ehlo("client.test")[0] == 250
-    finally:
-        listener.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=20) == 0, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", log.read_text())
-
-
-def test_systemd_sockets_one_per_family(tmp_path, control, queue):
-    """Issue 25, item 1: LISTEN_FDS=2, an IPv6 socket on fd 3 and an IPv4 one
-    on fd 4 (two ListenStream= lines): the server accepts on both."""
-    let_service_user_in(tmp_path)
-    listeners = [socket.socket(socket.AF_INET6), socket.socket(socket.AF_INET)]
-    listeners[0].setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    listeners[0].bind(("::1", 0))
-    listeners[1].bind(("127.0.0.1", 0))
     for listener in listeners:
         listener.listen(5)
-    shim = ("import os, sys\n"
-            "os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4)\n"
-            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-            "os.execv(sys.argv[3], sys.argv[3:])\n")
-    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true",
-           "LISTEN_FDS": "2"}
-    log = tmp_path / "systemd.log"
     fds = [listener.fileno() for listener in listeners]
+    shim = ("import os, sys\n"
+            "n = int(sys.argv[1])\n"
+            "for i, fd in enumerate(sys.argv[2:2 + n]): os.dup2(int(fd), 3 + i)\n"
+            "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+            "os.execv(sys.argv[2 + n], sys.argv[2 + n:])\n")
+    env = {"PATH": "/usr/bin:/bin", "QMAIL_CONTROL": str(control), "QMAILQUEUE": "/bin/true",
+           "LISTEN_FDS": str(len(fds))}
+    log = tmp_path / "systemd.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", shim, *map(str, fds),
+        proc = subprocess.Popen([sys.executable, "-c", shim, str(len(fds)), *map(str, fds),
                                  str(FORKSERVER), "-v", "-S", "-T", "5", *service_ids()],
                                 env=env, pass_fds=fds, stderr=err, start_new_session=True)
     try:
@@ -741,9 +704,26 @@ def test_systemd_sockets_one_per_family(tmp_path, control, queue):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    text = log.read_text()
-    assert re.search(r"ok \d+ :::1:\d+ :::1::\d+", text), text
-    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", text), text
+    return log.read_text()
+
+
+def test_systemd_socket(tmp_path, control, queue):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    log = served_by_systemd(tmp_path, control, [listener])
+    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", log)
+
+
+def test_systemd_sockets_one_per_family(tmp_path, control, queue):
+    """Issue 25, item 1: LISTEN_FDS=2, an IPv6 socket on fd 3 and an IPv4 one
+    on fd 4 (two ListenStream= lines): the server accepts on both."""
+    listeners = [socket.socket(socket.AF_INET6), socket.socket(socket.AF_INET)]
+    listeners[0].setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listeners[0].bind(("::1", 0))
+    listeners[1].bind(("127.0.0.1", 0))
+    log = served_by_systemd(tmp_path, control, listeners)
+    assert re.search(r"ok \d+ :::1:\d+ :::1::\d+", log), log
+    assert re.search(r"ok \d+ :127\.0\.0\.1:\d+ :127\.0\.0\.1::\d+", log), log
 
 
 def test_usage_errors_are_exit_100():
