@@ -5,6 +5,7 @@ this path imports only cheap standard modules; anything heavier is imported
 where it is needed (AUTH at the first AUTH command).
 """
 
+import gc  # built in
 import posix
 import sys
 
@@ -124,12 +125,16 @@ def run() -> None:
     """The program: main(), then exit without interpreter teardown.
 
     Nothing is left to flush (all output goes through raw fds), and
-    finalization would be CPU spent once per connection for nothing.
+    finalization would be CPU spent once per connection for nothing.  What
+    the imports made lives as long as the process: gc.freeze() keeps the
+    collector from walking it again each time the session's own objects
+    pass a threshold (as the warm server does before it forks).
     Only an exact first argument --help or --version is ours: the others are
     the AUTH patch's checkpassword command line.
     """
     if len(sys.argv) > 1 and sys.argv[1] in ("--help", "--version"):
         posix._exit(_about(sys.argv[1]))
+    gc.freeze()
     posix._exit(main())
 
 
