@@ -28,6 +28,8 @@ from .serveroptions import USAGE, Options, UsageError, parse
 from .sources import source_of
 from .tcpaddress import MAPPED, tcp_ips
 from .tcprules import ALLOW_ALL, Rule, RulesFile, RulesUnreadable
+from .undumpable import make_undumpable
+from .workers import RETIRING, Worker, encode, serve_connections
 
 MAX_PORT = 65535
 SYSTEMD_FIRST_FD = 3
@@ -147,6 +149,10 @@ class Server:
         self.rules = rules
         self.controls = preload.controls_from_environment()
         self.children: dict[int, str] = {}  # pid -> its source (-C; "" when not counted)
+        self.workers: dict[int, Worker] = {}  # pid -> worker, until reaped
+        self.answering: dict[int, Worker] = {}  # channel fd -> worker, until retired
+        self.idle: list[Worker] = []  # the last one to finish is the next to serve
+        self.busy = 0  # workers serving a connection
         self.smtps = b"SMTPS" in posix.environ  # every session starts TLS (a rule may say so too)
         self.per_source: dict[str, int] = {}
         self.hangup = False
@@ -156,10 +162,14 @@ class Server:
         self.installation: upgrade.Installation | None = None  # set once the code is loaded
         self.upgraded = False  # said so in the log
 
+    def running(self) -> int:
+        """Sessions in progress: what -c counts."""
+        return len(self.children) + self.busy
+
     def log_status(self) -> None:
         """tcpserver -v's `status: running/limit` line."""
         if self.opts.verbosity >= 2:
-            log(f"status: {len(self.children)}/{self.opts.limit}")
+            log(f"status: {self.running()}/{self.opts.limit}")
 
     # -- configuration ---------------------------------------------------------
     def load(self) -> None:
@@ -220,25 +230,42 @@ class Server:
 
     # -- children --------------------------------------------------------------
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.workers:
             try:
                 pid, wstat = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.workers.clear()
+                self.answering.clear()
+                self.idle.clear()
+                self.busy = 0
                 self.per_source.clear()
                 return
             if pid == 0:
                 return
-            source = self.children.pop(pid, None)
-            if source:
-                left = self.per_source.get(source, 1) - 1
-                if left > 0:
-                    self.per_source[source] = left
-                else:
-                    self.per_source.pop(source, None)
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                if worker.busy:  # it died serving: its connection ends with it
+                    self.session_ended(worker, wstat)
+                self.retire(worker)
+                continue
+            self.release(self.children.pop(pid, ""))
             if self.opts.verbosity >= 2:
                 log(f"end {pid} status {wstat}")
             self.log_status()
+
+    def release(self, source: str) -> None:
+        """A session counted against -C as `source` ended."""
+        if source:
+            left = self.per_source.get(source, 1) - 1
+            if left > 0:
+                self.per_source[source] = left
+            else:
+                self.per_source.pop(source, None)
+
+    def count(self, source: str) -> None:
+        if source:
+            self.per_source[source] = self.per_source.get(source, 0) + 1
 
     def accept(self, sock: socket.socket) -> None:
         try:
@@ -264,9 +291,13 @@ class Server:
             counted = isinstance(rule, Rule) and not rule.deny
             source = self.source(remote.ip)
             over = counted and 0 < self.opts.per_source <= self.per_source.get(source, 0)
-            if counted and not over:
+            counted_as = source if counted and not over else ""
+            if self.opts.max_use:
+                self.hand_over(conn, remote, rule, counted_as, over)
+                return
+            if counted_as:
                 self.settings.tls.refresh(self.controls)
-            self.fork(conn, remote, rule, source if counted and not over else "", over)
+            self.fork(conn, remote, rule, counted_as, over)
         finally:
             conn.close()
 
@@ -319,9 +350,131 @@ class Server:
             finally:
                 os._exit(status if isinstance(status, int) else TROUBLE)
         self.children[pid] = counted
-        if counted:
-            self.per_source[counted] = self.per_source.get(counted, 0) + 1
+        self.count(counted)
         self.log_status()
+
+    # -- workers (-m N) --------------------------------------------------------
+    def hand_over(self, conn: socket.socket, remote: Remote, rule: "Rule | RulesUnreadable",
+                  counted: str, over: bool) -> None:
+        """The connection to an idle worker (a new one when none is idle), with
+        what fork() would have given a child; a worker that cannot take it is
+        retired and a new one tried, once."""
+        message = encode(remote, rule, self.refusal(rule) if over else None, over)
+        for _ in range(2):
+            worker = self.idle.pop() if self.idle else self.start_worker(conn)
+            if worker is None:
+                return  # logged: the connection is dropped, as when fork fails
+            try:
+                socket.send_fds(worker.channel, [message], [conn.fileno()])
+            except OSError as e:
+                log(f"warning: worker {worker.pid} did not take a connection: {e}")
+                self.retire(worker)
+                continue
+            worker.busy, worker.source = True, counted
+            self.busy += 1
+            self.count(counted)
+            self.log_status()
+            return
+        log("warning: dropping connection, no worker took it")
+
+    def start_worker(self, accepted: socket.socket) -> Worker | None:
+        """A new worker, forked from the server as it is now (code, rules,
+        certificate); it does not keep the server's copy of the connection
+        just `accepted` (which it gets handed like any other)."""
+        self.settings.tls.refresh(self.controls)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log(f"warning: dropping connection, unable to fork: {e}")
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            status = TROUBLE
+            try:
+                reset_signals()  # no handler may write to the pipe closed next
+                for sock in self.socks:
+                    sock.close()
+                for fd in self.wake_fds:
+                    os.close(fd)
+                ours.close()
+                accepted.close()
+                for other in self.answering.values():  # another worker's EOF is its own
+                    other.channel.close()
+                status = serve_connections(theirs, self.settings, self.opts.growth << 20)
+            except BaseException as e:  # a bug: never back into the server's loop
+                log(f"worker failed: {type(e).__name__}: {e}")
+            finally:
+                os._exit(status)
+        theirs.close()
+        ours.setblocking(False)
+        worker = Worker(pid, ours)
+        self.workers[pid] = worker
+        self.answering[ours.fileno()] = worker
+        return worker
+
+    def answer(self, worker: Worker) -> None:
+        """A worker's word: its session's status; nothing: it is gone (reaped later)."""
+        try:
+            said = worker.channel.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        if len(said) != 2 or not worker.busy:
+            self.close_channel(worker)  # the end line, if it was busy, comes at reap
+            self.retire(worker)
+            return
+        status, retiring = said
+        self.session_ended(worker, status << 8)
+        worker.served += 1
+        if retiring == RETIRING or worker.retiring or worker.served >= self.opts.max_use:
+            self.retire(worker)
+        else:
+            worker.idle_since = time.monotonic()
+            self.idle.append(worker)
+
+    def session_ended(self, worker: Worker, wstat: int) -> None:
+        """tcpserver's `end` line for the worker's connection, and its slot freed."""
+        worker.busy = False
+        self.busy -= 1
+        self.release(worker.source)
+        worker.source = ""
+        if self.opts.verbosity >= 2:
+            log(f"end {worker.pid} status {wstat}")
+        self.log_status()
+
+    def retire(self, worker: Worker) -> None:
+        """No more connections for `worker`; its channel closes (it then exits)
+        now when idle, after its answer when busy."""
+        worker.retiring = True
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if not worker.busy:
+            self.close_channel(worker)
+
+    def close_channel(self, worker: Worker) -> None:
+        if worker.channel.fileno() >= 0:
+            self.answering.pop(worker.channel.fileno(), None)
+            worker.channel.close()
+
+    def retire_all(self) -> None:
+        """SIGHUP, SIGTERM: idle workers now, busy ones after their session."""
+        for worker in list(self.answering.values()):
+            if worker.busy:
+                worker.retiring = True
+            else:
+                self.retire(worker)
+
+    def retire_idle(self) -> float | None:
+        """Workers idle for -W seconds retired; seconds until the next one is due."""
+        now = time.monotonic()
+        while self.idle and now - self.idle[0].idle_since >= self.opts.max_idle:
+            self.retire(self.idle[0])
+        if not self.idle:
+            return None
+        return self.idle[0].idle_since + self.opts.max_idle - now
 
     # -- the loop --------------------------------------------------------------
     def serve(self) -> int:
@@ -337,54 +490,68 @@ class Server:
                 self.hangup = False
                 log("SIGHUP: reading the configuration again")
                 self.load()
-            waiting = [wake]
-            if len(self.children) < self.opts.limit:
+                self.retire_all()  # new workers come from the configuration just read
+            due = self.retire_idle()
+            waiting = [wake, *self.answering]
+            if self.running() < self.opts.limit:
                 waiting += self.listening
-            ready = select.select(waiting, [], [])[0]
+            ready = select.select(waiting, [], [], due)[0]
             if wake in ready:
                 ready.remove(wake)
-                try:
-                    while os.read(wake, 512):
-                        pass
-                except BlockingIOError:
-                    pass
+                drain(wake)
+            for fd in ready:  # the workers' answers first: they free slots
+                worker = self.answering.get(fd)
+                if worker is not None:
+                    self.answer(worker)
             for fd in ready:
-                if self.stopping or len(self.children) >= self.opts.limit:
+                if self.stopping or self.running() >= self.opts.limit:
                     break
-                self.accept(self.listening[fd])
+                if fd in self.listening:
+                    self.accept(self.listening[fd])
         return self.shutdown(wake)
 
     def shutdown(self, wake: int) -> int:
         """SIGTERM: no new connections; running sessions get `grace` seconds, then SIGTERM."""
         for sock in self.socks:
             sock.close()
+        self.retire_all()
         self.reap()  # sessions that ended while the signal came: no wake-up will say so
-        if self.children:
+        if self.running():
             log(f"SIGTERM: waiting up to {self.opts.grace} s for "
-                f"{len(self.children)} sessions")
+                f"{self.running()} sessions")
         deadline = time.monotonic() + self.opts.grace
         import select
 
-        while self.children and time.monotonic() < deadline:
-            select.select([wake], [], [], max(0.0, deadline - time.monotonic()))
-            try:
-                while os.read(wake, 512):
-                    pass
-            except BlockingIOError:
-                pass
+        while self.running() and time.monotonic() < deadline:
+            ready = select.select([wake, *self.answering], [], [],
+                                  max(0.0, deadline - time.monotonic()))[0]
+            for fd in ready:
+                worker = self.answering.get(fd)
+                if worker is not None:
+                    self.answer(worker)
+            drain(wake)
             self.reap()
-        if self.children:
-            log(f"SIGTERM: ending {len(self.children)} sessions still running")
-            for pid in list(self.children):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 5
-            while self.children and time.monotonic() < deadline:
-                time.sleep(0.05)
-                self.reap()
+        if self.running():
+            log(f"SIGTERM: ending {self.running()} sessions still running")
+        for pid in [*self.children, *self.workers]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while (self.children or self.workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.reap()
         return 0
+
+
+def drain(fd: int) -> None:
+    """Empty the signals' wake-up pipe."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
@@ -480,5 +647,8 @@ def main() -> int:
     except Fatal as e:
         log(f"fatal: {e}")
         return 111
+    why = make_undumpable()  # the server holds the certificate's key; what it forks inherits
+    if why:
+        log(f"warning: the server stays dumpable: {why}")
     server.load()
     return server.serve()

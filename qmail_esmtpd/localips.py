@@ -40,5 +40,11 @@ _this_machine = LocalIPs()
 
 
 def is_local_ip(ip: str) -> bool:
-    """Is `ip` one of this machine's IPv4 addresses?  Read once, on first use."""
+    """Is `ip` one of this machine's IPv4 addresses?  Read once a session, on first use."""
     return _this_machine(ip)
+
+
+def forget() -> None:
+    """Read the table again at the next literal: a worker's next session may
+    run after the machine's addresses changed."""
+    _this_machine._ips = None

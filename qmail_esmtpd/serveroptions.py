@@ -16,6 +16,11 @@
   -6     IPv4 clients in IPv6 form too: PROTO=TCP6, TCPREMOTEIP=::ffff:a.b.c.d
   -I IF  the interface of a link-local HOST (fe80::...)
   -T S   on SIGTERM, wait at most S seconds (60) for running sessions
+  -m N   each worker serves up to N connections, one at a time (100; Postfix's
+         max_use); 0: a fresh fork for every connection
+  -W S   a worker idle for S seconds exits (100; Postfix's max_idle)
+  -M MB  a worker whose memory grew by more than MB megabytes since its fork
+         exits after its session (64)
   --help, --version (as the first argument): say so on stdout and exit 0
 """
 
@@ -26,8 +31,9 @@ from .config import MAX_SECONDS
 
 USAGE = ("usage: qmail-esmtpd-server [-46vqQHR1SX] [-c limit] [-C perip] [-b backlog] "
          "[-x rules.cdb] [-u uid] [-g gid] [-U] [-l localname] [-T grace] [-I interface] "
+         "[-m maxuse] [-W maxidle] [-M megabytes] "
          "{host port | -S} [arg ...]")
-OPTIONS_WITH_VALUE = "cCbxuglTI"
+OPTIONS_WITH_VALUE = "cCbxuglTImWM"
 OPTIONS_FLAGS = "46vqQHR1SXUD"
 
 
@@ -54,6 +60,9 @@ class Options:
         self.force6 = False  # -6
         self.interface: str | None = None  # -I
         self.grace = 60
+        self.max_use = 100  # -m; 0: fork per connection
+        self.max_idle = 100  # -W
+        self.growth = 64  # -M, in MB
         self.host = ""
         self.port = ""
         self.session_argv: list[str] = []
@@ -103,11 +112,14 @@ def parse(argv: list[str]) -> Options:
 
 
 MAX_COUNT = 2**31 - 1  # listen() takes a C int; no count of sessions gets near it
+MAX_MEGABYTES = 2**20  # a terabyte of growth: no bound at all
 MAX_ID = 2**32 - 2  # uid_t and gid_t; 2**32 - 1 is -1, "leave unchanged"
 
 # letter -> (attribute, largest value): a larger count or delay is cut to it
 NUMBER_OPTIONS = {"c": ("limit", MAX_COUNT), "C": ("per_source", MAX_COUNT),
-                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS)}
+                  "b": ("backlog", MAX_COUNT), "T": ("grace", MAX_SECONDS),
+                  "m": ("max_use", MAX_COUNT), "W": ("max_idle", MAX_SECONDS),
+                  "M": ("growth", MAX_MEGABYTES)}
 ID_OPTIONS = {"u": "uid", "g": "gid"}
 TEXT_OPTIONS = {"x": "rules", "l": "localhost", "I": "interface"}
 # letter -> (attribute, value); U reads $UID and $GID (_set_flag)

@@ -643,7 +643,11 @@ def test_the_server_holds_no_database_connection(db, forkserver, queue):
             login(client, ALICE, ALICE_PW)
     sockets = [os.readlink(f"/proc/{server.proc.pid}/fd/{fd}")
                for fd in os.listdir(f"/proc/{server.proc.pid}/fd")]
-    assert len([s for s in sockets if s.startswith("socket:")]) == 1  # the listener
+    sockets = [s for s in sockets if s.startswith("socket:")]
+    # the listener, and the workers' channels (socketpairs of type SEQPACKET, 5)
+    seqpacket = {line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+                 if line.split()[4] == "0005"}
+    assert len([s for s in sockets if s[8:-1] not in seqpacket]) == 1, sockets
 
 
 def test_checkpassword_arguments_and_queue_environment(forkserver, tmp_path):
