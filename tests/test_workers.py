@@ -1,0 +1,260 @@
+"""qmail-esmtpd-server's workers (-m N): one process serves connection after
+connection, and nothing of one session reaches the next.
+
+Each test that matters here serves two different clients in a row through
+one worker (-c 1: the second connection waits until the first session has
+ended, and goes to the same, only worker; the `ok` lines show the pid), so
+that it fails if anything carries over."""
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from test_auth import ALICE, ALICE_PW, login
+from test_forkserver import env_queue, greeting, one_session, recorded, wait_count
+
+from qmail_esmtpd.workers import Baseline
+
+from harness.files import self_signed_pem
+from harness.system_users import let_service_user_in
+
+OUTSIDE = "someone@outside.test"  # not in rcpthosts: relaying
+
+
+def ok_pids(server, count: int) -> list[int]:
+    """The pids of the `ok` lines, once there are `count` of them."""
+    log = wait_count(server, ": ok ", count)
+    return [int(pid) for pid in re.findall(r": ok (\d+) ", log)]
+
+
+def recording_queue(tmp_path: Path) -> dict:
+    """qmail-queue that writes its environment to ENVDIR/<TCPREMOTEIP>."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    seen.chmod(0o777)
+    let_service_user_in(tmp_path)
+    return {"QMAILQUEUE": str(env_queue(tmp_path)), "ENVDIR": str(seen)}
+
+
+def relays(port: int, source: str, user: tuple[str, str] | None = None,
+           tls: bool = False) -> bool:
+    """Whether a client from `source` may send to an outside address (queued)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
+        client.ehlo("client.test")
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            client.starttls(context=context)
+            client.ehlo("client.test")
+        if user:
+            login(client, *user)
+        try:
+            client.sendmail("a@example.com", [OUTSIDE], b"Subject: x\r\n\r\nx\r\n")
+        except smtplib.SMTPRecipientsRefused:
+            return False
+    return True
+
+
+def test_a_relay_client_then_a_stranger(forkserver, tmp_path):
+    """The first rule's RELAYCLIENT and variable are gone for the second client."""
+    env = recording_queue(tmp_path)
+    server = forkserver('127.0.0.2:allow,RELAYCLIENT="",FIRST="yes"\n:allow\n',
+                        env=env, options=["-c", "1"])
+    assert relays(server.port, "127.0.0.2")
+    assert not relays(server.port, "127.0.0.3")
+    assert one_session(server.port, "127.0.0.3") == "queued"
+    first, second, third = ok_pids(server, 3)
+    assert first == second == third  # one worker served all three
+    seen = Path(env["ENVDIR"])
+    assert recorded(seen, "127.0.0.2")["FIRST"] == "yes"
+    stranger = recorded(seen, "127.0.0.3")
+    assert stranger["TCPREMOTEIP"] == "127.0.0.3"
+    assert "FIRST" not in stranger and "RELAYCLIENT" not in stranger, stranger
+
+
+def test_an_authenticated_user_then_an_anonymous_one(db, forkserver, tmp_path, control):
+    """AUTH (over STARTTLS) lets the first relay; the next client in the same
+    worker is a stranger again: no relaying, no TCPREMOTEINFO, no database
+    connection left in the worker between them."""
+    db.add(ALICE, ALICE_PW)
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    env = {**db.env(), **recording_queue(tmp_path)}
+    server = forkserver(":allow\n", env=env, options=["-c", "1"])
+    assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW), tls=True)
+    worker = ok_pids(server, 1)[0]
+    sockets = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
+    assert len([s for s in sockets if s.startswith("socket:")]) == 1, sockets  # its channel
+    assert not relays(server.port, "127.0.0.3", tls=True)
+    assert not relays(server.port, "127.0.0.3")
+    assert set(ok_pids(server, 3)) == {worker}
+    seen = Path(tmp_path / "seen")
+    assert recorded(seen, "127.0.0.2")["TCPREMOTEINFO"] == ALICE
+    assert not (seen / "127.0.0.3").exists()  # nothing of theirs was queued
+
+
+def test_plugin_variables_stay_with_their_session(forkserver, tmp_path):
+    """A qmail-spp plugin's S line sets a variable for its own session's qmail-queue only."""
+    plugin = tmp_path / "setvar"
+    plugin.write_text('#!/bin/sh\n[ "$TCPREMOTEIP" = 127.0.0.2 ] && echo SPLUGGED=first\n'
+                      "exit 0\n")
+    plugin.chmod(0o755)
+    conf = tmp_path / "smtpplugins"
+    conf.write_text(f"[mail]\n{plugin}\n")
+    conf.chmod(0o644)
+    env = {**recording_queue(tmp_path), "SPPCONFFILE": str(conf)}
+    server = forkserver(":allow\n", env=env, options=["-c", "1"])
+    assert one_session(server.port, "127.0.0.2") == "queued"
+    assert one_session(server.port, "127.0.0.3") == "queued"
+    assert len(set(ok_pids(server, 2))) == 1
+    seen = tmp_path / "seen"
+    assert recorded(seen, "127.0.0.2").get("PLUGGED") == "first"
+    assert "PLUGGED" not in recorded(seen, "127.0.0.3")
+
+
+def test_what_a_session_reads_is_read_again_for_the_next(forkserver, control):
+    """control files, the certificate and the rules, changed between two
+    sessions of one worker, count from the next session."""
+    server = forkserver(":allow\n", options=["-c", "1"])
+    first = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert b"mx.example.com" in greeting(first)
+    first.close()
+    (control / "smtpgreeting").write_text("changed.example.com\n")
+    second = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert b"changed.example.com" in greeting(second)
+    second.close()
+    names = []
+    for host in ("one.test", "two.test"):
+        self_signed_pem(control / "servercert.pem", host).chmod(0o644)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+            client.starttls(context=context)
+            assert client.sock is not None
+            cert = ssl.DER_cert_to_PEM_cert(client.sock.getpeercert(binary_form=True))
+            names.append(cert)
+    assert names[0] != names[1]
+    server.compile_rules(":deny\n")
+    assert one_session(server.port, "127.0.0.1") == "denied"
+    assert len(set(ok_pids(server, 4))) == 1
+
+
+def test_max_use_idle_and_memory_retire_workers(forkserver):
+    """-m 2: a third connection goes to a new worker; -W 1: an idle worker
+    exits; -M 0: a worker that grew at all is retired after its session."""
+    server = forkserver(":allow\n", options=["-c", "1", "-m", "2", "-W", "1"])
+    for _ in range(3):
+        assert one_session(server.port, "127.0.0.1") == "queued"
+    first, second, third = ok_pids(server, 3)
+    assert first == second != third
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{third}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{third}").exists()  # idle for a second: gone
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    grown = forkserver(":allow\n", options=["-c", "1", "-M", "0"])
+    for _ in range(2):
+        assert one_session(grown.port, "127.0.0.1") == "queued"
+    one, two = ok_pids(grown, 2)
+    assert one != two
+    assert re.search(rf"worker {one} retired: memory grew", grown.log())
+
+
+def test_memory_stays_bounded_over_auth_and_tls_sessions(db, forkserver, control, tmp_path):
+    """One worker, 30 sessions with STARTTLS and AUTH (an argon2id verify of
+    19 MiB each): it is not retired, its resident memory levels off after
+    the first verifies and stays well within the 64 MB -M allows by default."""
+    db.add(ALICE, ALICE_PW)
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    server = forkserver(":allow\n", env=db.env(), options=["-c", "1"])
+    assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW), tls=True)
+    worker = ok_pids(server, 1)[0]
+
+    def resident() -> int:
+        status = Path(f"/proc/{worker}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
+
+    after_one = resident()
+    for _ in range(9):
+        assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW), tls=True)
+    after_ten = resident()
+    for _ in range(20):
+        assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW), tls=True)
+    assert set(ok_pids(server, 30)) == {worker}
+    # argon2's 19 MiB stay in the heap once glibc has raised its mmap
+    # threshold (that is what makes the next verify warm); then no growth
+    assert resident() - after_one < 32 << 20
+    assert resident() - after_ten < 4 << 20
+    assert "retired" not in server.log()
+
+
+def test_a_hung_or_killed_session_takes_only_its_worker(forkserver):
+    server = forkserver(":allow\n")
+    hung = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert greeting(hung).startswith(b"220 ")
+    (hung_pid,) = ok_pids(server, 1)
+    assert one_session(server.port, "127.0.0.1") == "queued"  # another worker
+    assert ok_pids(server, 2)[1] != hung_pid
+    os.kill(hung_pid, signal.SIGKILL)
+    assert hung.recv(1) == b""
+    assert f"end {hung_pid} status 9" in server.wait_log(f"end {hung_pid}")
+    assert one_session(server.port, "127.0.0.1") == "queued"
+
+
+def test_workers_are_not_dumpable_and_not_root(forkserver):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the sessions' user is nobody")
+    server = forkserver(":allow\n")
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    assert greeting(client).startswith(b"220 ")
+    (pid,) = ok_pids(server, 1)
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = re.search(r"Uid:\s+(.*)", status).group(1).split()
+    assert "0" not in uids
+    assert os.stat(f"/proc/{pid}/mem").st_uid == 0  # not dumpable: /proc says root's
+    client.close()
+
+
+def test_sighup_replaces_the_workers_without_dropping_a_session(forkserver):
+    server = forkserver(":allow\n")
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=20)
+    client.ehlo("client.test")
+    (before,) = ok_pids(server, 1)
+    server.signal(signal.SIGHUP)
+    server.wait_log("SIGHUP")
+    client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert client.quit()[0] == 221
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    assert ok_pids(server, 2)[1] != before
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{before}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{before}").exists()
+
+
+def test_a_stray_descriptor_retires_the_worker(tmp_path):
+    """Baseline's own check, in this process: a descriptor the session did
+    not close is a reason not to serve another connection."""
+    baseline = Baseline(64 << 20)
+    assert baseline.why_retire() is None
+    stray = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert "descriptors left open" in (baseline.why_retire() or "")
+    finally:
+        os.close(stray)
+    assert baseline.why_retire() is None
+
+
+def test_fork_per_connection_stays_available(forkserver):
+    server = forkserver(":allow\n", options=["-m", "0", "-c", "1"])
+    for _ in range(2):
+        assert one_session(server.port, "127.0.0.1") == "queued"
+    first, second = ok_pids(server, 2)
+    assert first != second
