@@ -5,7 +5,9 @@ the bench runs Postfix as shipped (smtpd serving up to `max_use` = 100
 connections per process, a real queue file written and fsynced by cleanup,
 qmgr handing it to the discard transport) with everything that would take it
 off the machine or make it wait switched off: no DNS, no peer-name lookup, no
-chroot, listening on 127.0.0.1 only.  Its config and queue directories are in
+chroot, listening on 127.0.0.1 only.  Its daemons run as the package's
+postfix user (mail_owner: Postfix wants its own, not nobody, which is its
+default_privs).  Its config and queue directories are in
 the bench's temporary workdir; `postfix -c DIR start` starts it and
 `postfix -c DIR stop` ends it (the master and every child it started).
 Postfix logs to syslog, as a package's does (its CPU is outside the tree;

@@ -86,9 +86,9 @@ def side_by_side(bench: Bench, sessions: int, rounds: int) -> None:
                     cpu.setdefault((name, level), []).append(used * 1000.0 / sessions)
     names = list(lineup.servers)
     print(f"   smtp-source, one {MESSAGE_SIZE} B message per connection, HELO, no pipelining,")
-    print(f"   {rounds} interleaved rounds of {sessions} sessions: median (min-max); "
-          f"load average {load_before} before,")
-    print(f"   {load_average()} after; server CPU over the whole process tree")
+    print(f"   {rounds} interleaved rounds of {sessions} sessions: median (min-max); server CPU")
+    print(f"   over the whole process tree; load average {load_before} before, "
+          f"{load_average()} after")
     width = max(len(name) for name in names) + 1
     for title, table, digits in (("sessions/s", rates, 0), ("server CPU ms/session", cpu, 2)):
         print(f"   {title:<{width}}" + "".join(f"{f'c={n}':<20}" for n in LEVELS).rstrip())
@@ -144,7 +144,7 @@ def main() -> int:
     args = arguments()
     started = time.monotonic()
     with prepared(with_auth=False) as bench:
-        section(f"6. the servers side by side (load average {load_average()})")
+        section("6. the servers side by side")
         side_by_side(bench, args.sessions, args.rounds)
         if args.tls_sessions > 0:
             tls_cpu(bench, args.tls_sessions, with_auth=False)

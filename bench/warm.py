@@ -303,8 +303,7 @@ def figures(bench: Bench, sessions: int, rounds: int = 4, tls_sessions: int = 0,
     from .figures import section
     from .servers import side_by_side
 
-    section(f"6. qmail-esmtpd-server beside Postfix, C qmail-smtpd, tcpserver mode "
-            f"(load average {load_average()})")
+    section("6. qmail-esmtpd-server beside Postfix, C qmail-smtpd, tcpserver mode")
     side_by_side(bench, sessions, rounds)
     tls_cpu(bench, tls_sessions or max(sessions // 3, 30), with_auth=with_auth)
     print(f"   load average at the end: {load_average()}")
