@@ -87,8 +87,8 @@ def side_by_side(bench: Bench, sessions: int, rounds: int) -> None:
     names = list(lineup.servers)
     print(f"   smtp-source, one {MESSAGE_SIZE} B message per connection, HELO, no pipelining,")
     print(f"   {rounds} interleaved rounds of {sessions} sessions: median (min-max); server CPU")
-    print(f"   over the whole process tree; load average {load_before} before, "
-          f"{load_average()} after")
+    print("   over the whole process tree")
+    print(f"   load average {load_before} before, {load_average()} after")
     width = max(len(name) for name in names) + 1
     for title, table, digits in (("sessions/s", rates, 0), ("server CPU ms/session", cpu, 2)):
         print(f"   {title:<{width}}" + "".join(f"{f'c={n}':<20}" for n in LEVELS).rstrip())
