@@ -100,6 +100,7 @@ demo: deps-demo venv
 	$(VPY) demo/demo.py
 
 bench: venv
+	PYTHON=$(PYTHON) sh tools/install-deps bench
 	$(VPY) -m bench
 
 clean:

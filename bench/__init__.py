@@ -25,10 +25,15 @@ the repository root, prints in one run:
 5. two frontends (tcpserver on 127.0.0.1 and 127.0.0.2) at concurrency 8
    each, AUTH sessions of one user through pgbouncer and then straight to
    PostgreSQL: sessions/s, peak backends, errors and the exact final count;
-6. qmail-esmtpd-server beside tcpserver mode, C qmail-smtpd (when
-   $QMAIL_SMTPD_C names one) and the forking floor (bench/forkfloor.py):
-   plain sessions/s at concurrency 1 and 4, CPU of a STARTTLS and of an
-   AUTH-over-STARTTLS session, the server's memory (bench/warm.py).
+6. the servers side by side: qmail-esmtpd-server (forking, and with
+   workers once it has -m), Postfix as the anchor (an own instance on
+   loopback, bench/postfix.py), C qmail-smtpd (when $QMAIL_SMTPD_C names
+   one), tcpserver mode and the floors of the two designs
+   (bench/forkfloor.py, bench/reusefloor.py), all driven by smtp-source:
+   plain sessions/s and server CPU per session at concurrency 1 and 4
+   (bench/servers.py; `python -m bench.servers` runs it alone, quickly);
+   CPU of a STARTTLS and of an AUTH-over-STARTTLS session, the server's
+   memory (bench/warm.py).
 
 It prints figures with their targets and asserts nothing; it stops with an
 error only when the server misbehaves (so a broken server cannot look fast).
@@ -41,7 +46,8 @@ STARTTLS figures make a self-signed certificate with openssl(1).
 __main__.py lists the figures; figures.py prints each one; session.py is the
 SMTP session they run, setup.py what it runs against, starttls.py the TLS
 client on pipes, and pipes.py, imports.py, tcp.py, database.py and
-frontends.py and bigpasswd.py measure; warm.py and forkfloor.py are figure 6.
+frontends.py and bigpasswd.py measure; servers.py, warm.py, postfix.py,
+proctree.py, queuesink.c and the two floors are figure 6.
 """
 
 import sys

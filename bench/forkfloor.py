@@ -1,11 +1,14 @@
-"""The floor of any fork-per-connection Python SMTP server, for bench/warm.py.
+"""The floor of any fork-per-connection Python SMTP server, for bench/servers.py.
 
-Run as `python -I -S bench/forkfloor.py`: it imports what qmail-esmtpd-server
-preloads for plain sessions (`ssl` is the big one), listens on 127.0.0.1,
-prints its port and forks one child per connection, like the server.  The
-child answers the bench's session with fixed replies (no control files, no
-rules, no checks, no Received line) and pipes the message to $QMAILQUEUE as
-qmail-smtpd does.  Whatever a real session does costs on top of this.
+Run as `python -I -S bench/forkfloor.py [PORT]`: it imports what
+qmail-esmtpd-server preloads for plain sessions (`ssl` is the big one),
+listens on 127.0.0.1:PORT (default: any free port), prints its port and
+forks one child per connection, like the server.  The child answers
+whatever smtp-source or the bench's own client says (HELO or EHLO, MAIL,
+RCPT, DATA, RSET, NOOP, QUIT) with fixed replies (no control files, no
+rules, no checks) and pipes the message to $QMAILQUEUE as qmail-smtpd does.
+Whatever a real session does costs on top of this.  bench/reusefloor.py
+serves the same session from workers that outlive one connection.
 """
 
 import gc
@@ -17,10 +20,12 @@ import ssl  # noqa: F401  (preloaded by the server: part of what every fork copi
 import sys
 
 REPLIES = {b"EHLO": b"250-floor\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
-           b"MAIL": b"250 ok\r\n", b"RCPT": b"250 ok\r\n", b"QUIT": b"221 floor\r\n"}
+           b"HELO": b"250 floor\r\n", b"MAIL": b"250 ok\r\n", b"RCPT": b"250 ok\r\n",
+           b"RSET": b"250 flushed\r\n", b"NOOP": b"250 ok\r\n", b"QUIT": b"221 floor\r\n"}
 
 
 def session(fd: int, queue: bytes) -> int:
+    """One SMTP session on `fd`, up to QUIT (the process exits at EOF)."""
     buffered = [b""]
 
     def line() -> bytes:
@@ -58,14 +63,22 @@ def session(fd: int, queue: bytes) -> int:
                 return 0
 
 
-def main() -> None:
-    queue = posix.environ[b"QMAILQUEUE"]
+def listen() -> socket.socket:
+    """127.0.0.1:PORT (argv[1], default any), its port printed; garbage frozen
+    as the server freezes it before it forks."""
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
     listener.listen(128)
     print(listener.getsockname()[1], flush=True)
     gc.collect()
     gc.freeze()
+    return listener
+
+
+def main() -> None:
+    queue = posix.environ[b"QMAILQUEUE"]
+    listener = listen()
     while True:
         try:
             while posix.waitpid(-1, os.WNOHANG)[0]:

@@ -64,13 +64,15 @@ def tcp_session(port: int, commands: Commands = COMMANDS, host: str = "127.0.0.1
         transaction(sock, reader, commands)
 
 
-def transaction(sock: socket.socket, reader: Reader, commands: Commands) -> None:
-    """`commands` one at a time, then the message and QUIT, each reply checked."""
+def transaction(sock: socket.socket, reader: Reader, commands: Commands,
+                accept: bytes = b"250 ok") -> None:
+    """`commands` one at a time, then the message and QUIT, each reply checked
+    (the message's against `accept`: qmail's "250 ok", Postfix's own)."""
     for command, code in commands:
         sock.sendall(command)
         reader.reply(code)
     sock.sendall(MESSAGE + DATA_END)
-    reader.reply(b"250 ok")
+    reader.reply(accept)
     sock.sendall(QUIT)
     reader.reply(b"221 ")
 
