@@ -447,3 +447,22 @@ def test_uninstall_with_destdir_takes_away_what_install_staged(checkout: Path, t
     run_make("uninstall", "PREFIX=/opt/qmail", f"DESTDIR={stage}", cwd=checkout)
     assert [p for p in stage.rglob("*") if not p.is_dir()] == []
     assert [p.name for p in (stage / "opt" / "qmail").iterdir()] == []
+
+
+def test_make_cdb_compiles_the_rules_where_the_run_scripts_read_them(tmp_path: Path):
+    """qmail's convention: /etc/tcp.smtp into /etc/tcp.smtp.cdb (SMTPRULES names
+    the source here); the example only when there is no source yet, never over it."""
+    source = tmp_path / "tcp.smtp"
+    said = run_make("cdb", f"SMTPRULES={source}")
+    assert "made from tcp.smtp.example" in said
+    assert source.read_bytes() == (ROOT / "tcp.smtp.example").read_bytes()
+    assert stat.S_IMODE((tmp_path / "tcp.smtp.cdb").stat().st_mode) == 0o644
+    source.write_text('192.0.2.:allow,RELAYCLIENT=""\n:deny\n')  # the admin's edit
+    assert "made from" not in run_make("cdb", f"SMTPRULES={source}")
+    checked = subprocess.run(["tcprulescheck", str(tmp_path / "tcp.smtp.cdb")],
+                             env={"PATH": os.environ["PATH"], "TCPREMOTEIP": "192.0.2.9"},
+                             capture_output=True, text=True, timeout=60)
+    assert checked.stdout == ("rule 192.0.2.:\nset environment variable RELAYCLIENT=\n"
+                              "allow connection\n"), checked
+    assert "tcp.smtp.cdb" in (ROOT / "service" / "run").read_text().split("RULES=/etc/")[1][:12]
+    assert not (ROOT / "tcp.smtp.cdb").exists()
