@@ -466,3 +466,29 @@ def test_make_cdb_compiles_the_rules_where_the_run_scripts_read_them(tmp_path: P
                               "allow connection\n"), checked
     assert "tcp.smtp.cdb" in (ROOT / "service" / "run").read_text().split("RULES=/etc/")[1][:12]
     assert not (ROOT / "tcp.smtp.cdb").exists()
+
+
+def test_the_log_script_makes_its_folder_for_the_log_user(tmp_path: Path):
+    """service/log/run as supervise starts it (root): the folder made the first
+    time, owned by the log user (qmaill; nobody where this host has none), and
+    multilog writing into it; an existing folder is left as it is."""
+    if os.geteuid() != 0 or not shutil.which("multilog"):
+        pytest.skip("supervise runs log/run as root; multilog is daemontools'")
+    user = "qmaill" if host_has("qmaill") else "nobody"
+    logdir = world_readable_dir("qmail-esmtpd-test-log-") / "qmail" / "smtpd"
+    text = (ROOT / "service" / "log" / "run").read_text()
+    assert "\nLOGDIR=/var/log/qmail/smtpd\n" in text and "\nLOGUSER=qmaill\n" in text
+    script = tmp_path / "run"
+    script.write_text(text.replace("LOGDIR=/var/log/qmail/smtpd", f"LOGDIR={logdir}")
+                      .replace("LOGUSER=qmaill", f"LOGUSER={user}"))
+    try:
+        for line in ("first\n", "second\n"):
+            done = subprocess.run(["sh", str(script)], input=line, capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 0, done
+            assert logdir.stat().st_uid == pwd.getpwnam(user).pw_uid
+            assert stat.S_IMODE(logdir.stat().st_mode) == 0o755
+        current = (logdir / "current").read_text()
+        assert current.count(" first\n") == 1 and current.count(" second\n") == 1, current
+    finally:
+        shutil.rmtree(logdir.parent.parent, ignore_errors=True)
