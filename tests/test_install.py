@@ -168,7 +168,7 @@ def test_the_trial_run_starts_the_server_before_saying_installed(checkout: Path,
 
 def test_a_key_the_sessions_cannot_read_is_logged_with_who_tried(forkserver, control, db):
     """authfailkey readable by root alone (0600): the sessions' user, named in
-    the log line, is the one to give the file's group."""
+    the log line, is the one to make the file's owner."""
     if os.geteuid() != 0:
         pytest.skip("the warm server's sessions run as nobody: needs root")
     from test_auth import ALICE, ALICE_PW, login
