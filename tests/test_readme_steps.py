@@ -118,10 +118,11 @@ def pop3_login_through_the_run_script(cluster: Cluster, prefix) -> None:
                  (SYSUSER, str(home)))
     for name, stand_in in (("qmail-popup", "QMAIL_POPUP"), ("qmail-pop3d", "QMAIL_POP3D")):
         shutil.copy(os.environ.get(stand_in) or STAND_INS / name, prefix / "bin" / name)
-    envdir = prefix / "pop3d" / "env"
-    envdir.mkdir(parents=True, exist_ok=True)
+    # the script needs no env folder: POPDBUSER, where this host has no qmaild,
+    # as its control file (the README's other place for it)
     for name, value in pop3_service_env().items():
-        (envdir / name).write_text(value + "\n")
+        (prefix / "control" / name.lower()).write_text(value + "\n")
+    (prefix / "pop3d").mkdir(exist_ok=True)
     port = free_port()
     (script,) = readme_blocks(POP3_SECTION)
     script = script.replace("/var/qmail", str(prefix)).replace(" 0 110 ", f" 127.0.0.1 {port} ")
