@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.install import installed_prefix, run_make, wheel_folder
+from harness.install import as_printed, installed_prefix, run_make, wheel_folder
 from harness.paths import ROOT
 from harness.processes import StartError
 from harness.system_users import host_has, world_readable_dir
@@ -318,13 +318,6 @@ def served_prefix():
     yield prefix, rules / "tcp.smtp.cdb"
     shutil.rmtree(rules, ignore_errors=True)
     shutil.rmtree(prefix / "control", ignore_errors=True)
-
-
-def as_printed(text: str, rules: Path) -> str:
-    """What an admin changes in an installed run script or unit: the rules file,
-    and the user where this host has no qmaild."""
-    text = text.replace("/etc/tcp.smtp.cdb", str(rules))
-    return text if host_has("qmaild") else text.replace("qmaild", "nobody")
 
 
 @pytest.mark.parametrize("name", ["run", "run-server"])
