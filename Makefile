@@ -65,10 +65,18 @@ conformance: venv
 unit: venv
 	$(VPY) -m pytest -q
 
-cdb: tcp.smtp.cdb
+# qmail's convention: the admin edits /etc/tcp.smtp, and tcprules compiles it
+# into /etc/tcp.smtp.cdb, which the run scripts read (their RULES= line).  The
+# first time, tcp.smtp.example becomes /etc/tcp.smtp; an existing one is never
+# replaced.  SMTPRULES=FILE names another source (FILE.cdb is made beside it).
+SMTPRULES ?= /etc/tcp.smtp
 
-tcp.smtp.cdb: tcp.smtp.example
-	tcprules tcp.smtp.cdb tcp.smtp.tmp < tcp.smtp.example
+cdb:
+	@if [ ! -e '$(SMTPRULES)' ]; then \
+	    install -m 644 tcp.smtp.example '$(SMTPRULES)' && \
+	    echo '$(SMTPRULES): made from tcp.smtp.example (edit it, then make cdb again)'; fi
+	tcprules '$(SMTPRULES).cdb' '$(SMTPRULES).tmp' < '$(SMTPRULES)'
+	chmod 644 '$(SMTPRULES).cdb'
 
 # Installs beside qmail, never over qmail-smtpd: the run script chooses; the
 # manual pages go to PREFIX/man (man -M PREFIX/man qmail-esmtpd).
@@ -104,4 +112,4 @@ bench: venv
 	$(VPY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo/run wheels tcp.smtp.cdb tcp.smtp.tmp
+	rm -rf $(VENV) build *.egg-info demo/run wheels

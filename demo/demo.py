@@ -174,7 +174,9 @@ def banner(port: int, folder: Path, control: Path, dsn: str, password: str, env:
         "    authenticate and relay:",
         f"      {auth} --from {DEMO_USER}@demo.localhost --to someone@example.org"
         " --header 'Subject: sent with AUTH'",
-        f"    hit the limit (message {DEMO_LIMIT + 1} of the day gets 451 at MAIL):",
+        f"    hit the limit: {DEMO_LIMIT} recipients a day, so the day's message"
+        f" {DEMO_LIMIT + 1} gets 451 at MAIL",
+        f"    (after the message above, this loop's message {DEMO_LIMIT} and the next):",
         f"      for i in 1 2 3 4; do {auth} --from {DEMO_USER}@demo.localhost"
         " --to someone@example.org --header \"Subject: number $i\"; done",
         "    the account's count, and a fresh start:",
@@ -185,7 +187,10 @@ def banner(port: int, folder: Path, control: Path, dsn: str, password: str, env:
     if tls:
         lines += ["  talk SMTP by hand inside TLS:",
                   f"    openssl s_client -starttls smtp -connect 127.0.0.1:{port} -crlf -quiet"]
-    lines += [f"  or in cleartext: telnet 127.0.0.1 {port}", ""]
+    # telnet is not installed on a Debian host; swaks (which the demo needs) prints
+    # every line of a dialogue it holds
+    lines += ["  the dialogue in cleartext, up to the EHLO reply:",
+              f"    {server} --quit-after EHLO", ""]
     if "DEMO_MAILDIR" in env:
         lines.append(f"  messages land in {folder / 'Maildir' / 'new'}/")
     else:

@@ -190,6 +190,44 @@ def test_list(admin: Admin) -> None:
     ]
 
 
+def on_a_terminal(admin: Admin, *args: str) -> list[str]:
+    """What the command shows when its standard output is a terminal (a pty)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*COMMAND, "--db", admin.db.dsn(), *args], stdout=follower,
+                              stderr=subprocess.PIPE, env=admin.env(), timeout=60)
+        os.close(follower)
+        follower = -1
+        assert proc.returncode == 0, proc.stderr
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the pty's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    return shown.decode().replace("\r\n", "\n").splitlines()
+
+
+def test_list_and_top_name_their_columns_on_a_terminal_only(admin: Admin) -> None:
+    """A person sees the column names; a pipe gets the rows alone (test_list)."""
+    make_accounts(admin)
+    shown = on_a_terminal(admin, "list")
+    assert shown[0] == "name\tstate\tlimit\ttoday\ttotal"
+    assert shown[1:] == admin("list").stdout.splitlines() and len(shown) == 4
+    shown = on_a_terminal(admin, "top")
+    assert shown[0] == "name\ttoday\tlast_send\ttotal\tlimit"
+    assert shown[1:] == admin("top").stdout.splitlines() and len(shown) == 3
+
+
 def test_list_empty(admin: Admin) -> None:
     proc = admin("list")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")

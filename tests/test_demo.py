@@ -12,6 +12,7 @@ from harness.paths import ROOT
 from harness.processes import free_port, wait_listening
 
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+DEMO_LIMIT = 3  # demo.py's: recipients a day for the demo user
 
 
 def swaks(command: str) -> subprocess.CompletedProcess:
@@ -48,6 +49,11 @@ def test_demo_with_auth_relays_hits_the_limit_and_stops_on_ctrl_c(tmp_path: Path
         wait_listening(port, demo, "demo", timeout=20)
         new = tmp_path / "run" / "Maildir" / "new"
 
+        dialogue = swaks(printed(banner, "in cleartext"))
+        assert dialogue.returncode == 0 and "<-  250-PIPELINING" in dialogue.stdout, \
+            dialogue.stdout
+        assert "telnet" not in banner
+
         plain = swaks(printed(banner, "send a message"))
         assert plain.returncode == 0, plain.stdout
         refused = swaks(printed(banner, "see relaying refused"))
@@ -57,7 +63,9 @@ def test_demo_with_auth_relays_hits_the_limit_and_stops_on_ctrl_c(tmp_path: Path
         assert login.returncode == 0 and "235 ok, go ahead" in login.stdout, login.stdout
         relay = swaks(printed(banner, "authenticate and relay:"))
         assert relay.returncode == 0, relay.stdout
-        limit = swaks(printed(banner, "hit the limit"))
+        assert f"the day's message {DEMO_LIMIT + 1} gets 451" in banner, banner
+        limit = swaks(printed(banner, "this loop's message"))
+        # the message above counted 1: the loop's third and fourth meet the limit
         assert limit.stdout.count("451 daily sending limit reached") == 2, limit.stdout
 
         messages = [path.read_text() for path in new.iterdir()]

@@ -261,26 +261,58 @@ def test_without_a_usable_key_every_failure_counts_and_it_is_logged_once(
 
 
 def test_make_install_creates_the_key_once_and_keeps_it(tmp_path, monkeypatch):
+    """0400 and the service user's: not its group's (qmaild's, nofiles, is
+    qmaill's, qmailp's and alias's too)."""
     import pwd
     import stat
 
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
     from install import failure_key
 
-    user = pwd.getpwuid(os.getuid()) if os.getuid() == 0 else None
+    user = pwd.getpwnam("nobody") if os.getuid() == 0 else None
     said = failure_key(tmp_path / "control", user)
     key = tmp_path / "control" / "authfailkey"
-    assert said == f"{key}: created (0640, readable by " + (
-        f"root and {user.pw_name}'s group)" if user else "this user)")
+    assert said == f"{key}: created (0400, readable by " + (
+        "nobody alone)" if user else "this user alone)")
     text = key.read_text()
     assert len(text) == 65 and int(text, 16) and text.endswith("\n")
-    assert stat.S_IMODE(key.stat().st_mode) == 0o640
+    assert stat.S_IMODE(key.stat().st_mode) == 0o400
     if user is not None:
-        assert (key.stat().st_uid, key.stat().st_gid) == (0, user.pw_gid)
+        assert (key.stat().st_uid, key.stat().st_gid) == (user.pw_uid, 0)
     assert failure_key(tmp_path / "control", user) == f"{key}: kept as it is"
     assert key.read_text() == text
     assert failure_key(tmp_path / "other", user) != said  # a new one elsewhere
     assert (tmp_path / "other" / "authfailkey").read_text() != text
+
+
+def test_make_install_takes_an_old_keys_group_away_and_keeps_the_key(tmp_path, monkeypatch):
+    """A key an earlier install made (0640, root and the service user's group)
+    becomes the user's alone; one the admin set otherwise is left as it is."""
+    import pwd
+    import stat
+
+    if os.getuid() != 0:
+        pytest.skip("chown: needs root")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from install import failure_key
+
+    user = pwd.getpwnam("nobody")
+    control = tmp_path / "control"
+    control.mkdir()
+    key = control / "authfailkey"
+    key.write_text("an old key, kept as it is\n")
+    os.chown(key, 0, user.pw_gid)
+    key.chmod(0o640)
+    said = failure_key(control, user)
+    assert said == (f"{key}: kept, now 0400 and nobody's alone (it was readable by every "
+                    "user of nobody's group)")
+    assert key.read_text() == "an old key, kept as it is\n"
+    assert (key.stat().st_uid, key.stat().st_gid, stat.S_IMODE(key.stat().st_mode)) == \
+        (user.pw_uid, 0, 0o400)
+    os.chown(key, 0, 0)
+    key.chmod(0o644)  # the admin's own choice
+    assert failure_key(control, user) == f"{key}: kept as it is"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o644
 
 
 def test_an_old_database_gets_the_wide_column_and_keeps_its_rows(pg):

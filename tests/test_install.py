@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.install import installed_prefix, run_make, wheel_folder
+from harness.install import as_printed, installed_prefix, run_make, wheel_folder
 from harness.paths import ROOT
 from harness.processes import StartError
 from harness.system_users import host_has, world_readable_dir
@@ -168,7 +168,7 @@ def test_the_trial_run_starts_the_server_before_saying_installed(checkout: Path,
 
 def test_a_key_the_sessions_cannot_read_is_logged_with_who_tried(forkserver, control, db):
     """authfailkey readable by root alone (0600): the sessions' user, named in
-    the log line, is the one to give the file's group."""
+    the log line, is the one to make the file's owner."""
     if os.geteuid() != 0:
         pytest.skip("the warm server's sessions run as nobody: needs root")
     from test_auth import ALICE, ALICE_PW, login
@@ -320,13 +320,6 @@ def served_prefix():
     shutil.rmtree(prefix / "control", ignore_errors=True)
 
 
-def as_printed(text: str, rules: Path) -> str:
-    """What an admin changes in an installed run script or unit: the rules file,
-    and the user where this host has no qmaild."""
-    text = text.replace("/etc/tcp.smtp.cdb", str(rules))
-    return text if host_has("qmaild") else text.replace("qmaild", "nobody")
-
-
 @pytest.mark.parametrize("name", ["run", "run-server"])
 def test_the_installed_run_script_serves_from_prefix(served_prefix, tmp_path: Path, name: str):
     """service/run and service/run-server as make install PREFIX=... installs
@@ -447,3 +440,48 @@ def test_uninstall_with_destdir_takes_away_what_install_staged(checkout: Path, t
     run_make("uninstall", "PREFIX=/opt/qmail", f"DESTDIR={stage}", cwd=checkout)
     assert [p for p in stage.rglob("*") if not p.is_dir()] == []
     assert [p.name for p in (stage / "opt" / "qmail").iterdir()] == []
+
+
+def test_make_cdb_compiles_the_rules_where_the_run_scripts_read_them(tmp_path: Path):
+    """qmail's convention: /etc/tcp.smtp into /etc/tcp.smtp.cdb (SMTPRULES names
+    the source here); the example only when there is no source yet, never over it."""
+    source = tmp_path / "tcp.smtp"
+    said = run_make("cdb", f"SMTPRULES={source}")
+    assert "made from tcp.smtp.example" in said
+    assert source.read_bytes() == (ROOT / "tcp.smtp.example").read_bytes()
+    assert stat.S_IMODE((tmp_path / "tcp.smtp.cdb").stat().st_mode) == 0o644
+    source.write_text('192.0.2.:allow,RELAYCLIENT=""\n:deny\n')  # the admin's edit
+    assert "made from" not in run_make("cdb", f"SMTPRULES={source}")
+    checked = subprocess.run(["tcprulescheck", str(tmp_path / "tcp.smtp.cdb")],
+                             env={"PATH": os.environ["PATH"], "TCPREMOTEIP": "192.0.2.9"},
+                             capture_output=True, text=True, timeout=60)
+    assert checked.stdout == ("rule 192.0.2.:\nset environment variable RELAYCLIENT=\n"
+                              "allow connection\n"), checked
+    assert "tcp.smtp.cdb" in (ROOT / "service" / "run").read_text().split("RULES=/etc/")[1][:12]
+    assert not (ROOT / "tcp.smtp.cdb").exists()
+
+
+def test_the_log_script_makes_its_folder_for_the_log_user(tmp_path: Path):
+    """service/log/run as supervise starts it (root): the folder made the first
+    time, owned by the log user (qmaill; nobody where this host has none), and
+    multilog writing into it; an existing folder is left as it is."""
+    if os.geteuid() != 0 or not shutil.which("multilog"):
+        pytest.skip("supervise runs log/run as root; multilog is daemontools'")
+    user = "qmaill" if host_has("qmaill") else "nobody"
+    logdir = world_readable_dir("qmail-esmtpd-test-log-") / "qmail" / "smtpd"
+    text = (ROOT / "service" / "log" / "run").read_text()
+    assert "\nLOGDIR=/var/log/qmail/smtpd\n" in text and "\nLOGUSER=qmaill\n" in text
+    script = tmp_path / "run"
+    script.write_text(text.replace("LOGDIR=/var/log/qmail/smtpd", f"LOGDIR={logdir}")
+                      .replace("LOGUSER=qmaill", f"LOGUSER={user}"))
+    try:
+        for line in ("first\n", "second\n"):
+            done = subprocess.run(["sh", str(script)], input=line, capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 0, done
+            assert logdir.stat().st_uid == pwd.getpwnam(user).pw_uid
+            assert stat.S_IMODE(logdir.stat().st_mode) == 0o755
+        current = (logdir / "current").read_text()
+        assert current.count(" first\n") == 1 and current.count(" second\n") == 1, current
+    finally:
+        shutil.rmtree(logdir.parent.parent, ignore_errors=True)

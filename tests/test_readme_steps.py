@@ -1,10 +1,17 @@
-"""The README's database set-up, run as written: its sh blocks, in order, as root,
-against a fresh throwaway cluster, with only the cluster's socket and the install's
-PREFIX put in for /var/run/postgresql and /var/qmail.  Then alice logs in: over
-SMTP, and over POP3 through the README's qmail-popup run script under tcpserver,
-with the cluster switched to Debian's peer authentication."""
+"""The README's steps, run as written, as root, against fresh throwaway clusters.
+
+The quick start: its sh blocks in order (make install, the database, the
+service), with /var/qmail, /etc/tcp.smtp and the cluster's socket in temporary
+folders; then the copied run script, started as svscan would but on a high
+port, takes the swaks line's message: accepted, authenticated, queued.
+
+The database set-up: its sh blocks, with only the cluster's socket and the
+install's PREFIX put in for /var/run/postgresql and /var/qmail.  Then alice logs
+in: over SMTP, and over POP3 through the README's qmail-popup run script under
+tcpserver, with the cluster switched to Debian's peer authentication."""
 
 import base64
+import json
 import os
 import poplib
 import pwd
@@ -16,14 +23,15 @@ import time
 
 import pytest
 
-from harness.install import installed_prefix
-from harness.paths import ROOT
+from harness.install import as_printed, installed_prefix, wheel_folder
+from harness.paths import FAKE_QUEUE, ROOT
 from harness.postgres import Cluster, Database
 from harness.processes import StartError, end_group, free_port, talk, wait_listening
 from harness.system_users import pop3_service_env, pop3_service_user, world_readable_dir
 from harness.tcpserver import TcpServer
 
 SECTION = "### Setting up the database"
+QUICK_START = "## Quick start"
 POP3_SECTION = "### Under qmail-popup"
 PASSWORD = "readme-Pa55word"
 STAND_INS = ROOT / "tests" / "pop3"
@@ -44,6 +52,86 @@ def cluster():
     fresh = Cluster()  # its own: the steps create the role qmaild and the database mail
     yield fresh
     fresh.destroy()
+
+
+def test_the_quick_start_has_its_steps_in_order():
+    install, database, service, switch, check = readme_blocks(QUICK_START)
+    assert install == "make install\n"
+    assert database.splitlines()[:4] == "".join(readme_blocks()[0]).splitlines()
+    assert service.startswith("make cdb\n") and "/service/qmail-esmtpd" in switch
+    assert check.startswith("swaks --server 127.0.0.1 --auth PLAIN --auth-user alice ")
+
+
+def test_quick_start_as_written(cluster: Cluster, tmp_path):
+    """The four steps, then a message through AUTH into the queue."""
+    install, database, service, _switch, check = readme_blocks(QUICK_START)
+    prefix = world_readable_dir("qmail-esmtpd-quickstart-")
+    rules = world_readable_dir("qmail-esmtpd-quickstart-etc-") / "tcp.smtp"
+    queued = world_readable_dir("qmail-esmtpd-quickstart-queue-")
+    queued.chmod(0o777)
+    try:
+        # qmail's own, there before the steps: its home, control/me, qmail-queue
+        for sub in ("control", "bin"):
+            (prefix / sub).mkdir()
+        (prefix / "control" / "me").write_text("mx.example.com\n")
+        shutil.copy(FAKE_QUEUE, prefix / "bin" / "qmail-queue")  # records what it is given
+        (prefix / "bin" / "qmail-queue").chmod(0o755)
+        env = {"PATH": os.environ["PATH"], "PGHOST": str(cluster.sock), "LANG": "C",
+               # make's variables: the temporary PREFIX, no network, the rules' source
+               "PREFIX": str(prefix), "WHEELS": str(wheel_folder()), "SMTPRULES": str(rules)}
+
+        def run_steps(script: str, stdin: str = "") -> str:
+            script = script.replace("/var/run/postgresql", str(cluster.sock))
+            script = script.replace("/var/qmail", str(prefix))
+            done = subprocess.run(["sh", "-exc", script], input=stdin, cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        assert "installed " in run_steps(install)
+        assert "added alice" in run_steps(database, PASSWORD + "\n")
+        run_steps(service)
+        assert rules.with_name("tcp.smtp.cdb").exists()
+        supervised = prefix / "supervise" / "qmail-esmtpd"
+        assert (supervised / "log" / "run").read_text() == \
+            (prefix / "lib" / "qmail-esmtpd" / "service" / "log" / "run").read_text()
+
+        # step 4 is svscan's: start the run script as it would, on a high port
+        os.chmod(cluster.base, 0o711)  # what /var/run/postgresql is: reachable by everyone
+        port = free_port()
+        run = (supervised / "run").read_text()
+        assert "\n        -u \"$QMAILDUID\" -g \"$NOFILESGID\" 0 smtp \\\n" in run
+        run = as_printed(run, rules.with_name("tcp.smtp.cdb"))
+        (supervised / "run").write_text(run.replace(" 0 smtp \\", f" 127.0.0.1 {port} \\"))
+        log = tmp_path / "service.log"
+        with log.open("wb") as out:
+            started = subprocess.Popen(["./run"], cwd=supervised, stdout=out,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True,
+                                       env={"PATH": os.environ["PATH"],
+                                            "FAKEQUEUE_DIR": str(queued)})
+        try:
+            try:
+                wait_listening(port, started, "the copied run script", timeout=30)
+            except StartError as e:
+                raise AssertionError(f"{e}: {log.read_text()}") from None
+            sent = subprocess.run(
+                ["sh", "-c", check.replace("--server 127.0.0.1 ", f"--server 127.0.0.1:{port} ")],
+                input=PASSWORD + "\n", capture_output=True, text=True, timeout=120)
+            said = wait_for(log, "auth ok user=alice")
+        finally:
+            end_group(started)
+        assert sent.returncode == 0, sent.stdout + sent.stderr + said
+        assert "<-  235 ok, go ahead (#2.0.0)" in sent.stdout, sent.stdout
+        assert "auth ok user=alice ip=127.0.0.1" in said and PASSWORD not in said, said
+        (record,) = [json.loads(path.read_text()) for path in queued.glob("*.json")]
+        assert record["exit"] == 0 and record["recipients"] == ["postmaster@example.com"]
+        message = base64.b64decode(record["message_b64"]).decode()
+        assert "(alice@127.0.0.1)" in message and "by mx.example.com with ESMTPA" in message, \
+            message
+    finally:
+        for path in (prefix, rules.parent, queued):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_section_has_the_three_steps():
@@ -118,10 +206,11 @@ def pop3_login_through_the_run_script(cluster: Cluster, prefix) -> None:
                  (SYSUSER, str(home)))
     for name, stand_in in (("qmail-popup", "QMAIL_POPUP"), ("qmail-pop3d", "QMAIL_POP3D")):
         shutil.copy(os.environ.get(stand_in) or STAND_INS / name, prefix / "bin" / name)
-    envdir = prefix / "pop3d" / "env"
-    envdir.mkdir(parents=True, exist_ok=True)
+    # the script needs no env folder: POPDBUSER, where this host has no qmaild,
+    # as its control file (the README's other place for it)
     for name, value in pop3_service_env().items():
-        (envdir / name).write_text(value + "\n")
+        (prefix / "control" / name.lower()).write_text(value + "\n")
+    (prefix / "pop3d").mkdir(exist_ok=True)
     port = free_port()
     (script,) = readme_blocks(POP3_SECTION)
     script = script.replace("/var/qmail", str(prefix)).replace(" 0 110 ", f" 127.0.0.1 {port} ")

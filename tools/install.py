@@ -363,19 +363,32 @@ def compile_in_home(config: Path, prefix: str) -> None:
 
 def failure_key(control: Path, user: pwd.struct_passwd | None) -> str:
     """control/authfailkey, the secret that keys the failed-login throttle
-    (auth/throttle.py): 32 random bytes in hex, 0640 root and the service
-    user's group, so qmaild reads it and cannot change it.  Never replaced."""
+    (auth/throttle.py): 32 random bytes in hex, 0400 and owned by the service
+    user, as the TLS patch's servercert.pem is: the sessions read it, and no
+    other user of their group (qmaild's is nofiles, shared with qmaill,
+    qmailp and alias, which qmail's conf-groups says may read no file).
+    Root reads it anyway (the POP3 program under qmail-popup).  Never
+    replaced; a key an earlier install left readable by the service user's
+    group (0640, root and that group) is given to the user alone instead."""
     path = control / "authfailkey"
     if path.exists():
-        return f"{path}: kept as it is"
+        if user is None:
+            return f"{path}: kept as it is"
+        st = path.stat()
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, user.pw_gid, 0o640):
+            return f"{path}: kept as it is"
+        os.chown(path, user.pw_uid, 0)
+        os.chmod(path, 0o400)
+        return (f"{path}: kept, now 0400 and {user.pw_name}'s alone (it was readable by "
+                f"every user of {user.pw_name}'s group)")
     make_dirs(control)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     if user is not None:
-        os.chown(path, 0, user.pw_gid)
-    os.chmod(path, 0o640)
-    owner = f"root and {user.pw_name}'s group" if user else "this user"
-    return f"{path}: created (0640, readable by {owner})"
+        os.chown(path, user.pw_uid, 0)
+    os.chmod(path, 0o400)
+    owner = user.pw_name if user else "this user"
+    return f"{path}: created (0400, readable by {owner} alone)"
 
 
 def service_user(names: str) -> pwd.struct_passwd | None:

@@ -28,6 +28,17 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def heading(*columns: str) -> None:
+    """The column names above tab-separated rows, for a person at a terminal
+    only: a pipe (cut, awk, a script) gets the rows alone, as it always did."""
+    if sys.stdout.isatty():
+        say("\t".join(columns))
+
+
+LIST_COLUMNS = ("name", "state", "limit", "today", "total")
+TOP_COLUMNS = ("name", "today", "last_send", "total", "limit")
+
+
 def hash_password(password: bytes) -> str:
     from ..auth.passwords import context
 
@@ -93,7 +104,10 @@ LIST = ACCOUNTS + " ORDER BY p.name"
 
 def cmd_list(db: Database, args: argparse.Namespace) -> int:
     """Tab-separated, one user a line, for people and for cut/awk alike."""
-    for name, active, limit, today, total, *_ in db.query(LIST):
+    rows = db.query(LIST)
+    if rows:
+        heading(*LIST_COLUMNS)
+    for name, active, limit, today, total, *_ in rows:
         state = "active" if active else "inactive"
         shown = "default" if limit is None else str(limit)
         say(f"{name}\t{state}\t{shown}\t{today}\t{total}")
@@ -172,6 +186,8 @@ def cmd_top(db: Database, args: argparse.Namespace) -> int:
     if not rows:
         print("nobody has sent mail through AUTH yet: no send counts", file=sys.stderr,
               flush=True)
+    else:
+        heading(*TOP_COLUMNS)
     default = default_limit() if any(row[4] is None for row in rows) else 0
     for name, today, last_send, total, limit in rows:
         say(f"{name}\t{today}\t{last_send}\t{total}\t{effective_limit(limit, default)}")

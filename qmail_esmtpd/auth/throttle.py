@@ -230,7 +230,7 @@ class Throttle:
 
 def reader() -> str:
     """Who this process reads files as, by name: what an admin compares with
-    the key file's owner and group (make install gives it the service user's)."""
+    the key file's owner (make install makes it the service user's, 0400)."""
     import grp
     import posix
     import pwd

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .paths import ROOT
 from .processes import StartError
-from .system_users import world_readable_dir
+from .system_users import host_has, world_readable_dir
 
 _wheels: dict[str, Path] = {}
 
@@ -56,3 +56,10 @@ def installed_prefix() -> Path:
         _installs["prefix"] = prefix
     return _installs["prefix"]
 
+
+
+def as_printed(text: str, rules: Path) -> str:
+    """What an admin changes in an installed run script or unit: the rules file,
+    and the user where this host has no qmaild."""
+    text = text.replace("/etc/tcp.smtp.cdb", str(rules))
+    return text if host_has("qmaild") else text.replace("qmaild", "nobody")
