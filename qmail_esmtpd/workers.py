@@ -25,6 +25,7 @@ import array  # noqa: F401  (socket.send_fds and recv_fds import it: loaded befo
 import marshal
 import posix
 import socket
+import sys
 
 from . import log as logmodule
 from .child import TROUBLE, ChildSettings, Remote, refuse, reset_signals, run
@@ -81,7 +82,16 @@ def resident_bytes() -> int:
 
 
 def open_descriptors() -> set[int]:
-    return {int(name) for name in posix.listdir(FD_FOLDER)}
+    """The fds open now (the listing's own, closed by the time it returns, left out)."""
+    return {fd for fd in map(int, posix.listdir(FD_FOLDER)) if is_open(fd)}
+
+
+def is_open(fd: int) -> bool:
+    try:
+        posix.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class Baseline:
@@ -94,6 +104,10 @@ class Baseline:
         self.resident = resident_bytes()
         self.growth_allowed = growth_allowed
         self.descriptors = open_descriptors()
+        # the database connection a worker keeps between sessions (auth/db.py):
+        # only where the server loaded the database code, that is AUTH is configured
+        db = sys.modules.get("qmail_esmtpd.auth.db")
+        self.kept = db.keep_connections() if db is not None else None
 
     def restore(self, rule: "Rule | RulesUnreadable") -> None:
         """Everything a session may have changed in the process, as it was."""
@@ -127,6 +141,8 @@ class Baseline:
     def why_retire(self) -> str | None:
         """Why this process must not serve another connection, if it must not."""
         stray = open_descriptors() - self.descriptors
+        if self.kept is not None:
+            stray.discard(self.kept.descriptor())
         if stray:
             return f"descriptors left open by the session: {sorted(stray)}"
         grown = resident_bytes() - self.resident

@@ -81,8 +81,7 @@ def test_a_relay_client_then_a_stranger(forkserver, tmp_path):
 
 def test_an_authenticated_user_then_an_anonymous_one(db, forkserver, tmp_path, control):
     """AUTH (over STARTTLS) lets the first relay; the next client in the same
-    worker is a stranger again: no relaying, no TCPREMOTEINFO, no database
-    connection left in the worker between them."""
+    worker is a stranger again: no relaying, no TCPREMOTEINFO."""
     db.add(ALICE, ALICE_PW)
     self_signed_pem(control / "servercert.pem").chmod(0o644)
     env = {**db.env(), **recording_queue(tmp_path)}
@@ -90,7 +89,8 @@ def test_an_authenticated_user_then_an_anonymous_one(db, forkserver, tmp_path, c
     assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW), tls=True)
     worker = ok_pids(server, 1)[0]
     sockets = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
-    assert len([s for s in sockets if s.startswith("socket:")]) == 1, sockets  # its channel
+    # its channel, and the database connection it keeps (test below: it carries nothing)
+    assert len([s for s in sockets if s.startswith("socket:")]) == 2, sockets
     assert not relays(server.port, "127.0.0.3", tls=True)
     assert not relays(server.port, "127.0.0.3")
     assert set(ok_pids(server, 3)) == {worker}
@@ -258,3 +258,33 @@ def test_fork_per_connection_stays_available(forkserver):
         assert one_session(server.port, "127.0.0.1") == "queued"
     first, second = ok_pids(server, 2)
     assert first != second
+
+
+def backends(db) -> list:
+    """The sessions' backends: (pid, state, open transaction?, user, application_name)."""
+    return db.sql("SELECT pid, state, xact_start IS NOT NULL, usename, application_name "
+                  "FROM pg_stat_activity WHERE application_name LIKE 'qmail-esmtpd%'")
+
+
+def test_the_kept_database_connection_carries_nothing(db, forkserver, tmp_path):
+    """A worker keeps one connection between sessions: idle, no transaction
+    open, the service role; a backend terminated meanwhile is noticed and
+    replaced, and a client whose rule names another database gets its own."""
+    db.add(ALICE, ALICE_PW)
+    other = db.env()["AUTHDB"] + " application_name=qmail-esmtpd-other"
+    server = forkserver(f'127.0.0.4:allow,AUTHDB="{other}"\n:allow\n', env=db.env(),
+                        options=["-c", "1"])
+    assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW))
+    (kept,) = backends(db.database)
+    pid, state, in_transaction, user, name = kept
+    assert (state, in_transaction, user, name) == ("idle", False, "qmaild", "qmail-esmtpd")
+    assert relays(server.port, "127.0.0.3", (ALICE, ALICE_PW))  # the next client: the same one
+    assert [row[0] for row in backends(db.database)] == [pid]
+    db.database.sql("SELECT pg_terminate_backend(%s)", (pid,))
+    assert relays(server.port, "127.0.0.3", (ALICE, ALICE_PW))  # a new connection, no 454
+    (fresh,) = backends(db.database)
+    assert fresh[0] != pid
+    assert relays(server.port, "127.0.0.4", (ALICE, ALICE_PW))  # its rule's AUTHDB
+    assert [row[4] for row in backends(db.database)] == ["qmail-esmtpd-other"]
+    assert len(set(ok_pids(server, 4))) == 1
+    assert "auth tempfail" not in server.log()

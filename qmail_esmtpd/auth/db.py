@@ -16,9 +16,13 @@ Every call is bounded in time twice over:
   stalled backend, a lost network) costs a few seconds, never a hung
   session.  The connection is then dropped.
 Callers close() the connection whenever they go back to waiting for their
-client, so an idle session holds no database backend.
+client, so an idle session holds no database backend.  In a worker of
+qmail-esmtpd-server (-m N) close() keeps the one connection for the
+worker's next use instead (keep_connections(), below): a connect costs
+the client more CPU than all of a session's statements.
 """
 
+import posix
 import time
 
 TYPE_CHECKING = False
@@ -195,20 +199,113 @@ class Database:
 
         try:
             if self.conn is None:
+                self.conn = _kept.take(self.conninfo) if _kept else None
+            if self.conn is None:
                 self.conn = self._connect()
             _wait_seconds = STATEMENT_TIMEOUT_MS / 1000 + ANSWER_GRACE
             with self.conn.cursor() as cur:
                 cur.execute(_BOUNDED + sql, params)
                 return cur.fetchall() if cur.description is not None else []
         except (psycopg2.Error, NoAnswer) as e:
-            self.close()
+            self.close(broken=True)
             raise DatabaseError(one_line(e), getattr(e, "pgcode", None)) from None
 
-    def close(self) -> None:
-        """Hang up; the next query() connects again."""
+    def close(self, broken: bool = False) -> None:
+        """Hang up (in a worker: keep it for the next use, unless `broken`);
+        the next query() connects again."""
         if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:  # closing a broken connection must not mask the real error
-                pass
-            self.conn = None
+            conn, self.conn = self.conn, None
+            if not broken and _kept is not None and _kept.keep(conn, self.conninfo):
+                return
+            hang_up(conn)
+
+
+def hang_up(conn: "connection") -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a broken connection must not mask the real error
+        pass
+
+
+KEEP_SECONDS = 60  # a kept connection idle longer is closed, not used
+
+
+class KeptConnection:
+    """A worker's one idle connection, between its uses and its sessions.
+
+    Only a connection that carries nothing of its last use is kept: in
+    autocommit with no transaction open.  Nothing here sets a role, a
+    setting (each statement's timeout is local to its own transaction), a
+    temporary table, a prepared statement or a lock that outlives its
+    statement.  It is taken again only for the same conninfo and the same
+    libpq variables (a rule may set PG* ones), within KEEP_SECONDS, and only
+    while nothing waits on its socket: a backend that was terminated, or a
+    server that restarted or failed over, has said so there (or closed it),
+    and a new connection is opened instead.
+    """
+
+    def __init__(self) -> None:
+        self.conn: "connection | None" = None
+        self.key: tuple = ()
+        self.since = 0.0
+
+    @staticmethod
+    def _key(conninfo: str) -> tuple:
+        env = posix.environ
+        return conninfo, tuple(sorted((k, v) for k, v in env.items() if k.startswith(b"PG")))
+
+    def keep(self, conn: "connection", conninfo: str) -> bool:
+        """Whether `conn` is kept (else the caller closes it)."""
+        import psycopg2.extensions
+
+        try:
+            idle = (not conn.closed and conn.autocommit and conn.info.transaction_status
+                    == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+        except Exception:
+            idle = False
+        if not idle:
+            return False
+        self.forget()
+        self.conn, self.key, self.since = conn, self._key(conninfo), time.monotonic()
+        return True
+
+    def take(self, conninfo: str) -> "connection | None":
+        """The kept connection, if it is for `conninfo` and still sound; else None."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return None
+        import select
+
+        try:
+            sound = (self.key == self._key(conninfo) and not conn.closed
+                     and time.monotonic() - self.since < KEEP_SECONDS
+                     and not select.select([conn.fileno()], [], [], 0)[0])
+        except (OSError, ValueError):
+            sound = False
+        if sound:
+            return conn
+        hang_up(conn)
+        return None
+
+    def forget(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            hang_up(conn)
+
+    def descriptor(self) -> int | None:
+        """The kept connection's socket (a worker's own, not a session's leftover)."""
+        try:
+            return self.conn.fileno() if self.conn is not None and not self.conn.closed else None
+        except Exception:
+            return None
+
+
+_kept: KeptConnection | None = None
+
+
+def keep_connections() -> KeptConnection:
+    """From now on, close() keeps one connection for the next use (workers only)."""
+    global _kept
+    if _kept is None:
+        _kept = KeptConnection()
+    return _kept
