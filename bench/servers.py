@@ -30,7 +30,16 @@ from . import BenchError, progress
 from .proctree import settled_cpu
 from .session import MESSAGE_SIZE
 from .setup import Bench
-from .warm import C_SMTPD, FLOOR, SERVER, WORKER_SERVER, load_average, root_pid, servers
+from .warm import (
+    C_SMTPD,
+    CHECKING_SERVER,
+    FLOOR,
+    SERVER,
+    WORKER_SERVER,
+    load_average,
+    root_pid,
+    servers,
+)
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 LEVELS = (1, 4)
@@ -114,6 +123,10 @@ def ratios(names: "list[str]", rates: dict, cpu: dict) -> None:
                 print(f"   {name} / Postfix at c={top}: sessions/s "
                       f"{median(rates, name, top) / median(rates, anchor, top):.2f}x, CPU "
                       f"{median(cpu, name, top) / median(cpu, anchor, top):.2f}x{target}")
+    if CHECKING_SERVER in names:
+        print(f"   checkrecipients on / off, {WORKER_SERVER} at c={top}: CPU "
+              f"{median(cpu, CHECKING_SERVER, top) / median(cpu, WORKER_SERVER, top):.2f}x "
+              "(target <= 1.1)")
     if C_SMTPD in names:
         for level in LEVELS:
             c_rate = median(rates, C_SMTPD, level)

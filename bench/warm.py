@@ -47,8 +47,9 @@ MAX_USE = 100  # connections per worker: Postfix's default max_use
 WORKERS = 4  # the reuse floor's pool
 
 C_SMTPD = "C qmail-smtpd, tcpserver"
-SERVER = "qmail-esmtpd-server"
-WORKER_SERVER = f"qmail-esmtpd-server -m {MAX_USE}"
+SERVER = "qmail-esmtpd-server -m 0"  # a fork per connection
+WORKER_SERVER = f"qmail-esmtpd-server -m {MAX_USE}"  # workers (the default)
+CHECKING_SERVER = f"{WORKER_SERVER}, checkrecipients"
 FLOOR = "floor: fork, fixed replies"
 REUSE_FLOOR = f"floor: {WORKERS} workers, fixed replies"
 TCPSERVER = "qmail-esmtpd, tcpserver"
@@ -182,6 +183,10 @@ def servers(bench: Bench, authdb: bool = False, tls: bool = False) -> Iterator[L
                                 "-m option (a usage error)")
         else:
             running[WORKER_SERVER] = workers
+            if not (authdb or tls):  # users/cdb, one .qmail stat per RCPT
+                checking = {**env, "QMAIL_CONTROL": str(bench.rcptcheck_control)}
+                running[CHECKING_SERVER] = ForkServer(bench.workdir, ":allow\n", checking,
+                                                      verbose=False, options=["-m", str(MAX_USE)])
         if not (authdb or tls):
             running[FLOOR] = Floor(bench.launcher.interpreter, env, "forkfloor.py")
             running[REUSE_FLOOR] = Floor(bench.launcher.interpreter, env, "reusefloor.py",

@@ -73,6 +73,17 @@ class DataDecoder:
         state = self.state
         status = MORE
         while i < n:
+            if state == _LINESTART and chunk[i] != 0x2E:
+                # whole lines up to the next one that starts with a dot, at once
+                # when each ends in CRLF (else line by line, below, finds the bare LF)
+                dot = chunk.find(b"\n.", i)
+                end = dot + 1 if dot >= 0 else chunk.rfind(b"\n", i) + 1
+                if end > i:
+                    block = chunk[i:end]
+                    if block.count(b"\n") == block.count(b"\r\n"):
+                        out.append(block.replace(b"\r\n", b"\n"))
+                        i = end
+                        continue
             if state == _LINESTART:
                 nl = chunk.find(b"\n", i)
                 if nl >= 0:  # a whole line at once: the common case

@@ -154,6 +154,64 @@ def test_bare_lf_is_fatal(raw, chunk):
     assert decode(raw, chunk=chunk)[1] == BARE_LF
 
 
+def blast(raw: bytes) -> tuple[bytes, int, bytes]:
+    """qmail-smtpd's blast(), one byte at a time: the reference the decoder's
+    whole-line shortcut must agree with.  -> (queued, status, rest)."""
+    out, state = bytearray(), "start"
+    for n, ch in enumerate(raw):
+        c = bytes((ch,))
+        if state == "start":
+            state = "dot" if c == b"." else "cr" if c == b"\r" else "mid"
+            if c == b"\n":
+                return bytes(out), BARE_LF, raw[n + 1:]
+            if state == "mid":
+                out += c
+        elif state == "mid":
+            if c == b"\n":
+                return bytes(out), BARE_LF, raw[n + 1:]
+            state = "cr" if c == b"\r" else "mid"
+            if state == "mid":
+                out += c
+        elif state == "cr":
+            if c == b"\n":
+                out, state = out + b"\n", "start"
+            elif c == b"\r":
+                out += b"\r"
+            else:
+                out, state = out + b"\r" + c, "mid"
+        elif state == "dot":
+            if c == b"\n":
+                return bytes(out), BARE_LF, raw[n + 1:]
+            state = "dotcr" if c == b"\r" else "mid"
+            if state == "mid":
+                out += c
+        else:  # dotcr
+            if c == b"\n":
+                return bytes(out), END, raw[n + 1:]
+            out += b".\r"
+            state = "cr" if c == b"\r" else "mid"
+            if state == "mid":
+                out += c
+    return bytes(out), MORE, b""
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_decoder_agrees_with_blast_byte_by_byte(seed):
+    import random
+
+    rng = random.Random(seed)
+    pieces = [b"a", b"b", b"\r\n", b"\r\n", b"\r\n", b".", b"..", b"\r", b"\n", b" ",
+              b"Received: x", b"\r\n.\r\n"]
+    raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 60)))
+    expected = blast(raw)
+    for chunk in (0, 1, rng.randint(2, 9)):
+        queued, status, rest, _ = decode(raw, chunk=chunk)
+        if status == BARE_LF:  # the session ends; nothing is queued, nothing follows
+            assert expected[1] == BARE_LF, (raw, chunk)
+        else:
+            assert (queued, status, rest if status == END else b"") == expected, (raw, chunk)
+
+
 def test_empty_message():
     assert decode(b".\r\n")[:3] == (b"", END, b"")
 
