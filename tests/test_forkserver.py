@@ -36,6 +36,9 @@ from harness.system_users import let_service_user_in, service_ids
 from harness.tcpserver import TcpServer
 from harness.ucspi6 import Ucspi6Server, compile_rules6
 
+# the server's two ways of serving: workers (the default) and a fork per connection
+MODES = pytest.mark.parametrize("mode", [[], ["-m", "0"]], ids=["workers", "fork"])
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root: a network namespace of its own")
 
@@ -377,8 +380,9 @@ def greeting(sock: socket.socket) -> bytes:
     return sock.makefile("rb").readline()
 
 
-def test_concurrency_limit_keeps_the_next_connection_in_the_backlog(forkserver):
-    server = forkserver(":allow\n", options=["-c", "1"])
+@MODES
+def test_concurrency_limit_keeps_the_next_connection_in_the_backlog(forkserver, mode):
+    server = forkserver(":allow\n", options=["-c", "1", *mode])
     first = socket.create_connection(("127.0.0.1", server.port), timeout=20)
     assert greeting(first).startswith(b"220 ")
     second = socket.create_connection(("127.0.0.1", server.port), timeout=20)
@@ -392,8 +396,9 @@ def test_concurrency_limit_keeps_the_next_connection_in_the_backlog(forkserver):
     second.close()
 
 
-def test_per_source_limit_answers_421_from_a_child(forkserver):
-    server = forkserver(":allow\n", options=["-C", "1"])
+@MODES
+def test_per_source_limit_answers_421_from_a_child(forkserver, mode):
+    server = forkserver(":allow\n", options=["-C", "1", *mode])
     first = socket.create_connection(("127.0.0.1", server.port), timeout=20,
                                      source_address=("127.0.0.7", 0))
     assert greeting(first).startswith(b"220 ")
@@ -411,11 +416,12 @@ def test_per_source_limit_answers_421_from_a_child(forkserver):
                      server.wait_log(":127.0.0.7::"))
 
 
-def test_a_source_over_its_limit_that_the_rules_deny_is_closed_without_a_byte(forkserver):
+@MODES
+def test_a_source_over_its_limit_that_the_rules_deny_is_closed_without_a_byte(forkserver, mode):
     """Issue 24, item 5: the rules first, then the count.  A source with a
     session running that the rules now deny gets no 421, nor do many fast
     connections from a denied address; neither counts against -C."""
-    server = forkserver(":allow\n", options=["-C", "1"])
+    server = forkserver(":allow\n", options=["-C", "1", *mode])
     first = socket.create_connection(("127.0.0.1", server.port), timeout=20,
                                      source_address=("127.0.0.7", 0))
     assert greeting(first).startswith(b"220 ")
@@ -577,8 +583,9 @@ def child_pids(server: ForkServer, count: int) -> list[int]:
     return [int(pid) for pid in re.findall(r": pid (\d+) from", log)]
 
 
-def test_sigterm_stops_accepting_and_lets_sessions_finish(forkserver):
-    server = forkserver(":allow\n")
+@MODES
+def test_sigterm_stops_accepting_and_lets_sessions_finish(forkserver, mode):
+    server = forkserver(":allow\n", options=mode)
     client = smtplib.SMTP("127.0.0.1", server.port, timeout=20)
     client.ehlo("client.test")
     server.signal(signal.SIGTERM)
@@ -590,8 +597,9 @@ def test_sigterm_stops_accepting_and_lets_sessions_finish(forkserver):
     assert server.proc.wait(timeout=20) == 0
 
 
-def test_sighup_reloads_and_sessions_go_on(forkserver, control):
-    server = forkserver(":allow\n")
+@MODES
+def test_sighup_reloads_and_sessions_go_on(forkserver, control, mode):
+    server = forkserver(":allow\n", options=mode)
     assert one_session(server.port, "127.0.0.1") == "queued"
     self_signed_pem(control / "servercert.pem").chmod(0o644)
     server.signal(signal.SIGHUP)
@@ -607,8 +615,9 @@ def test_sighup_reloads_and_sessions_go_on(forkserver, control):
     assert server.proc.poll() is None
 
 
-def test_a_killed_session_affects_nobody_else(forkserver):
-    server = forkserver(":allow\n")
+@MODES
+def test_a_killed_session_affects_nobody_else(forkserver, mode):
+    server = forkserver(":allow\n", options=mode)
     victim = socket.create_connection(("127.0.0.1", server.port), timeout=20)
     assert greeting(victim).startswith(b"220 ")
     (pid,) = child_pids(server, 1)
