@@ -74,8 +74,11 @@ class RecipientCheck:
         return None if self.memory is None else self.memory.past_limit(self.counted)
 
     def on_end(self, session: "Session", value: bytes) -> None:
-        """One line for a session that named unknown recipients (fail2ban's),
-        after the memory across sessions has the rest of its count."""
+        """users/cdb closed (a worker's next session opens it again: it may
+        have been rebuilt); one line for a session that named unknown
+        recipients (fail2ban's), after the memory across sessions has the
+        rest of its count."""
+        self.mailboxes.close()
         if not self.counted:
             return
         if self.memory is not None:

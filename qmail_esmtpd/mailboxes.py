@@ -151,6 +151,12 @@ class Mailboxes:
         self._alias: "PasswdEntry" = None
         self._alias_asked = False
 
+    def close(self) -> None:
+        """users/cdb, if a lookup opened it."""
+        cdb, self._cdb = self._cdb, None
+        if cdb is not None:
+            cdb.close()
+
     def verdict(self, address: bytes) -> tuple[str, str]:
         local = self.local_part(address)
         if local is None:

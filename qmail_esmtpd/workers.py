@@ -86,6 +86,14 @@ def open_descriptors() -> set[int]:
     return {fd for fd in map(int, posix.listdir(FD_FOLDER)) if is_open(fd)}
 
 
+def what_is(fd: int) -> str:
+    """What /proc says fd is (a path, socket:[inode], ...), for the log line."""
+    try:
+        return posix.readlink(f"{FD_FOLDER}/{fd}")
+    except OSError:
+        return "?"
+
+
 def is_open(fd: int) -> bool:
     try:
         posix.fstat(fd)
@@ -144,7 +152,8 @@ class Baseline:
         if self.kept is not None:
             stray.discard(self.kept.descriptor())
         if stray:
-            return f"descriptors left open by the session: {sorted(stray)}"
+            return "descriptors left open by the session: " + ", ".join(
+                f"{fd} {what_is(fd)}" for fd in sorted(stray))
         grown = resident_bytes() - self.resident
         if grown > self.growth_allowed:
             return f"memory grew by {grown >> 20} MB (more than {self.growth_allowed >> 20} MB)"

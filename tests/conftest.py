@@ -116,6 +116,9 @@ def forkserver(tmp_path: Path, control: Path, queue: Queue):
     yield start
     for server in servers:
         server.stop()
+    for server in servers:  # every suite run through it checks its workers too
+        leaks = [line for line in server.log().splitlines() if "left open by the session" in line]
+        assert not leaks, f"a session left a descriptor open in its worker: {leaks[:3]}"
 
 
 @pytest.fixture(scope="session")
