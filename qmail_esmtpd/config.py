@@ -79,9 +79,10 @@ class Controls:
         except OSError as e:
             raise ControlError(f"{name.decode(errors='replace')}: {e.strerror}") from None
         chunks = []
-        try:
-            while chunk := posix.read(fd, READ_SIZE):
+        try:  # a regular file's short read is its end: one read for a small file
+            while len(chunk := posix.read(fd, READ_SIZE)) == READ_SIZE:
                 chunks.append(chunk)
+            chunks.append(chunk)
         except OSError as e:  # a directory, an I/O error
             raise ControlError(f"{name.decode(errors='replace')}: {e.strerror}") from None
         finally:

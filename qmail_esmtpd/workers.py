@@ -123,8 +123,8 @@ class Baseline:
 
         from . import localips
 
-        _signal.setitimer(_signal.ITIMER_REAL, 0)  # an alarm left armed
-        _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
+        _signal.setitimer(_signal.ITIMER_REAL, 0)  # an alarm left armed (lineio's
+        # handler stays: it does nothing unless a read or write is under way)
         null = posix.open("/dev/null", posix.O_RDWR)
         posix.dup2(null, 0)  # the connection closed here, if the session left it open
         posix.dup2(null, 1)
