@@ -106,8 +106,8 @@ class PreloadedTLS:
     control/tlsserverciphers, else both defaults).  A session gets the one loaded
     for its own list while the file is the one loaded; any other list, or a new
     file, it loads itself, as in tcpserver mode.  The contexts issue no session
-    tickets: their key would be the same in every child, so one child could
-    resume another's session.
+    tickets (tls.py): a ticket key would be the same in every child, so one
+    child could resume another's session.
     """
 
     MOST = 8  # contexts kept: a rules file naming more lists has sessions load the rest
@@ -121,8 +121,6 @@ class PreloadedTLS:
     def load(self, controls: Controls, named: "tuple[bytes, ...]" = ()) -> None:
         """(Re)load from `controls`, for the lists $TLSSERVERCIPHERS may `name`;
         without a usable certificate nothing is kept."""
-        import ssl
-
         from .lineio import TLSUnavailable
         from .tls import ServerTLS, possible_cipher_lists
 
@@ -143,7 +141,6 @@ class PreloadedTLS:
                 if not self.contexts:  # the certificate itself, most likely: once is enough
                     break
                 continue
-            tls.context.options |= ssl.OP_NO_TICKET
             self.contexts[ciphers] = tls
         if not self.contexts:
             log("warning: certificate not preloaded, sessions load their own")

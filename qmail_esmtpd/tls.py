@@ -68,6 +68,13 @@ class ServerTLS:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_RENEGOTIATION  # a client may not restart the handshake
+        # No session tickets: no ticket key to share between the processes a
+        # context is forked into, no TLS 1.3 ticket (stateful or not) computed
+        # and sent after every handshake for a resumption that a new process
+        # per connection (or a worker the client is not likely to meet again)
+        # could not offer anyway.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
         try:
             context.load_cert_chain(certfile.decode("utf-8", "surrogateescape"))
             context.set_ciphers((ciphers or MANDATORY_CIPHERS).decode("ascii", "replace"))

@@ -288,3 +288,23 @@ def test_the_kept_database_connection_carries_nothing(db, forkserver, tmp_path):
     assert [row[4] for row in backends(db.database)] == ["qmail-esmtpd-other"]
     assert len(set(ok_pids(server, 4))) == 1
     assert "auth tempfail" not in server.log()
+
+
+def test_no_tls_session_outlives_its_connection(forkserver, control):
+    """The worker's contexts issue no session ticket (TLS 1.3, or 1.2): there is
+    no ticket key, and nothing a later client of the worker could resume."""
+    self_signed_pem(control / "servercert.pem").chmod(0o644)
+    server = forkserver(":allow\n", options=["-c", "1"])
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.maximum_version = version
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+            client.starttls(context=context)
+            assert client.noop()[0] == 250  # a TLS 1.3 ticket would have come by now
+            assert client.sock is not None
+            assert client.sock.version() == ("TLSv1.3" if version == ssl.TLSVersion.TLSv1_3
+                                             else "TLSv1.2")
+            assert not client.sock.session.has_ticket
+    assert len(set(ok_pids(server, 2))) == 1
