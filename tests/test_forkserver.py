@@ -517,8 +517,11 @@ def test_sessions_keep_no_group_of_the_starter(forkserver, tmp_path):
 
 
 def starttls_cipher(port: int, source: str, cipher: str) -> tuple[str, bool] | None:
-    """STARTTLS from `source` offering TLS 1.2 with `cipher` only: the cipher taken
-    and whether a session ticket came with it; None when the handshake failed."""
+    """STARTTLS from `source` offering TLS 1.2 with `cipher` only, twice, the
+    second time offering the first's session: the cipher taken and whether
+    the session was resumed, which it is only when both connections met the
+    same context, one the server loaded and its worker kept (-c 1: one
+    worker), not one the session loaded for itself.  None: the handshake failed."""
     import ssl
 
     context = ssl.create_default_context()
@@ -526,38 +529,50 @@ def starttls_cipher(port: int, source: str, cipher: str) -> tuple[str, bool] | N
     context.verify_mode = ssl.CERT_NONE
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(cipher)
-    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
-        try:
-            client.starttls(context=context)
-        except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError):
-            return None
-        assert isinstance(client.sock, ssl.SSLSocket) and client.sock.session is not None
-        taken = (client.sock.cipher()[0], client.sock.session.has_ticket)
-        assert client.noop()[0] == 250
-    return taken
+    session = None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=20,
+                                      source_address=(source, 0)) as sock:
+            answers = sock.makefile("rb")
+            assert answers.readline().startswith(b"220 ")
+            sock.sendall(b"EHLO client.test\r\nSTARTTLS\r\n")
+            while not answers.readline().startswith(b"250 "):
+                pass
+            if not answers.readline().startswith(b"220 "):
+                return None
+            try:
+                tls = context.wrap_socket(sock, session=session)
+            except (ssl.SSLError, ConnectionError):
+                return None
+            with tls:  # QUIT: a session ended without close_notify is not resumable
+                tls.sendall(b"QUIT\r\n")
+                assert tls.recv(100).startswith(b"221 ")
+                taken, reused, session = tls.cipher()[0], tls.session_reused, tls.session
+    return taken, reused
 
 
 def test_a_context_per_cipher_list_is_preloaded(forkserver, control):
     """Issue 24, item 7: port 25's list (OpenSSL's) and submission's (the strict
     one) each get a context, and so does a list a rule names; a session asking
-    for another loads its own.  The preloaded ones issue no session ticket,
-    which tells them apart."""
+    for another loads its own.  A worker keeps the preloaded ones, so a
+    session resumes only with one of those, which tells them apart."""
     self_signed_pem(control / "servercert.pem").chmod(0o644)
     server = forkserver('127.0.0.2:allow,SMTPAUTH="!"\n'
-                        '127.0.0.3:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES256-SHA384"\n:allow\n')
-    assert starttls_cipher(server.port, "127.0.0.1", "AES128-SHA") == ("AES128-SHA", False)
+                        '127.0.0.3:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES256-SHA384"\n:allow\n',
+                        options=["-c", "1"])
+    assert starttls_cipher(server.port, "127.0.0.1", "AES128-SHA") == ("AES128-SHA", True)
     assert starttls_cipher(server.port, "127.0.0.2", "AES128-SHA") is None
     assert starttls_cipher(server.port, "127.0.0.2", "ECDHE-RSA-AES128-GCM-SHA256") == \
-        ("ECDHE-RSA-AES128-GCM-SHA256", False)
+        ("ECDHE-RSA-AES128-GCM-SHA256", True)
     assert starttls_cipher(server.port, "127.0.0.3", "ECDHE-RSA-AES256-SHA384") == \
-        ("ECDHE-RSA-AES256-SHA384", False)
+        ("ECDHE-RSA-AES256-SHA384", True)
     server.compile_rules('127.0.0.4:allow,TLSSERVERCIPHERS="ECDHE-RSA-AES128-SHA256"\n:allow\n')
     assert starttls_cipher(server.port, "127.0.0.4", "ECDHE-RSA-AES128-SHA256") == \
-        ("ECDHE-RSA-AES128-SHA256", True)  # named since the last SIGHUP: the session's own
+        ("ECDHE-RSA-AES128-SHA256", False)  # named since the last SIGHUP: the session's own
     server.signal(signal.SIGHUP)
     server.wait_log("SIGHUP")
     assert starttls_cipher(server.port, "127.0.0.4", "ECDHE-RSA-AES128-SHA256") == \
-        ("ECDHE-RSA-AES128-SHA256", False)
+        ("ECDHE-RSA-AES128-SHA256", True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run sessions as root")
