@@ -52,6 +52,10 @@ proctree.py, queuesink.c and the two floors are figure 6.
 
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 def progress(text: str) -> None:
     """What is being measured now, on stderr: stdout is the report."""
@@ -60,3 +64,21 @@ def progress(text: str) -> None:
 
 class BenchError(Exception):
     """The server under test misbehaved or the set-up failed: no figures."""
+
+
+def run(main: "Callable[[], int]", program: str) -> None:
+    """A bench program's exit: its status, or one line for a failed set-up;
+    a plain kill still stops what it started (SystemExit runs the finally blocks)."""
+    import signal
+    import subprocess
+
+    from tests.harness.processes import StartError
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        sys.exit(main())
+    except (BenchError, StartError, subprocess.TimeoutExpired) as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -2,15 +2,10 @@
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import time
 
-from tests.harness.processes import StartError
-
-from . import BenchError, figures, progress
 from . import __doc__ as OVERVIEW
+from . import figures, progress, run
 from .bigpasswd import rcpt_with_big_passwd
 from .pipes import measure_pipes
 from .pop3 import pop3_login_cpu
@@ -97,12 +92,4 @@ def launcher_notes(launcher: Launcher) -> list[str]:
 
 
 if __name__ == "__main__":
-    # A plain kill must still stop PostgreSQL: SystemExit runs the finally blocks.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        sys.exit(main())
-    except (BenchError, StartError, subprocess.TimeoutExpired) as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(main, "bench")

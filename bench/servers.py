@@ -21,12 +21,9 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import time
 
-from tests.harness.processes import StartError
-
-from . import BenchError, progress
+from . import BenchError, progress, run
 from .proctree import settled_cpu
 from .session import MESSAGE_SIZE
 from .setup import Bench
@@ -167,10 +164,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, StartError, subprocess.TimeoutExpired) as e:
-        print(f"bench.servers: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(main, "bench.servers")

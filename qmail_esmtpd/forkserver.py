@@ -338,11 +338,7 @@ class Server:
         if pid == 0:
             status = TROUBLE
             try:
-                reset_signals()  # no handler may write to the pipe closed next
-                for sock in self.socks:
-                    sock.close()
-                for fd in self.wake_fds:
-                    os.close(fd)
+                self.leave_loop()
                 status = refuse(conn, remote, self.refusal(rule), self.settings) if over \
                     else run(conn, remote, self.settings, rule)
             except BaseException as e:  # a bug: never back into the server's loop
@@ -352,6 +348,15 @@ class Server:
         self.children[pid] = counted
         self.count(counted)
         self.log_status()
+
+    def leave_loop(self, *server_sockets: socket.socket) -> None:
+        """In a new child: none of the server's handlers, listeners or pipes
+        (nor `server_sockets`, the server's ends of what the child was given)."""
+        reset_signals()  # no handler may write to the pipe closed next
+        for sock in (*self.socks, *server_sockets):
+            sock.close()
+        for fd in self.wake_fds:
+            os.close(fd)
 
     # -- workers (-m N) --------------------------------------------------------
     def hand_over(self, conn: socket.socket, remote: Remote, rule: "Rule | RulesUnreadable",
@@ -393,13 +398,7 @@ class Server:
         if pid == 0:
             status = TROUBLE
             try:
-                reset_signals()  # no handler may write to the pipe closed next
-                for sock in self.socks:
-                    sock.close()
-                for fd in self.wake_fds:
-                    os.close(fd)
-                ours.close()
-                accepted.close()
+                self.leave_loop(ours, accepted)
                 for other in self.answering.values():  # another worker's EOF is its own
                     other.channel.close()
                 status = serve_connections(theirs, self.settings, self.opts.growth << 20)
