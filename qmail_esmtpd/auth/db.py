@@ -134,6 +134,12 @@ class Database:
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self.conn: "connection | None" = None
+        self._kept_as: tuple | None = None  # what a kept connection must match (once a session)
+
+    def kept_as(self) -> tuple:
+        if self._kept_as is None:
+            self._kept_as = KeptConnection.key(self.conninfo)
+        return self._kept_as
 
     def _connect(self) -> "connection":
         global _wait_seconds
@@ -199,7 +205,7 @@ class Database:
 
         try:
             if self.conn is None:
-                self.conn = _kept.take(self.conninfo) if _kept else None
+                self.conn = _kept.take(self.kept_as()) if _kept else None
             if self.conn is None:
                 self.conn = self._connect()
             _wait_seconds = STATEMENT_TIMEOUT_MS / 1000 + ANSWER_GRACE
@@ -215,7 +221,7 @@ class Database:
         the next query() connects again."""
         if self.conn is not None:
             conn, self.conn = self.conn, None
-            if not broken and _kept is not None and _kept.keep(conn, self.conninfo):
+            if not broken and _kept is not None and _kept.keep(conn, self.kept_as()):
                 return
             hang_up(conn)
 
@@ -246,15 +252,15 @@ class KeptConnection:
 
     def __init__(self) -> None:
         self.conn: "connection | None" = None
-        self.key: tuple = ()
+        self.opened_for: tuple = ()
         self.since = 0.0
 
     @staticmethod
-    def _key(conninfo: str) -> tuple:
-        env = posix.environ
-        return conninfo, tuple(sorted((k, v) for k, v in env.items() if k.startswith(b"PG")))
+    def key(conninfo: str) -> tuple:
+        """What a connection was opened for: `conninfo` and libpq's variables."""
+        return conninfo, tuple((k, v) for k, v in posix.environ.items() if k[:2] == b"PG")
 
-    def keep(self, conn: "connection", conninfo: str) -> bool:
+    def keep(self, conn: "connection", key: tuple) -> bool:
         """Whether `conn` is kept (else the caller closes it)."""
         import psycopg2.extensions
 
@@ -266,18 +272,18 @@ class KeptConnection:
         if not idle:
             return False
         self.forget()
-        self.conn, self.key, self.since = conn, self._key(conninfo), time.monotonic()
+        self.conn, self.opened_for, self.since = conn, key, time.monotonic()
         return True
 
-    def take(self, conninfo: str) -> "connection | None":
-        """The kept connection, if it is for `conninfo` and still sound; else None."""
+    def take(self, key: tuple) -> "connection | None":
+        """The kept connection, if it was opened for `key` and is still sound; else None."""
         conn, self.conn = self.conn, None
         if conn is None:
             return None
         import select
 
         try:
-            sound = (self.key == self._key(conninfo) and not conn.closed
+            sound = (self.opened_for == key and not conn.closed
                      and time.monotonic() - self.since < KEEP_SECONDS
                      and not select.select([conn.fileno()], [], [], 0)[0])
         except (OSError, ValueError):
