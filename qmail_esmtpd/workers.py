@@ -30,6 +30,7 @@ import sys
 from . import log as logmodule
 from .child import TROUBLE, ChildSettings, Remote, refuse, reset_signals, run
 from .log import log
+from .preload import controls_from_environment
 from .tcprules import Rule, RulesUnreadable
 
 # what a worker's answer says besides the status
@@ -112,6 +113,7 @@ class Baseline:
         self.resident = resident_bytes()
         self.growth_allowed = growth_allowed
         self.descriptors = open_descriptors()
+        self.controls = controls_from_environment()  # the server's control folder
         # the database connection a worker keeps between sessions (auth/db.py):
         # only where the server loaded the database code, that is AUTH is configured
         db = sys.modules.get("qmail_esmtpd.auth.db")
@@ -183,6 +185,7 @@ def serve_connections(channel: socket.socket, settings: ChildSettings,
                 posix.close(fd)
             channel.send(bytes((TROUBLE, RETIRING)))
             return 0
+        settings.tls.refresh(baseline.controls)  # a replaced certificate: loaded once, here
         status, why = serve_one(fds[0], message, settings, baseline)
         try:
             channel.send(bytes((status & 0xFF, RETIRING if why else CARRY_ON)))
