@@ -42,14 +42,14 @@ class RecipientCheck:
             return None  # RELAYCLIENT or AUTH: their recipients are theirs to choose
         recipient = session.recipient  # what will be queued: a plugin's `C` may have changed it
         verdict, why = self.mailboxes.verdict(recipient)
-        ip = printable(session.peer.remoteip)
+        if verdict != UNKNOWN and verdict != UNSURE:
+            return None
+        ip = printable(session.peer.remoteip)  # for the log line, worked out only for one
         if verdict == UNSURE:
             if not self.unsure_noted:
                 self.unsure_noted = True
                 session.note(f"recipient accepted unchecked ip={ip} "
                              f"rcpt={printable(recipient, 256)} ({why})")
-            return None
-        if verdict != UNKNOWN:
             return None
         self.unknown += 1
         counted = session.relayclient is None
