@@ -158,40 +158,28 @@ def blast(raw: bytes) -> tuple[bytes, int, bytes]:
     """qmail-smtpd's blast(), one byte at a time: the reference the decoder's
     whole-line shortcut must agree with.  -> (queued, status, rest)."""
     out, state = bytearray(), "start"
-    for n, ch in enumerate(raw):
-        c = bytes((ch,))
-        if state == "start":
-            state = "dot" if c == b"." else "cr" if c == b"\r" else "mid"
+    for n, byte in enumerate(raw):
+        c = bytes((byte,))
+        if state in ("start", "mid", "dot"):
             if c == b"\n":
                 return bytes(out), BARE_LF, raw[n + 1:]
-            if state == "mid":
-                out += c
-        elif state == "mid":
-            if c == b"\n":
-                return bytes(out), BARE_LF, raw[n + 1:]
-            state = "cr" if c == b"\r" else "mid"
-            if state == "mid":
-                out += c
+            if state == "start" and c == b".":
+                state = "dot"
+            elif c == b"\r":
+                state = "dotcr" if state == "dot" else "cr"
+            else:  # a dot that began the line is dropped
+                out, state = out + c, "mid"
         elif state == "cr":
             if c == b"\n":
                 out, state = out + b"\n", "start"
-            elif c == b"\r":
-                out += b"\r"
             else:
-                out, state = out + b"\r" + c, "mid"
-        elif state == "dot":
-            if c == b"\n":
-                return bytes(out), BARE_LF, raw[n + 1:]
-            state = "dotcr" if c == b"\r" else "mid"
-            if state == "mid":
-                out += c
+                out += b"\r" if c == b"\r" else b"\r" + c
+                state = "cr" if c == b"\r" else "mid"
         else:  # dotcr
             if c == b"\n":
                 return bytes(out), END, raw[n + 1:]
-            out += b".\r"
+            out += b".\r" if c == b"\r" else b".\r" + c
             state = "cr" if c == b"\r" else "mid"
-            if state == "mid":
-                out += c
     return bytes(out), MORE, b""
 
 
