@@ -50,7 +50,7 @@ def main() -> int:
         print("demo: starting a throwaway PostgreSQL cluster ...", flush=True)
         cluster = Cluster()
         db = cluster.new_database()
-        password = secrets.token_urlsafe(9)
+        password = secrets.token_hex(9)  # never a leading '-', which swaks would read as an option
         add_user(db.dsn(), password)
         db.close()
         rules(folder, db.dsn("qmaild"))
