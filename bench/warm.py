@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.harness.forkserver import ForkServer
-from tests.harness.processes import StartError
 from tests.harness.system_users import let_service_user_in
 from tests.harness.tcpserver import TcpServer
 
@@ -124,15 +123,10 @@ def queue_sink(bench: Bench) -> tuple[Path, str | None]:
     return binary, None
 
 
-def start_server(bench: Bench, env: dict, options: list[str]) -> ForkServer | None:
-    """qmail-esmtpd-server with `options`, or None if it does not know them
-    (a usage error: a server from before the option)."""
-    try:
-        return ForkServer(bench.workdir, ":allow\n", env, verbose=False, options=options)
-    except StartError as e:
-        if "usage:" in str(e):
-            return None
-        raise
+def start_server(bench: Bench, env: dict, max_use: int) -> ForkServer:
+    """qmail-esmtpd-server with -m `max_use` (0: a fork per connection)."""
+    return ForkServer(bench.workdir, ":allow\n", env, verbose=False,
+                      options=["-m", str(max_use)])
 
 
 @contextmanager
@@ -174,20 +168,11 @@ def servers(bench: Bench, authdb: bool = False, tls: bool = False) -> Iterator[L
                 directory.chmod(0o755)
                 pem = bench.tls_control / "servercert.pem" if tls else None
                 running[postfix.name()] = postfix.Postfix(directory, pem)
-        # Fork per connection: -m 0 once the server has workers, no option before.
-        running[SERVER] = start_server(bench, env, ["-m", "0"]) or \
-            ForkServer(bench.workdir, ":allow\n", env, verbose=False)
-        workers = start_server(bench, env, ["-m", str(MAX_USE)])
-        if workers is None:
-            lineup.notes.append(f"no {WORKER_SERVER!r} row: this qmail-esmtpd-server has no "
-                                "-m option (a usage error)")
-        else:
-            running[WORKER_SERVER] = workers
-            if not (authdb or tls):  # users/cdb, one .qmail stat per RCPT
-                checking = {**env, "QMAIL_CONTROL": str(bench.rcptcheck_control)}
-                running[CHECKING_SERVER] = ForkServer(bench.workdir, ":allow\n", checking,
-                                                      verbose=False, options=["-m", str(MAX_USE)])
+        running[SERVER] = start_server(bench, env, 0)
+        running[WORKER_SERVER] = start_server(bench, env, MAX_USE)
         if not (authdb or tls):
+            checking = {**env, "QMAIL_CONTROL": str(bench.rcptcheck_control)}  # users/cdb
+            running[CHECKING_SERVER] = start_server(bench, checking, MAX_USE)
             running[FLOOR] = Floor(bench.launcher.interpreter, env, "forkfloor.py")
             running[REUSE_FLOOR] = Floor(bench.launcher.interpreter, env, "reusefloor.py",
                                          str(WORKERS), str(MAX_USE))
