@@ -13,10 +13,12 @@ byte of SMTP.  Its options are tcpserver's where they exist (serveroptions.py).
 """
 
 import gc
+import json
 import os
 import posix
 import signal
 import socket
+import subprocess  # noqa: F401  (upgrade.new_code_starts: loaded while the interpreter's library is readable)
 import sys
 import time
 
@@ -160,7 +162,7 @@ class Server:
         self.auth_loaded = False
         self.wake_fds: tuple[int, ...] = ()
         self.installation: upgrade.Installation | None = None  # set once the code is loaded
-        self.upgraded = False  # said so in the log
+        self.failed_upgrade: tuple[int, int] | None = None  # a new install that did not start
 
     def running(self) -> int:
         """Sessions in progress: what -c counts."""
@@ -249,7 +251,10 @@ class Server:
                     self.session_ended(worker, wstat)
                 self.retire(worker)
                 continue
-            self.release(self.children.pop(pid, ""))
+            source = self.children.pop(pid, None)
+            if source is None:  # an idle worker of the code before an upgrade
+                continue
+            self.release(source)
             if self.opts.verbosity >= 2:
                 log(f"end {pid} status {wstat}")
             self.log_status()
@@ -279,9 +284,6 @@ class Server:
             time.sleep(0.1)
             return
         conn = socket.socket(fileno=fd)
-        if not self.upgraded and self.installation and self.installation.replaced():
-            self.upgraded = True
-            log(f"warning: {upgrade.RESTART}")
         try:
             remote = Remote(*tcp_ips(address[0], self.opts.force6), address[1])
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -475,9 +477,63 @@ class Server:
             return None
         return self.idle[0].idle_since + self.opts.max_idle - now
 
+    # -- make install over the running server ----------------------------------
+    def upgrade_due(self) -> bool:
+        """Whether install put a new tree in place since the start (one stat),
+        other than one that was tried and did not start."""
+        if self.installation is None:
+            return False
+        now = self.installation.identity_now()
+        return now != self.installation.identity and now != self.failed_upgrade
+
+    def upgrade(self) -> None:
+        """The new code takes over this process: same pid, same listening
+        sockets; sessions in progress finish on the old code, and their end
+        lines and -c/-C slots pass to the new.  Returns only when the new code
+        does not start, and the old one goes on serving."""
+        assert self.installation is not None
+        identity = self.installation.identity_now()
+        env = huge_pages_environment(dict(os.environ))
+        log("upgrade: installed anew: starting the new code on the side")
+        why = upgrade.new_code_starts(env)
+        if why is None:
+            self.retire_all()  # idle workers exit now, busy ones after their session
+            why = upgrade.become_new_code(self.state(), env, lambda: self.stopping)
+        self.failed_upgrade = identity
+        log(f"warning: {upgrade.RESTART} (the new code did not start: {why})")
+
+    def state(self) -> str:
+        """What the new code needs of this server, its descriptors made inheritable."""
+        busy = [(w.pid, w.channel.fileno(), w.source) for w in self.workers.values() if w.busy]
+        for fd in [*self.listening, *(fd for _, fd, _ in busy)]:
+            os.set_inheritable(fd, True)
+        return json.dumps({"listening": list(self.listening), "workers": busy,
+                           "children": list(self.children.items())})
+
+    def adopt(self, state: str) -> None:
+        """The sessions the code before the upgrade left running: -c and -C
+        count them, their end lines come from here; their workers retire."""
+        saved = json.loads(state)
+        for pid, fd, source in saved["workers"]:
+            channel = socket.socket(fileno=fd)
+            os.set_inheritable(fd, False)
+            channel.setblocking(False)
+            worker = Worker(pid, channel)
+            worker.busy, worker.retiring, worker.source = True, True, source
+            self.workers[pid] = worker
+            self.answering[fd] = worker
+            self.busy += 1
+            self.count(source)
+        for pid, source in saved["children"]:
+            self.children[pid] = source
+            self.count(source)
+        log(f"upgrade: serving with the new code; {self.running()} sessions "
+            f"finish on the old")
+
     # -- the loop --------------------------------------------------------------
     def serve(self) -> int:
         wake = self.install_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, upgrade.HELD_SIGNALS)  # held over an upgrade
         for sock in self.socks:
             sock.setblocking(False)
         self.log_status()
@@ -487,6 +543,8 @@ class Server:
             self.reap()
             if self.hangup:
                 self.hangup = False
+                if self.upgrade_due():
+                    self.upgrade()
                 log("SIGHUP: reading the configuration again")
                 self.load()
                 self.retire_all()  # new workers come from the configuration just read
@@ -506,6 +564,8 @@ class Server:
                 if self.stopping or self.running() >= self.opts.limit:
                     break
                 if fd in self.listening:
+                    if self.upgrade_due():  # before a connection of the new code is accepted
+                        self.upgrade()
                     self.accept(self.listening[fd])
         return self.shutdown(wake)
 
@@ -573,12 +633,19 @@ def with_huge_pages() -> None:
     if not os.path.isfile(script):
         return
     flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site)) if on]
-    env = dict(os.environ)
-    env[TUNABLES] = f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES
+    env = huge_pages_environment(dict(os.environ))
     try:
         os.execve(sys.executable, [sys.executable, *flags, script, *sys.argv[1:]], env)
     except (OSError, ValueError):  # ValueError: a variable execve cannot pass
         pass  # go on with 4 KB pages
+
+
+def huge_pages_environment(env: dict[str, str]) -> dict[str, str]:
+    """`env` with our tunable added (as forget_huge_pages() finds it)."""
+    current = env.get(TUNABLES)
+    if current is None or "glibc.malloc.hugetlb" not in current:
+        env[TUNABLES] = f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES
+    return env
 
 
 def forget_huge_pages() -> None:
@@ -602,17 +669,18 @@ def main() -> int:
     logmodule.PROGRAM = "qmail-esmtpd-server"
     with_huge_pages()
     forget_huge_pages()
+    state = upgrade.take_state()  # set when this is the new code of an upgrade
     try:
         opts = parse(sys.argv[1:])
     except UsageError as e:
         log(f"{e}\n{USAGE}")
         return 100
     try:
-        socks = listening_sockets(opts)
+        socks = listening_sockets(opts) if state is None else inherited_sockets(state)
     except Fatal as e:
         log(f"fatal: {e}")
         return 111
-    if opts.print_port:
+    if opts.print_port and state is None:
         print(socks[0].getsockname()[1], flush=True)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)  # the server never talks on its own stdin and stdout
@@ -642,7 +710,8 @@ def main() -> int:
     # from here on, a module of a newer installation is refused, never mixed in
     server.installation = upgrade.guard(os.path.dirname(os.path.abspath(__file__)))
     try:
-        drop_privileges(opts)
+        if state is None:  # after an upgrade they were dropped before the exec
+            drop_privileges(opts)
     except Fatal as e:
         log(f"fatal: {e}")
         return 111
@@ -650,4 +719,20 @@ def main() -> int:
     if why:
         log(f"warning: the server stays dumpable: {why}")
     server.load()
+    if state == upgrade.TRIAL:
+        return 0
+    if state is not None:
+        server.adopt(state)
     return server.serve()
+
+
+def inherited_sockets(state: str) -> list[socket.socket]:
+    """The listening sockets the code before an upgrade passed on; none for a trial."""
+    if state == upgrade.TRIAL:
+        return []
+    socks = []
+    for fd in json.loads(state)["listening"]:
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        socks.append(sock)
+    return socks

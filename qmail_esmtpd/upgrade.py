@@ -1,20 +1,21 @@
-"""Upgrade safety: `make install` over a running qmail-esmtpd-server never
-gives a session old and new code mixed.
+"""Upgrades: `make install` over a running qmail-esmtpd-server hands it to
+the new code, and never gives a session old and new code mixed.
 
 The server imports what sessions need before it serves (preload.py), and a
 session runs that code, the one the server started with, from its first
-byte to its last.  What could mix is a module imported later, by a session
-on a path nothing preloaded or by the server at a SIGHUP (the AUTH
-libraries), read from files an install has just replaced.  After
-`guard()`, such an import fails once the installed code is not the code
-the server started from: the package's folder is another one (install
-renames a new tree into place), or the module's file is newer than the
-server.  The session gets a 421 and its client tries again later; the
-server says once in its log that it wants a restart (`svc -t`), which
-starts the new code as a whole.  Imports of unchanged code (a module
-nobody preloaded, on a quiet day) go on as before.
+byte to its last.  When install has renamed a new tree into place, the
+server execs the new code in its own process (below), once that code has
+shown it starts.  Until then, or when it does not start, what could mix
+is a module imported later, by a session on a path nothing preloaded (the
+AUTH libraries, when a rule switched AUTH on since): after `guard()`, such
+an import fails once the installed code is not the code the server
+started from: the package's folder is another one, or the module's file
+is newer than the server.  The session gets a 421 and its client tries
+again later.  Imports of unchanged code (a module nobody preloaded, on a
+quiet day) go on as before.
 """
 
+import _signal  # the C module behind `signal`, already loaded; `signal` costs enum
 import os
 import posix
 import sys
@@ -22,7 +23,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
@@ -56,6 +57,10 @@ class Installation:
     def replaced(self) -> bool:
         """Whether the package's folder is another one than at start (one stat)."""
         return _identity(self.package_dir) != self.identity
+
+    def identity_now(self) -> tuple[int, int] | None:
+        """The package folder's (device, inode) now."""
+        return _identity(self.package_dir)
 
     def is_new(self, path: str) -> bool:
         """Whether `path`, a file of the installation, is not the code we started with."""
@@ -120,3 +125,70 @@ def guard(package_dir: str) -> Installation:
     installation = Installation(package_dir)
     sys.meta_path.insert(0, Guard(installation))
     return installation
+
+
+# -- the new code takes over the running server ---------------------------------
+#
+# When install has renamed a new tree into place, the server execs its own
+# launcher again: same pid, so the sessions in progress stay its children,
+# and the listening sockets and those sessions' channels pass through the
+# exec, named in STATE.  Before that, the new code starts once on the side
+# (STATE=trial: it loads what the server would, as the sessions' user, and
+# exits), so a broken install leaves the old code serving instead of no
+# server at all.
+
+STATE = "QMAIL_ESMTPD_SERVER_STATE"
+TRIAL = "trial"
+TRIAL_SECONDS = 60
+# held from just before the exec until the new code has its handlers: a
+# SIGTERM or SIGHUP in between waits for it instead of killing the server
+HELD_SIGNALS = frozenset({_signal.SIGHUP, _signal.SIGTERM, _signal.SIGCHLD})
+
+
+def take_state() -> str | None:
+    """What the server before this exec left (None: a fresh start), taken out
+    of the environment the sessions inherit."""
+    value = os.environ.pop(STATE, None)
+    posix.environ.pop(STATE.encode(), None)
+    return value
+
+
+def own_command() -> list[str]:
+    """The command that started this server, as installed now: the launcher
+    itself (its first line names the interpreter the new install chose),
+    else the interpreter and its arguments as given."""
+    script = sys.argv[0]
+    if os.access(script, os.X_OK) and not script.endswith(".py"):
+        return [os.path.abspath(script), *sys.argv[1:]]
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def new_code_starts(env: dict[str, str]) -> str | None:
+    """Start the new code once on the side; why it does not start, or None."""
+    import subprocess
+
+    try:
+        trial = subprocess.run(own_command(), env={**env, STATE: TRIAL},
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, timeout=TRIAL_SECONDS)
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    if trial.returncode != 0:
+        said = trial.stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"exit {trial.returncode}: {said[-1] if said else 'nothing said'}"
+    return None
+
+
+def become_new_code(state: str, env: dict[str, str], stopping: "Callable[[], bool]") -> str:
+    """Exec the new code with `state` (the descriptors it names must be
+    inheritable); returns only when that could not be done, with why."""
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        if stopping():  # a SIGTERM came first: this process ends the old way
+            return "stopping"
+        command = own_command()
+        os.execve(command[0], command, {**env, STATE: state})
+    except (OSError, ValueError) as e:
+        return str(e)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD_SIGNALS)

@@ -32,7 +32,7 @@ from harness.files import (
 from harness.forkserver import ForkServer
 from harness.netns import own_network
 from harness.paths import FORKSERVER, ROOT, SERVER
-from harness.system_users import let_service_user_in, service_ids
+from harness.system_users import let_service_user_in, service_ids, service_python
 from harness.tcpserver import TcpServer
 from harness.ucspi6 import Ucspi6Server, compile_rules6
 
@@ -948,10 +948,11 @@ def data_replies(port: int, source: str = "127.0.0.1") -> tuple[bytes, bytes]:
         return text, client.getreply()[1]
 
 
-def install_tree(library: Path, new: bool) -> None:
+def install_tree(library: Path, new: bool = False, broken: bool = False) -> None:
     """This checkout's package into `library`, as tools/install.py puts it: a new
     tree renamed into place.  The `new` one says so in its 354, and its AUTH
-    package (which the server does not preload without AUTH) on stderr."""
+    package (which the server does not preload without AUTH) on stderr; a
+    `broken` one does not start at all."""
     import shutil
 
     stage = library.with_name(library.name + ".new")
@@ -964,6 +965,9 @@ def install_tree(library: Path, new: bool) -> None:
         auth_py = stage / "qmail_esmtpd" / "auth" / "__init__.py"
         auth_py.write_text('import posix\nposix.write(2, b"new AUTH code loaded\\n")\n' +
                            auth_py.read_text())
+    if broken:
+        server_py = stage / "qmail_esmtpd" / "forkserver.py"
+        server_py.write_text('raise SystemExit("a broken install")\n' + server_py.read_text())
     old = library.with_name(library.name + ".old")
     if library.exists():
         library.rename(old)
@@ -971,35 +975,79 @@ def install_tree(library: Path, new: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def test_an_install_over_the_running_server_never_mixes_old_and_new_code(forkserver, tmp_path):
-    """Issue 25, item 3: the server runs the code it started with until it is
-    restarted.  After an install renamed a new tree into place, a session that
-    would need a module the server had not loaded (the AUTH package, switched
-    on by a rule since) is refused with a 421, not run with the new module
-    under the old code; every other session runs wholly old code, and after a
-    restart wholly new code."""
+def installed_server(forkserver, tmp_path: Path, mode: list) -> "tuple[Path, ForkServer]":
+    """A server started from an installed tree (the old code), and that tree."""
+    library = tmp_path / "lib"
+    install_tree(library)
+    # an interpreter the sessions' user can run: the new code starts as that user
+    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
+                             interpreter=service_python(), library=library)
+    return library, forkserver(":allow\n", program=program, options=mode)
+
+
+AUTH_RULES = '127.0.0.2:allow,AUTHDB="dbname=nothing host=/nonexistent"\n:allow\n'
+
+
+@MODES
+def test_an_install_over_the_running_server_hands_it_to_the_new_code(forkserver, tmp_path,
+                                                                     mode):
+    """Issue 26: `make install` replaces the workers without dropping a
+    session.  The server execs the new code in its own process (same pid,
+    same listening socket); a session in progress finishes on the old code,
+    and its end line and -c slot pass to the new; the next connection, and a
+    session that needs a module the old server had not loaded (AUTH,
+    switched on by a rule since), run wholly new code."""
+    library, server = installed_server(forkserver, tmp_path, mode)
+    pid = server.proc.pid
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as held:
+        held.mail("a@example.com")
+        held.rcpt("b@example.com")
+        assert held.docmd("DATA") == (354, b"go ahead")  # the old code
+        install_tree(library, new=True)
+        server.compile_rules(AUTH_RULES)
+        assert data_replies(server.port)[0] == b"go ahead, new code"
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20,
+                          source_address=("127.0.0.2", 0)) as client:
+            assert client.ehlo("client.test")[0] == 250
+        held.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        assert held.getreply()[0] == 250  # the old session went on, and queued
+    assert "new AUTH code loaded" in server.wait_log("new AUTH code loaded")
+    deadline = time.monotonic() + 10
+    while len(re.findall(r" end \d+ status", log := server.log())) < 3 and \
+            time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.proc.poll() is None and server.proc.pid == pid
+    assert "Traceback" not in log and "warning" not in log, log
+    oks = re.findall(r" ok (\d+) ", log)
+    ends = re.findall(r" end (\d+) status 0", log)
+    assert len(oks) == 3 and sorted(oks) == sorted(ends), log  # one pair per connection
+    assert "upgrade: serving with the new code; 1 sessions finish on the old" in log, log
+    assert re.findall(r"status: \d+/100", log)[-1] == "status: 0/100", log  # every slot freed
+
+
+def test_an_install_that_does_not_start_leaves_the_old_code_serving(forkserver, tmp_path):
+    """A new install that fails to start (tried on the side first) never takes
+    the server down: the old code goes on whole, a session that would need a
+    module it had not loaded is refused with a 421 (its client tries again
+    later), never run with the new module under the old code; the next
+    install that starts takes over."""
     from qmail_esmtpd.upgrade import REFUSED
 
-    library = tmp_path / "lib"
-    install_tree(library, new=False)
-    program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
-                             library=library)
-    rules = '127.0.0.2:allow,AUTHDB="dbname=nothing host=/nonexistent"\n:allow\n'
-    server = forkserver(":allow\n", program=program)
-    assert data_replies(server.port)[0] == b"go ahead"  # the first install's
-    install_tree(library, new=True)
-    server.compile_rules(rules)
+    library, server = installed_server(forkserver, tmp_path, [])
+    assert data_replies(server.port)[0] == b"go ahead"  # serving (the port comes before the code)
+    install_tree(library, new=True, broken=True)
+    server.compile_rules(AUTH_RULES)
+    assert data_replies(server.port)[0] == b"go ahead"  # old, whole
     with socket.create_connection(("127.0.0.1", server.port), timeout=20,
                                   source_address=("127.0.0.2", 0)) as needs_auth:
         assert needs_auth.makefile("rb").read() == REFUSED
-    assert data_replies(server.port)[0] == b"go ahead"  # old, whole
     log = server.wait_log("installed anew under this server")
+    assert "a broken install" in log, log
     assert "new AUTH code loaded" not in log, log
     assert "Traceback" not in log, log
-    server.stop()
-    restarted = forkserver(rules, program=program)
-    assert data_replies(restarted.port)[0] == b"go ahead, new code"  # new, whole
-    with smtplib.SMTP("127.0.0.1", restarted.port, timeout=20,
+    install_tree(library, new=True)
+    assert data_replies(server.port)[0] == b"go ahead, new code"  # new, whole
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20,
                       source_address=("127.0.0.2", 0)) as client:
         assert client.ehlo("client.test")[0] == 250
-    assert "new AUTH code loaded" in restarted.wait_log("new AUTH code loaded")
+    assert "new AUTH code loaded" in server.wait_log("new AUTH code loaded")

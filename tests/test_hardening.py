@@ -25,6 +25,7 @@ from qmail_esmtpd.auth.throttle import source_of
 
 from harness.paths import ROOT
 from harness.processes import run_with_fd3
+from harness.system_users import service_python
 
 MESSAGE = b"Subject: x\r\n\r\nx\r\n"
 
@@ -513,24 +514,6 @@ def test_sources_are_ipv4_addresses_and_ipv6_slash_64s(ip, source):
 
 
 # -- an AUTH session cannot be read by its user's other processes ---------------
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def service_python() -> str:
-    """An interpreter the service user may run: ours, unless we are root and it
-    lives in root's home; then the system's, if it is the same version."""
-    import sys
-
-    if os.geteuid() != 0:
-        return sys.executable
-    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=30).stdout.strip() \
-        if os.path.exists(SYSTEM_PYTHON) else ""
-    if version != str(sys.version_info[:2]):
-        pytest.skip(f"no {SYSTEM_PYTHON} of this version for the service user")
-    return SYSTEM_PYTHON
-
-
 def as_its_user(pid: int) -> list[str]:
     """The argv prefix that runs a command as the user of process `pid`."""
     owner = os.stat(f"/proc/{pid}")  # the directory keeps the process's own ids

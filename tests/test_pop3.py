@@ -410,7 +410,9 @@ def test_dovecot_running_it_as_root_is_refused(program, pop):
 def test_the_program_is_unreadable_by_its_users_other_processes(dovecot_pop):
     """Before it reads the password: run as Dovecot's auth user (whose other
     processes might read it), it is not dumpable while it waits for fd 3."""
-    from test_hardening import assert_unreadable_by_its_user, service_python
+    from test_hardening import assert_unreadable_by_its_user
+
+    from harness.system_users import service_python
 
     folder = world_readable_dir("qmail-esmtpd-pop3-bin-")
     try:

@@ -3,8 +3,14 @@ their sessions run as nobody (or qmaild), who must be let into the tests' folder
 
 import os
 import pwd
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
+
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def host_has(user: str) -> bool:
@@ -53,3 +59,16 @@ def pop3_service_env() -> dict:
     """What the POP3 program's environment needs for pop3_service_user()."""
     user = pop3_service_user()
     return {} if user == "qmaild" else {"POPDBUSER": user}
+
+
+def service_python() -> str:
+    """An interpreter the service user may run: ours, unless we are root and it
+    lives in root's home; then the system's, if it is the same version."""
+    if os.geteuid() != 0:
+        return sys.executable
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip() \
+        if os.path.exists(SYSTEM_PYTHON) else ""
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"no {SYSTEM_PYTHON} of this version for the service user")
+    return SYSTEM_PYTHON
