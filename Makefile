@@ -62,8 +62,12 @@ conformance: venv
 	$(CONFORMANCE) --check tests/conformance/golden-rbl tests/conformance/scenarios-rbl \
 	    -- $(abspath $(VENV))/bin/qmail-esmtpd
 
+# TEST_JOBS processes run the test files (pytest-xdist), each with its own
+# PostgreSQL cluster; TEST_JOBS=0 runs them all in this one.
+TEST_JOBS ?= 2
+
 unit: venv
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 # qmail's convention: the admin edits /etc/tcp.smtp, and tcprules compiles it
 # into /etc/tcp.smtp.cdb, which the run scripts read (their RULES= line).  The
