@@ -24,10 +24,16 @@ def printable(text: bytes, limit: int = 64) -> str:
     itself (`jörg@例子.中国`); everything else as \\xHH per byte: blanks, control
     and format characters (a bidi override, a line separator), invalid bytes.
     So no client can end a line, start another or disguise one."""
+    if len(text) <= limit and not text.translate(None, _AS_THEMSELVES):
+        return text.decode("ascii")  # the usual name or address: no byte to look at
     chars = text[:limit * 4].decode("utf-8", "surrogateescape")[:limit]
     out = "".join(map(_shown, chars))
     taken = len(chars.encode("utf-8", "surrogateescape"))
     return out + ("..." if len(text) > taken else "")
+
+
+# the bytes printable() shows as themselves: printable ASCII but the backslash
+_AS_THEMSELVES = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
 
 
 def _shown(char: str) -> str:

@@ -126,3 +126,89 @@ def test_the_database_client_does_not_load_python_ssl(mail):
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+class Recorded(Database):
+    """A Database that keeps the statements it ran, and what the attempts
+    table held when each of them answered."""
+
+    def __init__(self, conninfo: str, mail) -> None:
+        super().__init__(conninfo)
+        self.mail = mail
+        self.ran: list[tuple[str, int]] = []
+
+    def query(self, sql: str, params: "tuple | dict" = ()) -> list:
+        rows = super().query(sql, params)
+        self.ran.append((sql, self.mail.sql("SELECT count(*) FROM authfailures")[0][0]))
+        return rows
+
+
+def test_login_reads_the_row_in_the_statement_that_records_the_attempt(mail, monkeypatch):
+    """One round trip records the attempt and reads the hash: the hash comes
+    back only with the attempt already committed, then SETTLE takes a right
+    password's record back; a wrong one's stays."""
+    from qmail_esmtpd.auth import accounts
+    from qmail_esmtpd.auth.throttle import Throttle
+
+    checked = []
+    real = accounts.passwords.check
+    monkeypatch.setattr(accounts.passwords, "check", lambda password, stored, plaintext=False: (
+        checked.append(mail.sql("SELECT count(*) FROM authfailures")[0][0])
+        or real(password, stored, plaintext)))
+    server = Recorded(mail.dsn("qmaild"), mail)
+    try:
+        throttle = Throttle(server, "192.0.2.1")
+        account, status = accounts.login(server, b"alice", b"alice-pw", throttle)
+        assert account is not None and account.name == "alice" and not status.refused
+        assert checked == [1]  # checked with its attempt recorded
+        [(first, recorded), (settle, after)] = server.ran
+        assert "INSERT INTO authfailures" in first and "FROM poppass" in first
+        assert recorded == 1 and "DELETE FROM authfailures" in settle and after == 0
+        server.ran.clear()
+        for name in (b"alice", b"nobody"):  # a wrong password, an unknown name: the same work
+            account, _ = accounts.login(server, name, b"wrong", throttle)
+            assert account is None
+        assert len(server.ran) == 4 and checked == [1, 1, 2]
+        assert mail.sql("SELECT name FROM authfailures ORDER BY name") == [("alice",), ("nobody",)]
+    finally:
+        server.close()
+
+
+def test_a_refused_attempt_reads_no_row(mail, monkeypatch):
+    """Refused by the counts, or not recordable: no hash comes back, nothing is checked."""
+    from qmail_esmtpd.auth import accounts
+    from qmail_esmtpd.auth.throttle import Throttle
+
+    monkeypatch.setattr(accounts.passwords, "check", lambda *args, **kw: pytest.fail("checked"))
+    server = Database(mail.dsn("qmaild"))
+    try:
+        mail.sql("INSERT INTO authfailures (source, name, attempt) VALUES"
+                 " ('192.0.2.1', 'x', 1), ('192.0.2.1', 'x', 2)")
+        throttle = Throttle(server, "192.0.2.1", limit=2)
+        status = throttle.begin("alice", b"alice-pw", (accounts.USER_QUERY, "alice"))
+        assert status.refused and status.row is None
+        assert accounts.login(server, b"alice", b"alice-pw", throttle)[0] is None
+        mail.sql("REVOKE INSERT ON authfailures FROM qmaild")
+        unrecorded = Throttle(server, "192.0.2.2")
+        status = unrecorded.begin("alice", b"alice-pw", (accounts.USER_QUERY, "alice"))
+        assert status.refused and status.unrecorded and status.row is None
+        assert mail.sql("SELECT count(*) FROM authfailures") == [(2,)]
+    finally:
+        server.close()
+
+
+def test_a_trusted_client_reads_the_row_alone(mail):
+    """Nothing is recorded for a trusted client: begin() reads the row by itself."""
+    from qmail_esmtpd.auth import accounts
+    from qmail_esmtpd.auth.throttle import Throttle
+
+    server = Recorded(mail.dsn("qmaild"), mail)
+    try:
+        throttle = Throttle(server, "192.0.2.1", trusted=True)
+        account, _ = accounts.login(server, b"bob", b"bob-pw", throttle)
+        assert account is not None and account.sendlimit == 2
+        assert [sql for sql, _ in server.ran] == [accounts.USER_QUERY]
+        assert accounts.login(server, b"bob", b"wrong", throttle)[0] is None
+        assert mail.sql("SELECT count(*) FROM authfailures") == [(0,)]
+    finally:
+        server.close()

@@ -309,6 +309,18 @@ def test_log_limit_counts_characters():
     assert printable(b"x" * 65) == "x" * 64 + "..."
 
 
+def test_log_plain_ascii_shortcut_escapes_what_the_walk_escapes():
+    """printable() returns plain ASCII names as they are without looking at
+    each character: only bytes 0x21-0x7E but the backslash may take it."""
+    for byte in range(256):
+        alone = 0x21 <= byte < 0x7F and byte != 0x5C
+        assert printable(b"ab" + bytes([byte])) == "ab" + (
+            chr(byte) if alone else f"\\x{byte:02x}"), byte
+    assert printable(b"alice@example.org") == "alice@example.org"
+    assert printable(b"") == ""
+    assert printable(b"abc", 2) == "ab..." and printable(b"ab", 2) == "ab"
+
+
 # -- end to end ------------------------------------------------------------------
 
 def sendmail(port: int, recipients: list[str], sender: str = JORG) -> None:

@@ -150,7 +150,7 @@ def test_upgraded_database_serves_auth_and_limits(pg) -> None:
     server = ServerDatabase(db.dsn("qmaild"))
     try:
         # AUTH: the old DES hash still verifies, and is due for replacement
-        [(user_id, stored, active, limit)] = server.query(USER_QUERY, ("alice",))
+        [(user_id, stored, active, limit)] = server.query(USER_QUERY, {"user": "alice"})
         assert (user_id, stored, active, limit) == (1, DES, True, None)
         ctx = passwords.context()
         assert ctx.verify("secret", stored) and ctx.needs_update(stored)

@@ -9,8 +9,9 @@ Independent of SMTP, so every program that logs users in from this table
 
 `login()` has the throttle (throttle.py) record the attempt as a failure
 first, refusing a client that failed too often, or whose attempt cannot be
-recorded, without checking anything; then it `verify()`s, and takes the
-record back for a right password.  The bound on guesses holds whatever the
+recorded, without checking anything; the statement that records it also
+reads the account's row, which is then checked, and the record is taken
+back for a right password.  The bound on guesses holds whatever the
 database can do: no attempt is checked that was not recorded first.
 An unknown, inactive or undecodable user costs the same hash work as a
 wrong password (passwords.check), so timing does not tell which names
@@ -29,8 +30,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .throttle import Status, Throttle
 
-# id, pw, active, sendlimit first; a caller's own query may read more columns
-USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %s"
+# id, pw, active, sendlimit first; a caller's own query may read more columns.
+# The name is %(user)s: the throttle's statement (throttle.begin_and_read) has
+# named parameters of its own.
+USER_QUERY = "SELECT id, pw, active, sendlimit FROM poppass WHERE name = %(user)s"
 ADDRESSES = "SELECT address FROM sendas WHERE id = %s"
 REHASH = "UPDATE poppass SET pw = %s WHERE id = %s AND pw = %s RETURNING id"
 
@@ -65,12 +68,13 @@ def login(db: Database, name: bytes, password: bytes, throttle: "Throttle | None
     """
     if throttle is None:
         return verify(db, name, password, plaintext, query), None
-    tried = decoded_name(name) or name.decode("utf-8", "replace").replace("\0", "?")
+    text = decoded_name(name)
+    tried = text or name.decode("utf-8", "replace").replace("\0", "?")
     try:
-        status = throttle.begin(tried, password)
+        status = throttle.begin(tried, password, None if text is None else (query, text))
         if status.refused:
             return None, status
-        account = verify(db, name, password, plaintext, query)
+        account = checked(text, status.row, password, plaintext)
         throttle.settle(account is not None)
     except DatabaseError as e:
         raise Unavailable(str(e)) from None
@@ -81,14 +85,24 @@ def verify(db: Database, name: bytes, password: bytes, plaintext: bool = False,
            query: str = USER_QUERY) -> Account | None:
     """The account if `password` is right for an active `name`, else None."""
     text = decoded_name(name)
+    rows = []
+    if text is not None:
+        try:
+            rows = db.query(query, {"user": text})
+        except DatabaseError as e:
+            raise Unavailable(str(e)) from None
+    return checked(text, tuple(rows[0]) if rows else None, password, plaintext)
+
+
+def checked(text: str | None, row: tuple | None, password: bytes,
+            plaintext: bool = False) -> Account | None:
+    """The account if `password` is right for the active `row` read for the
+    name `text` (None: undecodable, so never read), else None; a missing
+    row costs the hash work a wrong password does."""
     if text is None:
         passwords.check(password, "")
         return None
-    try:
-        rows = db.query(query, (text,))
-    except DatabaseError as e:
-        raise Unavailable(str(e)) from None
-    user_id, stored, active, sendlimit, *more = rows[0] if rows else (0, "", False, None)
+    user_id, stored, active, sendlimit, *more = row or (0, "", False, None)
     ok, stale = passwords.check(password, stored, plaintext)
     if not (ok and active):
         return None

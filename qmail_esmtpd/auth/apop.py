@@ -57,7 +57,7 @@ def login(db: Database, name: bytes, digest: bytes, timestamp: bytes, throttle: 
         account = verify(db, name, digest, plaintext, query)
         if account is not None:
             return account, status, True
-        rows = db.query(query, (text,)) if text is not None else []
+        rows = db.query(query, {"user": text}) if text is not None else []
         secret = stored_plaintext(rows[0][1], plaintext) if rows and rows[0][2] else None
         if secret is None:
             return None, status, False

@@ -9,7 +9,9 @@ checkpassword) goes through here: `begin()` before a password is checked,
   early, or a database that cannot write, gives no free guess: an attempt
   that cannot be recorded (a read-only role, a standby, a revoked INSERT,
   a full disk) is not checked at all, and neither is any later one of the
-  session (the caller answers 454 or 111).
+  session (the caller answers 454 or 111).  A login's account row is read
+  by that same statement (begin()'s `lookup`): the hash to check only ever
+  arrives with its attempt committed, in one round trip.
 - settle() takes a right password's record back, so a right password is
   never counted; a wrong one's time is set anew instead: the same round
   trip either way, so the time to an answer does not tell which it was.
@@ -68,7 +70,8 @@ SELECT (SELECT count(*) FROM authfailures WHERE source = %(source)s AND {_WINDOW
 
 # The counts as they were, and this attempt recorded as a failure unless the
 # source is refused by them: one statement, one snapshot.
-BEGIN = f"""
+_ADMITTED = "(%(limit)s = 0 OR by_source < %(limit)s)"
+_RECORD = f"""
 WITH counts AS ({COUNTS}),
 expired AS (
     DELETE FROM authfailures WHERE at < now() - %(retention)s * interval '1 second'
@@ -76,11 +79,21 @@ expired AS (
 pending AS (
     INSERT INTO authfailures (source, name, attempt)
     SELECT %(source)s::inet, %(name)s, %(attempt)s::bigint FROM counts
-    WHERE %(limit)s = 0 OR by_source < %(limit)s
+    WHERE {_ADMITTED}
     ON CONFLICT (source, name, attempt) DO UPDATE SET at = now()
 )
-SELECT * FROM counts
 """
+BEGIN = _RECORD + "SELECT by_source, by_name FROM counts"
+
+
+def begin_and_read(lookup: str) -> str:
+    """BEGIN that also reads the account's row with `lookup` (which takes the
+    name as %(user)s), joined only where the attempt is recorded: the row
+    comes in the statement that records the attempt, so it cannot be had
+    without that record, and a refused source gets none (NULLs)."""
+    return (_RECORD + "SELECT by_source, by_name, account.* FROM counts "
+            f"LEFT JOIN ({lookup}) AS account ON {_ADMITTED}")
+
 
 # After the check, the same statement either way: a right password's record
 # is taken back, a wrong one's time set to the answer's.
@@ -98,9 +111,10 @@ class Status:
     """What the counts say about one attempt, before the password is checked.
 
     `unrecorded`: why the attempt could not be recorded (it is then refused,
-    and so is every later one of the session)."""
+    and so is every later one of the session).  `row`: the account's row
+    begin() read with its `lookup` (None: no such row, or nothing read)."""
 
-    __slots__ = ("refused", "slowed", "failures", "unrecorded")
+    __slots__ = ("refused", "slowed", "failures", "unrecorded", "row")
 
     def __init__(self, refused: bool = False, slowed: bool = False, failures: int = 0,
                  unrecorded: str | None = None) -> None:
@@ -108,6 +122,7 @@ class Status:
         self.slowed = slowed
         self.failures = failures
         self.unrecorded = unrecorded
+        self.row: tuple | None = None
 
 
 class Throttle:
@@ -150,28 +165,44 @@ class Throttle:
                                       "window": self.window})
         return self._status(*rows[0])
 
-    def begin(self, name: str, password: bytes) -> Status:
+    def begin(self, name: str, password: bytes,
+              lookup: "tuple[str, str] | None" = None) -> Status:
         """check(), and unless refused the attempt recorded as a failure until
         settle() says otherwise.  An attempt a database that answers cannot
         write comes back refused, with `unrecorded` saying why; any other
-        trouble raises DatabaseError (and nothing is checked either)."""
+        trouble raises DatabaseError (and nothing is checked either).
+
+        `lookup` (a query reading the account's row by %(user)s, and the user):
+        its row comes back as the status's `row`, read by the statement that
+        records the attempt (one round trip, not two), or alone where nothing
+        is recorded (a trusted client); never for a refused attempt."""
         if not self.active:
-            return Status()
+            status = Status()
+            if lookup is not None:
+                rows = self.db.query(lookup[0], {"user": lookup[1]})
+                status.row = tuple(rows[0]) if rows else None
+            return status
         if self.unrecorded is not None:
             return Status(refused=True, unrecorded=self.unrecorded)
         name = name[:MAX_NAME]
         row: dict[str, object] = {"source": self.source, "name": name,
                                   "attempt": self.attempt(name, password)}
+        params = {**row, "window": self.window, "limit": self.limit, "retention": RETENTION}
+        if lookup is not None:
+            params["user"] = lookup[1]
         try:
-            rows = self.db.query(BEGIN, {**row, "window": self.window, "limit": self.limit,
-                                         "retention": RETENTION})
+            rows = self.db.query(BEGIN if lookup is None else begin_and_read(lookup[0]),
+                                 params)
         except DatabaseError as e:
             if e.code is None or not e.code.startswith(CANNOT_WRITE):
                 raise
             self.unrecorded = str(e)
             return Status(refused=True, unrecorded=self.unrecorded)
-        status = self._status(*rows[0])
+        by_source, by_name, *account = rows[0]
+        status = self._status(by_source, by_name)
         self._pending = None if status.refused else row
+        if not status.refused and account and account[0] is not None:  # id: NOT NULL
+            status.row = tuple(account)
         return status
 
     def settle(self, right: bool) -> None:

@@ -32,7 +32,7 @@ INPUT_TIMEOUT = 10  # seconds the caller has to write fd 3 and close it
 # every path, so that a right password on a row that cannot be served takes
 # the time a wrong one takes
 POP_QUERY = ("SELECT id, pw, active, sendlimit, name, sysuser, dir, hostname, ip "
-             "FROM poppass WHERE name = %s")
+             "FROM poppass WHERE name = %(user)s")
 LOOKUP_QUERY = ("SELECT id, name, sysuser, dir, hostname, ip FROM poppass "
                 "WHERE name = %s AND active")
 SERVICE_USER = b"qmaild"  # whose uid connects to the database when started as root
