@@ -534,11 +534,19 @@ def assert_unreadable_by_its_user(pid: int) -> None:
     assert "PermissionError" in probe.stderr, probe.stderr
 
 
-def session_pid(server) -> int:
-    """The newest session's process, from the frontend's `pid N from IP` line."""
+def session_pid(server, client: socket.socket) -> int:
+    """The process of `client`'s session, from the frontend's `ok` line, which
+    names the client's port (the newest `pid` line may be another's: the
+    start-up probe's child can write its line after a later child)."""
     import re
 
-    return int(re.findall(r"pid (\d+) from 127\.0\.0\.1", server.wait_log(" from "))[-1])
+    port = client.getsockname()[1]
+    line = re.compile(rf" ok (\d+) \S+ \S*:127\.0\.0\.1::{port}\n")
+    deadline = time.monotonic() + 10
+    while not (found := line.search(server.log())) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert found, server.log()
+    return int(found.group(1))
 
 
 def auth_server(request, frontend: str, db, tmp_path):
@@ -577,7 +585,7 @@ def test_an_auth_session_is_unreadable_by_its_users_other_processes(db, request,
         assert f.readline().startswith(b"334 ")
         s.sendall(base64.b64encode(ALICE.encode()) + b"\r\n")
         assert f.readline().startswith(b"334 ")  # the password is next
-        pid = session_pid(server)
+        pid = session_pid(server, s)
         assert_unreadable_by_its_user(pid)
         s.sendall(base64.b64encode(ALICE_PW.encode()) + b"\r\n")
         assert f.readline().startswith(b"235 ")
