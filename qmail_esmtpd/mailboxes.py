@@ -79,6 +79,7 @@ LISTING_FROM = 8  # .qmail names to look for, past which the home is listed once
 # one; wide enough that a lookup slowed once (a fresh child's first) does not
 # decide a verdict
 LOOKUP_BUDGET = 0.005
+NOT_ASKED = object()  # a local part not yet looked up in a kept users/cdb
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_ISVTX = 0o170000, 0o100000, 0o040000, 0o1000
 _FS_ENCODING = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 # qmail's error_temp(): an error after which qmail-getpw and qmail-local defer
@@ -132,9 +133,12 @@ def permits(st: "posix.stat_result", uid: int, gid: int, bit: int) -> bool:
 
 class KeptUsers:
     """users/cdb as a warm worker keeps it (config.KeptFiles), for as long as
-    the file is unchanged: read whole, and its wildcard characters."""
+    the file is unchanged: read whole, its wildcard characters, and the
+    answers looked up in it so far (a lookup is a pure function of the
+    file and the local part)."""
 
-    __slots__ = ("cdb", "wildchars")
+    __slots__ = ("cdb", "wildchars", "answers")
+    MOST_ANSWERS = 1024  # local parts whose answer is kept; then they start again
 
     def __init__(self, data: bytes) -> None:
         """Raises Unsure when the file cannot be used."""
@@ -148,6 +152,7 @@ class KeptUsers:
         if wildchars is None:
             raise Unsure("users/cdb has no wildcard record")
         self.wildchars: bytes = wildchars
+        self.answers: "dict[bytes, Assignment | None]" = {}
 
 
 class Mailboxes:
@@ -174,6 +179,7 @@ class Mailboxes:
         self._cdb: "Cdb | None" = None
         self._wildchars: bytes | None = None
         self._opened = False  # self._cdb is this session's to close (not the worker's copy)
+        self._answers: "dict[bytes, Assignment | None] | None" = None  # the copy's
         self._alias: "PasswdEntry" = None
         self._alias_asked = False
 
@@ -256,10 +262,23 @@ class Mailboxes:
         return self.dot_qmail(*found)
 
     def assigned(self, local: bytes) -> "Assignment | None":
-        """(uid, gid, home, dash, ext) from users/cdb, or None: no entry (or no users/cdb)."""
+        """(uid, gid, home, dash, ext) from users/cdb, or None: no entry (or
+        no users/cdb).  A worker's copy of the file keeps the answers it gave."""
         cdb = self._open_users()
         if cdb is None:
             return None
+        answers = self._answers
+        if answers is None:
+            return self._look_up(cdb, local)
+        found = answers.get(local, NOT_ASKED)
+        if found is NOT_ASKED:
+            found = self._look_up(cdb, local)  # Unsure: not kept, asked again
+            if len(answers) >= KeptUsers.MOST_ANSWERS:
+                answers.clear()
+            answers[local] = found
+        return found  # type: ignore[return-value]  # not NOT_ASKED
+
+    def _look_up(self, cdb: "Cdb", local: bytes) -> "Assignment | None":
         wildchars = self._wildchars or b""
         key = b"!" + local.lower()
         from .cdb import CdbError, prefix_hashes
@@ -305,7 +324,8 @@ class Mailboxes:
             else:
                 if found is None:
                     return None
-                self._cdb, self._wildchars = found.cdb, found.wildchars
+                self._cdb, self._wildchars, self._answers = found.cdb, found.wildchars, \
+                    found.answers
                 return self._cdb
         from .cdb import Cdb, CdbError
 

@@ -100,8 +100,8 @@ def test_a_damaged_users_cdb_is_unsure(homes, content):
 @pytest.mark.parametrize("content", [None, b"", b"garbage, not a cdb", b"\0" * 2048])
 def test_a_workers_copy_of_users_cdb_answers_as_the_file_does(homes, content, monkeypatch):
     """The same verdicts and reasons from a worker's copy (config.KeptFiles,
-    kept at once here) as from the file, damaged files too, session after
-    session: closing one leaves the copy to the next."""
+    kept at once here) and the answers it keeps as from the file, damaged
+    files too, session after session: closing one leaves the copy to the next."""
     tmp_path, users = homes
     joe = users[b"joe"][2].decode()
     if content is None:
@@ -120,6 +120,9 @@ def test_a_workers_copy_of_users_cdb_answers_as_the_file_does(homes, content, mo
         assert [m.verdict(a) for a in addresses] == expected
         m.close()
     assert bool(kept.made) == (content is None)  # a damaged file: no copy made, read each time
+    if content is None:  # the copy keeps its answers; an Unsure one is asked again
+        ((_, copy),) = kept.made.values()
+        assert b"fine-x" in copy.answers and b"root-x" not in copy.answers
 
 
 def test_dot_qmail_names_up_to_255_bytes_are_found(homes):
