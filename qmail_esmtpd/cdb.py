@@ -43,28 +43,34 @@ class Cdb:
             raise CdbError(f"{length} bytes wanted at {offset}, {len(data)} there")
         return data
 
-    def _pair(self, offset: int) -> tuple[int, int]:
-        data = self._read(8, offset)
-        return int.from_bytes(data[:4], "little"), int.from_bytes(data[4:], "little")
-
     def get(self, key: "bytes | memoryview", h: int | None = None) -> bytes | None:
         """The data of the first record under `key`; None when there is none.
         `h`: the key's hash, when the caller has it (prefix_hashes()).
-        Raises CdbError (a damaged file) or OSError."""
+        Raises CdbError (a damaged file) or OSError.
+
+        Each (position, length) pair is taken apart here rather than by a
+        helper, and an empty key is not read: a session makes a dozen of
+        these calls per recipient (an empty key, users/cdb's wildcards, is
+        one of them)."""
         if h is None:
             h = cdb_hash(key)
-        table, slots = self._pair((h & 0xFF) * 8)
+        read, number = self._read, int.from_bytes
+        pair = read(8, (h & 0xFF) * 8)
+        slots = number(pair[4:], "little")
         if slots == 0:
             return None
+        table, length = number(pair[:4], "little"), len(key)
         slot = (h >> 8) % slots
         for _ in range(slots):
-            stored, record = self._pair(table + slot * 8)
+            pair = read(8, table + slot * 8)
+            record = number(pair[4:], "little")
             if record == 0:
                 return None
-            if stored == h:
-                key_length, data_length = self._pair(record)
-                if key_length == len(key) and self._read(key_length, record + 8) == key:
-                    return self._read(data_length, record + 8 + key_length)
+            if number(pair[:4], "little") == h:
+                pair = read(8, record)
+                if number(pair[:4], "little") == length and (
+                        length == 0 or read(length, record + 8) == key):
+                    return read(number(pair[4:], "little"), record + 8 + length)
             slot = (slot + 1) % slots
         return None
 

@@ -4,7 +4,7 @@ session against directory harvesting, and per source across sessions where
 the database is configured (harvest.py).
 """
 
-from . import replies
+from . import config, replies
 from .config import flag_setting, number_setting
 from .log import printable
 from .mailboxes import UNKNOWN, UNSURE, Mailboxes
@@ -88,14 +88,16 @@ class RecipientCheck:
 
 
 def build(settings: "Settings") -> RecipientCheck:
-    controls, env = settings.controls, settings.env
+    """The check, its files read as a warm worker keeps them (config.KeptFiles)."""
+    controls, env = settings.controls.kept(), settings.env
     locals_ = controls.lines(b"locals")
     mailboxes = Mailboxes(
         locals_ if locals_ is not None else [settings.me or b""],
         controls.lines(b"virtualdomains") or [],
         controls.line(b"envnoathost") or settings.me or b"envnoathost",
         settings.paths.users_cdb,
-        percenthack=controls.lines(b"percenthack") or ())
+        percenthack=controls.lines(b"percenthack") or (),
+        kept=config.KEPT)
     return RecipientCheck(
         mailboxes,
         number_setting(controls, env, b"unknownrcptlimit", DEFAULT_UNKNOWN_LIMIT),

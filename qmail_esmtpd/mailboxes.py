@@ -52,16 +52,19 @@ import pwd
 import sys
 import time
 
-from .config import leading_number
+from .config import USERS_KEPT_MOST, TooLarge, leading_number
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .cdb import Cdb
+    from .config import KeptFiles
 
     # (uid, gid, home) of a system user, or None: what getpwnam() gives qmail-getpw
     PasswdEntry = tuple[int, int, bytes] | None
+    # (uid, gid, home, dash, ext): whose delivery, and the .qmail extension it looks for
+    Assignment = tuple[int, int, bytes, bytes, bytes]
 
 # verdicts
 DELIVERED, UNKNOWN, UNSURE, REMOTE = "delivered", "unknown", "unsure", "remote"
@@ -76,6 +79,7 @@ LISTING_FROM = 8  # .qmail names to look for, past which the home is listed once
 # one; wide enough that a lookup slowed once (a fresh child's first) does not
 # decide a verdict
 LOOKUP_BUDGET = 0.005
+NOT_ASKED = object()  # a local part not yet looked up in a kept users/cdb
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_ISVTX = 0o170000, 0o100000, 0o040000, 0o1000
 _FS_ENCODING = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 # qmail's error_temp(): an error after which qmail-getpw and qmail-local defer
@@ -127,13 +131,38 @@ def permits(st: "posix.stat_result", uid: int, gid: int, bit: int) -> bool:
     return bool(st.st_mode & bit)
 
 
+class KeptUsers:
+    """users/cdb as a warm worker keeps it (config.KeptFiles), for as long as
+    the file is unchanged: read whole, its wildcard characters, and the
+    answers looked up in it so far (a lookup is a pure function of the
+    file and the local part)."""
+
+    __slots__ = ("cdb", "wildchars", "answers")
+    MOST_ANSWERS = 1024  # local parts whose answer is kept; then they start again
+
+    def __init__(self, data: bytes) -> None:
+        """Raises Unsure when the file cannot be used."""
+        from .cdb import CdbError, CdbInMemory
+
+        try:
+            self.cdb: "Cdb" = CdbInMemory(data)
+            wildchars = self.cdb.get(b"")
+        except CdbError as e:
+            raise Unsure(f"users/cdb unreadable: {e}") from None
+        if wildchars is None:
+            raise Unsure("users/cdb has no wildcard record")
+        self.wildchars: bytes = wildchars
+        self.answers: "dict[bytes, Assignment | None]" = {}
+
+
 class Mailboxes:
     """`mailboxes.verdict(address) -> (DELIVERED|UNKNOWN|UNSURE|REMOTE, why)`."""
 
     def __init__(self, locals_: "Iterable[bytes]", virtualdomains: "Iterable[bytes]",
                  envnoathost: bytes, users_cdb: bytes,
                  getpw: "Callable[[bytes], PasswdEntry]" = getpwnam,
-                 percenthack: "Iterable[bytes]" = ()) -> None:
+                 percenthack: "Iterable[bytes]" = (),
+                 kept: "KeptFiles | None" = None) -> None:
         self.locals = frozenset(d.lower() for d in locals_)
         self.percenthack = frozenset(d.lower() for d in percenthack)
         self.virtual: dict[bytes, bytes] = {}
@@ -146,15 +175,19 @@ class Mailboxes:
         self.envnoathost = envnoathost
         self.users_cdb = users_cdb
         self.getpw = getpw
+        self.kept = kept  # a warm worker's copy of users/cdb
         self._cdb: "Cdb | None" = None
         self._wildchars: bytes | None = None
+        self._opened = False  # self._cdb is this session's to close (not the worker's copy)
+        self._answers: "dict[bytes, Assignment | None] | None" = None  # the copy's
         self._alias: "PasswdEntry" = None
         self._alias_asked = False
 
     def close(self) -> None:
-        """users/cdb, if a lookup opened it."""
+        """users/cdb, if a lookup opened it (a worker's copy stays as it is)."""
         cdb, self._cdb = self._cdb, None
-        if cdb is not None:
+        opened, self._opened = self._opened, False
+        if cdb is not None and opened:
             cdb.close()
 
     def verdict(self, address: bytes) -> tuple[str, str]:
@@ -228,11 +261,24 @@ class Mailboxes:
             found = self.system_user(local)
         return self.dot_qmail(*found)
 
-    def assigned(self, local: bytes) -> "tuple[int, int, bytes, bytes, bytes] | None":
-        """(uid, gid, home, dash, ext) from users/cdb, or None: no entry (or no users/cdb)."""
+    def assigned(self, local: bytes) -> "Assignment | None":
+        """(uid, gid, home, dash, ext) from users/cdb, or None: no entry (or
+        no users/cdb).  A worker's copy of the file keeps the answers it gave."""
         cdb = self._open_users()
         if cdb is None:
             return None
+        answers = self._answers
+        if answers is None:
+            return self._look_up(cdb, local)
+        found = answers.get(local, NOT_ASKED)
+        if found is NOT_ASKED:
+            found = self._look_up(cdb, local)  # Unsure: not kept, asked again
+            if len(answers) >= KeptUsers.MOST_ANSWERS:
+                answers.clear()
+            answers[local] = found
+        return found  # type: ignore[return-value]  # not NOT_ASKED
+
+    def _look_up(self, cdb: "Cdb", local: bytes) -> "Assignment | None":
         wildchars = self._wildchars or b""
         key = b"!" + local.lower()
         from .cdb import CdbError, prefix_hashes
@@ -263,8 +309,24 @@ class Mailboxes:
         return uid, leading_number(fields[2]) or 0, fields[3], fields[4], fields[5] + rest
 
     def _open_users(self) -> "Cdb | None":
+        """users/cdb for this session, and its wildcard characters: a warm
+        worker's copy while the file is unchanged (one stat instead of an
+        open and ten reads), else the file.  A file too large to copy, or
+        whose copy fails (unreadable, cut short), is opened, and fails as
+        it always has."""
         if self._cdb is not None:
             return self._cdb
+        if self.kept is not None:
+            try:
+                found = self.kept.parsed(self.users_cdb, KeptUsers, most=USERS_KEPT_MOST)
+            except (OSError, TooLarge, Unsure):
+                pass
+            else:
+                if found is None:
+                    return None
+                self._cdb, self._wildchars, self._answers = found.cdb, found.wildchars, \
+                    found.answers
+                return self._cdb
         from .cdb import Cdb, CdbError
 
         try:
@@ -281,10 +343,10 @@ class Mailboxes:
         if wild is None:
             cdb.close()
             raise Unsure("users/cdb has no wildcard record")
-        self._cdb, self._wildchars = cdb, wild
+        self._cdb, self._wildchars, self._opened = cdb, wild, True
         return cdb
 
-    def system_user(self, local: bytes) -> tuple[int, int, bytes, bytes, bytes]:
+    def system_user(self, local: bytes) -> "Assignment":
         """qmail-getpw: a user owning its home, longest prefix first; else alias.
 
         The alias is asked for first, once a session: that first lookup also

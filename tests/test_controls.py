@@ -1,6 +1,8 @@
 """Control files as qmail reads them, through the real program on pipes."""
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import cdblib
@@ -89,3 +91,64 @@ def test_a_bug_gives_421_and_a_logged_traceback_never_one_on_the_wire(control: P
                           b"421 internal error, closing connection (#4.3.0)\r\n")
     assert out.returncode == 1
     assert b"Traceback" in out.stderr and b"simulated bug" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def settled(tmp_path_factory) -> Path:
+    """A folder with files, left alone long enough to be kept (config.settled_stamp)."""
+    from qmail_esmtpd.config import SETTLED_NS
+
+    folder = tmp_path_factory.mktemp("kept")
+    (folder / "control").mkdir()
+    (folder / "control" / "locals").write_text("example.com\n")
+    (folder / "elsewhere").mkdir()
+    (folder / "control" / "virtualdomains").symlink_to(folder / "elsewhere" / "virtualdomains")
+    time.sleep(SETTLED_NS / 1e9 + 0.2)
+    return folder
+
+
+def test_a_kept_control_file_is_read_again_once_changed(settled: Path):
+    """What a worker keeps is used while the stamp holds (the same bytes
+    object comes back); rewritten in place with its size and modification
+    time kept, the file is read again (its ctime moved)."""
+    from qmail_esmtpd.config import KeptControls, KeptFiles
+
+    kept = KeptFiles()
+    path = settled / "control" / "locals"
+    first = KeptControls(bytes(path.parent), kept)._read(b"locals")
+    assert KeptControls(bytes(path.parent), kept)._read(b"locals") is first
+    before = path.stat()
+    with path.open("r+b") as f:
+        f.write(b"example.org\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert KeptControls(bytes(path.parent), kept).lines(b"locals") == [b"example.org"]
+
+
+def test_a_missing_control_file_is_looked_for_again_when_it_may_have_appeared(settled: Path):
+    """A missing file stays missing while its folder is unchanged; one
+    created there (the folder changes) counts from the next session, and so
+    does the target of a dangling link, which changes nothing in the folder."""
+    from qmail_esmtpd.config import KeptControls, KeptFiles
+
+    kept = KeptFiles()
+    control = settled / "control"
+    assert KeptControls(bytes(control), kept).lines(b"percenthack") is None
+    assert KeptControls(bytes(control), kept).lines(b"virtualdomains") is None
+    assert bytes(control / "percenthack") in kept.absent  # known missing: no open
+    assert bytes(control / "virtualdomains") not in kept.absent  # a dangling link
+    (control / "percenthack").write_text("pct.example\n")
+    (settled / "elsewhere" / "virtualdomains").write_text("virt.example:joe\n")
+    view = KeptControls(bytes(control), kept)
+    assert view.lines(b"percenthack") == [b"pct.example"]
+    assert view.lines(b"virtualdomains") == [b"virt.example:joe"]
+
+
+def test_a_file_changed_lately_is_not_kept(tmp_path: Path):
+    """Changed within the kernel's timestamp tick, a file could change again
+    with the same stamp: it is read by each session until it has settled."""
+    from qmail_esmtpd.config import KeptFiles
+
+    kept = KeptFiles()
+    (tmp_path / "locals").write_text("example.com\n")
+    assert kept.contents(bytes(tmp_path / "locals")) == b"example.com\n"
+    assert not kept.files

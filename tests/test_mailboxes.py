@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from qmail_esmtpd import config
 from qmail_esmtpd import mailboxes as mailboxes_module
+from qmail_esmtpd.config import KeptFiles
 from qmail_esmtpd.mailboxes import DELIVERED, REMOTE, UNKNOWN, UNSURE, Mailboxes
 
 from harness.files import compile_users
@@ -93,6 +95,34 @@ def test_a_damaged_users_cdb_is_unsure(homes, content):
     (tmp_path / "users").mkdir()
     (tmp_path / "users" / "cdb").write_bytes(content)
     assert mailboxes(tmp_path, users).verdict(b"joe-x@example.com")[0] == UNSURE
+
+
+@pytest.mark.parametrize("content", [None, b"", b"garbage, not a cdb", b"\0" * 2048])
+def test_a_workers_copy_of_users_cdb_answers_as_the_file_does(homes, content, monkeypatch):
+    """The same verdicts and reasons from a worker's copy (config.KeptFiles,
+    kept at once here) and the answers it keeps as from the file, damaged
+    files too, session after session: closing one leaves the copy to the next."""
+    tmp_path, users = homes
+    joe = users[b"joe"][2].decode()
+    if content is None:
+        assign(tmp_path, f"=joe:joe:{UID}:{UID}:{joe}:-::", f"+root-:root:0:0:{joe}:-::",
+               f"+fine-:joe:{UID}:{UID}:{joe}:-::")
+    else:
+        (tmp_path / "users").mkdir()
+        (tmp_path / "users" / "cdb").write_bytes(content)
+    addresses = [b"joe@example.com", b"root-x@example.com", b"fine-x@example.com",
+                 b"fine-list-x@example.com", b"Fine-List-y@example.com", b"nobody@example.com"]
+    expected = [mailboxes(tmp_path, users).verdict(a) for a in addresses]
+    monkeypatch.setattr(config, "SETTLED_NS", -1 << 62)  # kept however recent
+    kept = KeptFiles()
+    for _ in range(3):
+        m = mailboxes(tmp_path, users, kept=kept)
+        assert [m.verdict(a) for a in addresses] == expected
+        m.close()
+    assert bool(kept.made) == (content is None)  # a damaged file: no copy made, read each time
+    if content is None:  # the copy keeps its answers; an Unsure one is asked again
+        ((_, copy),) = kept.made.values()
+        assert b"fine-x" in copy.answers and b"root-x" not in copy.answers
 
 
 def test_dot_qmail_names_up_to_255_bytes_are_found(homes):

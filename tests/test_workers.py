@@ -19,9 +19,11 @@ import pytest
 from test_auth import ALICE, ALICE_PW, login
 from test_forkserver import env_queue, greeting, one_session, recorded, wait_count
 
+from qmail_esmtpd.config import SETTLED_NS
+from qmail_esmtpd.replies import CONTROLS
 from qmail_esmtpd.workers import Baseline
 
-from harness.files import self_signed_pem
+from harness.files import compile_users, self_signed_pem
 from harness.system_users import let_service_user_in
 
 OUTSIDE = "someone@outside.test"  # not in rcpthosts: relaying
@@ -144,6 +146,73 @@ def test_what_a_session_reads_is_read_again_for_the_next(forkserver, control):
     server.compile_rules(":deny\n")
     assert one_session(server.port, "127.0.0.1") == "denied"
     assert len(set(ok_pids(server, 4))) == 1
+
+
+def rcpt_replies(port: int, recipients: list[bytes]) -> list[bytes]:
+    """One session: each RCPT's reply line; [the greeting] when it is not 220."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        replies = sock.makefile("rb")
+        first = replies.readline()
+        if not first.startswith(b"220 "):
+            return [first]
+        sock.sendall(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\n"
+                     + b"".join(b"RCPT TO:<%s>\r\n" % r for r in recipients) + b"QUIT\r\n")
+        lines = [replies.readline() for _ in range(len(recipients) + 3)]
+    return lines[2:-1]
+
+
+def assign(users: Path, name: str, home: Path, rest: Path) -> None:
+    """users/assign of one user and a catch-all (whose home has no .qmail
+    file: what it catches is unknown), compiled as qmail-newu does."""
+    uid = os.getuid() or 1000
+    (users / "assign").write_text(f"={name}:{name}:{uid}:{uid}:{home}:-:{name}:\n"
+                                  f"+:rest:{uid}:{uid}:{rest}:-::\n.\n")
+    compile_users(users / "assign", users / "cdb")
+
+
+def test_the_recipient_checks_files_are_read_again_when_changed(forkserver, control, tmp_path):
+    """A worker uses what it kept of the check's files (control files,
+    users/cdb) only while each is unchanged: a file that appears, users/cdb
+    rewritten in place with its size and modification time kept, a control
+    file made unreadable (421, as a fresh process says) and an unreadable
+    users/cdb (accepted unchecked, as always) all count from the next
+    session of the same worker."""
+    home, rest = tmp_path / "home", tmp_path / "rest"
+    for folder in (home, rest):
+        folder.mkdir()
+        folder.chmod(0o755)
+    for name in ("anna", "bert"):
+        (home / f".qmail-{name}").write_text("./Maildir/\n")
+    users = tmp_path / "qmail" / "users"
+    users.mkdir(parents=True)
+    assign(users, "bert", home, rest)
+    other = users.parent / "cdb-bert"
+    other.write_bytes((users / "cdb").read_bytes())
+    assign(users, "anna", home, rest)
+    assert other.stat().st_size == (users / "cdb").stat().st_size
+    (control / "checkrecipients").write_text("1\n")
+    time.sleep(SETTLED_NS / 1e9 + 0.2)  # old enough to be kept (config.settled_stamp)
+    server = forkserver(":allow\n", env={"QMAIL_HOME": str(users.parent)},
+                        options=["-c", "1"])
+    anna, bert, nosuch = b"anna@example.com", b"bert@example.com", b"nosuch@example.com"
+    assert [r[:3] for r in rcpt_replies(server.port, [anna, nosuch])] == [b"250", b"250"]
+    (control / "locals").write_text("example.com\n")  # was missing: example.com is remote
+    assert [r[:3] for r in rcpt_replies(server.port, [anna, nosuch])] == [b"250", b"550"]
+    cdb = users / "cdb"
+    before = cdb.stat()
+    with cdb.open("r+b") as f:  # in place: the same inode and size
+        f.write(other.read_bytes())
+    os.utime(cdb, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert [r[:3] for r in rcpt_replies(server.port, [anna, bert])] == [b"550", b"250"]
+    switch = control / "checkrecipients"
+    switch.chmod(0)
+    assert rcpt_replies(server.port, [bert]) == [CONTROLS]
+    switch.chmod(0o644)
+    cdb.chmod(0)
+    assert [r[:3] for r in rcpt_replies(server.port, [nosuch])] == [b"250"]
+    assert (f"recipient accepted unchecked ip=127.0.0.1 rcpt={nosuch.decode()} "
+            "(users/cdb: Permission denied)") in server.wait_log("users/cdb: Permission denied")
+    assert len(set(ok_pids(server, 5))) == 1
 
 
 def test_max_use_idle_and_memory_retire_workers(forkserver):
