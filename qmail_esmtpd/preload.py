@@ -10,7 +10,16 @@ interpreter's library after the server dropped its privileges.
 import importlib
 import posix
 
-from .config import CHECK_MODULES, SERVERCERT, ControlError, Controls, auth_backend, controls_of
+from .config import (
+    CHECK_MODULES,
+    SERVERCERT,
+    ControlError,
+    Controls,
+    Stamp,
+    auth_backend,
+    controls_of,
+    stamp_of,
+)
 from .log import log
 
 # check_rbl's DNS library, and the record types its answers bring (each type's
@@ -89,12 +98,12 @@ def import_modules(names: "tuple[str, ...]") -> list[str]:
     return missing
 
 
-def _stamp(path: bytes) -> tuple[int, int, int, int] | None:
+def _stamp(path: bytes) -> "Stamp | None":
     try:
         st = posix.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamp_of(st)
 
 
 class PreloadedTLS:

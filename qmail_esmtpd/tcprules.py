@@ -18,6 +18,7 @@ A value is tcprules' encoding: NUL-terminated instructions, `D` for deny and
 import posix
 
 from .cdb import CdbError, CdbInMemory
+from .config import Stamp, stamp_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class RulesFile:
     def __init__(self, path: bytes, allow_missing: bool = False) -> None:
         self.path = path
         self.allow_missing = allow_missing
-        self.stamp: tuple[int, int, int, int] | None = None
+        self.stamp: Stamp | None = None
         self.find: "Finder | None" = None
         self.data = b""
         self.found: dict[bytes, Rule] = {}
@@ -129,7 +130,7 @@ class RulesFile:
             raise RulesUnreadable(f"{self.path.decode(errors='replace')}: missing") from None
         except OSError as e:
             raise RulesUnreadable(f"{self.path.decode(errors='replace')}: {e.strerror}") from None
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        stamp = stamp_of(st)
         if stamp != self.stamp or self.find is None:
             self.found = {}
             self.find = self._read()
