@@ -90,6 +90,7 @@ def test_an_authenticated_user_then_an_anonymous_one(db, forkserver, tmp_path, c
     server = forkserver(":allow\n", env=env, options=["-c", "1"])
     assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW), tls=True)
     worker = ok_pids(server, 1)[0]
+    wait_count(server, ": end ", 1)  # the worker answers once it has put its fds back
     sockets = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
     # its channel, and the database connection it keeps (test below: it carries nothing)
     assert len([s for s in sockets if s.startswith("socket:")]) == 2, sockets
