@@ -378,3 +378,28 @@ def test_no_tls_session_outlives_its_connection(forkserver, control):
                                              else "TLSv1.2")
             assert not client.sock.session.has_ticket
     assert len(set(ok_pids(server, 2))) == 1
+
+
+def test_auth_settings_follow_their_files_from_session_to_session(db, forkserver, control):
+    """A worker reads AUTH's control files as it keeps files (only while a
+    stat() shows them unchanged): a sendlimit rewritten between two sessions
+    counts at the next one, in the same worker."""
+    db.add(ALICE, ALICE_PW)
+    limit = control / "sendlimit"
+    limit.write_text("1\n")
+    time.sleep(2.1)  # settled (config.SETTLED_NS): the worker keeps it
+    server = forkserver(":allow\n", env=db.env(), options=["-c", "1"])
+
+    def sends() -> bool:
+        try:
+            return relays(server.port, "127.0.0.2", (ALICE, ALICE_PW))
+        except smtplib.SMTPSenderRefused:
+            return False
+
+    assert sends()
+    assert not sends()  # the day's one message was sent
+    limit.write_text("3\n")  # the same size
+    assert sends() and sends()  # the second and third of the day
+    assert not sends()
+    assert len(set(ok_pids(server, 5))) == 1
+    assert "Traceback" not in server.log()

@@ -101,7 +101,9 @@ class Authenticator:
 
     def _load(self) -> "Backend":
         if self.backend is None:
-            controls, env = self.controls, self.env
+            # AUTH's nine settings, most of them files that are missing: in a
+            # worker, read as it keeps files while unchanged (config.KeptFiles)
+            controls, env = self.controls.kept(), self.env
             fail_delay = number_setting(controls, env, b"authfaildelay", DEFAULT_FAIL_DELAY)
             max_failures = number_setting(controls, env, b"authmaxfail", DEFAULT_MAX_FAILURES)
             module = __import__(f"{__name__}.{self.backend_name}", fromlist=["open_backend"])
