@@ -498,17 +498,21 @@ class Server:
         why = upgrade.new_code_starts(env)
         if why is None:
             self.retire_all()  # idle workers exit now, busy ones after their session
-            why = upgrade.become_new_code(self.state(), env, lambda: self.stopping)
+            state, passed = self.state()
+            for fd in passed:
+                os.set_inheritable(fd, True)
+            why = upgrade.become_new_code(state, env, lambda: self.stopping)
+            for fd in passed:  # still here: nothing a session runs may inherit them
+                os.set_inheritable(fd, False)
         self.failed_upgrade = identity
         log(f"warning: {upgrade.RESTART} (the new code did not start: {why})")
 
-    def state(self) -> str:
-        """What the new code needs of this server, its descriptors made inheritable."""
+    def state(self) -> tuple[str, list[int]]:
+        """What the new code needs of this server, and the descriptors it names."""
         busy = [(w.pid, w.channel.fileno(), w.source) for w in self.workers.values() if w.busy]
-        for fd in [*self.listening, *(fd for _, fd, _ in busy)]:
-            os.set_inheritable(fd, True)
-        return json.dumps({"listening": list(self.listening), "workers": busy,
+        text = json.dumps({"listening": list(self.listening), "workers": busy,
                            "children": list(self.children.items())})
+        return text, [*self.listening, *(fd for _, fd, _ in busy)]
 
     def adopt(self, state: str) -> None:
         """The sessions the code before the upgrade left running: -c and -C
