@@ -88,7 +88,7 @@ class RecipientCheck:
 
 
 def build(settings: "Settings") -> RecipientCheck:
-    """The check, its files read as a warm worker keeps them (config.KeptFiles)."""
+    """The check, its files read as a warm worker keeps them (kept.KeptFiles)."""
     controls, env = settings.controls.kept(), settings.env
     locals_ = controls.lines(b"locals")
     mailboxes = Mailboxes(

@@ -52,14 +52,14 @@ import pwd
 import sys
 import time
 
-from .config import USERS_KEPT_MOST, TooLarge, leading_number
+from .config import leading_number
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .cdb import Cdb
-    from .config import KeptFiles
+    from .kept import KeptFiles
 
     # (uid, gid, home) of a system user, or None: what getpwnam() gives qmail-getpw
     PasswdEntry = tuple[int, int, bytes] | None
@@ -132,7 +132,7 @@ def permits(st: "posix.stat_result", uid: int, gid: int, bit: int) -> bool:
 
 
 class KeptUsers:
-    """users/cdb as a warm worker keeps it (config.KeptFiles), for as long as
+    """users/cdb as a warm worker keeps it (kept.KeptFiles), for as long as
     the file is unchanged: read whole, its wildcard characters, and the
     answers looked up in it so far (a lookup is a pure function of the
     file and the local part)."""
@@ -317,6 +317,8 @@ class Mailboxes:
         if self._cdb is not None:
             return self._cdb
         if self.kept is not None:
+            from .kept import USERS_KEPT_MOST, TooLarge  # a worker's: loaded before it forked
+
             try:
                 found = self.kept.parsed(self.users_cdb, KeptUsers, most=USERS_KEPT_MOST)
             except (OSError, TooLarge, Unsure):

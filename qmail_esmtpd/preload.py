@@ -10,16 +10,8 @@ interpreter's library after the server dropped its privileges.
 import importlib
 import posix
 
-from .config import (
-    CHECK_MODULES,
-    SERVERCERT,
-    ControlError,
-    Controls,
-    Stamp,
-    auth_backend,
-    controls_of,
-    stamp_of,
-)
+from .config import CHECK_MODULES, SERVERCERT, ControlError, Controls, auth_backend, controls_of
+from .kept import Stamp, stamp_of
 from .log import log
 
 # check_rbl's DNS library, and the record types its answers bring (each type's

@@ -18,7 +18,7 @@ A value is tcprules' encoding: NUL-terminated instructions, `D` for deny and
 import posix
 
 from .cdb import CdbError, CdbInMemory
-from .config import Stamp, stamp_of
+from .kept import Stamp, stamp_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

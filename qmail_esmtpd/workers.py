@@ -27,7 +27,7 @@ import posix
 import socket
 import sys
 
-from . import config
+from . import config, kept
 from . import log as logmodule
 from .child import TROUBLE, ChildSettings, Remote, refuse, reset_signals, run
 from .log import log
@@ -168,7 +168,7 @@ def serve_connections(channel: socket.socket, settings: ChildSettings,
     """The worker's life: connections from the server, one at a time, until
     the server closes the channel (exit 0) or the worker retires itself."""
     reset_signals()
-    config.KEPT = config.KeptFiles()  # files sessions use while unchanged (config.py)
+    config.KEPT = kept.KeptFiles()  # files sessions use while unchanged (kept.py)
     baseline = Baseline(growth_allowed)
     while True:
         try:

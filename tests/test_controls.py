@@ -95,8 +95,8 @@ def test_a_bug_gives_421_and_a_logged_traceback_never_one_on_the_wire(control: P
 
 @pytest.fixture(scope="module")
 def settled(tmp_path_factory) -> Path:
-    """A folder with files, left alone long enough to be kept (config.settled_stamp)."""
-    from qmail_esmtpd.config import SETTLED_NS
+    """A folder with files, left alone long enough to be kept (kept.settled_stamp)."""
+    from qmail_esmtpd.kept import SETTLED_NS
 
     folder = tmp_path_factory.mktemp("kept")
     (folder / "control").mkdir()
@@ -111,7 +111,7 @@ def test_a_kept_control_file_is_read_again_once_changed(settled: Path):
     """What a worker keeps is used while the stamp holds (the same bytes
     object comes back); rewritten in place with its size and modification
     time kept, the file is read again (its ctime moved)."""
-    from qmail_esmtpd.config import KeptControls, KeptFiles
+    from qmail_esmtpd.kept import KeptControls, KeptFiles
 
     kept = KeptFiles()
     path = settled / "control" / "locals"
@@ -128,7 +128,7 @@ def test_a_missing_control_file_is_looked_for_again_when_it_may_have_appeared(se
     """A missing file stays missing while its folder is unchanged; one
     created there (the folder changes) counts from the next session, and so
     does the target of a dangling link, which changes nothing in the folder."""
-    from qmail_esmtpd.config import KeptControls, KeptFiles
+    from qmail_esmtpd.kept import KeptControls, KeptFiles
 
     kept = KeptFiles()
     control = settled / "control"
@@ -146,7 +146,7 @@ def test_a_missing_control_file_is_looked_for_again_when_it_may_have_appeared(se
 def test_a_file_changed_lately_is_not_kept(tmp_path: Path):
     """Changed within the kernel's timestamp tick, a file could change again
     with the same stamp: it is read by each session until it has settled."""
-    from qmail_esmtpd.config import KeptFiles
+    from qmail_esmtpd.kept import KeptFiles
 
     kept = KeptFiles()
     (tmp_path / "locals").write_text("example.com\n")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from qmail_esmtpd import config
+from qmail_esmtpd import kept as kept_module
 from qmail_esmtpd import mailboxes as mailboxes_module
-from qmail_esmtpd.config import KeptFiles
+from qmail_esmtpd.kept import KeptFiles
 from qmail_esmtpd.mailboxes import DELIVERED, REMOTE, UNKNOWN, UNSURE, Mailboxes
 
 from harness.files import compile_users
@@ -99,7 +99,7 @@ def test_a_damaged_users_cdb_is_unsure(homes, content):
 
 @pytest.mark.parametrize("content", [None, b"", b"garbage, not a cdb", b"\0" * 2048])
 def test_a_workers_copy_of_users_cdb_answers_as_the_file_does(homes, content, monkeypatch):
-    """The same verdicts and reasons from a worker's copy (config.KeptFiles,
+    """The same verdicts and reasons from a worker's copy (kept.KeptFiles,
     kept at once here) and the answers it keeps as from the file, damaged
     files too, session after session: closing one leaves the copy to the next."""
     tmp_path, users = homes
@@ -113,7 +113,7 @@ def test_a_workers_copy_of_users_cdb_answers_as_the_file_does(homes, content, mo
     addresses = [b"joe@example.com", b"root-x@example.com", b"fine-x@example.com",
                  b"fine-list-x@example.com", b"Fine-List-y@example.com", b"nobody@example.com"]
     expected = [mailboxes(tmp_path, users).verdict(a) for a in addresses]
-    monkeypatch.setattr(config, "SETTLED_NS", -1 << 62)  # kept however recent
+    monkeypatch.setattr(kept_module, "SETTLED_NS", -1 << 62)  # kept however recent
     kept = KeptFiles()
     for _ in range(3):
         m = mailboxes(tmp_path, users, kept=kept)

@@ -19,7 +19,7 @@ import pytest
 from test_auth import ALICE, ALICE_PW, login
 from test_forkserver import env_queue, greeting, one_session, recorded, wait_count
 
-from qmail_esmtpd.config import SETTLED_NS
+from qmail_esmtpd.kept import SETTLED_NS
 from qmail_esmtpd.replies import CONTROLS
 from qmail_esmtpd.workers import Baseline
 
@@ -192,7 +192,7 @@ def test_the_recipient_checks_files_are_read_again_when_changed(forkserver, cont
     assign(users, "anna", home, rest)
     assert other.stat().st_size == (users / "cdb").stat().st_size
     (control / "checkrecipients").write_text("1\n")
-    time.sleep(SETTLED_NS / 1e9 + 0.2)  # old enough to be kept (config.settled_stamp)
+    time.sleep(SETTLED_NS / 1e9 + 0.2)  # old enough to be kept (kept.settled_stamp)
     server = forkserver(":allow\n", env={"QMAIL_HOME": str(users.parent)},
                         options=["-c", "1"])
     anna, bert, nosuch = b"anna@example.com", b"bert@example.com", b"nosuch@example.com"
@@ -387,7 +387,7 @@ def test_auth_settings_follow_their_files_from_session_to_session(db, forkserver
     db.add(ALICE, ALICE_PW)
     limit = control / "sendlimit"
     limit.write_text("1\n")
-    time.sleep(2.1)  # settled (config.SETTLED_NS): the worker keeps it
+    time.sleep(2.1)  # settled (kept.SETTLED_NS): the worker keeps it
     server = forkserver(":allow\n", env=db.env(), options=["-c", "1"])
 
     def sends() -> bool:

@@ -102,7 +102,7 @@ class Authenticator:
     def _load(self) -> "Backend":
         if self.backend is None:
             # AUTH's nine settings, most of them files that are missing: in a
-            # worker, read as it keeps files while unchanged (config.KeptFiles)
+            # worker, read as it keeps files while unchanged (kept.KeptFiles)
             controls, env = self.controls.kept(), self.env
             fail_delay = number_setting(controls, env, b"authfaildelay", DEFAULT_FAIL_DELAY)
             max_failures = number_setting(controls, env, b"authmaxfail", DEFAULT_MAX_FAILURES)
