@@ -56,7 +56,7 @@ class Installation:
 
     def replaced(self) -> bool:
         """Whether the package's folder is another one than at start (one stat)."""
-        return _identity(self.package_dir) != self.identity
+        return self.identity_now() != self.identity
 
     def identity_now(self) -> tuple[int, int] | None:
         """The package folder's (device, inode) now."""
