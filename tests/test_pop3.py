@@ -447,9 +447,13 @@ def test_the_program_is_unreadable_by_its_users_other_processes(dovecot_pop):
 
 
 def program_is_undumpable(pid: int, program: Path) -> bool:
-    """Whether process `pid` runs `program` by now, as its user, not dumpable."""
+    """Whether process `pid` runs `program` by now, as its user, not dumpable.
+    setuidgid's own command line names the program too, and setuidgid is not
+    dumpable between its setuid and its exec (which makes it dumpable again),
+    so the program counts as running only once setuidgid is gone from argv[0]."""
     try:
-        running = str(program).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        running = str(program).encode() in argv and not argv[0].endswith(b"setuidgid")
         return running and os.stat(f"/proc/{pid}").st_uid != 0 and \
             os.stat(f"/proc/{pid}/mem").st_uid == 0
     except FileNotFoundError:
