@@ -18,7 +18,7 @@ import os
 import posix
 import signal
 import socket
-import subprocess  # noqa: F401  (upgrade.new_code_starts: loaded while the interpreter's library is readable)
+import subprocess  # noqa: F401  (upgrade.Trial: loaded while the interpreter's library is readable)
 import sys
 import time
 
@@ -163,6 +163,7 @@ class Server:
         self.wake_fds: tuple[int, ...] = ()
         self.installation: upgrade.Installation | None = None  # set once the code is loaded
         self.failed_upgrade: tuple[int, int] | None = None  # a new install that did not start
+        self.trial: upgrade.Trial | None = None  # a new install starting on the side
 
     def running(self) -> int:
         """Sessions in progress: what -c counts."""
@@ -232,7 +233,7 @@ class Server:
 
     # -- children --------------------------------------------------------------
     def reap(self) -> None:
-        while self.children or self.workers:
+        while self.children or self.workers or self.trial_running():
             try:
                 pid, wstat = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -245,6 +246,9 @@ class Server:
                 return
             if pid == 0:
                 return
+            if self.trial is not None and pid == self.trial.pid:
+                self.trial.exited(wstat)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 if worker.busy:  # it died serving: its connection ends with it
@@ -359,6 +363,8 @@ class Server:
             sock.close()
         for fd in self.wake_fds:
             os.close(fd)
+        if self.trial is not None:
+            self.trial.forget()
 
     # -- workers (-m N) --------------------------------------------------------
     def hand_over(self, conn: socket.socket, remote: Remote, rule: "Rule | RulesUnreadable",
@@ -480,30 +486,54 @@ class Server:
     # -- make install over the running server ----------------------------------
     def upgrade_due(self) -> bool:
         """Whether install put a new tree in place since the start (one stat),
-        other than one that was tried and did not start."""
-        if self.installation is None:
+        other than one that was tried and did not start, or is being tried."""
+        if self.installation is None or self.trial is not None:
             return False
         now = self.installation.identity_now()
         return now != self.installation.identity and now != self.failed_upgrade
 
-    def upgrade(self) -> None:
-        """The new code takes over this process: same pid, same listening
-        sockets; sessions in progress finish on the old code, and their end
-        lines and -c/-C slots pass to the new.  Returns only when the new code
-        does not start, and the old one goes on serving."""
+    def try_upgrade(self) -> None:
+        """Start the new code on the side; the old code serves meanwhile, and
+        the new takes over once it has shown it starts (upgrade())."""
         assert self.installation is not None
         identity = self.installation.identity_now()
         env = huge_pages_environment(dict(os.environ))
         log("upgrade: installed anew: starting the new code on the side")
-        why = upgrade.new_code_starts(env)
+        try:
+            self.trial = upgrade.Trial(identity, env)
+        except (OSError, ValueError) as e:
+            self.upgrade_failed(identity, str(e))
+
+    def upgrade(self, trial: upgrade.Trial) -> None:
+        """Once the `trial` is over: the new code takes over this process: same
+        pid, same listening sockets; sessions in progress finish on the old
+        code, and their end lines and -c/-C slots pass to the new.  Returns
+        only when the new code does not start, and the old one goes on serving."""
+        assert self.installation is not None
+        why = trial.why_not()
+        if why is None and self.installation.identity_now() != trial.identity:
+            log("upgrade: installed anew again meanwhile: the newest is tried next")
+            return
         if why is None:
             self.retire_all()  # idle workers exit now, busy ones after their session
             state, passed = self.state()
             for fd in passed:
                 os.set_inheritable(fd, True)
-            why = upgrade.become_new_code(state, env, lambda: self.stopping)
+            why = upgrade.become_new_code(state, trial.env, lambda: self.stopping)
             for fd in passed:  # still here: nothing a session runs may inherit them
                 os.set_inheritable(fd, False)
+        self.upgrade_failed(trial.identity, why)
+
+    def trial_running(self) -> bool:
+        return self.trial is not None and self.trial.status is None
+
+    def trial_over(self) -> None:
+        """The trial reaped: the new code takes over, or the old goes on."""
+        if self.trial is not None and self.trial.status is not None:
+            trial, self.trial = self.trial, None
+            self.upgrade(trial)
+
+    def upgrade_failed(self, identity: tuple[int, int] | None, why: str) -> None:
         self.failed_upgrade = identity
         log(f"warning: {upgrade.RESTART} (the new code did not start: {why})")
 
@@ -545,21 +575,30 @@ class Server:
 
         while not self.stopping:
             self.reap()
+            self.trial_over()
             if self.hangup:
                 self.hangup = False
                 if self.upgrade_due():
-                    self.upgrade()
+                    self.try_upgrade()
                 log("SIGHUP: reading the configuration again")
                 self.load()
                 self.retire_all()  # new workers come from the configuration just read
             due = self.retire_idle()
             waiting = [wake, *self.answering]
+            if self.trial is not None:
+                left = self.trial.seconds_left()
+                due = left if due is None else min(due, left)
+                if self.trial.fd is not None:
+                    waiting.append(self.trial.fd)
             if self.running() < self.opts.limit:
                 waiting += self.listening
             ready = select.select(waiting, [], [], due)[0]
             if wake in ready:
                 ready.remove(wake)
                 drain(wake)
+            if self.trial is not None and self.trial.fd in ready:
+                ready.remove(self.trial.fd)
+                self.trial.read()
             for fd in ready:  # the workers' answers first: they free slots
                 worker = self.answering.get(fd)
                 if worker is not None:
@@ -568,8 +607,8 @@ class Server:
                 if self.stopping or self.running() >= self.opts.limit:
                     break
                 if fd in self.listening:
-                    if self.upgrade_due():  # before a connection of the new code is accepted
-                        self.upgrade()
+                    if self.upgrade_due():  # the old code serves until the new has started
+                        self.try_upgrade()
                     self.accept(self.listening[fd])
         return self.shutdown(wake)
 
@@ -577,6 +616,9 @@ class Server:
         """SIGTERM: no new connections; running sessions get `grace` seconds, then SIGTERM."""
         for sock in self.socks:
             sock.close()
+        if self.trial is not None:
+            self.trial.stop()
+            self.trial = None
         self.retire_all()
         self.reap()  # sessions that ended while the signal came: no wake-up will say so
         if self.running():

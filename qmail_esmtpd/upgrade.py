@@ -135,7 +135,7 @@ def guard(package_dir: str) -> Installation:
 # exec, named in STATE.  Before that, the new code starts once on the side
 # (STATE=trial: it loads what the server would, as the sessions' user, and
 # exits), so a broken install leaves the old code serving instead of no
-# server at all.
+# server at all; the old code serves while the trial runs.
 
 STATE = "QMAIL_ESMTPD_SERVER_STATE"
 TRIAL = "trial"
@@ -163,20 +163,83 @@ def own_command() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-def new_code_starts(env: dict[str, str]) -> str | None:
-    """Start the new code once on the side; why it does not start, or None."""
-    import subprocess
+class Trial:
+    """The new code started once on the side (STATE=trial), while the old
+    code goes on serving: a slow or hung start holds up no connection.  The
+    server reads what it says, and reaps it with its other children."""
 
-    try:
-        trial = subprocess.run(own_command(), env={**env, STATE: TRIAL},
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, timeout=TRIAL_SECONDS)
-    except (OSError, subprocess.SubprocessError) as e:
-        return str(e)
-    if trial.returncode != 0:
-        said = trial.stderr.decode("utf-8", "replace").strip().splitlines()
-        return f"exit {trial.returncode}: {said[-1] if said else 'nothing said'}"
-    return None
+    def __init__(self, identity: tuple[int, int] | None, env: dict[str, str]) -> None:
+        import subprocess
+
+        self.identity = identity  # the installed tree this tries
+        self.env = env
+        self.deadline = time.monotonic() + TRIAL_SECONDS
+        self.proc = subprocess.Popen(own_command(), env={**env, STATE: TRIAL},
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+        self.said = b""  # the end of its stderr
+        self.fd: int | None = self.proc.stderr.fileno()  # type: ignore[union-attr]
+        os.set_blocking(self.fd, False)
+        self.status: int | None = None  # its wait status, once reaped
+        self.killed = False
+
+    def read(self) -> None:
+        """What it wrote since (its stderr became readable); the pipe closed at EOF."""
+        while self.fd is not None:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.forget()
+                return
+            self.said = (self.said + chunk)[-4096:]
+
+    def exited(self, wstat: int) -> None:
+        """Reaped: what it wrote before it exited is all in the pipe by now."""
+        self.status = wstat
+        self.proc.returncode = os.waitstatus_to_exitcode(wstat)  # Popen waits no more
+        self.read()
+
+    def seconds_left(self) -> float:
+        """Until it is killed for taking too long (then: until it is reaped)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0 and not self.killed:
+            self.killed = True
+            try:
+                os.kill(self.pid, _signal.SIGKILL)
+            except OSError:
+                pass
+        return max(left, 0.0) if not self.killed else 1.0
+
+    def stop(self) -> None:
+        """Killed and reaped (the server is stopping)."""
+        if self.status is None:
+            try:
+                os.kill(self.pid, _signal.SIGKILL)
+                self.exited(os.waitpid(self.pid, 0)[1])
+            except OSError:
+                pass
+        self.forget()
+
+    def forget(self) -> None:
+        """Its pipe closed, unread (also in a child the server forks: not its to keep)."""
+        if self.fd is not None:
+            self.proc.stderr.close()  # type: ignore[union-attr]
+            self.fd = None
+
+    def why_not(self) -> str | None:
+        """Why the new code did not start (None: it did), once reaped."""
+        if self.killed:
+            return f"it did not start within {TRIAL_SECONDS} s"
+        code = os.waitstatus_to_exitcode(self.status or 0)
+        if code == 0:
+            return None
+        said = self.said.decode("utf-8", "replace").strip().splitlines()
+        return f"exit {code}: {said[-1] if said else 'nothing said'}"
 
 
 def become_new_code(state: str, env: dict[str, str], stopping: "Callable[[], bool]") -> str:

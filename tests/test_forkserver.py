@@ -948,11 +948,13 @@ def data_replies(port: int, source: str = "127.0.0.1") -> tuple[bytes, bytes]:
         return text, client.getreply()[1]
 
 
-def install_tree(library: Path, new: bool = False, broken: bool = False) -> None:
+def install_tree(library: Path, new: bool = False, broken: bool = False,
+                 gate: Path | None = None) -> None:
     """This checkout's package into `library`, as tools/install.py puts it: a new
     tree renamed into place.  The `new` one says so in its 354, and its AUTH
     package (which the server does not preload without AUTH) on stderr; a
-    `broken` one does not start at all."""
+    `broken` one does not start at all; one with a `gate` starts only once
+    that file exists."""
     import shutil
 
     stage = library.with_name(library.name + ".new")
@@ -968,6 +970,10 @@ def install_tree(library: Path, new: bool = False, broken: bool = False) -> None
     if broken:
         server_py = stage / "qmail_esmtpd" / "forkserver.py"
         server_py.write_text('raise SystemExit("a broken install")\n' + server_py.read_text())
+    if gate is not None:
+        server_py = stage / "qmail_esmtpd" / "forkserver.py"
+        server_py.write_text(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n"
+                             f"    time.sleep(0.02)\n" + server_py.read_text())
     old = library.with_name(library.name + ".old")
     if library.exists():
         library.rename(old)
@@ -986,6 +992,16 @@ def installed_server(forkserver, tmp_path: Path, mode: list) -> "tuple[Path, For
 
 
 AUTH_RULES = '127.0.0.2:allow,AUTHDB="dbname=nothing host=/nonexistent"\n:allow\n'
+NEW_CODE_SERVES = "upgrade: serving with the new code"
+
+
+def notice_install(server) -> bytes:
+    """One session, which makes the server notice the new install, and which
+    the old code or the new serves, whole; then the new code serves."""
+    said = data_replies(server.port)[0]
+    assert said in (b"go ahead", b"go ahead, new code"), said
+    assert NEW_CODE_SERVES in server.wait_log(NEW_CODE_SERVES)
+    return said
 
 
 @MODES
@@ -994,9 +1010,9 @@ def test_an_install_over_the_running_server_hands_it_to_the_new_code(forkserver,
     """Issue 26: `make install` replaces the workers without dropping a
     session.  The server execs the new code in its own process (same pid,
     same listening socket); a session in progress finishes on the old code,
-    and its end line and -c slot pass to the new; the next connection, and a
-    session that needs a module the old server had not loaded (AUTH,
-    switched on by a rule since), run wholly new code."""
+    and its end line and -c slot pass to the new; once the new code serves,
+    a connection, and a session that needs a module the old server had not
+    loaded (AUTH, switched on by a rule since), run wholly new code."""
     library, server = installed_server(forkserver, tmp_path, mode)
     pid = server.proc.pid
     with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as held:
@@ -1005,6 +1021,7 @@ def test_an_install_over_the_running_server_hands_it_to_the_new_code(forkserver,
         assert held.docmd("DATA") == (354, b"go ahead")  # the old code
         install_tree(library, new=True)
         server.compile_rules(AUTH_RULES)
+        notice_install(server)
         assert data_replies(server.port)[0] == b"go ahead, new code"
         with smtplib.SMTP("127.0.0.1", server.port, timeout=20,
                           source_address=("127.0.0.2", 0)) as client:
@@ -1013,14 +1030,14 @@ def test_an_install_over_the_running_server_hands_it_to_the_new_code(forkserver,
         assert held.getreply()[0] == 250  # the old session went on, and queued
     assert "new AUTH code loaded" in server.wait_log("new AUTH code loaded")
     deadline = time.monotonic() + 10
-    while len(re.findall(r" end \d+ status", log := server.log())) < 3 and \
+    while len(re.findall(r" end \d+ status", log := server.log())) < 4 and \
             time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.proc.poll() is None and server.proc.pid == pid
     assert "Traceback" not in log and "warning" not in log, log
     oks = re.findall(r" ok (\d+) ", log)
     ends = re.findall(r" end (\d+) status 0", log)
-    assert len(oks) == 3 and sorted(oks) == sorted(ends), log  # one pair per connection
+    assert len(oks) == 4 and sorted(oks) == sorted(ends), log  # one pair per connection
     assert "upgrade: serving with the new code; 1 sessions finish on the old" in log, log
     assert re.findall(r"status: \d+/100", log)[-1] == "status: 0/100", log  # every slot freed
 
@@ -1041,13 +1058,93 @@ def test_an_install_that_does_not_start_leaves_the_old_code_serving(forkserver, 
     with socket.create_connection(("127.0.0.1", server.port), timeout=20,
                                   source_address=("127.0.0.2", 0)) as needs_auth:
         assert needs_auth.makefile("rb").read() == REFUSED
-    log = server.wait_log("installed anew under this server")
-    assert "a broken install" in log, log
+    log = server.wait_log("(the new code did not start: exit 1: a broken install)")
+    assert "(the new code did not start: exit 1: a broken install)" in log, log
     assert "new AUTH code loaded" not in log, log
     assert "Traceback" not in log, log
     install_tree(library, new=True)
+    notice_install(server)
     assert data_replies(server.port)[0] == b"go ahead, new code"  # new, whole
     with smtplib.SMTP("127.0.0.1", server.port, timeout=20,
                       source_address=("127.0.0.2", 0)) as client:
         assert client.ehlo("client.test")[0] == 250
     assert "new AUTH code loaded" in server.wait_log("new AUTH code loaded")
+
+
+def test_the_old_code_serves_while_the_new_starts(forkserver, tmp_path):
+    """A new install is tried on the side: until it has started, the old code
+    answers (a slow start holds up no connection); then the new code serves."""
+    library, server = installed_server(forkserver, tmp_path, [])
+    assert data_replies(server.port)[0] == b"go ahead"  # serving (the port comes before the code)
+    gate = tmp_path / "gate"
+    install_tree(library, new=True, gate=gate)
+    assert data_replies(server.port)[0] == b"go ahead"  # noticed; the trial waits at the gate
+    assert "starting the new code on the side" in server.wait_log("on the side")
+    for _ in range(3):
+        assert data_replies(server.port)[0] == b"go ahead"  # served, by the old code
+    assert NEW_CODE_SERVES not in server.log()
+    gate.touch()
+    assert NEW_CODE_SERVES in server.wait_log(NEW_CODE_SERVES)
+    assert data_replies(server.port)[0] == b"go ahead, new code", server.log()
+    log = server.log()
+    assert "Traceback" not in log and "warning" not in log, log
+
+
+def test_a_trial_that_takes_too_long_is_killed_and_said(monkeypatch):
+    """The trial's bound: past it, the new code is killed and counts as not started."""
+    from qmail_esmtpd import upgrade
+
+    monkeypatch.setattr(upgrade, "TRIAL_SECONDS", 0.2)
+    monkeypatch.setattr(upgrade, "own_command",
+                        lambda: ["/bin/sh", "-c", "echo starting >&2; exec sleep 30"])
+    trial = upgrade.Trial((1, 2), {"PATH": "/usr/bin:/bin"})
+    started = time.monotonic()
+    while not trial.killed:
+        trial.seconds_left()
+        time.sleep(0.01)
+    trial.exited(os.waitpid(trial.pid, 0)[1])
+    assert time.monotonic() - started < 10  # killed, not waited for: sleep 30 would take 30
+    assert trial.why_not() == "it did not start within 0.2 s"
+    assert trial.said == b"starting\n" and trial.fd is None
+
+
+def test_a_trial_that_fails_says_its_last_line(monkeypatch):
+    from qmail_esmtpd import upgrade
+
+    monkeypatch.setattr(upgrade, "own_command",
+                        lambda: ["/bin/sh", "-c", "echo one >&2; echo two >&2; exit 3"])
+    trial = upgrade.Trial(None, {"PATH": "/usr/bin:/bin"})
+    trial.exited(os.waitpid(trial.pid, 0)[1])
+    assert trial.why_not() == "exit 3: two"
+
+
+def test_sigterm_during_a_trial_ends_the_trial_too(forkserver, tmp_path):
+    """The server that stops leaves no new code starting behind it."""
+    library, server = installed_server(forkserver, tmp_path, [])
+    assert data_replies(server.port)[0] == b"go ahead"
+    gate = tmp_path / "gate"
+    install_tree(library, new=True, gate=gate)
+    try:
+        assert data_replies(server.port)[0] == b"go ahead"
+        assert "on the side" in server.wait_log("on the side")
+        assert len(trials_running()) == 1
+        server.signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+        assert trials_running() == [], server.log()
+    finally:
+        gate.touch()  # a trial left behind by a failure here ends by itself
+
+
+def trials_running() -> list[int]:
+    """The pids of new code being tried (upgrade.Trial) on this machine."""
+    from qmail_esmtpd.upgrade import STATE, TRIAL
+
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and f"{STATE}={TRIAL}".encode() in \
+                    open(f"/proc/{entry}/environ", "rb").read().split(b"\0"):
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
