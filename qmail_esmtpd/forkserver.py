@@ -22,8 +22,9 @@ import subprocess  # noqa: F401  (upgrade.Trial: loaded while the interpreter's 
 import sys
 import time
 
+from . import upgrade  # isort: skip  (first: it notes the installation the server starts from)
 from . import log as logmodule
-from . import preload, replies, upgrade
+from . import preload, replies
 from .child import TROUBLE, ChildSettings, Remote, refuse, reset_signals, run
 from .log import log
 from .serveroptions import USAGE, Options, UsageError, parse
@@ -754,7 +755,7 @@ def main() -> int:
             pass
     server.import_auth()
     # from here on, a module of a newer installation is refused, never mixed in
-    server.installation = upgrade.guard(os.path.dirname(os.path.abspath(__file__)))
+    server.installation = upgrade.guard()
     try:
         if state is None:  # after an upgrade they were dropped before the exec
             drop_privileges(opts)

@@ -120,11 +120,17 @@ class Guard:
         return spec
 
 
-def guard(package_dir: str) -> Installation:
-    """From now on, refuse modules of a newer installation of `package_dir`'s folder."""
-    installation = Installation(package_dir)
-    sys.meta_path.insert(0, Guard(installation))
-    return installation
+# The installation this process starts from, taken before the rest of the
+# server loads (forkserver imports this module first): an install during the
+# start-up is then an upgrade due at the first connection, not a newer tree
+# that the modules imported after it would come from.
+STARTED_FROM = Installation(os.path.dirname(os.path.abspath(__file__)))
+
+
+def guard() -> Installation:
+    """From now on, refuse modules of an installation newer than STARTED_FROM."""
+    sys.meta_path.insert(0, Guard(STARTED_FROM))
+    return STARTED_FROM
 
 
 # -- the new code takes over the running server ---------------------------------

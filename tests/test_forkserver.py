@@ -951,13 +951,26 @@ def data_replies(port: int, source: str = "127.0.0.1") -> tuple[bytes, bytes]:
 def install_tree(library: Path, new: bool = False, broken: bool = False,
                  gate: Path | None = None) -> None:
     """This checkout's package into `library`, as tools/install.py puts it: a new
-    tree renamed into place.  The `new` one says so in its 354, and its AUTH
-    package (which the server does not preload without AUTH) on stderr; a
-    `broken` one does not start at all; one with a `gate` starts only once
-    that file exists."""
+    tree (stage_tree) renamed into place."""
     import shutil
 
     stage = library.with_name(library.name + ".new")
+    stage_tree(stage, new, broken, gate)
+    old = library.with_name(library.name + ".old")
+    if library.exists():
+        library.rename(old)
+    stage.rename(library)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_tree(stage: Path, new: bool = False, broken: bool = False,
+               gate: Path | None = None) -> None:
+    """This checkout's package in `stage`.  The `new` one says so in its 354,
+    and its AUTH package (which the server does not preload without AUTH) on
+    stderr; a `broken` one does not start at all; one with a `gate` starts
+    only once that file exists."""
+    import shutil
+
     shutil.copytree(ROOT / "qmail_esmtpd", stage / "qmail_esmtpd",
                     ignore=shutil.ignore_patterns("__pycache__"))
     if new:
@@ -974,17 +987,15 @@ def install_tree(library: Path, new: bool = False, broken: bool = False,
         server_py = stage / "qmail_esmtpd" / "forkserver.py"
         server_py.write_text(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n"
                              f"    time.sleep(0.02)\n" + server_py.read_text())
-    old = library.with_name(library.name + ".old")
-    if library.exists():
-        library.rename(old)
-    stage.rename(library)
-    shutil.rmtree(old, ignore_errors=True)
 
 
-def installed_server(forkserver, tmp_path: Path, mode: list) -> "tuple[Path, ForkServer]":
-    """A server started from an installed tree (the old code), and that tree."""
+def installed_server(forkserver, tmp_path: Path, mode: list,
+                     installed: bool = False) -> "tuple[Path, ForkServer]":
+    """A server started from an installed tree (the old code, unless already
+    `installed`), and that tree."""
     library = tmp_path / "lib"
-    install_tree(library)
+    if not installed:
+        install_tree(library)
     # an interpreter the sessions' user can run: the new code starts as that user
     program = write_launcher(tmp_path / "qmail-esmtpd-server", "qmail_esmtpd.forkserver:main",
                              interpreter=service_python(), library=library)
@@ -1069,6 +1080,25 @@ def test_an_install_that_does_not_start_leaves_the_old_code_serving(forkserver, 
                       source_address=("127.0.0.2", 0)) as client:
         assert client.ehlo("client.test")[0] == 250
     assert "new AUTH code loaded" in server.wait_log("new AUTH code loaded")
+
+
+def test_an_install_while_the_server_starts_is_an_upgrade(forkserver, tmp_path):
+    """install renames a new tree into place while the server loads (here:
+    before it preloads what sessions need): the server took the installation
+    it started from first, so its first connection brings the new code in."""
+    library, next_tree = tmp_path / "lib", tmp_path / "lib.next"
+    install_tree(library)
+    stage_tree(next_tree, new=True)
+    server_py = library / "qmail_esmtpd" / "forkserver.py"
+    preloading = "    missing = preload.import_modules(preload.SESSION_MODULES)\n"
+    assert preloading in server_py.read_text()
+    server_py.write_text(server_py.read_text().replace(preloading, (
+        f"    os.rename({str(library)!r}, {str(library) + '.old'!r})\n"
+        f"    os.rename({str(next_tree)!r}, {str(library)!r})\n") + preloading))
+    _, server = installed_server(forkserver, tmp_path, [], installed=True)
+    assert not next_tree.exists()  # installed while the server loaded
+    notice_install(server)
+    assert data_replies(server.port)[0] == b"go ahead, new code"
 
 
 def test_the_old_code_serves_while_the_new_starts(forkserver, tmp_path):
