@@ -403,3 +403,61 @@ def test_auth_settings_follow_their_files_from_session_to_session(db, forkserver
     assert not sends()
     assert len(set(ok_pids(server, 5))) == 1
     assert "Traceback" not in server.log()
+
+
+def test_a_client_that_never_reads_ends_its_session_in_timeoutsmtpd(forkserver, control):
+    """A session blocked writing to a client that never reads ends at
+    timeoutsmtpd, as under tcpserver (exit 1, qmail's write timeout), and the
+    worker's next client is served."""
+    import threading
+
+    (control / "timeoutsmtpd").write_text("2\n")
+    server = forkserver(":allow\n", options=["-c", "1"])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and we never read
+        s.connect(("127.0.0.1", server.port))
+        port = s.getsockname()[1]
+
+        def send_until_refused() -> None:
+            try:
+                s.sendall(b"RCPT\r\n" * 2_000_000)
+            except OSError:
+                pass
+
+        threading.Thread(target=send_until_refused, daemon=True).start()
+        log = server.wait_log(f"::{port}\n")
+        (pid,) = re.findall(rf": ok (\d+) [^\n]*::{port}\n", log)
+        log = server.wait_log(f"end {pid} status", timeout=30)
+    assert f"end {pid} status 256" in log, log[-800:]
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    log = server.log()
+    assert "Traceback" not in log, log[-800:]
+
+
+def test_a_locked_sendcounts_row_is_a_451_and_the_next_session_is_whole(db, forkserver):
+    """A statement timeout on the kept connection (the sending limit's row
+    locked elsewhere) is a 451 for that message alone; the worker keeps no
+    connection in a transaction, and its next client is served and counted."""
+    uid = db.add(ALICE, ALICE_PW)
+    db.sql("INSERT INTO sendcounts (id) VALUES (%s)", (uid,))
+    server = forkserver(":allow\n", env=db.env(), options=["-c", "1"])
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.ehlo("client.test")
+        login(c, ALICE, ALICE_PW)
+        c.mail("alice@client.test")
+        c.rcpt(OUTSIDE)
+        db.database.conn.autocommit = False
+        db.sql("SELECT * FROM sendcounts WHERE id = %s FOR UPDATE", (uid,))
+        try:
+            code, text = c.data(b"Subject: x\r\n\r\nx\r\n")
+        finally:
+            db.database.conn.rollback()
+            db.database.conn.autocommit = True
+    assert code == 451 and b"temporary failure checking the sending limit" in text
+    assert db.counts(ALICE) == (0, 0)
+    wait_count(server, ": end ", 1)
+    kept = backends(db.database)  # closed after the error, or kept idle
+    assert all(row[1:4] == ("idle", False, "qmaild") for row in kept), kept
+    assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW))
+    assert db.counts(ALICE) == (1, 1)
+    assert len(set(ok_pids(server, 2))) == 1
