@@ -1101,10 +1101,11 @@ def test_an_install_while_the_server_starts_is_an_upgrade(forkserver, tmp_path):
     assert data_replies(server.port)[0] == b"go ahead, new code"
 
 
-def test_the_old_code_serves_while_the_new_starts(forkserver, tmp_path):
+@MODES
+def test_the_old_code_serves_while_the_new_starts(forkserver, tmp_path, mode):
     """A new install is tried on the side: until it has started, the old code
     answers (a slow start holds up no connection); then the new code serves."""
-    library, server = installed_server(forkserver, tmp_path, [])
+    library, server = installed_server(forkserver, tmp_path, mode)
     assert data_replies(server.port)[0] == b"go ahead"  # serving (the port comes before the code)
     gate = tmp_path / "gate"
     install_tree(library, new=True, gate=gate)
