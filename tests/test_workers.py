@@ -461,3 +461,26 @@ def test_a_locked_sendcounts_row_is_a_451_and_the_next_session_is_whole(db, fork
     assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW))
     assert db.counts(ALICE) == (1, 1)
     assert len(set(ok_pids(server, 2))) == 1
+
+
+def test_a_stalled_kept_backend_is_a_454_and_then_replaced(db, forkserver):
+    """The worker's kept connection whose backend stops answering (SIGSTOP):
+    the AUTH gets a 454 in bounded time, as a stalled database does under
+    tcpserver, and the next session works on a new connection."""
+    from test_hardening import answer, plain
+
+    db.add(ALICE, ALICE_PW)
+    server = forkserver(":allow\n", env=db.env(), options=["-c", "1"])
+    assert relays(server.port, "127.0.0.2", (ALICE, ALICE_PW))
+    wait_count(server, ": end ", 1)
+    (stalled,) = [row[0] for row in backends(db.database)]
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        reply = answer(server.port, plain(ALICE.encode(), ALICE_PW.encode()), "127.0.0.3")
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    assert reply.startswith(b"454 "), reply
+    assert relays(server.port, "127.0.0.3", (ALICE, ALICE_PW))
+    assert stalled not in [row[0] for row in backends(db.database)]
+    assert len(set(ok_pids(server, 3))) == 1
+    assert "Traceback" not in server.log()
