@@ -807,6 +807,23 @@ def test_huge_limits_and_grace_still_serve_and_stop(forkserver):
     assert "Traceback" not in server.log()
 
 
+def test_worker_options_far_beyond_range_still_serve(forkserver):
+    """-m, -W and -M far beyond any system's range (clamped, as -c is): a worker
+    serves two sessions in turn, and SIGHUP retires it for a new one."""
+    huge = "9" * 30
+    server = forkserver(":allow\n", options=["-c", "1", "-m", huge, "-W", huge, "-M", huge])
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    first = [int(pid) for pid in re.findall(r": ok (\d+) ", wait_count(server, ": end ", 2))]
+    assert len(set(first)) == 1, first
+    server.signal(signal.SIGHUP)
+    server.wait_log("SIGHUP: reading")
+    assert one_session(server.port, "127.0.0.1") == "queued"
+    log = wait_count(server, ": end ", 3)
+    assert int(re.findall(r": ok (\d+) ", log)[-1]) != first[0], log
+    assert "Traceback" not in log, log
+
+
 def test_no_session_byte_comes_from_the_server(forkserver):
     """A denied connection sees nothing at all (the parent never writes SMTP)."""
     server = forkserver("127.0.0.1:deny\n:allow\n")
