@@ -1113,8 +1113,8 @@ def test_an_install_while_the_server_starts_is_an_upgrade(forkserver, tmp_path):
         f"    os.rename({str(library)!r}, {str(library) + '.old'!r})\n"
         f"    os.rename({str(next_tree)!r}, {str(library)!r})\n") + preloading))
     _, server = installed_server(forkserver, tmp_path, [], installed=True)
+    notice_install(server)  # (the port is printed before the server loads the rest)
     assert not next_tree.exists()  # installed while the server loaded
-    notice_install(server)
     assert data_replies(server.port)[0] == b"go ahead, new code"
 
 

@@ -7,6 +7,7 @@ is now, no idle database connections, bounded database calls, the
 authorization identity, legacy bcrypt and the log line of a hash upgrade."""
 
 import base64
+import contextlib
 import itertools
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 
 import bcrypt
 import pytest
@@ -712,6 +714,18 @@ def test_a_stopped_postmaster_is_a_quick_454(pg, db, tcpserver):
     assert "no answer from the database" in server.wait_log("no answer")
 
 
+@contextlib.contextmanager
+def sendcounts_row_locked(db, uid: int) -> "Iterator[None]":
+    """The account's sendcounts row locked by another transaction meanwhile."""
+    db.database.conn.autocommit = False
+    db.sql("SELECT * FROM sendcounts WHERE id = %s FOR UPDATE", (uid,))
+    try:
+        yield
+    finally:
+        db.database.conn.rollback()
+        db.database.conn.autocommit = True
+
+
 def test_a_locked_sendcounts_row_is_a_451_even_with_options_in_the_conninfo(db, tcpserver,
                                                                              queue):
     uid = db.add(ALICE, ALICE_PW)
@@ -722,13 +736,8 @@ def test_a_locked_sendcounts_row_is_a_451_even_with_options_in_the_conninfo(db, 
         login(c, ALICE, ALICE_PW)
         c.mail("alice@client.test")
         c.rcpt(ELSEWHERE)
-        db.database.conn.autocommit = False
-        db.sql("SELECT * FROM sendcounts WHERE id = %s FOR UPDATE", (uid,))
-        try:
+        with sendcounts_row_locked(db, uid):
             code, text = c.data(MESSAGE)
-        finally:
-            db.database.conn.rollback()
-            db.database.conn.autocommit = True
         assert code == 451 and b"temporary failure checking the sending limit" in text
         assert c.noop()[0] == 250
     assert queue.queued() == [] and db.counts(ALICE) == (0, 0)

@@ -438,6 +438,8 @@ def test_a_locked_sendcounts_row_is_a_451_and_the_next_session_is_whole(db, fork
     """A statement timeout on the kept connection (the sending limit's row
     locked elsewhere) is a 451 for that message alone; the worker keeps no
     connection in a transaction, and its next client is served and counted."""
+    from test_hardening import sendcounts_row_locked
+
     uid = db.add(ALICE, ALICE_PW)
     db.sql("INSERT INTO sendcounts (id) VALUES (%s)", (uid,))
     server = forkserver(":allow\n", env=db.env(), options=["-c", "1"])
@@ -446,13 +448,8 @@ def test_a_locked_sendcounts_row_is_a_451_and_the_next_session_is_whole(db, fork
         login(c, ALICE, ALICE_PW)
         c.mail("alice@client.test")
         c.rcpt(OUTSIDE)
-        db.database.conn.autocommit = False
-        db.sql("SELECT * FROM sendcounts WHERE id = %s FOR UPDATE", (uid,))
-        try:
+        with sendcounts_row_locked(db, uid):
             code, text = c.data(b"Subject: x\r\n\r\nx\r\n")
-        finally:
-            db.database.conn.rollback()
-            db.database.conn.autocommit = True
     assert code == 451 and b"temporary failure checking the sending limit" in text
     assert db.counts(ALICE) == (0, 0)
     wait_count(server, ": end ", 1)
