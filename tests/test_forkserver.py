@@ -1028,7 +1028,7 @@ def notice_install(server) -> bytes:
     the old code or the new serves, whole; then the new code serves."""
     said = data_replies(server.port)[0]
     assert said in (b"go ahead", b"go ahead, new code"), said
-    assert NEW_CODE_SERVES in server.wait_log(NEW_CODE_SERVES)
+    assert NEW_CODE_SERVES in server.wait_log(NEW_CODE_SERVES, timeout=30)
     return said
 
 
@@ -1086,7 +1086,8 @@ def test_an_install_that_does_not_start_leaves_the_old_code_serving(forkserver, 
     with socket.create_connection(("127.0.0.1", server.port), timeout=20,
                                   source_address=("127.0.0.2", 0)) as needs_auth:
         assert needs_auth.makefile("rb").read() == REFUSED
-    log = server.wait_log("(the new code did not start: exit 1: a broken install)")
+    log = server.wait_log("(the new code did not start: exit 1: a broken install)",
+                          timeout=30)
     assert "(the new code did not start: exit 1: a broken install)" in log, log
     assert "new AUTH code loaded" not in log, log
     assert "Traceback" not in log, log
@@ -1132,7 +1133,7 @@ def test_the_old_code_serves_while_the_new_starts(forkserver, tmp_path, mode):
         assert data_replies(server.port)[0] == b"go ahead"  # served, by the old code
     assert NEW_CODE_SERVES not in server.log()
     gate.touch()
-    assert NEW_CODE_SERVES in server.wait_log(NEW_CODE_SERVES)
+    assert NEW_CODE_SERVES in server.wait_log(NEW_CODE_SERVES, timeout=30)
     assert data_replies(server.port)[0] == b"go ahead, new code", server.log()
     log = server.log()
     assert "Traceback" not in log and "warning" not in log, log
@@ -1174,25 +1175,29 @@ def test_sigterm_during_a_trial_ends_the_trial_too(forkserver, tmp_path):
     install_tree(library, new=True, gate=gate)
     try:
         assert data_replies(server.port)[0] == b"go ahead"
-        assert "on the side" in server.wait_log("on the side")
-        assert len(trials_running()) == 1
+        assert len(trials_running(1)) == 1, server.log()
         server.signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0
-        assert trials_running() == [], server.log()
+        assert trials_running(0) == [], server.log()  # SIGKILLed: gone once it has died
     finally:
         gate.touch()  # a trial left behind by a failure here ends by itself
 
 
-def trials_running() -> list[int]:
-    """The pids of new code being tried (upgrade.Trial) on this machine."""
+def trials_running(expected: int) -> list[int]:
+    """The pids of new code being tried (upgrade.Trial) on this machine, once
+    there are `expected` of them (or as they are after 20 s)."""
     from qmail_esmtpd.upgrade import STATE, TRIAL
 
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and f"{STATE}={TRIAL}".encode() in \
-                    open(f"/proc/{entry}/environ", "rb").read().split(b"\0"):
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
+    deadline = time.monotonic() + 20
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and f"{STATE}={TRIAL}".encode() in \
+                        open(f"/proc/{entry}/environ", "rb").read().split(b"\0"):
+                    found.append(int(entry))
+            except OSError:
+                pass
+        if len(found) == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
