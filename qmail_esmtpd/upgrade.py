@@ -191,8 +191,12 @@ class Trial:
         self.killed = False
 
     def read(self) -> None:
-        """What it wrote since (its stderr became readable); the pipe closed at EOF."""
-        while self.fd is not None:
+        """What it wrote since (its stderr became readable), up to 1 MB a call
+        (more than a pipe holds; one that writes on and on holds up no loop);
+        the pipe closed at EOF."""
+        for _ in range(16):
+            if self.fd is None:
+                return
             try:
                 chunk = os.read(self.fd, 65536)
             except BlockingIOError:

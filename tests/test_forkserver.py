@@ -1201,3 +1201,31 @@ def trials_running(expected: int) -> list[int]:
         if len(found) == expected or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+def test_a_trial_that_writes_on_and_on_holds_up_no_read(monkeypatch):
+    """One read of the trial's stderr takes a bounded amount (the server's
+    loop goes on), and what it said is kept only to its end."""
+    from qmail_esmtpd import upgrade
+
+    monkeypatch.setattr(upgrade, "own_command", lambda: ["/bin/sh", "-c", "exec sleep 30"])
+    trial = upgrade.Trial(None, {"PATH": "/usr/bin:/bin"})
+    reads = []
+    real_read = os.read
+
+    def endless(fd: int, size: int) -> bytes:  # as a pipe that never runs dry
+        if fd != trial.fd:
+            return real_read(fd, size)
+        reads.append(size)
+        return b"said\n" * (size // 5)
+
+    monkeypatch.setattr(os, "read", endless)
+    try:
+        trial.read()
+        assert len(reads) == 16  # 1 MB, then back to the loop
+        assert len(trial.said) == 4096 and trial.said.endswith(b"said\n")
+    finally:
+        monkeypatch.undo()
+        trial.stop()
+        trial.exited(os.waitpid(trial.pid, 0)[1])
+    assert trial.fd is None
