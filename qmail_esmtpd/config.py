@@ -110,7 +110,8 @@ class Controls:
 
     def kept(self) -> "Controls":
         """These controls as a warm worker keeps them (KEPT), for the files
-        of the recipient check: itself in a process serving one session."""
+        of the recipient check and AUTH's settings: itself in a process
+        serving one session."""
         if KEPT is None:
             return self
         if self._kept is None:

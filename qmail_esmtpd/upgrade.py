@@ -217,23 +217,25 @@ class Trial:
     def seconds_left(self) -> float:
         """Until it is killed for taking too long (then: until it is reaped)."""
         left = self.deadline - time.monotonic()
-        if left <= 0 and not self.killed:
-            self.killed = True
-            try:
-                os.kill(self.pid, _signal.SIGKILL)
-            except OSError:
-                pass
+        if left <= 0:
+            self.kill()
         return max(left, 0.0) if not self.killed else 1.0
+
+    def kill(self) -> None:
+        """SIGKILL, once, unless it is already reaped."""
+        if self.killed or self.status is not None:
+            return
+        self.killed = True
+        try:
+            os.kill(self.pid, _signal.SIGKILL)
+        except OSError:
+            pass
 
     def stop(self) -> None:
         """Killed (the server is stopping), not waited for: one stuck in the
         kernel (a hung NFS mount) must not hold the server's exit; the
         server's last reap or, after its exit, init collects it."""
-        if self.status is None:
-            try:
-                os.kill(self.pid, _signal.SIGKILL)
-            except OSError:
-                pass
+        self.kill()
         self.forget()
 
     def forget(self) -> None:

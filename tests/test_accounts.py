@@ -198,7 +198,7 @@ def test_a_refused_attempt_reads_no_row(mail, monkeypatch):
 
 
 def test_a_trusted_client_reads_the_row_alone(mail):
-    """Nothing is recorded for a trusted client: begin() reads the row by itself."""
+    """Nothing is recorded for a trusted client: login() reads the row by itself."""
     from qmail_esmtpd.auth import accounts
     from qmail_esmtpd.auth.throttle import Throttle
 

@@ -174,14 +174,11 @@ class Throttle:
 
         `lookup` (a query reading the account's row by %(user)s, and the user):
         its row comes back as the status's `row`, read by the statement that
-        records the attempt (one round trip, not two), or alone where nothing
-        is recorded (a trusted client); never for a refused attempt."""
+        records the attempt (one round trip, not two); never for a refused
+        attempt, nor where nothing is recorded (not `active`: the caller
+        reads the row itself then)."""
         if not self.active:
-            status = Status()
-            if lookup is not None:
-                rows = self.db.query(lookup[0], {"user": lookup[1]})
-                status.row = tuple(rows[0]) if rows else None
-            return status
+            return Status()
         if self.unrecorded is not None:
             return Status(refused=True, unrecorded=self.unrecorded)
         name = name[:MAX_NAME]
